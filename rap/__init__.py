@@ -1,0 +1,1 @@
+"""RaP: redundancy-aware video-language pre-training."""

@@ -1,0 +1,453 @@
+"""Typed, validated configuration: the one place that reads ``params.yaml``.
+
+``params.yaml`` has two layers:
+
+* top-level ablation knobs (``lambda``, ``frames``, ``racl``, ``mask_video``, ``mask_text``,
+  ``seed``, ``scale``) so that ``dvc exp run -S lambda=2.0`` reaches them directly;
+* one block per scale (``embedded`` and ``paper``) holding everything that differs between
+  the laptop-sized default and the paper's reproduction (datasets, model sizes, batch, epochs).
+
+:func:`load_params` merges the knobs into the selected scale and returns a frozen
+:class:`Params`. Every unknown key and every bad value is rejected here, before any work
+starts, with a message that names the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+
+RaclDirection = Literal["both", "v2t", "t2v", "none"]
+RaclVariant = Literal["paper", "official"]
+Sampling = Literal["rand", "uniform", "headtail"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+LrSchedule = Literal["step", "cosine"]
+
+PRETRAIN_SOURCES = ("webvid", "cc3m")
+DOWNSTREAM_DATASETS = ("msrvtt", "didemo", "msvd", "lsmdc")
+ALL_DATASETS = PRETRAIN_SOURCES + DOWNSTREAM_DATASETS
+# Fine-tuning tasks: MSRVTT has two training splits (7k and 9k videos), both tested on 1k-A.
+FINETUNE_TASKS = ("msrvtt-7k", "msrvtt-9k", "didemo", "msvd", "lsmdc")
+
+
+class ConfigError(ValueError):
+    """A key or value in params.yaml (or an override) is invalid."""
+
+
+# --------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """Per-frame ViT (paper 3.2). ``timm_name`` is any timm ViT; the size fields override it
+    (a tiny config at the embedded scale, None keeps the timm default)."""
+
+    timm_name: str = "vit_base_patch16_224"
+    pretrained: bool = False  # load timm weights (needs the hub or a local cache)
+    img_size: int = 256  # position embedding interpolated from the pretrained size
+    patch_size: int = 16
+    embed_dim: int | None = None
+    depth: int | None = None
+    num_heads: int | None = None
+    drop_path_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.img_size > 0 and self.img_size % self.patch_size == 0, "model.vision.img_size",
+               self.img_size, f"must be a positive multiple of patch_size={self.patch_size}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """BERT text encoder (paper 3.2). ``name`` is a transformers model id or ``tiny`` (built
+    from the size fields, randomly initialised). ``tokenizer`` is a transformers id or
+    ``builtin`` (an offline WordPiece vocabulary shipped with the package)."""
+
+    name: str = "bert-base-uncased"
+    pretrained: bool = True
+    tokenizer: str = "bert-base-uncased"
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_len_train: int = 30
+    max_len_eval: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.hidden_size % self.num_heads == 0, "model.text.hidden_size", self.hidden_size,
+               f"must be divisible by num_heads={self.num_heads}")
+        _check(self.max_len_train >= 4, "model.text.max_len_train", self.max_len_train, "must be >= 4")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Pre-training objective, eq. (10): L = L_others + lambda * L_RaCL.
+
+    L_others holds the standard ITC (eqs. 2-3) and the auxiliary tasks of appendix A.1.
+    """
+
+    racl_lambda: float = 1.0  # eq. (10); top-level knob `lambda`
+    racl: RaclDirection = "both"  # eq. (9) terms kept (Table 5); top-level knob `racl`
+    racl_variant: RaclVariant = "paper"  # paper eqs. 4-8, or the released code's weighting
+    racl_weight_grad: bool = True  # gradient flows through w = 1 - redundancy (paper: learnable)
+    racl_weight_floor: float = 1e-4  # keeps log(sum w exp) finite when every w is ~0
+    itc_weight: float = 1.0
+    itm_weight: float = 1.0  # 0 switches the task off
+    lm_weight: float = 1.0
+    intra_video_weight: float = 1.0
+    intra_text_weight: float = 1.0
+    momentum: bool = False  # BLIP-style momentum encoders + queues + distillation (code option)
+    momentum_m: float = 0.995
+    queue_size: int = 57600
+    distill_alpha: float = 0.4
+    distill_ramp_epochs: float = 2.0
+    lm_label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        _check(self.racl_lambda >= 0, "lambda", self.racl_lambda, "must be >= 0")
+        _check(0 < self.racl_weight_floor < 1, "racl_weight_floor", self.racl_weight_floor, "must be in (0, 1)")
+        for name in ("itc_weight", "itm_weight", "lm_weight", "intra_video_weight", "intra_text_weight"):
+            _check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name), "must be >= 0")
+        _check(0 <= self.momentum_m < 1, "loss.momentum_m", self.momentum_m, "must be in [0, 1)")
+        _check(0 <= self.distill_alpha <= 1, "loss.distill_alpha", self.distill_alpha, "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    embed_dim: int = 256  # shared L2-normalised space (paper 3.2)
+    temp_init: float = 0.07
+    temp_min: float = 0.001
+    temp_max: float = 0.5
+    mask_video: float = 0.0  # MAC spatial mask ratio r_v (pre-training only); top-level knob
+    mask_text: float = 0.0  # MAC text token mask ratio r_t (pre-training only); top-level knob
+    itm_hard_negatives: bool = True
+
+    def __post_init__(self) -> None:
+        _check(0 < self.temp_min <= self.temp_init <= self.temp_max, "model.temp_init", self.temp_init,
+               f"must lie in [temp_min={self.temp_min}, temp_max={self.temp_max}]")
+        _check(0 <= self.mask_video < 1, "mask_video", self.mask_video, "must be in [0, 1)")
+        _check(0 <= self.mask_text < 1, "mask_text", self.mask_text, "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data"  # pipeline outputs: raw/<dataset>/, index/, frames/
+    # synthetic: `rap download` generates the embedded corpus in each dataset's own format;
+    # public: fetch the real datasets from their publishers.
+    source: Literal["synthetic", "public"] = "public"
+    frames_train: int = 4  # K sparsely sampled frames (paper 5.4); top-level knob `frames`
+    frames_eval: int = 8
+    sampling_train: Sampling = "rand"
+    sampling_eval: Sampling = "uniform"
+    image_size: int = 256
+    num_workers: int = 4
+    frame_store: bool = True  # train from pre-extracted frames rather than decoding videos
+    store_fps: float = 2.0  # frame rate of the pre-extracted store
+    max_bad_fraction: float = 0.05  # stop when more of a dataset than this is unusable
+    check_sizes: bool = False  # verify split sizes against the published numbers
+    download_limit: int | None = None  # take a small real subset (smoke runs)
+    synthetic_seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.frames_train >= 1, "frames", self.frames_train, "must be >= 1")
+        _check(self.frames_eval >= 1, "data.frames_eval", self.frames_eval, "must be >= 1")
+        _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser and schedule (paper 5.4): AdamW, lr warmed from ``warmup_lr`` to ``lr`` over
+    ``warmup_steps`` iterations, then decayed (``step``: lr * decay_rate**epoch as in the
+    released code; ``cosine``)."""
+
+    lr: float = 3e-4
+    warmup_lr: float = 1e-6
+    warmup_steps: int = 3000
+    schedule: LrSchedule = "step"
+    decay_rate: float = 0.9
+    min_lr: float = 0.0
+    weight_decay: float = 0.05  # not applied to norms, biases or the temperature
+    epochs: int = 30
+    batch_size: int = 30  # per rank
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+    precision: Precision = "auto"
+    grad_checkpointing: bool = False
+    checkpoint_every: int = 1000  # steps
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, "lr", self.lr, "must be > 0")
+        _check(self.epochs >= 1, "epochs", self.epochs, "must be >= 1")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        _check(self.grad_accum >= 1, "grad_accum", self.grad_accum, "must be >= 1")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        _check(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    sources: tuple[str, ...] = PRETRAIN_SOURCES
+    source_weights: tuple[float, ...] = (1.0, 1.0)  # probability of each source per step
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    gpus: int = 0  # processes per node for torchrun; 0 = one CPU/GPU process
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self) -> None:
+        for s in self.sources:
+            _check(s in PRETRAIN_SOURCES, "pretrain.sources", s, f"must be one of {PRETRAIN_SOURCES}")
+        _check(len(self.source_weights) == len(self.sources), "pretrain.source_weights", self.source_weights,
+               "needs one weight per source")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    tasks: tuple[str, ...] = FINETUNE_TASKS
+    epochs: Mapping[str, int] = field(default_factory=lambda: {
+        "msrvtt-7k": 30, "msrvtt-9k": 10, "didemo": 30, "msvd": 30, "lsmdc": 30})
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
+        lr=1e-5, warmup_steps=0, schedule="cosine", batch_size=15, precision="fp32"))
+    gpus: int = 0
+    loss: LossConfig = field(default_factory=lambda: LossConfig(lm_weight=0.0, intra_video_weight=0.0,
+                                                                intra_text_weight=0.0))
+
+    def __post_init__(self) -> None:
+        for t in self.tasks:
+            _check(t in FINETUNE_TASKS, "finetune.tasks", t, f"must be one of {FINETUNE_TASKS}")
+            _check(t in self.epochs, "finetune.epochs", t, "has no epoch count")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    batch_size: int = 64
+    itm_rerank_k: int = 128  # 0 = ITC ranking only
+    zero_shot: tuple[str, ...] = DOWNSTREAM_DATASETS
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Grids of the paper's ablations (Tables 5-7) and the MAC table (8)."""
+
+    racl: tuple[str, ...] = ("none", "v2t", "t2v", "both")
+    frames: tuple[int, ...] = (1, 2, 4, 8)
+    lambdas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    mask_video: tuple[float, ...] = (0.0, 0.5, 0.75)
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Everything that differs between the embedded default and the paper scale."""
+
+    datasets: tuple[str, ...] = ALL_DATASETS
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    evaluate: EvalConfig = field(default_factory=EvalConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
+
+
+@dataclass(frozen=True)
+class Params:
+    scale: Literal["embedded", "paper"]
+    seed: int
+    cfg: ScaleConfig  # the selected scale with the top-level knobs merged in
+
+    def to_flat_dict(self) -> dict[str, Any]:
+        """Resolved config as ``a.b.c: value`` (what MLflow logs as params)."""
+        flat: dict[str, Any] = {"scale": self.scale, "seed": self.seed}
+        _flatten(dataclasses.asdict(self.cfg), "", flat)
+        return flat
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+TOP_LEVEL_KNOBS = ("scale", "seed", "lambda", "frames", "racl", "mask_video", "mask_text")
+SCALES = ("embedded", "paper")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] | None = None) -> Params:
+    """Read and validate ``params.yaml``; ``overrides`` replace top-level knobs or dotted
+    paths inside the selected scale (``{"lambda": 2.0, "pretrain.optim.epochs": 1}``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such params file")
+    with path.open(encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must hold a mapping at the top level")
+    return params_from_dict(raw, overrides, source=str(path))
+
+
+def params_from_dict(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
+                     source: str = "params") -> Params:
+    raw = _deep_copy(raw)
+    for key in raw:
+        if key not in TOP_LEVEL_KNOBS + SCALES:
+            raise ConfigError(f"{source}: unknown top-level key {key!r}; expected one of "
+                              f"{TOP_LEVEL_KNOBS + SCALES}")
+    for key, value in (overrides or {}).items():
+        if key in TOP_LEVEL_KNOBS:
+            raw[key] = value
+        else:
+            scale = raw.get("scale", "embedded")
+            _set_dotted(raw.setdefault(scale, {}), key, value, source)
+    scale = raw.get("scale", "embedded")
+    _check(scale in SCALES, "scale", scale, f"must be one of {SCALES}")
+    block = raw.get(scale)
+    if not isinstance(block, dict):
+        raise ConfigError(f"{source}: scale {scale!r} selected but there is no {scale!r} block")
+    cfg = _build(ScaleConfig, block, prefix=scale, source=source)
+    cfg = _apply_knobs(cfg, raw, source)
+    seed = raw.get("seed", 0)
+    _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed,
+           "must be a non-negative integer")
+    return Params(scale=scale, seed=seed, cfg=cfg)
+
+
+def _apply_knobs(cfg: ScaleConfig, raw: Mapping[str, Any], source: str) -> ScaleConfig:
+    """Top-level knobs win over the scale block: they are what ``dvc exp run -S`` sets."""
+    loss = cfg.pretrain.loss
+    if "lambda" in raw:
+        loss = dataclasses.replace(loss, racl_lambda=_coerce(raw["lambda"], float, "lambda", source))
+    if "racl" in raw:
+        loss = dataclasses.replace(loss, racl=_coerce(raw["racl"], RaclDirection, "racl", source))
+    model = cfg.model
+    for knob in ("mask_video", "mask_text"):
+        if knob in raw:
+            model = dataclasses.replace(model, **{knob: _coerce(raw[knob], float, knob, source)})
+    data = cfg.data
+    if "frames" in raw:
+        data = dataclasses.replace(data, frames_train=_coerce(raw["frames"], int, "frames", source))
+    pretrain = dataclasses.replace(cfg.pretrain, loss=loss)
+    # Fine-tuning keeps the RaCL direction and weight of the pre-trained model it starts from.
+    ft_loss = dataclasses.replace(cfg.finetune.loss, racl_lambda=loss.racl_lambda, racl=loss.racl,
+                                  racl_variant=loss.racl_variant)
+    finetune = dataclasses.replace(cfg.finetune, loss=ft_loss)
+    return dataclasses.replace(cfg, pretrain=pretrain, finetune=finetune, model=model, data=data)
+
+
+# --------------------------------------------------------------------------------------
+# Helpers: typed construction of nested frozen dataclasses from plain dicts
+# --------------------------------------------------------------------------------------
+
+
+def _check(ok: bool, key: str, value: Any, why: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid value for {key!r}: {value!r} ({why})")
+
+
+def _build(cls: type, data: Any, prefix: str, source: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {prefix!r} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {prefix}.{unknown[0]!r}; expected one of {sorted(names)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}"
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value, key, source)
+        else:
+            kwargs[name] = _coerce(value, hint, key, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err} [in {prefix}]") from None
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against a type hint; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    bad = ConfigError(f"{source}: invalid value for {key!r}: {value!r} (expected {_hint_name(hint)})")
+    if hint is Any:
+        return value
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{source}: invalid value for {key!r}: {value!r} (must be one of {list(args)})")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key, source)
+            except ConfigError:
+                pass
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value))
+    if origin in (Mapping, dict) or hint is dict:
+        if not isinstance(value, Mapping):
+            raise bad
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, key, source): _coerce(v, vt, f"{key}.{k}", source) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ConfigError(f"{source}: {key!r} has an unsupported type {hint!r}")
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _set_dotted(block: dict, dotted: str, value: Any, source: str) -> None:
+    parts = dotted.split(".")
+    node = block
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{source}: cannot override {dotted!r}: {part!r} is not a mapping")
+    node[parts[-1]] = value
+
+
+def _deep_copy(d: Any) -> Any:
+    if isinstance(d, Mapping):
+        return {k: _deep_copy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deep_copy(v) for v in d]
+    return d
+
+
+def _flatten(d: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v) and k != "epochs":
+            _flatten(v, key + ".", out)
+        else:
+            out[key] = v
