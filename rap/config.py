@@ -14,6 +14,7 @@ starts, with a message that names the key and the value.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -256,6 +257,15 @@ class ScaleConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
+    def __post_init__(self) -> None:
+        for d in self.datasets:
+            _check(d in ALL_DATASETS, "datasets", d, f"must be one of {ALL_DATASETS}")
+        for d in self.evaluate.zero_shot:
+            _check(d in self.datasets, "evaluate.zero_shot", d, f"is not in datasets={list(self.datasets)}")
+        for t in self.finetune.tasks:
+            _check(t.split("-")[0] in self.datasets, "finetune.tasks", t,
+                   f"needs dataset {t.split('-')[0]!r} in datasets={list(self.datasets)}")
+
 
 @dataclass(frozen=True)
 class Params:
@@ -356,7 +366,7 @@ def _build(cls: type, data: Any, prefix: str, source: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix}.{unknown[0]!r}; expected one of {sorted(names)}")
+        raise ConfigError(f"{source}: unknown key '{prefix}.{unknown[0]}'; expected one of {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}"
@@ -398,7 +408,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise bad
         item = args[0] if args else Any
         return tuple(_coerce(v, item, f"{key}[{i}]", source) for i, v in enumerate(value))
-    if origin in (Mapping, dict) or hint is dict:
+    if origin in (collections.abc.Mapping, dict) or hint is dict:
         if not isinstance(value, Mapping):
             raise bad
         kt, vt = args if args else (Any, Any)
@@ -447,7 +457,7 @@ def _deep_copy(d: Any) -> Any:
 def _flatten(d: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v and all(isinstance(x, str) for x in v) and k != "epochs":
+        if isinstance(v, Mapping):
             _flatten(v, key + ".", out)
         else:
             out[key] = v

@@ -1,0 +1,178 @@
+"""The ``rap`` command line: one subcommand per pipeline stage.
+
+Every subcommand reads ``params.yaml`` through :func:`rap.config.load_params` first, so a bad
+key or value stops the command before any work starts. ``--set key=value`` overrides a
+top-level knob (``lambda``, ``frames``, ``racl``, ``mask_video``, ``mask_text``, ``seed``,
+``scale``) or a dotted path inside the selected scale (``pretrain.optim.epochs=1``).
+Heavy modules are imported inside the subcommands so ``rap --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, load_params
+
+log = logging.getLogger("rap")
+
+
+def _parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["lambda=2.0", "pretrain.optim.epochs=1"]`` -> typed dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Params:
+    overrides = _parse_set(args.set)
+    overrides.update(extra or {})
+    return load_params(args.params, overrides)
+
+
+# --------------------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------------------
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from rap.data.download import download
+
+    params = _params(args)
+    summary = download(args.dataset, params.cfg.data, limit=args.limit)
+    print(summary)
+
+
+def cmd_extract(args: argparse.Namespace) -> None:
+    from rap.data.extract import extract
+
+    params = _params(args)
+    summary = extract(args.dataset, params.cfg.data)
+    print(summary)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from rap.reports.layout import ablation_overrides
+    from rap.training.pretrain import run
+
+    extra = ablation_overrides(args.ablation) if args.ablation else None
+    params = _params(args, extra)
+    run(params, Path(args.out), resume=args.resume, max_steps=args.max_steps)
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from rap.training.finetune import run
+
+    params = _params(args)
+    run(params, args.task, Path(args.checkpoint), Path(args.out), resume=args.resume, max_steps=args.max_steps)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from rap.evaluation import run_evaluation
+
+    params = _params(args)
+    metrics = run_evaluation(params, args.dataset, args.split, Path(args.checkpoint), Path(args.out))
+    t2v = metrics["t2v"]
+    print(f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "
+          f"R@10 {t2v['R@10']:.1f} MdR {t2v['MdR']:.1f}  -> {args.out}")
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from rap.reports.tables import write_tables
+
+    params = _params(args)
+    for path in write_tables(params, Path(args.runs), Path(args.out)):
+        print(path)
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from rap.reports.figure import draw_figure
+
+    params = _params(args)
+    out = draw_figure(params, Path(args.racl_checkpoint), Path(args.baseline_checkpoint), Path(args.out))
+    print(out)
+
+
+# --------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
+    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a top-level knob or a dotted key of the selected scale (repeatable)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    parser = argparse.ArgumentParser(prog="rap", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", parents=[common], help="fetch a dataset (or generate the embedded corpus)")
+    p.add_argument("dataset", choices=ALL_DATASETS + ("synthetic",))
+    p.add_argument("--limit", type=int, default=None, help="take only the first N items (smoke runs)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("extract", parents=[common], help="probe videos, index usable clips, build the frame store")
+    p.add_argument("dataset", choices=ALL_DATASETS)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("pretrain", parents=[common], help="pre-train RaP (torchrun-aware)")
+    p.add_argument("--out", default="runs/pretrain/main")
+    p.add_argument("--ablation", default=None,
+                   help="name of an ablation run (e.g. racl-none, frames-2, lambda-2.0, mask-0.75)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("finetune", parents=[common], help="fine-tune on a retrieval task (torchrun-aware)")
+    p.add_argument("task", choices=FINETUNE_TASKS)
+    p.add_argument("--checkpoint", required=True, help="pre-trained checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("evaluate", parents=[common], help="text-video retrieval metrics of a checkpoint")
+    p.add_argument("dataset", choices=("msrvtt", "didemo", "msvd", "lsmdc"))
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="metrics JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tables", parents=[common], help="write reports/table1.md ... table8.md")
+    p.add_argument("--runs", default="runs", help="root of the pipeline's run outputs")
+    p.add_argument("--out", default="reports")
+    p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser("figure", parents=[common], help="draw Figure 3 (patch and token redundancy weights)")
+    p.add_argument("--racl-checkpoint", default="runs/pretrain/main/checkpoint.pt")
+    p.add_argument("--baseline-checkpoint", default="runs/ablation/racl-none/checkpoint.pt")
+    p.add_argument("--out", default="reports/figure3.png")
+    p.set_defaults(func=cmd_figure)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        args.func(args)
+    except ConfigError as err:
+        print(f"rap: configuration error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
