@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, load_params
+from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ablation_overrides, load_params
 
 log = logging.getLogger("rap")
 
@@ -61,7 +61,6 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from rap.reports.layout import ablation_overrides
     from rap.training.pretrain import run
 
     extra = ablation_overrides(args.ablation) if args.ablation else None

@@ -236,16 +236,6 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
-class AblationConfig:
-    """Grids of the paper's ablations (Tables 5-7) and the MAC table (8)."""
-
-    racl: tuple[str, ...] = ("none", "v2t", "t2v", "both")
-    frames: tuple[int, ...] = (1, 2, 4, 8)
-    lambdas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    mask_video: tuple[float, ...] = (0.0, 0.5, 0.75)
-
-
-@dataclass(frozen=True)
 class ScaleConfig:
     """Everything that differs between the embedded default and the paper scale."""
 
@@ -255,7 +245,6 @@ class ScaleConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
-    ablation: AblationConfig = field(default_factory=AblationConfig)
 
     def __post_init__(self) -> None:
         for d in self.datasets:
@@ -267,15 +256,46 @@ class ScaleConfig:
                    f"needs dataset {t.split('-')[0]!r} in datasets={list(self.datasets)}")
 
 
+# The paper's main setting (section 5.4): every ablation run changes exactly one of these.
+REFERENCE_KNOBS: Mapping[str, Any] = types.MappingProxyType(
+    {"lambda": 1.0, "frames": 4, "racl": "both", "mask_video": 0.0, "mask_text": 0.0})
+# Ablation run names are "<knob>-<value>"; the knob names used in run names:
+ABLATION_KNOBS = {"racl": "racl", "frames": "frames", "lambda": "lambda", "mask": "mask_video"}
+DEFAULT_ABLATIONS = ("racl-none", "racl-v2t", "racl-t2v", "frames-1", "frames-2", "frames-8",
+                     "lambda-0.5", "lambda-2.0", "lambda-4.0", "mask-0.5", "mask-0.75")
+
+
+def ablation_overrides(name: str) -> dict[str, Any]:
+    """Knob settings of an ablation run: the paper's main setting with one knob changed.
+
+    ``"lambda-2.0"`` -> ``{"lambda": 2.0, "frames": 4, "racl": "both", ...}``. Ablation runs do
+    not inherit the top-level knobs, so ``dvc exp run -S lambda=2.0`` leaves them alone.
+    """
+    prefix, sep, raw_value = name.partition("-")
+    if not sep or prefix not in ABLATION_KNOBS:
+        raise ConfigError(f"invalid ablation run name {name!r}: expected <knob>-<value> with knob in "
+                          f"{sorted(ABLATION_KNOBS)}")
+    knob = ABLATION_KNOBS[prefix]
+    value = yaml.safe_load(raw_value)
+    hint = {"racl": RaclDirection, "frames": int, "lambda": float, "mask_video": float}[knob]
+    value = _coerce(value, hint, f"ablations[{name}]", "ablation")
+    if value == REFERENCE_KNOBS[knob]:
+        raise ConfigError(f"ablation run {name!r} equals the paper's main setting; its row is read "
+                          "from the main run, so leave it out of `ablations`")
+    return {**REFERENCE_KNOBS, knob: value}
+
+
 @dataclass(frozen=True)
 class Params:
     scale: Literal["embedded", "paper"]
     seed: int
     cfg: ScaleConfig  # the selected scale with the top-level knobs merged in
+    knobs: Mapping[str, Any] = field(default_factory=dict)  # resolved top-level knobs
+    ablations: tuple[str, ...] = DEFAULT_ABLATIONS  # ablation run names (dvc.yaml foreach)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Resolved config as ``a.b.c: value`` (what MLflow logs as params)."""
-        flat: dict[str, Any] = {"scale": self.scale, "seed": self.seed}
+        flat: dict[str, Any] = {"scale": self.scale, "seed": self.seed, **self.knobs}
         _flatten(dataclasses.asdict(self.cfg), "", flat)
         return flat
 
@@ -284,7 +304,7 @@ class Params:
 # Loading
 # --------------------------------------------------------------------------------------
 
-TOP_LEVEL_KNOBS = ("scale", "seed", "lambda", "frames", "racl", "mask_video", "mask_text")
+TOP_LEVEL_KNOBS = ("scale", "seed", "lambda", "frames", "racl", "mask_video", "mask_text", "ablations")
 SCALES = ("embedded", "paper")
 
 
@@ -324,7 +344,15 @@ def params_from_dict(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None
     seed = raw.get("seed", 0)
     _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed,
            "must be a non-negative integer")
-    return Params(scale=scale, seed=seed, cfg=cfg)
+    ablations = _coerce(raw.get("ablations", list(DEFAULT_ABLATIONS)), tuple[str, ...], "ablations", source)
+    for name in ablations:
+        ablation_overrides(name)  # validates the name
+    _check("racl-none" in ablations, "ablations", list(ablations),
+           "must include racl-none: Table 5 and Figure 3 compare with the model trained without RaCL")
+    knobs = {"lambda": cfg.pretrain.loss.racl_lambda, "frames": cfg.data.frames_train,
+             "racl": cfg.pretrain.loss.racl, "mask_video": cfg.model.mask_video,
+             "mask_text": cfg.model.mask_text}
+    return Params(scale=scale, seed=seed, cfg=cfg, knobs=types.MappingProxyType(knobs), ablations=ablations)
 
 
 def _apply_knobs(cfg: ScaleConfig, raw: Mapping[str, Any], source: str) -> ScaleConfig:
