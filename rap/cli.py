@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +34,22 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _relaunch_under_torchrun(gpus: int) -> None:
+    """Re-run this very command under ``torchrun --nproc_per_node=gpus`` on one node.
+
+    Lets ``dvc repro`` and Snakemake call plain ``rap pretrain`` whatever the GPU count. Under
+    an existing torchrun (multi-node: the user launches torchrun) the environment already
+    holds LOCAL_RANK and nothing is relaunched.
+    """
+    if gpus <= 1 or "LOCAL_RANK" in os.environ:
+        return
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+           "-m", "rap.cli", *sys.argv[1:]]
+    log.info("launching %d processes: %s", gpus, " ".join(cmd))
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)
+
+
 def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Params:
     overrides = _parse_set(args.set)
     overrides.update(extra or {})
@@ -45,40 +62,37 @@ def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Pa
 
 
 def cmd_download(args: argparse.Namespace) -> None:
-    from rap.data.download import download
-
     params = _params(args)
+    from rap.data.download import download
     summary = download(args.dataset, params.cfg.data, limit=args.limit)
     print(summary)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
-    from rap.data.extract import extract
-
     params = _params(args)
+    from rap.data.extract import extract
     summary = extract(args.dataset, params.cfg.data)
     print(summary)
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from rap.training.pretrain import run
-
     extra = ablation_overrides(args.ablation) if args.ablation else None
     params = _params(args, extra)
+    from rap.training.pretrain import run
+    _relaunch_under_torchrun(params.cfg.pretrain.gpus)
     run(params, Path(args.out), resume=args.resume, max_steps=args.max_steps)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from rap.training.finetune import run
-
     params = _params(args)
+    from rap.training.finetune import run
+    _relaunch_under_torchrun(params.cfg.finetune.gpus)
     run(params, args.task, Path(args.checkpoint), Path(args.out), resume=args.resume, max_steps=args.max_steps)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from rap.evaluation import run_evaluation
-
     params = _params(args)
+    from rap.evaluation import run_evaluation
     metrics = run_evaluation(params, args.dataset, args.split, Path(args.checkpoint), Path(args.out))
     t2v = metrics["t2v"]
     print(f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "
@@ -86,17 +100,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
-    from rap.reports.tables import write_tables
-
     params = _params(args)
+    from rap.reports.tables import write_tables
     for path in write_tables(params, Path(args.runs), Path(args.out)):
         print(path)
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
-    from rap.reports.figure import draw_figure
-
     params = _params(args)
+    from rap.reports.figure import draw_figure
     out = draw_figure(params, Path(args.racl_checkpoint), Path(args.baseline_checkpoint), Path(args.out))
     print(out)
 

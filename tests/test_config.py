@@ -1,0 +1,100 @@
+"""params.yaml is read and validated in one place; bad input stops before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rap.config import (REFERENCE_KNOBS, ConfigError, ablation_overrides, load_params,
+                        params_from_dict)
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = REPO / "params.yaml"
+
+
+def raw_params() -> dict:
+    return yaml.safe_load(PARAMS.read_text())
+
+
+def test_both_scales_load():
+    embedded = load_params(PARAMS)
+    assert embedded.scale == "embedded" and embedded.cfg.data.source == "synthetic"
+    paper = load_params(PARAMS, {"scale": "paper"})
+    # the paper's recipe (section 5.4)
+    assert paper.cfg.model.embed_dim == 256
+    assert paper.cfg.model.vision.img_size == 256 and paper.cfg.model.vision.patch_size == 16
+    assert paper.cfg.model.text.name == "bert-base-uncased"
+    opt = paper.cfg.pretrain.optim
+    assert (opt.lr, opt.warmup_lr, opt.warmup_steps, opt.weight_decay, opt.epochs, opt.batch_size) == (
+        3e-4, 1e-6, 3000, 0.05, 30, 30)
+    assert paper.cfg.finetune.optim.lr == 1e-5 and paper.cfg.finetune.epochs["msrvtt-9k"] == 10
+    assert paper.cfg.data.frames_train == 4 and paper.cfg.data.frames_eval == 8
+
+
+def test_top_level_knobs_reach_the_scale():
+    p = load_params(PARAMS, {"lambda": 2.0, "frames": 2, "racl": "v2t", "mask_video": 0.75})
+    assert p.cfg.pretrain.loss.racl_lambda == 2.0
+    assert p.cfg.finetune.loss.racl_lambda == 2.0  # fine-tuning keeps the pre-trained objective
+    assert p.cfg.data.frames_train == 2
+    assert p.cfg.pretrain.loss.racl == "v2t"
+    assert p.cfg.model.mask_video == 0.75
+    assert p.knobs["lambda"] == 2.0
+    flat = p.to_flat_dict()
+    assert flat["lambda"] == 2.0 and flat["pretrain.optim.lr"] == p.cfg.pretrain.optim.lr
+
+
+def test_dotted_override_inside_the_scale():
+    p = load_params(PARAMS, {"pretrain.optim.epochs": 1, "model.vision.depth": 1})
+    assert p.cfg.pretrain.optim.epochs == 1 and p.cfg.model.vision.depth == 1
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    ({"lambda": "two"}, "'lambda'"),
+    ({"lambda": -1.0}, "'lambda'"),
+    ({"racl": "sideways"}, "'racl'"),
+    ({"frames": 0}, "'frames'"),
+    ({"mask_video": 1.0}, "'mask_video'"),
+    ({"scale": "huge"}, "'scale'"),
+    ({"seed": -3}, "'seed'"),
+    ({"pretrain.optim.lrr": 1e-3}, "embedded.pretrain.optim.lrr"),
+    ({"pretrain.optim.epochs": 1.5}, "embedded.pretrain.optim.epochs"),
+    ({"data.sampling_train": "random"}, "embedded.data.sampling_train"),
+    ({"datasets": ["webvid", "youtube"]}, "'youtube'"),
+    ({"ablations": ["racl-none", "lambda-1.0"]}, "lambda-1.0"),
+    ({"ablations": ["racl-v2t"]}, "racl-none"),
+])
+def test_bad_values_are_rejected_naming_the_key(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        load_params(PARAMS, overrides)
+    assert needle in str(err.value)
+
+
+def test_unknown_top_level_key_is_rejected():
+    raw = raw_params()
+    raw["lamda"] = 2.0
+    with pytest.raises(ConfigError, match="lamda"):
+        params_from_dict(raw)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_ablation_runs_change_one_knob_of_the_reference():
+    assert ablation_overrides("lambda-2.0") == {**REFERENCE_KNOBS, "lambda": 2.0}
+    assert ablation_overrides("racl-none")["racl"] == "none"
+    assert ablation_overrides("frames-8")["frames"] == 8
+    assert ablation_overrides("mask-0.75")["mask_video"] == 0.75
+    for bad in ("lambda-1.0", "colour-red", "frames-two", "racl"):
+        with pytest.raises(ConfigError):
+            ablation_overrides(bad)
+
+
+def test_cli_rejects_bad_value_before_work(capsys):
+    from rap.cli import main
+
+    assert main(["pretrain", "--params", str(PARAMS), "--set", "lambda=-2"]) == 2
+    assert "'lambda'" in capsys.readouterr().err
