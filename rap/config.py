@@ -157,6 +157,7 @@ class DataConfig:
     check_sizes: bool = False  # verify split sizes against the published numbers
     download_limit: int | None = None  # take a small real subset (smoke runs)
     synthetic_seed: int = 0
+    hflip: bool = False  # flip augmentation (swaps left/right in the caption); see data/transforms.py
 
     def __post_init__(self) -> None:
         _check(self.frames_train >= 1, "frames", self.frames_train, "must be >= 1")

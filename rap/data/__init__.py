@@ -1,0 +1,1 @@
+"""Data pipeline: dataset adapters, downloads, decoding, frame store, loaders (DESIGN.md "Data")."""

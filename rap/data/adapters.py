@@ -1,0 +1,282 @@
+"""One reader per dataset: the publisher's annotation files -> ``list[ClipRecord]``.
+
+Files expected under ``<root>/raw/<dataset>/`` (what ``rap download`` fetches, or what the
+synthetic corpus writes in the same format):
+
+* ``webvid``  ``results_2M_train.csv`` (columns videoid, page_dir, name = caption; other columns
+  ignored); videos at ``videos/{page_dir}/{videoid}.mp4``.
+* ``cc3m``    ``cc3m_train.json``: a JSON list of ``{"image": <path relative to raw/cc3m>,
+  "caption": ...}`` (the released code's format). ``rap download cc3m`` builds it from Google's
+  ``Train_GCC-training.tsv`` (caption<TAB>url, no header) listing only the images it fetched,
+  saved as ``images/{row:08d}.jpg`` (row = 0-based TSV line). An image is a static clip.
+* ``msrvtt``  CLIP4Clip's ``msrvtt_data`` layout: ``MSRVTT_data.json`` (``sentences``:
+  caption, video_id), ``MSRVTT_train.9k.csv`` / ``MSRVTT_train.7k.csv`` (JSFusion id lists,
+  column video_id), ``MSRVTT_JSFUSION_test.csv`` (1k-A: key, vid_key, video_id, sentence; one
+  caption per video). ``train-7k`` prefers ``msrvtt_train_7k.jsonl`` (JSON lines
+  ``{caption, clip_name, sen_id}``, the released code's format) when present. Videos at
+  ``videos/all/{video_id}.mp4``.
+* ``didemo``  LocalizingMoments ``{train,val,test}_data.json``: one entry per moment
+  ``{video, description, times, annotation_id}``. All sentences of a video, in temporal
+  order, are joined into ONE paragraph (paragraph-to-video retrieval); sentences are kept
+  intact (the released code split on commas and produced empty captions). Videos at
+  ``videos/<video>`` (or the same stem with ``.mp4``, the usual re-encode).
+* ``msvd``    ``{train,val,test}_list.txt`` (one id a line) and ``raw-captions.pkl``
+  (``{id: [caption as token list or str, ...]}``, read with a restricted unpickler that only
+  builds dicts/lists/strings); videos ``YouTubeClips/{id}.avi``. Every caption is a query.
+* ``lsmdc``   ``LSMDC16_annos_training.csv`` / ``LSMDC16_annos_val.csv`` /
+  ``LSMDC16_challenge_1000_publictect.csv``: tab-separated clip, start, end, start, end,
+  sentence; clips at ``avi/<movie>/<clip>.avi`` with movie = clip id up to its last ``_``.
+
+``check_sizes=True`` compares video (and, where fixed, caption) counts with the published
+numbers in :data:`PUBLISHED`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from rap.data.records import ClipRecord, DataError
+
+SPLITS: dict[str, tuple[str, ...]] = {
+    "webvid": ("train",), "cc3m": ("train",),
+    "msrvtt": ("train-7k", "train-9k", "test"),
+    "didemo": ("train", "val", "test"), "msvd": ("train", "val", "test"), "lsmdc": ("train", "val", "test"),
+}
+
+
+@dataclass(frozen=True)
+class Published:
+    """Published split size. ``tol`` is a relative tolerance for numbers the papers round
+    (WebVid "2.5M") or that differ by a few unavailable videos (DiDeMo)."""
+
+    videos: int
+    captions: int | None = None
+    tol: float = 0.0
+    source: str = ""
+
+
+PUBLISHED: dict[tuple[str, str], Published] = {
+    ("webvid", "train"): Published(2_500_000, tol=0.05, source="RaP 5.2: WebVid-2M, 2.5M pairs"),
+    ("cc3m", "train"): Published(3_318_333, tol=0.0, source="Train_GCC-training.tsv rows (checked on the TSV)"),
+    ("msrvtt", "train-7k"): Published(7_010, 140_200, source="JSFusion 7k split, 20 captions/video"),
+    ("msrvtt", "train-9k"): Published(9_000, 180_000, source="JSFusion 9k split, 20 captions/video"),
+    ("msrvtt", "test"): Published(1_000, 1_000, source="1k-A test, one caption each"),
+    ("didemo", "train"): Published(8_392, tol=0.02, source="usable videos in the released code"),
+    ("didemo", "val"): Published(1_065, tol=0.02, source="usable videos in the released code"),
+    ("didemo", "test"): Published(1_003, tol=0.02, source="usable videos in the released code"),
+    ("msvd", "train"): Published(1_200, source="RaP 5.3"),
+    ("msvd", "val"): Published(100, source="RaP 5.3"),
+    ("msvd", "test"): Published(670, source="RaP 5.3"),
+    ("lsmdc", "train"): Published(101_079, 101_079, source="RaP 5.3"),
+    ("lsmdc", "val"): Published(7_408, 7_408, source="RaP 5.3"),
+    ("lsmdc", "test"): Published(1_000, 1_000, source="RaP 5.3"),
+}
+
+LSMDC_FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
+               "test": "LSMDC16_challenge_1000_publictect.csv"}
+
+
+def _need(path: Path, dataset: str, split: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: missing annotation file for {dataset} split {split!r} "
+                        f"(run `rap download {dataset}` or place it there by hand)")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty annotation file for {dataset} split {split!r} (incomplete download?)")
+    return path
+
+
+def _text(path: Path) -> str:
+    # surrogateescape: one bad byte must not make the whole file unreadable; the caption that
+    # holds it is dropped (and counted) later by records.valid_caption.
+    return path.read_text(encoding="utf-8", errors="surrogateescape")
+
+
+def _csv_rows(path: Path, delimiter: str = ",") -> list[dict[str, str]]:
+    rows = list(csv.DictReader(io.StringIO(_text(path)), delimiter=delimiter))
+    return rows
+
+
+def _json(path: Path):
+    try:
+        return json.loads(_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: malformed JSON ({err}); incomplete download?") from None
+
+
+def _col(row: dict, key: str, path: Path, line: int) -> str:
+    v = row.get(key)
+    if v is None:
+        raise DataError(f"{path}:{line}: missing column {key!r} (have {sorted(k for k in row if k)})")
+    return v
+
+
+# ---------------------------------------------------------------------------------------
+# Readers
+# ---------------------------------------------------------------------------------------
+
+
+def _webvid(raw: Path, split: str) -> list[ClipRecord]:
+    path = _need(raw / "results_2M_train.csv", "webvid", split)
+    out = []
+    for i, row in enumerate(_csv_rows(path), 2):
+        vid, page = _col(row, "videoid", path, i), _col(row, "page_dir", path, i)
+        out.append(ClipRecord(vid, raw / "videos" / page / f"{vid}.mp4", (_col(row, "name", path, i),), split))
+    return out
+
+
+def _cc3m(raw: Path, split: str) -> list[ClipRecord]:
+    path = _need(raw / "cc3m_train.json", "cc3m", split)
+    items = _json(path)
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of {{image, caption}}")
+    out = []
+    for i, it in enumerate(items):
+        if not isinstance(it, dict) or "image" not in it or "caption" not in it:
+            raise DataError(f"{path}: item {i} lacks 'image' or 'caption': {it!r:.120}")
+        out.append(ClipRecord(Path(it["image"]).stem, raw / it["image"], (it["caption"],), split, "image"))
+    return out
+
+
+def _msrvtt_captions(raw: Path, split: str) -> dict[str, list[str]]:
+    path = _need(raw / "MSRVTT_data.json", "msrvtt", split)
+    data = _json(path)
+    caps: dict[str, list[str]] = {}
+    for i, s in enumerate(data.get("sentences", []) if isinstance(data, dict) else []):
+        try:
+            caps.setdefault(s["video_id"], []).append(s["caption"])
+        except (KeyError, TypeError):
+            raise DataError(f"{path}: sentences[{i}] lacks video_id/caption") from None
+    if not caps:
+        raise DataError(f"{path}: no 'sentences' with captions")
+    return caps
+
+
+def _msrvtt(raw: Path, split: str) -> list[ClipRecord]:
+    video = lambda vid: raw / "videos" / "all" / f"{vid}.mp4"  # noqa: E731
+    if split == "test":
+        path = _need(raw / "MSRVTT_JSFUSION_test.csv", "msrvtt", split)
+        return [ClipRecord(_col(r, "video_id", path, i), video(r["video_id"]), (_col(r, "sentence", path, i),), split)
+                for i, r in enumerate(_csv_rows(path), 2)]
+    jsonl = raw / "msrvtt_train_7k.jsonl"
+    if split == "train-7k" and jsonl.is_file():
+        caps: dict[str, list[str]] = {}
+        for n, line in enumerate(_text(jsonl).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                d = json.loads(line)
+                caps.setdefault(d["clip_name"], []).append(d["caption"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DataError(f"{jsonl}:{n}: expected a JSON object with clip_name and caption") from None
+        return [ClipRecord(v, video(v), tuple(c), split) for v, c in caps.items()]
+    ids_path = _need(raw / f"MSRVTT_train.{split.split('-')[1]}.csv", "msrvtt", split)
+    all_caps = _msrvtt_captions(raw, split)
+    out = []
+    for i, r in enumerate(_csv_rows(ids_path), 2):
+        vid = _col(r, "video_id", ids_path, i)
+        if vid not in all_caps:
+            raise DataError(f"{ids_path}:{i}: video {vid!r} has no captions in {raw / 'MSRVTT_data.json'}")
+        out.append(ClipRecord(vid, video(vid), tuple(all_caps[vid]), split))
+    return out
+
+
+def _didemo(raw: Path, split: str) -> list[ClipRecord]:
+    path = _need(raw / f"{split}_data.json", "didemo", split)
+    items = _json(path)
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of moments")
+    moments: dict[str, list[tuple[float, int, str]]] = {}
+    for i, it in enumerate(items):
+        try:
+            start = float(it.get("times", [[0]])[0][0]) if it.get("times") else 0.0
+            moments.setdefault(it["video"], []).append((start, int(it.get("annotation_id", i)), it["description"]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            raise DataError(f"{path}: item {i} lacks 'video'/'description' or has bad 'times'") from None
+    out = []
+    for video, ms in moments.items():
+        ms.sort(key=lambda m: (m[0], m[1]))  # temporal order, then annotation order
+        paragraph = " ".join(s.strip() for _, _, s in ms if isinstance(s, str) and s.strip())
+        p = raw / "videos" / video
+        if not p.exists() and p.with_suffix(".mp4").exists():
+            p = p.with_suffix(".mp4")
+        out.append(ClipRecord(Path(video).stem, p, (paragraph,), split))
+    return out
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """raw-captions.pkl holds only dicts, lists and strings: refuse anything else."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _msvd(raw: Path, split: str) -> list[ClipRecord]:
+    ids_path = _need(raw / f"{split}_list.txt", "msvd", split)
+    cap_path = _need(raw / "raw-captions.pkl", "msvd", split)
+    try:
+        with cap_path.open("rb") as f:
+            caps = _SafeUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError) as err:
+        raise DataError(f"{cap_path}: unreadable caption pickle ({err})") from None
+    out = []
+    for n, vid in enumerate(_text(ids_path).split(), 1):
+        if vid not in caps:
+            raise DataError(f"{ids_path}:{n}: video {vid!r} has no captions in {cap_path}")
+        texts = tuple(" ".join(c) if isinstance(c, (list, tuple)) else str(c) for c in caps[vid])
+        out.append(ClipRecord(vid, raw / "YouTubeClips" / f"{vid}.avi", texts, split))
+    return out
+
+
+def _lsmdc(raw: Path, split: str) -> list[ClipRecord]:
+    path = _need(raw / LSMDC_FILES[split], "lsmdc", split)
+    out = []
+    for n, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) < 6:
+            raise DataError(f"{path}:{n}: expected 6 tab-separated fields (clip, start, end, start, end, "
+                            f"sentence), got {len(parts)}")
+        clip = parts[0].strip()
+        movie = clip.rsplit("_", 1)[0]
+        out.append(ClipRecord(clip, raw / "avi" / movie / f"{clip}.avi", ("\t".join(parts[5:]).strip(),), split))
+    return out
+
+
+READERS: dict[str, Callable[[Path, str], list[ClipRecord]]] = {
+    "webvid": _webvid, "cc3m": _cc3m, "msrvtt": _msrvtt, "didemo": _didemo, "msvd": _msvd, "lsmdc": _lsmdc,
+}
+
+
+def verify_sizes(dataset: str, split: str, records: list[ClipRecord], raw: Path) -> None:
+    """Raise DataError when ``records`` disagree with the published split size."""
+    pub = PUBLISHED[(dataset, split)]
+    if dataset == "cc3m":  # the JSON lists the fetched images; the published size is the TSV's
+        tsv = _need(raw / "Train_GCC-training.tsv", dataset, split)
+        n_videos, n_caps = sum(1 for line in _text(tsv).splitlines() if line.strip()), None
+    else:
+        n_videos, n_caps = len(records), sum(len(r.captions) for r in records)
+    if abs(n_videos - pub.videos) > pub.tol * pub.videos:
+        raise DataError(f"{raw}: {dataset} {split} has {n_videos} videos, published {pub.videos} "
+                        f"({pub.source}); incomplete or wrong annotation files?")
+    if pub.captions is not None and n_caps != pub.captions:
+        raise DataError(f"{raw}: {dataset} {split} has {n_caps} captions, published {pub.captions} ({pub.source})")
+
+
+def load_records(dataset: str, root: str | Path, split: str, *, check_sizes: bool = False) -> list[ClipRecord]:
+    """Records of one split, read from ``<root>/raw/<dataset>/`` (see module docstring)."""
+    if dataset not in READERS:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(READERS)}")
+    if split not in SPLITS[dataset]:
+        raise DataError(f"unknown split {split!r} for {dataset}; expected one of {SPLITS[dataset]}")
+    raw = Path(root) / "raw" / dataset
+    records = READERS[dataset](raw, split)
+    if check_sizes:
+        verify_sizes(dataset, split, records, raw)
+    return records

@@ -1,0 +1,359 @@
+"""torch Datasets, collate and loader builders (DESIGN.md "Tensor conventions").
+
+Training batch (dict): ``video`` float32 (B, K, 3, H, W); ``video_aug`` (pre-training: a
+second augmented view); ``input_ids``/``attention_mask`` (B, L) from the tokenizer passed in
+(max ``model.text.max_len_train`` tokens); ``video_index`` (B,) long (fine-tuning: captions
+of one video share it, so they are never negatives of each other); ``captions``; ``source``;
+``n_skipped`` and ``skipped_files``.
+
+Bad input (missing/zero-byte/truncated/corrupt video, unreadable image, a caption that is
+empty or not UTF-8) never crashes an epoch: the sample is replaced by the next item of the
+dataset (batches keep their size, which all-gathers across ranks need), the file is logged and
+counted, and :class:`TrainLoader` raises only when an epoch's skips exceed
+``data.max_bad_fraction`` of its samples.
+
+Frames come from the pre-extracted store when ``data.frame_store`` is on and
+``rap extract`` wrote one (sampling then indexes the stored frames), else they are decoded
+on the fly (the index, or the raw annotation when there is no index).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from rap.config import ConfigError, DataConfig, ScaleConfig
+from rap.data import decode, store, transforms
+from rap.data.adapters import load_records
+from rap.data.mixing import MixedBatchSampler
+from rap.data.records import ClipRecord, DataError, ProbeInfo, clean_captions, index_paths, read_index
+from rap.data.sampling import sample_indices
+
+log = logging.getLogger(__name__)
+
+FINETUNE_SPLITS = {"msrvtt-7k": ("msrvtt", "train-7k"), "msrvtt-9k": ("msrvtt", "train-9k"),
+                   "didemo": ("didemo", "train"), "msvd": ("msvd", "train"), "lsmdc": ("lsmdc", "train")}
+MAX_SUBSTITUTES = 16  # consecutive bad items tried before a sample is given up as an error
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A clip as the loaders see it: record, probe info (None: probe on first use) and the
+    absolute store file (None: decode on the fly)."""
+
+    record: ClipRecord
+    info: ProbeInfo | None = None
+    store: Path | None = None
+
+
+def load_clips(dataset: str, split: str, data_cfg: DataConfig) -> list[Clip]:
+    """Usable clips of a split: from ``index/<dataset>.jsonl`` when ``rap extract`` ran,
+    else straight from the raw annotation (clips with no valid caption dropped and logged)."""
+    root = Path(data_cfg.root)
+    if index_paths(root, dataset)[0].is_file():
+        clips = []
+        for e in read_index(root, dataset, split):
+            st = root / e.store if (data_cfg.frame_store and e.store) else None
+            clips.append(Clip(e.record, e.info, st))
+        if not clips:
+            raise DataError(f"{index_paths(root, dataset)[0]}: no usable clips for split {split!r}")
+        return clips
+    clips = []
+    for r in load_records(dataset, root, split, check_sizes=data_cfg.check_sizes):
+        caps, dropped = clean_captions(r.captions)
+        if dropped:
+            log.warning("%s: dropped %d unusable caption(s) of %s", r.path, dropped, r.video_id)
+        if caps:
+            clips.append(Clip(ClipRecord(r.video_id, r.path, caps, r.split, r.kind)))
+    if not clips:
+        raise DataError(f"{root / 'raw' / dataset}: no clip with a usable caption in split {split!r}")
+    return clips
+
+
+def read_clip_frames(clip: Clip, k: int, mode: str, rng: np.random.Generator | None,
+                     short_side: int | None) -> np.ndarray:
+    """K sampled frames, uint8 (K, H, W, 3). Raises DecodeError/OSError/ValueError on bad files."""
+    if clip.store is not None:
+        arr = store.read_clip(clip.store)
+        return np.asarray(arr[sample_indices(arr.shape[0], k, mode, rng)])
+    rec = clip.record
+    if rec.kind == "image" or decode.is_image(rec.path):
+        return np.repeat(decode.read_image(rec.path, short_side), k, axis=0)  # a static K-frame clip
+    info = clip.info or decode.probe(rec.path, verify=False)
+    idx = sample_indices(info.num_frames, k, mode, rng)
+    return decode.read_frames(rec.path, idx, short_side, src_size=(info.width, info.height))
+
+
+class ClipTextDataset(Dataset):
+    """(video, caption) training samples of one source.
+
+    ``per_caption`` (fine-tuning): one item per (clip, caption), every caption seen each
+    epoch; else (pre-training) one item per clip with a random caption. Items are indexed
+    ``(item, sample_seed)`` by :class:`MixedBatchSampler`; a plain int uses the item as seed.
+    """
+
+    def __init__(self, clips: Sequence[Clip], *, frames: int, sampling: str, image_size: int,
+                 two_views: bool, hflip: bool = False, per_caption: bool = False, index_offset: int = 0,
+                 name: str = ""):
+        self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
+        self.two_views, self.hflip, self.offset, self.name = two_views, hflip, index_offset, name
+        if per_caption:
+            self.items = [(c, j) for c, clip in enumerate(self.clips) for j in range(len(clip.record.captions))]
+        else:
+            self.items = [(c, -1) for c in range(len(self.clips))]
+        self.skipped = 0  # in this process (workers keep their own: use the batch's n_skipped)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _load(self, i: int, rng: np.random.Generator) -> dict[str, Any]:
+        c, j = self.items[i]
+        clip = self.clips[c]
+        caps = clip.record.captions
+        caption = caps[j] if j >= 0 else caps[int(rng.integers(len(caps)))]
+        caption, _ = clean_captions((caption,))
+        if not caption:
+            raise ValueError(f"{clip.record.path}: empty or non-UTF-8 caption")
+        caption = caption[0]
+        frames = read_clip_frames(clip, self.frames, self.sampling, rng, self.size)
+        flip = bool(self.hflip and rng.random() < 0.5)
+        out = {"video": transforms.train_view(frames, self.size, rng, flip=flip),
+               "caption": transforms.swap_left_right(caption) if flip else caption,
+               "video_index": self.offset + c}
+        if self.two_views:
+            out["video_aug"] = transforms.train_view(frames, self.size, rng, flip=flip)
+        return out
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        i, seed = (key, key) if isinstance(key, (int, np.integer)) else key
+        skipped: list[str] = []
+        for t in range(MAX_SUBSTITUTES):
+            j = (i + t) % len(self.items)  # the next item replaces a bad one: deterministic
+            try:
+                out = self._load(j, np.random.default_rng((seed, t)))
+            except (decode.DecodeError, OSError, ValueError) as err:
+                self.skipped += 1
+                msg = str(err).splitlines()[0][:300]
+                log.warning("skipping %s sample: %s", self.name or "train", msg)
+                skipped.append(msg)
+                continue
+            out["n_skipped"], out["skipped_files"] = len(skipped), skipped
+            return out
+        raise DataError(f"{self.name}: {MAX_SUBSTITUTES} consecutive unusable samples from item {i}: "
+                        + " | ".join(skipped[:3]))
+
+
+class MixedDataset(Dataset):
+    """Several sources behind one index space ``(source, item, seed)``."""
+
+    def __init__(self, sources: Sequence[ClipTextDataset], names: Sequence[str]):
+        self.sources, self.names = list(sources), list(names)
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.sources)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        s, i, seed = key
+        out = self.sources[s][(i, seed)]
+        out["source"] = self.names[s]
+        return out
+
+
+class Collate:
+    """Stacks frames and tokenises captions (``max_len`` tokens; any HF tokenizer)."""
+
+    def __init__(self, tokenizer, max_len: int):
+        self.tokenizer, self.max_len = tokenizer, max_len
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        caps = [s["caption"] for s in samples]
+        tok = self.tokenizer(caps, padding="longest", truncation=True, max_length=self.max_len,
+                             return_tensors="pt")
+        out = {"video": torch.stack([s["video"] for s in samples]),
+               "input_ids": tok["input_ids"].long(), "attention_mask": tok["attention_mask"].long(),
+               "video_index": torch.tensor([s["video_index"] for s in samples], dtype=torch.long),
+               "captions": caps,
+               "n_skipped": sum(s.get("n_skipped", 0) for s in samples),
+               "skipped_files": [f for s in samples for f in s.get("skipped_files", [])]}
+        if "video_aug" in samples[0]:
+            out["video_aug"] = torch.stack([s["video_aug"] for s in samples])
+        if "source" in samples[0]:
+            out["source"] = samples[0]["source"]  # one source per batch by construction
+        return out
+
+
+class TrainLoader:
+    """Iterates one epoch from the current data position; resumable via :meth:`set_position`.
+
+    ``position`` is the (epoch, step) of the next batch: store it in checkpoints. After a full
+    epoch the position moves to (epoch + 1, 0). ``skipped`` counts this epoch's bad samples.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: MixedBatchSampler, collate: Collate, *,
+                 num_workers: int, max_bad_fraction: float, name: str):
+        self.dataset, self.sampler, self.collate = dataset, sampler, collate
+        self.num_workers, self.max_bad_fraction, self.name = num_workers, max_bad_fraction, name
+        self.epoch, self.step, self.skipped = 0, 0, 0
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.step
+
+    def set_position(self, epoch: int, step: int = 0) -> None:
+        self.sampler.set_position(epoch, step)
+        self.epoch, self.step, self.skipped = epoch, step, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.set_position(epoch, 0)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch - self.step
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.sampler.set_position(self.epoch, self.step)
+        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate,
+                            num_workers=self.num_workers, persistent_workers=False)
+        budget = self.max_bad_fraction * self.steps_per_epoch * self.sampler.batch_size
+        for batch in loader:
+            self.skipped += batch["n_skipped"]
+            if self.skipped > budget:
+                raise DataError(f"{self.name}: {self.skipped} unusable samples this epoch, more than "
+                                f"data.max_bad_fraction={self.max_bad_fraction} of "
+                                f"{self.steps_per_epoch * self.sampler.batch_size}; latest: "
+                                + " | ".join(batch["skipped_files"][:3]))
+            self.step += 1
+            yield batch
+        self.epoch, self.step, self.skipped = self.epoch + 1, 0, 0
+        self.sampler.set_position(self.epoch, 0)
+
+
+def build_pretrain_loader(cfg: ScaleConfig, tokenizer, *, seed: int, rank: int = 0, world_size: int = 1,
+                          batch_size: int | None = None) -> TrainLoader:
+    """Pre-training mix of ``pretrain.sources`` (WebVid videos, CC3M images as static clips),
+    one source per batch drawn with ``pretrain.source_weights``; two views per sample."""
+    d, offset, sources = cfg.data, 0, []
+    for name in cfg.pretrain.sources:
+        clips = load_clips(name, "train", d)
+        sources.append(ClipTextDataset(clips, frames=d.frames_train, sampling=d.sampling_train,
+                                       image_size=d.image_size, two_views=True, hflip=d.hflip,
+                                       index_offset=offset, name=name))
+        offset += len(clips)
+    ds = MixedDataset(sources, cfg.pretrain.sources)
+    sampler = MixedBatchSampler([len(s) for s in sources], cfg.pretrain.source_weights,
+                                batch_size or cfg.pretrain.optim.batch_size, seed=seed, rank=rank,
+                                world_size=world_size)
+    return TrainLoader(ds, sampler, Collate(tokenizer, cfg.model.text.max_len_train),
+                       num_workers=d.num_workers, max_bad_fraction=d.max_bad_fraction, name="pretrain")
+
+
+def build_finetune_loader(task: str, cfg: ScaleConfig, tokenizer, *, seed: int, rank: int = 0,
+                          world_size: int = 1, batch_size: int | None = None) -> TrainLoader:
+    """Fine-tuning on ``task`` (msrvtt-7k, msrvtt-9k, didemo, msvd, lsmdc): one item per
+    caption; ``video_index`` marks captions of the same video."""
+    if task not in FINETUNE_SPLITS:
+        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {tuple(FINETUNE_SPLITS)}")
+    dataset, split = FINETUNE_SPLITS[task]
+    d = cfg.data
+    ds = ClipTextDataset(load_clips(dataset, split, d), frames=d.frames_train, sampling=d.sampling_train,
+                         image_size=d.image_size, two_views=False, hflip=d.hflip, per_caption=True, name=task)
+    mixed = MixedDataset([ds], [dataset])
+    sampler = MixedBatchSampler([len(ds)], [1.0], batch_size or cfg.finetune.optim.batch_size, seed=seed,
+                                rank=rank, world_size=world_size)
+    return TrainLoader(mixed, sampler, Collate(tokenizer, cfg.model.text.max_len_train),
+                       num_workers=d.num_workers, max_bad_fraction=d.max_bad_fraction, name=task)
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------------------
+
+
+class EvalVideos(Dataset):
+    """Videos of an evaluation split: ``frames_eval`` frames sampled ``sampling_eval``
+    (uniform: deterministic), resize + centre crop. A video that fails to decode becomes a
+    blank clip flagged ``failed`` (it still ranks, as a miss: dropping it would change the
+    test set), counted by :meth:`EvalSet.iter_videos`."""
+
+    def __init__(self, clips: Sequence[Clip], *, frames: int, sampling: str, image_size: int):
+        self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        clip = self.clips[i]
+        try:
+            frames = read_clip_frames(clip, self.frames, self.sampling, np.random.default_rng(i), self.size)
+            return {"video": transforms.eval_view(frames, self.size), "video_index": i, "failed": ""}
+        except (decode.DecodeError, OSError, ValueError) as err:
+            msg = str(err).splitlines()[0][:300]
+            log.warning("evaluation video unusable: %s", msg)
+            blank = torch.zeros(self.frames, 3, self.size, self.size)  # the mean image after normalisation
+            return {"video": blank, "video_index": i, "failed": msg}
+
+
+@dataclass
+class EvalSet:
+    """One evaluation split: videos, text queries and the ground truth between them.
+
+    ``texts[i]`` is a query whose video is ``text_to_video[i]``; ``video_to_texts[v]`` lists
+    the queries of video v (MSVD: every caption; DiDeMo: one paragraph; 1k-A: one caption).
+    """
+
+    dataset: str
+    split: str
+    videos: EvalVideos
+    texts: list[str]
+    text_to_video: list[int]
+    video_to_texts: list[list[int]]
+    max_bad_fraction: float = 0.05
+    failed: list[str] = field(default_factory=list)
+
+    def video_loader(self, batch_size: int, num_workers: int = 0) -> DataLoader:
+        return DataLoader(self.videos, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+    def iter_videos(self, batch_size: int, num_workers: int = 0) -> Iterator[dict[str, Any]]:
+        """Batches ``{"video", "video_index", "failed"}`` in order; raises DataError when more
+        than ``max_bad_fraction`` of the videos fail to decode."""
+        self.failed = []
+        for batch in self.video_loader(batch_size, num_workers):
+            self.failed += [f for f in batch["failed"] if f]
+            if len(self.failed) > self.max_bad_fraction * len(self.videos):
+                raise DataError(f"{self.dataset} {self.split}: {len(self.failed)} of {len(self.videos)} "
+                                f"evaluation videos unusable (> data.max_bad_fraction="
+                                f"{self.max_bad_fraction}); e.g. {self.failed[0]}")
+            yield batch
+
+    def tokenize(self, tokenizer, max_len: int) -> dict[str, torch.Tensor]:
+        """All queries as ``input_ids``/``attention_mask`` (N, L), L <= ``max_len`` (eval: 64)."""
+        tok = tokenizer(self.texts, padding="longest", truncation=True, max_length=max_len, return_tensors="pt")
+        return {"input_ids": tok["input_ids"].long(), "attention_mask": tok["attention_mask"].long()}
+
+    @property
+    def gt(self) -> torch.Tensor:
+        """(num_texts,) long: the video index of each query."""
+        return torch.tensor(self.text_to_video, dtype=torch.long)
+
+
+def build_eval_set(dataset: str, split: str, cfg: ScaleConfig | DataConfig) -> EvalSet:
+    """Evaluation split of ``dataset`` (msrvtt "test" is 1k-A). Every caption becomes a query."""
+    d = cfg.data if isinstance(cfg, ScaleConfig) else cfg
+    clips = load_clips(dataset, split, d)
+    texts, t2v, v2t = [], [], []
+    for v, clip in enumerate(clips):
+        v2t.append(list(range(len(texts), len(texts) + len(clip.record.captions))))
+        for c in clip.record.captions:
+            texts.append(c)
+            t2v.append(v)
+    videos = EvalVideos(clips, frames=d.frames_eval, sampling=d.sampling_eval, image_size=d.image_size)
+    return EvalSet(dataset, split, videos, texts, t2v, v2t, max_bad_fraction=d.max_bad_fraction)

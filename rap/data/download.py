@@ -1,0 +1,426 @@
+"""``rap download DATASET``: fetch the public data (or generate the embedded corpus).
+
+Machinery (:func:`fetch`): HTTP(S) with urllib; resumes a ``<file>.part`` with a ``Range``
+request; verifies size and sha256 when known; writes atomically (``os.replace`` of the
+finished part file), so a present file is complete and is skipped; retries transient
+failures (connection errors, timeouts, 408/429/5xx, short bodies) with exponential backoff;
+4xx answers fail at once. :func:`download` ends with a summary that lists what is missing.
+
+Sources (``data.source = public``); every archive is unpacked by member name into the layout
+adapters.py reads:
+
+* webvid: ``results_2M_train.csv`` (Bain et al.; the publisher withdrew public hosting in
+  2024: place the CSV in ``raw/webvid/`` by hand if the URL fails), then every row's
+  ``contentUrl`` -> ``videos/{page_dir}/{videoid}.mp4``; dead links are listed, not fatal.
+* cc3m: Google's ``Train_GCC-training.tsv``; every row's URL -> ``images/{row:08d}.jpg``;
+  ``cc3m_train.json`` then lists the images that arrived.
+* msrvtt: CLIP4Clip's ``msrvtt_data.zip`` (annotations, JSFusion splits) and Frozen-in-Time's
+  ``MSRVTT.zip`` (videos, ~6 GB).
+* didemo: LocalizingMoments ``{train,val,test}_data.json``; the Flickr videos are not
+  redistributed at a stable URL: place them in ``raw/didemo/videos/`` (checked here).
+* msvd: CLIP4Clip's ``msvd_data.zip`` (captions pickle, split lists) and UT Austin's
+  ``YouTubeClips.tar``.
+* lsmdc: licence-gated; request access at the LSMDC site and place the files by hand; this
+  command prints where and verifies what is there.
+
+``limit=N`` keeps the first N rows (videos) of every split's annotation (the full file is kept
+as ``*.full``) and fetches/unpacks only their media; single-archive sources still download
+the whole archive (they have no per-video URL).
+
+With ``data.source = synthetic`` the dataset's part of the embedded corpus is generated
+instead (synthetic.py; deterministic per (data.synthetic_seed, dataset)).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.client
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import tarfile
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rap.config import DataConfig
+from rap.data import synthetic
+from rap.data.adapters import LSMDC_FILES, SPLITS, load_records
+from rap.data.records import DataError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "rap-download/0.1 (+research reproduction)"
+RETRYABLE_HTTP = {408, 425, 429, 500, 502, 503, 504}
+
+
+class DownloadError(RuntimeError):
+    """A download that failed for good (message names the URL and the file)."""
+
+
+# ---------------------------------------------------------------------------------------
+# One file
+# ---------------------------------------------------------------------------------------
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _verify(path: Path, size: int | None, sha256: str | None) -> str | None:
+    """None when ``path`` matches the expected size/sha256, else what is wrong."""
+    actual = path.stat().st_size
+    if size is not None and actual != size:
+        return f"size {actual} != expected {size}"
+    if sha256 is not None:
+        digest = sha256_of(path)
+        if digest != sha256.lower():
+            return f"sha256 {digest[:16]}... != expected {sha256[:16]}..."
+    return None
+
+
+def fetch(url: str, dest: str | Path, *, sha256: str | None = None, size: int | None = None,
+          retries: int = 4, backoff: float = 1.0, timeout: float = 60.0) -> str:
+    """Download ``url`` to ``dest``; returns ``"skipped"`` (complete file present) or
+    ``"downloaded"``. Raises :class:`DownloadError` after ``retries`` failed attempts."""
+    dest = Path(dest)
+    if dest.is_file():
+        problem = _verify(dest, size, sha256)
+        if problem is None:
+            return "skipped"
+        log.warning("%s: present but %s; downloading again", dest, problem)
+        dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    last = "no attempt"
+    for attempt in range(retries + 1):
+        if attempt:
+            time.sleep(backoff * 2 ** (attempt - 1))
+        try:
+            _fetch_once(url, part, timeout)
+        except urllib.error.HTTPError as err:
+            if err.code not in RETRYABLE_HTTP:
+                raise DownloadError(f"{url} -> {dest}: HTTP {err.code} {err.reason}") from None
+            last = f"HTTP {err.code}"
+            continue
+        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError,
+                ConnectionError, _ShortBody) as err:
+            last = f"{type(err).__name__}: {err}"
+            continue  # the .part file stays: the next attempt resumes it
+        problem = _verify(part, size, sha256)
+        if problem is not None:
+            part.unlink()  # a corrupt part cannot be resumed: start over
+            last = f"checksum mismatch ({problem})"
+            continue
+        os.replace(part, dest)
+        return "downloaded"
+    raise DownloadError(f"{url} -> {dest}: failed after {retries + 1} attempts (last: {last})")
+
+
+class _ShortBody(IOError):
+    """The server closed the connection before Content-Length bytes arrived."""
+
+
+def _fetch_once(url: str, part: Path, timeout: float) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    req = urllib.request.Request(url, headers=headers)
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing left to fetch: the part is complete
+            return
+        raise
+    with resp:
+        if offset and resp.status != 206:  # server ignored Range: start over
+            offset = 0
+        expected = resp.headers.get("Content-Length")
+        got = 0
+        with part.open("ab" if offset else "wb") as f:
+            while True:
+                try:
+                    block = resp.read(1 << 20)
+                except http.client.IncompleteRead as err:
+                    f.write(err.partial)
+                    raise _ShortBody(f"{url}: connection closed early") from None
+                if not block:
+                    break
+                f.write(block)
+                got += len(block)
+        if expected is not None and got < int(expected):
+            raise _ShortBody(f"{url}: {got} of {expected} bytes")
+
+
+@dataclass
+class Job:
+    url: str
+    dest: Path
+    sha256: str | None = None
+    size: int | None = None
+
+
+def fetch_many(jobs: list[Job], desc: str, *, workers: int = 8, retries: int = 3,
+               backoff: float = 1.0) -> tuple[int, int, list[str]]:
+    """Fetch in parallel threads; failures are collected, not raised.
+    Returns (downloaded, skipped, ["dest: reason", ...])."""
+    done = skipped = 0
+    missing: list[str] = []
+
+    def one(job: Job):
+        try:
+            return fetch(job.url, job.dest, sha256=job.sha256, size=job.size, retries=retries, backoff=backoff), None
+        except DownloadError as err:
+            return None, f"{job.dest}: {err}"
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for status, err in tqdm(pool.map(one, jobs), total=len(jobs), desc=desc, unit="file"):
+            if err:
+                missing.append(err)
+            elif status == "skipped":
+                skipped += 1
+            else:
+                done += 1
+    return done, skipped, missing
+
+
+# ---------------------------------------------------------------------------------------
+# Archives and annotation subsets
+# ---------------------------------------------------------------------------------------
+
+
+def _unpack(archive: Path, out_dir: Path, *, suffixes: tuple[str, ...], keep: set[str] | None = None) -> int:
+    """Extract members ending in ``suffixes`` (flattened by basename, so top folders of the
+    archive do not matter; never outside ``out_dir``); ``keep``: only these basenames.
+    Existing files are left alone. Returns the number written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = 0
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as z:
+            for m in z.infolist():
+                name = Path(m.filename).name
+                if m.is_dir() or not name.endswith(suffixes) or (keep is not None and name not in keep):
+                    continue
+                dest = out_dir / name
+                if not dest.exists():
+                    with z.open(m) as src, open(dest, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    n += 1
+        return n
+    with tarfile.open(archive) as t:
+        for m in t:
+            name = Path(m.name).name
+            if not m.isfile() or not name.endswith(suffixes) or (keep is not None and name not in keep):
+                continue
+            dest = out_dir / name
+            if not dest.exists():
+                src = t.extractfile(m)
+                with src, open(dest, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                n += 1
+    return n
+
+
+def _keep_full(path: Path) -> Path:
+    """The untruncated annotation, kept beside the --limit subset as ``<name>.full``."""
+    full = path.with_name(path.name + ".full")
+    if not full.exists():
+        shutil.copy2(path, full)
+    return full
+
+
+def _limit_lines(path: Path, n: int, header: bool) -> None:
+    if not path.is_file():
+        return
+    lines = _keep_full(path).read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
+    keep = lines[: n + 1] if header else lines[:n]
+    path.write_text("".join(keep), encoding="utf-8", errors="surrogateescape")
+
+
+def limit_annotations(dataset: str, raw: Path, n: int) -> None:
+    """Rewrite each split's annotation to its first ``n`` videos (originals kept as .full)."""
+    if dataset == "webvid":
+        _limit_lines(raw / "results_2M_train.csv", n, header=True)
+    elif dataset == "cc3m":
+        _limit_lines(raw / "Train_GCC-training.tsv", n, header=False)
+    elif dataset == "msrvtt":
+        for f in ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_JSFUSION_test.csv"):
+            _limit_lines(raw / f, n, header=True)
+    elif dataset == "didemo":
+        for split in SPLITS["didemo"]:
+            p = raw / f"{split}_data.json"
+            if p.is_file():
+                items = json.loads(_keep_full(p).read_text(encoding="utf-8"))
+                videos = list(dict.fromkeys(it["video"] for it in items))[:n]
+                p.write_text(json.dumps([it for it in items if it["video"] in set(videos)]), encoding="utf-8")
+    elif dataset == "msvd":
+        for split in SPLITS["msvd"]:
+            _limit_lines(raw / f"{split}_list.txt", n, header=False)
+    elif dataset == "lsmdc":
+        for f in LSMDC_FILES.values():
+            _limit_lines(raw / f, n, header=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Per-dataset sources
+# ---------------------------------------------------------------------------------------
+
+URLS = {
+    "webvid_csv": "https://www.robots.ox.ac.uk/~maxbain/webvid/results_2M_train.csv",
+    "cc3m_tsv": "https://storage.googleapis.com/gcc-data/Train/GCC-training.tsv",
+    "msrvtt_ann": "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip",
+    "msrvtt_videos": "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip",
+    "didemo_ann": "https://raw.githubusercontent.com/LisaAnne/LocalizingMoments/master/data/{split}_data.json",
+    "msvd_ann": "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msvd_data.zip",
+    "msvd_videos": "https://www.cs.utexas.edu/users/ml/clamp/videoDescription/YouTubeClips.tar",
+}
+MANUAL = {
+    "didemo": "DiDeMo videos: follow https://github.com/LisaAnne/LocalizingMoments (download_videos.py / "
+              "the authors' AWS mirror) and place them as raw/didemo/videos/<video> (mp4 re-encodes accepted).",
+    "lsmdc": "LSMDC is licence-gated: request access at https://sites.google.com/site/describingmovies/download "
+             f"(MPII/LSMDC), then place {', '.join(LSMDC_FILES.values())} in raw/lsmdc/ and the clips as "
+             "raw/lsmdc/avi/<movie>/<clip>.avi.",
+}
+
+
+def _fetch_required(url: str, dest: Path, what: str) -> None:
+    try:
+        fetch(url, dest)
+    except DownloadError as err:
+        raise DownloadError(f"{err}\n{what}: place {dest.name} in {dest.parent} by hand and re-run") from None
+
+
+def _webvid(raw: Path, limit: int | None) -> dict:
+    csv_path = raw / "results_2M_train.csv"
+    if not csv_path.is_file():
+        _fetch_required(URLS["webvid_csv"], csv_path, "WebVid-2M annotation")
+    if limit:
+        limit_annotations("webvid", raw, limit)
+    rows = list(csv.DictReader(io.StringIO(csv_path.read_text(encoding="utf-8", errors="surrogateescape"))))
+    jobs = [Job(r["contentUrl"], raw / "videos" / r["page_dir"] / f"{r['videoid']}.mp4") for r in rows]
+    done, skipped, missing = fetch_many(jobs, "webvid videos", workers=16)
+    return {"downloaded": done, "skipped": skipped, "missing": missing}
+
+
+def _cc3m(raw: Path, limit: int | None) -> dict:
+    tsv = raw / "Train_GCC-training.tsv"
+    if not tsv.is_file():
+        _fetch_required(URLS["cc3m_tsv"], tsv, "CC3M annotation (Google Conceptual Captions)")
+    if limit:
+        limit_annotations("cc3m", raw, limit)
+    rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8", errors="surrogateescape").splitlines()]
+    jobs, caps = [], []
+    for i, row in enumerate(rows):
+        if len(row) >= 2:
+            jobs.append(Job(row[1].strip(), raw / "images" / f"{i:08d}.jpg"))
+            caps.append(row[0])
+    done, skipped, missing = fetch_many(jobs, "cc3m images", workers=16)
+    have = [{"image": f"images/{j.dest.name}", "caption": c} for j, c in zip(jobs, caps) if j.dest.is_file()]
+    (raw / "cc3m_train.json").write_text(json.dumps(have), encoding="utf-8")
+    return {"downloaded": done, "skipped": skipped, "missing": missing}
+
+
+def _archive_videos(raw: Path, dataset: str, url: str, archive_name: str, out_dir: Path,
+                    suffixes: tuple[str, ...], limit: int | None) -> int:
+    keep = None
+    if limit:  # only the media of the (limited) annotation
+        keep = {r.path.name for s in SPLITS[dataset] for r in load_records(dataset, raw.parent.parent, s)}
+    archive = raw / "archives" / archive_name
+    _fetch_required(url, archive, f"{dataset} videos")
+    return _unpack(archive, out_dir, suffixes=suffixes, keep=keep)
+
+
+def _msrvtt(raw: Path, limit: int | None) -> dict:
+    ann = raw / "archives" / "msrvtt_data.zip"
+    _fetch_required(URLS["msrvtt_ann"], ann, "MSRVTT annotations")
+    _unpack(ann, raw, suffixes=(".json", ".csv"))
+    if limit:
+        limit_annotations("msrvtt", raw, limit)
+    n = _archive_videos(raw, "msrvtt", URLS["msrvtt_videos"], "MSRVTT.zip", raw / "videos" / "all", (".mp4",), limit)
+    return {"downloaded": n, "skipped": 0, "missing": []}
+
+
+def _didemo(raw: Path, limit: int | None) -> dict:
+    for split in SPLITS["didemo"]:
+        _fetch_required(URLS["didemo_ann"].format(split=split), raw / f"{split}_data.json", "DiDeMo annotations")
+    if limit:
+        limit_annotations("didemo", raw, limit)
+    log.warning(MANUAL["didemo"])
+    return {"downloaded": 0, "skipped": 0, "missing": []}
+
+
+def _msvd(raw: Path, limit: int | None) -> dict:
+    ann = raw / "archives" / "msvd_data.zip"
+    _fetch_required(URLS["msvd_ann"], ann, "MSVD annotations")
+    _unpack(ann, raw, suffixes=(".pkl", ".txt"))
+    if limit:
+        limit_annotations("msvd", raw, limit)
+    n = _archive_videos(raw, "msvd", URLS["msvd_videos"], "YouTubeClips.tar", raw / "YouTubeClips", (".avi",), limit)
+    return {"downloaded": n, "skipped": 0, "missing": []}
+
+
+def _lsmdc(raw: Path, limit: int | None) -> dict:
+    absent = [f for f in LSMDC_FILES.values() if not (raw / f).is_file()]
+    if absent:
+        raise DataError(f"{raw}: missing {', '.join(absent)}. {MANUAL['lsmdc']}")
+    if limit:
+        limit_annotations("lsmdc", raw, limit)
+    return {"downloaded": 0, "skipped": 0, "missing": []}
+
+
+PUBLIC = {"webvid": _webvid, "cc3m": _cc3m, "msrvtt": _msrvtt, "didemo": _didemo, "msvd": _msvd, "lsmdc": _lsmdc}
+
+
+def _missing_media(dataset: str, root: Path) -> list[str]:
+    out = []
+    for split in SPLITS[dataset]:
+        try:
+            records = load_records(dataset, root, split)
+        except DataError as err:
+            out.append(str(err))
+            continue
+        out += [f"{r.path} ({split})" for r in records if not r.path.is_file()]
+    return out
+
+
+def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None) -> dict:
+    """Fetch (``public``) or generate (``synthetic``) ``raw/<dataset>/``; returns a summary
+    dict; the summary's ``message`` lists what is still missing."""
+    if dataset not in SPLITS:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(SPLITS)}")
+    root = Path(data_cfg.root)
+    raw = root / "raw" / dataset
+    limit = limit if limit is not None else data_cfg.download_limit
+    if data_cfg.source == "synthetic":
+        summary = synthetic.generate(dataset, raw, seed=data_cfg.synthetic_seed)
+        return {**summary, "source": "synthetic", "missing": 0, "message": f"{dataset}: synthetic corpus in {raw}"}
+    raw.mkdir(parents=True, exist_ok=True)
+    result = PUBLIC[dataset](raw, limit)
+    missing = sorted(set(_missing_media(dataset, root)))
+    failed = result["missing"]
+    msg = f"{dataset}: {result['downloaded']} downloaded, {result['skipped']} already present"
+    if missing:
+        msg += f"; {len(missing)} media files missing, e.g.:\n  " + "\n  ".join(missing[:10])
+        if dataset in MANUAL:
+            msg += f"\n{MANUAL[dataset]}"
+        log.warning(msg)
+    if failed:
+        log.warning("%s: %d downloads failed, e.g. %s", dataset, len(failed), failed[:3])
+    return {"dataset": dataset, "source": "public", "limit": limit, "downloaded": result["downloaded"],
+            "skipped": result["skipped"], "failed": len(failed), "missing": len(missing),
+            "missing_files": missing[:50], "message": msg}

@@ -1,0 +1,117 @@
+"""``rap extract DATASET``: probe every clip, write the index of usable clips and the list of
+unusable ones, and (``data.frame_store``) pre-extract frames into the store.
+
+Outputs under ``data.root``: ``index/<dataset>.jsonl`` (one line per (split, clip): the record
+with cleaned captions + probe info + store file), ``index/<dataset>.bad.jsonl`` (one line per
+unusable (split, clip) with the reason), ``frames/<dataset>/...`` (store.py).
+Stops with :class:`DataError` (after writing the ``.bad.jsonl``, without an index) when the
+unusable fraction of the dataset's distinct clips exceeds ``data.max_bad_fraction``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from rap.config import DataConfig
+from rap.data import decode, store
+from rap.data.adapters import SPLITS, load_records
+from rap.data.records import ClipRecord, DataError, IndexEntry, ProbeInfo, clean_captions, index_paths
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Probed:
+    info: ProbeInfo | None
+    store: str | None
+    reason: str | None
+
+
+def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path) -> tuple[_Probed, int]:
+    """Probe one clip and, when asked, write its store file. Returns (result, bytes written)."""
+    try:
+        info = decode.probe(rec.path)
+    except decode.DecodeError as err:
+        return _Probed(None, None, str(err)), 0
+    if not cfg.frame_store:
+        return _Probed(info, None, None), 0
+    rel = store.store_relpath(dataset, rec.path, rec.video_id, cfg.image_size, cfg.store_fps)
+    dest = root / rel
+    if store.is_complete(dest):
+        return _Probed(info, rel, None), 0
+    try:
+        if rec.kind == "image" or decode.is_image(rec.path):
+            frames = decode.read_image(rec.path, cfg.image_size)
+        else:
+            idx = store.store_indices(info, cfg.store_fps)
+            frames = decode.read_frames(rec.path, idx, cfg.image_size, src_size=(info.width, info.height))
+    except decode.DecodeError as err:
+        return _Probed(None, None, str(err)), 0
+    return _Probed(info, rel, None), store.write_clip(dest, frames)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | None = None) -> dict:
+    """Probe (and store) every clip of ``dataset``; returns a summary dict of counts."""
+    root = Path(data_cfg.root)
+    splits = splits or SPLITS.get(dataset, ())
+    if not splits:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(SPLITS)}")
+    records = [r for s in splits for r in load_records(dataset, root, s, check_sizes=data_cfg.check_sizes)]
+    unique: dict[Path, ClipRecord] = {}
+    for r in records:
+        unique.setdefault(r.path, r)
+    probed: dict[Path, _Probed] = {}
+    written = 0
+    for path, rec in tqdm(unique.items(), desc=f"extract {dataset}", unit="clip"):
+        probed[path], nbytes = _probe_and_store(rec, dataset, data_cfg, root)
+        written += nbytes
+    good, bad, dropped = [], [], 0
+    per_split: Counter = Counter()
+    for r in records:
+        p = probed[r.path]
+        caps, n_drop = clean_captions(r.captions)
+        dropped += n_drop
+        reason = p.reason or (None if caps else f"no usable caption in {r.captions!r:.100}")
+        if reason:
+            bad.append({"video_id": r.video_id, "path": str(r.path), "split": r.split, "reason": reason})
+            continue
+        rec = ClipRecord(r.video_id, r.path, caps, r.split, r.kind)
+        good.append(IndexEntry(rec, p.info, p.store).to_json(root))
+        per_split[r.split] += 1
+    index_path, bad_path = index_paths(root, dataset)
+    _write_jsonl(bad_path, bad)
+    bad_videos = {b["path"] for b in bad}
+    frac = len(bad_videos) / max(1, len(unique))
+    summary = {"dataset": dataset, "records": len(records), "videos": len(unique), "usable": len(good),
+               "bad": len(bad), "bad_videos": len(bad_videos), "bad_fraction": round(frac, 4),
+               "captions_dropped": dropped, "per_split": dict(per_split),
+               "frame_store": data_cfg.frame_store, "store_bytes_written": written,
+               "index": str(index_path), "bad_index": str(bad_path)}
+    for b in bad[:20]:
+        log.warning("unusable %s clip %s: %s", dataset, b["path"], b["reason"])
+    if frac > data_cfg.max_bad_fraction:
+        if index_path.exists():
+            index_path.unlink()  # a stale index must not let training go on with this data
+        reasons = Counter(b["reason"].split(": ", 1)[-1].split(" (")[0] for b in bad)
+        raise DataError(f"{dataset}: {len(bad_videos)}/{len(unique)} clips unusable ({frac:.1%} > "
+                        f"data.max_bad_fraction={data_cfg.max_bad_fraction:.1%}); see {bad_path}; "
+                        f"e.g. {bad[0]['path']}: {bad[0]['reason']}; reasons: {dict(reasons.most_common(3))}")
+    _write_jsonl(index_path, good)
+    log.info("extract %s: %s", dataset, summary)
+    return summary

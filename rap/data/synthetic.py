@@ -1,0 +1,468 @@
+"""The embedded corpus: a deterministic, seeded set of REAL media files (h264 videos written
+with PyAV, JPEG images with Pillow) and captions, laid out in each dataset's own annotation
+format under ``raw/<dataset>/`` so that the real adapters read it.
+
+What the clips show. Each clip has one dominant object with a colour, a shape and a motion
+(moves left/right/up/down, grows, shrinks), optionally a colour change half-way and a second
+object that appears in the second half, so objects and frame order both matter.
+
+The paper's two kinds of inter-modal redundancy (Sec. 1, 3.3) are built in:
+
+* visual redundancy: a textured background (stripes + noise) and small, desaturated clutter
+  shapes that no caption ever mentions;
+* textual redundancy: caption phrases that no frame shows ("on a sunny day", "while music
+  plays", ...).
+
+Learnability. Captions always name the dominant object's colour and shape, and every test
+split gives each clip a distinct (colour, shape, motion) combination (distinct colour+shape
+where the split is small enough), so a tiny model pre-trained on the WebVid/CC3M parts can beat
+chance at zero-shot retrieval. Horizontal flips would swap "left"/"right": see transforms.py.
+
+Determinism: every random choice comes from ``numpy.random.default_rng((seed, dataset))``;
+x264 runs single-threaded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import av
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (225, 40, 40), "green": (40, 190, 70), "blue": (45, 90, 240),
+    "yellow": (245, 225, 40), "purple": (165, 60, 215), "cyan": (40, 210, 220),
+}
+MOTIONS = ("left", "right", "up", "down", "grow", "shrink")
+MOTION_PHRASES = {
+    "left": ("moves to the left", "slides left", "travels leftwards", "drifts to the left"),
+    "right": ("moves to the right", "slides right", "travels rightwards", "drifts to the right"),
+    "up": ("moves up", "rises", "floats upwards", "goes up"),
+    "down": ("moves down", "falls", "sinks down", "drops down"),
+    "grow": ("grows", "gets bigger", "expands", "grows larger"),
+    "shrink": ("shrinks", "gets smaller", "contracts", "becomes smaller"),
+}
+# Textual redundancy: words no frame can show.
+REDUNDANT = ("on a sunny day", "while music plays", "in slow motion", "at a birthday party",
+             "late at night", "near the old town", "in high definition", "with a happy mood",
+             "as people cheer", "during the holidays")
+FPS = 8
+DATASETS = ("webvid", "cc3m", "msrvtt", "didemo", "msvd", "lsmdc")
+MARKER = ".synthetic-complete.json"
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    shape: str
+    colour: str
+    motion: str
+    colour2: str | None  # colour after the half-way change
+    second: tuple[str, str] | None  # (colour, shape) appearing in the second half
+    width: int
+    height: int
+    frames: int
+    seed: int  # background texture, clutter and jitter
+
+
+# ---------------------------------------------------------------------------------------
+# Specs and captions
+# ---------------------------------------------------------------------------------------
+
+
+def _specs(rng: np.random.Generator, n: int, *, unique: bool, size: tuple[int, int],
+           change_p: float = 0.25, second_p: float = 0.35, at_least_one_event: bool = False) -> list[ClipSpec]:
+    """``n`` clip specs; ``unique`` gives every clip its own (colour, shape, motion), with
+    distinct (colour, shape) as long as there are enough of them (test splits)."""
+    colours = list(COLOURS)
+    if unique:
+        pairs = [(c, s) for c in colours for s in SHAPES]
+        order = rng.permutation(len(pairs)).tolist()
+        mains = []
+        for i in range(n):
+            c, s = pairs[order[i % len(pairs)]]
+            m = MOTIONS[(i // len(pairs) + rng.integers(len(MOTIONS))) % len(MOTIONS)]
+            mains.append((c, s, m))
+        if len(set(mains)) < n:  # more clips than pairs: walk the motions to stay unique
+            seen, fixed = set(), []
+            for c, s, m in mains:
+                k = MOTIONS.index(m)
+                while (c, s, MOTIONS[k]) in seen:
+                    k = (k + 1) % len(MOTIONS)
+                seen.add((c, s, MOTIONS[k]))
+                fixed.append((c, s, MOTIONS[k]))
+            mains = fixed
+    else:
+        mains = [(colours[rng.integers(6)], SHAPES[rng.integers(6)], MOTIONS[rng.integers(6)]) for _ in range(n)]
+    out = []
+    for c, s, m in mains:
+        change = rng.random() < change_p
+        second = rng.random() < second_p
+        if at_least_one_event and not (change or second):
+            change, second = (True, False) if rng.random() < 0.5 else (False, True)
+        c2 = colours[(colours.index(c) + 1 + rng.integers(5)) % 6] if change else None
+        sec = None
+        if second:
+            sc = colours[(colours.index(c) + 1 + rng.integers(5)) % 6]
+            ss = SHAPES[(SHAPES.index(s) + 1 + rng.integers(5)) % 6]
+            sec = (sc, ss)
+        out.append(ClipSpec(s, c, m, c2, sec, size[0], size[1], int(rng.integers(16, 33)),
+                            int(rng.integers(2**31))))
+    return out
+
+
+def _sentence(spec: ClipSpec, rng: np.random.Generator, *, redundant_p: float = 0.5,
+              drop_colour_p: float = 0.0, prefix: bool = True) -> str:
+    colour = "" if rng.random() < drop_colour_p else spec.colour + " "
+    size = rng.choice(["", "", "big ", "large "])
+    verb = rng.choice(MOTION_PHRASES[spec.motion])
+    text = f"a {size}{colour}{spec.shape} {verb}"
+    if spec.colour2:
+        text += str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"]))
+    if spec.second:
+        c, s = spec.second
+        text += str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"]))
+    if rng.random() < redundant_p:
+        text += str(rng.choice([" ", ", "])) + str(rng.choice(REDUNDANT))
+    lead = rng.choice(["", "", "in this video ", "in the clip "]) if prefix else ""
+    return f"{lead}{text}"
+
+
+def _captions(spec: ClipSpec, rng: np.random.Generator, n: int, **kw) -> list[str]:
+    return [_sentence(spec, rng, **kw) for _ in range(n)]
+
+
+def _paragraph(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
+    """DiDeMo: one sentence per temporal moment (2-4), some with commas inside."""
+    sents = [f"a {spec.colour} {spec.shape} {rng.choice(MOTION_PHRASES[spec.motion])}."]
+    if spec.colour2:
+        sents.append(f"the {spec.shape}, now in the middle, turns {spec.colour2}.")
+    if spec.second:
+        c, s = spec.second
+        sents.append(f"a {c} {s} appears in the second half.")
+    if len(sents) < 4 and rng.random() < 0.6:
+        sents.append(f"the camera stays still, {rng.choice(REDUNDANT)}.")
+    return sents
+
+
+# ---------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------
+
+
+def _mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+    dx, dy = xx - cx, yy - cy
+    if shape == "circle":
+        return dx * dx + dy * dy <= r * r
+    if shape == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) <= 0.85 * r
+    if shape == "triangle":  # apex up
+        return (dy <= 0.8 * r) & (dy >= -r + 1.8 * np.abs(dx))
+    if shape == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r
+    if shape == "star":  # five points
+        rho = np.hypot(dx, dy)
+        theta = np.arctan2(dy, dx) + np.pi / 2
+        return rho <= r * (0.55 + 0.45 * np.cos(5 * theta))
+    if shape == "cross":
+        a, b = np.abs(dx), np.abs(dy)
+        return ((a <= r / 3) & (b <= r)) | ((b <= r / 3) & (a <= r))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, list]:
+    """Muted textured background plus small clutter shapes (visual redundancy)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.integers(70, 150) + rng.integers(-15, 16, size=3)
+    angle, freq = rng.uniform(0, np.pi), rng.uniform(0.15, 0.6)
+    stripes = 14 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy))
+    img = base[None, None, :] + stripes[..., None] + rng.normal(0, 5, size=(h, w, 3))
+    clutter = []
+    m = min(w, h)
+    for _ in range(int(rng.integers(2, 5))):
+        c = np.array(COLOURS[list(COLOURS)[rng.integers(6)]], np.float32)
+        grey = c.mean()
+        dull = 0.3 * c + 0.7 * grey  # desaturated: clearly not one of the caption colours
+        clutter.append((SHAPES[rng.integers(6)], dull, rng.uniform(0.1, 0.9) * w,
+                        rng.uniform(0.1, 0.9) * h, rng.uniform(0.05, 0.08) * m))
+    return img.astype(np.float32), clutter
+
+
+def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of a clip (``static``: one frame, object at rest)."""
+    rng = np.random.default_rng(spec.seed)
+    w, h = spec.width, spec.height
+    m = min(w, h)
+    bg, clutter = _background(rng, w, h)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r0 = 0.22 * m
+    oy, ox = rng.uniform(-0.06, 0.06, size=2) * m
+    sx, sy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h  # second object's place
+    n = 1 if static else spec.frames
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for t in range(n):
+        a = 0.5 if static else t / max(1, n - 1)
+        img = bg.copy()
+        for shape, col, cx, cy, r in clutter:
+            jx, jy = rng.integers(-1, 2, size=2)  # clutter jitters a little: still never captioned
+            img[_mask(shape, xx, yy, cx + jx, cy + jy, r)] = col
+        cx, cy, r = w / 2 + ox, h / 2 + oy, r0
+        if not static:
+            if spec.motion == "left":
+                cx = (0.74 - 0.48 * a) * w
+            elif spec.motion == "right":
+                cx = (0.26 + 0.48 * a) * w
+            elif spec.motion == "up":
+                cy = (0.74 - 0.48 * a) * h
+            elif spec.motion == "down":
+                cy = (0.26 + 0.48 * a) * h
+            elif spec.motion == "grow":
+                r = r0 * (0.45 + 0.85 * a)
+            elif spec.motion == "shrink":
+                r = r0 * (1.3 - 0.85 * a)
+        colour = spec.colour2 if (spec.colour2 and a >= 0.5 and not static) else spec.colour
+        img[_mask(spec.shape, xx, yy, cx, cy, r)] = COLOURS[colour]
+        if spec.second and (static or a >= 0.5):
+            c2, s2 = spec.second
+            img[_mask(s2, xx, yy, sx, sy, 0.13 * m)] = COLOURS[c2]
+        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
+    return frames
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int = FPS, gop: int | None = None) -> None:
+    """h264 (yuv420p) in whatever container the suffix names (.mp4, .avi); ``gop``: key-frame
+    interval (x264's default of 250 when None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with av.open(str(tmp), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height = frames.shape[2], frames.shape[1]
+        s.pix_fmt = "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "18"}
+        s.codec_context.thread_count = 1  # bit-identical output for a given seed
+        if gop:
+            s.codec_context.gop_size = gop
+        for f in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    tmp.replace(path)
+
+
+def write_image(path: Path, frame: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    Image.fromarray(frame).save(tmp, format="JPEG", quality=92)
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------
+# One writer per dataset, in the publisher's format (see adapters.py for the formats)
+# ---------------------------------------------------------------------------------------
+
+
+def _count(n: int, scale: float, minimum: int = 4) -> int:
+    return max(minimum, int(round(n * scale)))
+
+
+def _clips(specs: list[ClipSpec], paths: list[Path], desc: str) -> None:
+    for spec, p in tqdm(list(zip(specs, paths)), desc=desc, unit="clip", leave=False):
+        write_video(p, render(spec))
+
+
+def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+    n = _count(240, scale)
+    specs = _specs(rng, n, unique=False, size=(96, 64))
+    rows, paths = [], []
+    for i, spec in enumerate(specs):
+        vid = f"{int(rng.integers(10**6, 10**8))}{i:04d}"  # numeric like WebVid's; suffix keeps it unique
+        page = f"{(i // 50) * 50 + 1:06d}_{(i // 50 + 1) * 50:06d}"
+        cap = _sentence(spec, rng, redundant_p=0.6)
+        cap = cap[0].upper() + cap[1:] + "."
+        rows.append({"videoid": vid, "contentUrl": f"https://example.invalid/webvid/{vid}.mp4",
+                     "duration": f"PT00H00M{spec.frames // FPS:02d}S", "page_dir": page, "name": cap})
+        paths.append(raw / "videos" / page / f"{vid}.mp4")
+    _clips(specs, paths, "webvid")
+    with (raw / "results_2M_train.csv").open("w", newline="", encoding="utf-8") as f:
+        wr = csv.DictWriter(f, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    return {"videos": n, "captions": n}
+
+
+def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+    n = _count(160, scale)
+    specs = _specs(rng, n, unique=False, size=(80, 80), change_p=0.0, second_p=0.4)
+    items = []
+    for i, spec in enumerate(tqdm(specs, desc="cc3m", unit="img", leave=False)):
+        name = f"images/{i:08d}.jpg"
+        write_image(raw / name, render(spec, static=True)[0])
+        text = f"a {spec.colour} {spec.shape}"
+        if spec.second:
+            text += f" and a small {spec.second[0]} {spec.second[1]}"
+        if rng.random() < 0.6:
+            text += " " + str(rng.choice(REDUNDANT))
+        items.append({"image": name, "caption": text})
+    (raw / "cc3m_train.json").write_text(json.dumps(items, indent=0), encoding="utf-8")
+    return {"images": n, "captions": n}
+
+
+def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+    n9, n7, nt = _count(160, scale), _count(120, scale), _count(40, scale)
+    n7 = min(n7, n9)
+    train = _specs(rng, n9, unique=False, size=(64, 64))
+    test = _specs(rng, nt, unique=True, size=(64, 64))
+    videos, sentences, sen_id = [], [], 0
+    test_rows = []
+    ids = {}
+    for i, spec in enumerate(train + test):
+        vid = f"video{i}"
+        ids[i] = vid
+        split = "train" if i < n9 else "test"
+        videos.append({"video_id": vid, "split": split, "id": i, "category": int(rng.integers(20))})
+        caps = _captions(spec, rng, 5, drop_colour_p=0.15 if split == "train" else 0.0)
+        if split == "test":
+            caps[0] = _sentence(spec, rng)  # the one 1k-A query always names colour + shape
+            test_rows.append({"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid,
+                              "sentence": caps[0]})
+        for c in caps:
+            sentences.append({"caption": c, "video_id": vid, "sen_id": sen_id})
+            sen_id += 1
+    _clips(train + test, [raw / "videos" / "all" / f"{ids[i]}.mp4" for i in range(n9 + nt)], "msrvtt")
+    (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}),
+                                          encoding="utf-8")
+    with (raw / "MSRVTT_train.9k.csv").open("w", newline="", encoding="utf-8") as f:
+        f.write("video_id\n" + "".join(f"video{i}\n" for i in range(n9)))
+    by_vid: dict[str, list] = {}
+    for s in sentences:
+        by_vid.setdefault(s["video_id"], []).append(s)
+    with (raw / "msrvtt_train_7k.jsonl").open("w", encoding="utf-8") as f:
+        for i in range(n7):
+            for s in by_vid[f"video{i}"]:
+                f.write(json.dumps({"caption": s["caption"], "clip_name": s["video_id"],
+                                    "sen_id": s["sen_id"]}) + "\n")
+    with (raw / "MSRVTT_JSFUSION_test.csv").open("w", newline="", encoding="utf-8") as f:
+        wr = csv.DictWriter(f, fieldnames=["key", "vid_key", "video_id", "sentence"])
+        wr.writeheader()
+        wr.writerows(test_rows)
+    return {"videos": n9 + nt, "captions": len(sentences)}
+
+
+def _flickr_name(rng: np.random.Generator, i: int) -> str:
+    hexs = "".join(rng.choice(list("0123456789abcdef"), size=10))
+    return f"{int(rng.integers(10**7, 10**8))}@N0{i % 9}_{int(rng.integers(10**9, 10**10))}_{hexs}.mp4"
+
+
+def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+    counts = {"train": _count(80, scale), "val": _count(20, scale), "test": _count(30, scale)}
+    n_caps, n_vid, ann = 0, 0, 0
+    for split, n in counts.items():
+        specs = _specs(rng, n, unique=split != "train", size=(96, 72), at_least_one_event=True)
+        items, paths = [], []
+        for spec in specs:
+            name = _flickr_name(rng, n_vid)
+            n_vid += 1
+            sents = _paragraph(spec, rng)
+            for j, s in enumerate(sents):  # one entry per moment, as LocalizingMoments does
+                t0 = min(5, j * 6 // len(sents))
+                items.append({"video": name, "description": s, "times": [[t0, t0]], "annotation_id": ann,
+                              "num_segments": 6})
+                ann += 1
+            n_caps += len(sents)
+            paths.append(raw / "videos" / name)
+        _clips(specs, paths, f"didemo-{split}")
+        (raw / f"{split}_data.json").write_text(json.dumps(items), encoding="utf-8")
+    return {"videos": n_vid, "captions": n_caps}
+
+
+def _youtube_id(rng: np.random.Generator) -> str:
+    alphabet = list(string.ascii_letters + string.digits + "-_")
+    s = int(rng.integers(0, 200))
+    return "".join(rng.choice(alphabet, size=11)) + f"_{s}_{s + int(rng.integers(3, 12))}"
+
+
+def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+    counts = {"train": _count(60, scale), "val": _count(10, scale), "test": _count(30, scale)}
+    captions: dict[str, list[list[str]]] = {}
+    for split, n in counts.items():
+        specs = _specs(rng, n, unique=split != "train", size=(80, 64))
+        ids = [_youtube_id(rng) for _ in specs]
+        for vid, spec in zip(ids, specs):
+            k = int(rng.integers(8, 13))
+            caps = _captions(spec, rng, k, redundant_p=0.3)
+            captions[vid] = [c.split() for c in caps]  # CLIP4Clip's raw-captions.pkl: token lists
+        _clips(specs, [raw / "YouTubeClips" / f"{v}.avi" for v in ids], f"msvd-{split}")
+        (raw / f"{split}_list.txt").write_text("".join(v + "\n" for v in ids), encoding="utf-8")
+    with (raw / "raw-captions.pkl").open("wb") as f:
+        pickle.dump(captions, f, protocol=4)
+    return {"videos": len(captions), "captions": sum(len(v) for v in captions.values())}
+
+
+def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+    files = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
+             "test": "LSMDC16_challenge_1000_publictect.csv"}
+    counts = {"train": _count(100, scale), "val": _count(20, scale), "test": _count(30, scale)}
+    total = 0
+    for m_i, (split, n) in enumerate(counts.items()):
+        specs = _specs(rng, n, unique=split != "train", size=(112, 64))
+        movie = f"{m_i + 1:04d}_Synthetic_Shapes_{split.capitalize()}"
+        lines, paths = [], []
+        t = 10.0
+        for spec in specs:
+            start, end = t, t + spec.frames / FPS
+            t = end + float(rng.uniform(0.5, 5))
+            clip = f"{movie}_{_ts(start)}-{_ts(end)}"
+            sent = "SOMEONE watches as " + _sentence(spec, rng, redundant_p=0.4, prefix=False) + "."
+            lines.append("\t".join([clip, _ts(start), _ts(end), _ts(start), _ts(end), sent]))
+            paths.append(raw / "avi" / movie / f"{clip}.avi")
+        _clips(specs, paths, f"lsmdc-{split}")
+        (raw / files[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        total += n
+    return {"videos": total, "captions": total}
+
+
+def _ts(sec: float) -> str:
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{int(h):02d}.{int(m):02d}.{s:06.3f}"
+
+
+GENERATORS: dict[str, Callable[[Path, np.random.Generator, float], dict]] = {
+    "webvid": _gen_webvid, "cc3m": _gen_cc3m, "msrvtt": _gen_msrvtt,
+    "didemo": _gen_didemo, "msvd": _gen_msvd, "lsmdc": _gen_lsmdc,
+}
+
+
+def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float = 1.0) -> dict:
+    """Write the synthetic part for ``dataset`` under ``raw_dir`` (= ``<root>/raw/<dataset>``).
+
+    ``scale`` multiplies every split size (tests use ~0.1). Idempotent: a completed
+    generation with the same (seed, scale) is detected via a marker file and skipped.
+    Returns a summary dict (counts, whether it was skipped).
+    """
+    if dataset not in GENERATORS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    raw = Path(raw_dir)
+    marker = raw / MARKER
+    want = {"seed": seed, "scale": scale}
+    if marker.is_file():
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        if {k: done.get(k) for k in want} == want:
+            return {"dataset": dataset, "skipped": True, **done.get("counts", {})}
+    raw.mkdir(parents=True, exist_ok=True)
+    # (seed, dataset index): each dataset's part is independent of which others are generated.
+    rng = np.random.default_rng((seed, DATASETS.index(dataset)))
+    counts = GENERATORS[dataset](raw, rng, scale)
+    marker.write_text(json.dumps({**want, "counts": counts}), encoding="utf-8")
+    return {"dataset": dataset, "skipped": False, **counts}

@@ -1,0 +1,338 @@
+"""Text-video retrieval evaluation (paper section 5; ``rap evaluate``).
+
+1. Embeddings once: every test video (``data.frames_eval`` = 8 frames sampled uniformly,
+   unmasked) and every text query are encoded in batches under ``torch.inference_mode`` with
+   the model in eval mode.
+2. ITC ranking: cosine similarity of the L2-normalised global embeddings P_cls, T_cls
+   (paper 3.2), ``itc[t, v]`` for text t and video v. Text-to-video ranks the videos of each
+   text, video-to-text the texts of each video.
+3. Optional ITM re-ranking (``evaluate.itm_rerank_k`` = k; 0 = off), BLIP/ALPRO style as in
+   the released code: each query's k best candidates under ITC are re-scored with
+   ``ITM match logit + ITC`` by the video-grounded text encoder. Unlike the release, which
+   fills every score outside the top k with a constant -100 (ties everywhere beyond rank k,
+   so MdR/MnR there depend on tie handling), the final score is
+
+       final = ITC                                   outside the top k
+       final = C + ITM + ITC                         inside the top k
+
+   with one constant C = max(ITC) - min(ITM + ITC over the top k) + 1 per direction, so that
+   every re-ranked candidate stays above every other one and the rest keeps its ITC order:
+   ranks beyond k are the ITC ranks, never an artefact of a fill value. Both directions are
+   re-ranked (video-to-text: the k best texts of each video); a (text, video) pair in both
+   top-k sets is scored once.
+
+Metrics come from :mod:`rap.metrics` (pessimistic ties; video-to-text finds a video at the
+best rank of any of its captions, which matters for MSVD's many captions per video).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rap import tracking
+from rap.config import EvalConfig
+from rap.metrics import t2v_v2t_metrics
+
+if TYPE_CHECKING:
+    from rap.config import Params
+    from rap.data.datasets import EvalSet
+
+__all__ = ["EvalScores", "encode_eval_set", "rerank_scores", "itm_pair_scores", "score_matrices", "evaluate",
+           "run_evaluation", "write_json_atomic"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_LEN = 64  # the release's text length at evaluation (model.text.max_len_eval)
+# Checkpoint entries evaluation cannot do without (the rest, e.g. the LM decoder or the
+# momentum copies, may legitimately be absent from a fine-tuned checkpoint).
+_REQUIRED_PREFIXES = ("vision.", "vision_proj.", "text_proj.", "text.bert.")
+
+
+@dataclass
+class EvalScores:
+    """Score matrices of one evaluation split (all on the CPU).
+
+    ``itc`` (T, V) cosine similarities; ``t2v`` (T, V) and ``v2t`` (V, T) the final scores
+    of each direction (equal to ``itc`` / ``itc.T`` without re-ranking); ``text_to_video``
+    (T,) the ground truth.
+    """
+
+    itc: torch.Tensor
+    t2v: torch.Tensor
+    v2t: torch.Tensor
+    text_to_video: torch.Tensor
+    rerank_k: int
+    failed_videos: int = 0
+
+    def metrics(self) -> dict[str, dict[str, float]]:
+        return t2v_v2t_metrics(self.t2v, self.text_to_video, self.v2t)
+
+    def itc_metrics(self) -> dict[str, dict[str, float]]:
+        return t2v_v2t_metrics(self.itc, self.text_to_video)
+
+
+# --------------------------------------------------------------------------------------
+# Feature helpers: work for any dataclass of tensors (rap.model.features.VideoFeatures)
+# --------------------------------------------------------------------------------------
+
+
+def _map_fields(feats: Any, fn) -> Any:
+    if not dataclasses.is_dataclass(feats):
+        raise TypeError(f"model.encode_video must return a dataclass of tensors, got {type(feats).__name__}")
+    return type(feats)(**{f.name: fn(getattr(feats, f.name)) for f in dataclasses.fields(feats)})
+
+
+def _cat_fields(chunks: list[Any]) -> Any:
+    first = chunks[0]
+    return type(first)(**{f.name: torch.cat([getattr(c, f.name) for c in chunks])
+                          for f in dataclasses.fields(first)})
+
+
+def _autocast(device: torch.device):
+    # fp32 throughout: the evaluation must not depend on the hardware's mixed-precision kernels.
+    return torch.autocast(device.type, enabled=False)
+
+
+# --------------------------------------------------------------------------------------
+# 1. Embeddings
+# --------------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def encode_eval_set(model, eval_set: EvalSet, tokens: dict[str, torch.Tensor], batch_size: int,
+                    device: torch.device, *, keep_video_features: bool, num_workers: int = 0
+                    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Encode every video and text once.
+
+    Returns ``(video_feats, video_emb (V, D), text_emb (T, D))`` on the CPU; ``video_feats``
+    holds every field of the model's video features (needed by ITM re-ranking) when
+    ``keep_video_features``, else None (the patch and token features are large).
+    """
+    video_chunks, emb_chunks = [], []
+    n_videos = len(eval_set.videos)
+    bar = tqdm(total=n_videos, desc=f"{eval_set.dataset} videos", unit="video", leave=False)
+    expected = 0
+    for batch in eval_set.iter_videos(batch_size, num_workers):
+        index = batch["video_index"]
+        if not torch.equal(index, torch.arange(expected, expected + len(index))):
+            raise RuntimeError(f"{eval_set.dataset}: video loader returned indices {index.tolist()[:5]}..., "
+                               f"expected {expected}...: the evaluation loader must not shuffle")
+        expected += len(index)
+        with _autocast(device):
+            feats = model.encode_video(batch["video"].to(device, non_blocking=True))
+        emb_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
+        if keep_video_features:
+            video_chunks.append(_map_fields(feats, lambda t: t.cpu()))
+        bar.update(len(index))
+    bar.close()
+    if expected != n_videos:
+        raise RuntimeError(f"{eval_set.dataset}: encoded {expected} videos of {n_videos}")
+    video_emb = torch.cat(emb_chunks)
+    video_feats = _cat_fields(video_chunks) if keep_video_features else None
+
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    text_chunks = []
+    for start in tqdm(range(0, len(ids), batch_size), desc=f"{eval_set.dataset} texts", unit="batch",
+                      leave=False):
+        sl = slice(start, start + batch_size)
+        with _autocast(device):
+            feats = model.encode_text(ids[sl].to(device), mask[sl].to(device))
+        text_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
+    return video_feats, video_emb, torch.cat(text_chunks)
+
+
+# --------------------------------------------------------------------------------------
+# 3. ITM re-ranking
+# --------------------------------------------------------------------------------------
+
+
+def rerank_scores(itc: torch.Tensor, topk_index: torch.Tensor, itm: torch.Tensor) -> torch.Tensor:
+    """Combine ITC and ITM for one direction (rows = queries, columns = candidates).
+
+    ``itc`` (Q, C); ``topk_index`` (Q, k) the candidates re-scored for each query; ``itm``
+    (Q, k) their ITM match logits. Returns float64 (Q, C): ``itc`` everywhere, and
+    ``C + itm + itc`` on the top k, with the constant ``C`` lifting the smallest re-ranked
+    score one unit above the largest ITC score (see the module docstring). float64 keeps
+    the ITC differences exact next to the offset.
+    """
+    if itc.ndim != 2 or topk_index.shape != itm.shape or topk_index.shape[0] != itc.shape[0]:
+        raise ValueError(f"rerank_scores: itc {tuple(itc.shape)}, topk_index {tuple(topk_index.shape)} and "
+                         f"itm {tuple(itm.shape)} do not fit (need (Q, C), (Q, k), (Q, k))")
+    if not torch.isfinite(itm).all():
+        raise ValueError(f"ITM scores hold {int((~torch.isfinite(itm)).sum())} non-finite value(s)")
+    final = itc.double().clone()
+    if topk_index.numel() == 0:
+        return final
+    reranked = itm.double() + final.gather(1, topk_index)
+    offset = final.max() - reranked.min() + 1.0
+    final.scatter_(1, topk_index, reranked + offset)
+    return final
+
+
+@torch.inference_mode()
+def itm_pair_scores(model, video_feats: Any, tokens: dict[str, torch.Tensor], video_idx: torch.Tensor,
+                    text_idx: torch.Tensor, batch_size: int, device: torch.device, desc: str = "ITM"
+                    ) -> torch.Tensor:
+    """``model.itm_scores`` of the pairs (video_idx[p], text_idx[p]), in batches; (P,) float CPU."""
+    ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    out = []
+    for start in tqdm(range(0, len(video_idx), batch_size), desc=desc, unit="batch", leave=False):
+        v = video_idx[start:start + batch_size]
+        t = text_idx[start:start + batch_size]
+        m = mask[t]
+        length = max(int(m.sum(1).max()), 1)  # drop the padding columns no pair of this batch uses
+        vf = _map_fields(video_feats, lambda x: x[v].to(device, non_blocking=True))
+        with _autocast(device):
+            scores = model.itm_scores(vf, ids[t, :length].to(device), m[:, :length].to(device))
+        if scores.shape != (len(v),):
+            raise RuntimeError(f"model.itm_scores returned shape {tuple(scores.shape)} for {len(v)} pairs, "
+                               f"expected ({len(v)},)")
+        out.append(scores.float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _rerank_both(model, video_feats: Any, tokens: dict[str, torch.Tensor], itc: torch.Tensor, k: int,
+                 batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-ranked (t2v (T, V), v2t (V, T)) score matrices."""
+    num_texts, num_videos = itc.shape
+    k_t2v, k_v2t = min(k, num_videos), min(k, num_texts)
+    top_t2v = itc.topk(k_t2v, dim=1).indices  # (T, k): videos of each text
+    top_v2t = itc.t().topk(k_v2t, dim=1).indices  # (V, k): texts of each video
+    # Pairs as text * V + video; a pair in both directions' top k is scored once.
+    pairs_t2v = torch.arange(num_texts).repeat_interleave(k_t2v) * num_videos + top_t2v.flatten()
+    pairs_v2t = top_v2t.flatten() * num_videos + torch.arange(num_videos).repeat_interleave(k_v2t)
+    unique, inverse = torch.unique(torch.cat([pairs_t2v, pairs_v2t]), return_inverse=True)
+    scores = itm_pair_scores(model, video_feats, tokens, unique % num_videos, unique // num_videos, batch_size,
+                             device, desc=f"ITM re-rank top {k}")
+    itm_all = scores[inverse]
+    itm_t2v = itm_all[: len(pairs_t2v)].view(num_texts, k_t2v)
+    itm_v2t = itm_all[len(pairs_t2v):].view(num_videos, k_v2t)
+    return rerank_scores(itc, top_t2v, itm_t2v), rerank_scores(itc.t(), top_v2t, itm_v2t)
+
+
+# --------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------
+
+
+def score_matrices(model, tokenizer, eval_set: EvalSet, eval_cfg: EvalConfig, device: torch.device | str, *,
+                   max_len: int | None = None, num_workers: int = 0) -> EvalScores:
+    """ITC (and, with ``eval_cfg.itm_rerank_k > 0``, ITM re-ranked) scores of an eval set.
+
+    ``max_len`` defaults to the model's ``cfg.text.max_len_eval`` (64). The model is moved
+    to ``device`` and put in eval mode for the duration; its training flag is restored.
+    """
+    device = torch.device(device)
+    k = int(eval_cfg.itm_rerank_k)
+    if k < 0:
+        raise ValueError(f"evaluate.itm_rerank_k must be >= 0, got {k}")
+    if eval_cfg.batch_size < 1:
+        raise ValueError(f"evaluate.batch_size must be >= 1, got {eval_cfg.batch_size}")
+    if max_len is None:
+        text_cfg = getattr(getattr(model, "cfg", None), "text", None)
+        max_len = getattr(text_cfg, "max_len_eval", DEFAULT_MAX_LEN)
+    if not eval_set.texts or len(eval_set.videos) == 0:
+        raise ValueError(f"{eval_set.dataset} {eval_set.split}: empty evaluation set "
+                         f"({len(eval_set.texts)} texts, {len(eval_set.videos)} videos)")
+    was_training = getattr(model, "training", False)
+    if isinstance(model, torch.nn.Module):
+        model.to(device).eval()
+    try:
+        tokens = eval_set.tokenize(tokenizer, max_len)
+        video_feats, video_emb, text_emb = encode_eval_set(
+            model, eval_set, tokens, eval_cfg.batch_size, device, keep_video_features=k > 0,
+            num_workers=num_workers)
+        itc = text_emb @ video_emb.t()  # (T, V) cosine similarities
+        if k > 0:
+            t2v, v2t = _rerank_both(model, video_feats, tokens, itc, k, eval_cfg.batch_size, device)
+        else:
+            t2v, v2t = itc, itc.t()
+    finally:
+        if isinstance(model, torch.nn.Module):
+            model.train(was_training)
+    return EvalScores(itc=itc, t2v=t2v, v2t=v2t, text_to_video=eval_set.gt, rerank_k=k,
+                      failed_videos=len(getattr(eval_set, "failed", [])))
+
+
+def evaluate(model, tokenizer, eval_set: EvalSet, eval_cfg: EvalConfig, device: torch.device | str, *,
+             max_len: int | None = None, num_workers: int = 0) -> dict[str, dict[str, float]]:
+    """``{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR"}, "v2t": {...}}`` of a (zero-shot or
+    fine-tuned) model on an evaluation set (see the module docstring for the procedure)."""
+    return score_matrices(model, tokenizer, eval_set, eval_cfg, device, max_len=max_len,
+                          num_workers=num_workers).metrics()
+
+
+def write_json_atomic(data: Any, path: Path) -> Path:
+    """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _check_loaded(result: dict[str, list[str]], checkpoint: Path, rerank: bool) -> None:
+    required = _REQUIRED_PREFIXES + (("itm_head.",) if rerank else ())
+    missing = [k for k in result.get("missing", []) if k.startswith(required)]
+    if missing:
+        raise RuntimeError(f"{checkpoint}: {len(missing)} weight(s) evaluation needs are missing from the "
+                           f"checkpoint (was it trained with another model config?): {missing[:5]}")
+
+
+def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, out_json: Path) -> dict[str, Any]:
+    """``rap evaluate``: load ``checkpoint``, evaluate it on ``dataset``/``split``, write
+    ``out_json`` (DESIGN.md metrics format plus provenance) and log the same to MLflow.
+
+    Returns the dict written to ``out_json``.
+    """
+    from rap.data.datasets import build_eval_set
+    from rap.model.rap import RaPModel
+    from rap.model.tokenizer import build_tokenizer
+    from rap.training.checkpoint import load_model_weights
+
+    cfg = params.cfg
+    checkpoint, out_json = Path(checkpoint), Path(out_json)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    with tracking.stage_run("evaluate", params, tags={"rap.dataset": dataset, "rap.split": split,
+                                                      "rap.checkpoint": str(checkpoint)}):
+        torch.manual_seed(params.seed)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = RaPModel(cfg.model, cfg.pretrain.loss)
+        tokenizer = getattr(model, "tokenizer", None) or build_tokenizer(cfg.model.text)
+        _check_loaded(load_model_weights(model, checkpoint), checkpoint, cfg.evaluate.itm_rerank_k > 0)
+        eval_set = build_eval_set(dataset, split, cfg)
+        log.info("evaluating %s on %s/%s: %d queries, %d videos, ITM re-rank k=%d on %s", checkpoint, dataset,
+                 split, len(eval_set.texts), len(eval_set.videos), cfg.evaluate.itm_rerank_k, device)
+        scores = score_matrices(model, tokenizer, eval_set, cfg.evaluate, device,
+                                max_len=cfg.model.text.max_len_eval, num_workers=cfg.data.num_workers)
+        metrics = scores.metrics()
+        result: dict[str, Any] = {
+            **metrics,
+            "dataset": dataset, "split": split, "checkpoint": str(checkpoint),
+            "num_queries": len(eval_set.texts), "num_videos": len(eval_set.videos),
+            "itm_rerank_k": scores.rerank_k, "failed_videos": scores.failed_videos,
+        }
+        if scores.rerank_k > 0:
+            result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
+        write_json_atomic(result, out_json)
+        tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, dict)})
+        tracking.log_metrics({"num_queries": result["num_queries"], "num_videos": result["num_videos"],
+                              "failed_videos": result["failed_videos"]})
+        tracking.log_artifact(out_json)
+    return result
+

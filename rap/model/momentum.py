@@ -1,0 +1,102 @@
+"""Momentum encoders, feature queues and momentum distillation for the global ITC.
+
+Not in the paper; an option of the released code (BLIP/ALBEF), ``loss.momentum: true``.
+EMA copies (m = ``loss.momentum_m``) of the video/text encoders and projections produce
+(i) extra negatives kept in FIFO queues and (ii) soft targets: the ITC target becomes
+``alpha * softmax(momentum similarities) + (1 - alpha) * ground truth`` (ALBEF eq. 6), with
+``alpha`` ramped by the trainer (``distill_alpha`` over ``distill_ramp_epochs``).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rap.distributed import all_gather_no_grad
+from rap.model.features import project_text, project_video
+from rap.model.text import TextEncoder
+from rap.model.video import VideoEncoder
+
+
+class MomentumEncoders(nn.Module):
+    """EMA copies + queues. Attribute names mirror :class:`rap.model.rap.RaPModel` so that
+    :meth:`update` can pair parameters by name."""
+
+    def __init__(self, vision: VideoEncoder, text: TextEncoder, vision_proj: nn.Linear, text_proj: nn.Linear,
+                 *, queue_size: int, m: float) -> None:
+        super().__init__()
+        self.vision = copy.deepcopy(vision)
+        self.text = copy.deepcopy(text)
+        # The momentum text tower only runs the unimodal pass: drop the ITM/LM parts.
+        del self.text.cross_attn, self.text.dec_self_attn, self.text.lm_transform, self.text.lm_bias
+        self.vision_proj = copy.deepcopy(vision_proj)
+        self.text_proj = copy.deepcopy(text_proj)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.m = m
+        dim = vision_proj.out_features
+        self.register_buffer("video_queue", torch.zeros(queue_size, dim))
+        self.register_buffer("text_queue", torch.zeros(queue_size, dim))
+        self.register_buffer("id_queue", torch.full((queue_size,), -1, dtype=torch.long))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def update(self, online: nn.Module) -> None:
+        """theta_m <- m * theta_m + (1 - m) * theta (names resolved against ``online``)."""
+        params = dict(online.named_parameters())
+        for name, p_m in self.named_parameters():
+            p_m.mul_(self.m).add_(params[name].detach(), alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def embed(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+              mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Momentum global embeddings (B, D) of the same inputs (same MAC ratio, own mask)."""
+        v = project_video(self.vision, self.vision_proj, video, mask_ratio).emb
+        t = project_text(self.text, self.text_proj, input_ids, attention_mask).emb
+        return v, t
+
+    def distilled_itc(self, video_emb: torch.Tensor, text_emb: torch.Tensor, video_m: torch.Tensor,
+                      text_m: torch.Tensor, temperature: torch.Tensor, alpha: float,
+                      video_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """ITC (eqs. 2-3) against [momentum batch; queue] with distilled soft targets."""
+        n = int(self.filled)
+        video_all = torch.cat([video_m, self.video_queue[:n]])
+        text_all = torch.cat([text_m, self.text_queue[:n]])
+        b = video_emb.shape[0]
+        with torch.no_grad():
+            if video_ids is None:
+                positives = torch.zeros(b, b + n, device=video_emb.device)
+                positives[:, :b] = torch.eye(b, device=video_emb.device)
+            else:
+                ids_all = torch.cat([video_ids, self.id_queue[:n]])
+                positives = (video_ids[:, None] == ids_all[None, :]).float()
+            targets = positives / positives.sum(dim=1, keepdim=True)
+            tau = temperature.detach()
+            soft_v2t = F.softmax(video_m @ text_all.T / tau, dim=1)
+            soft_t2v = F.softmax(text_m @ video_all.T / tau, dim=1)
+            target_v2t = alpha * soft_v2t + (1 - alpha) * targets
+            target_t2v = alpha * soft_t2v + (1 - alpha) * targets
+        loss_v2t = -(F.log_softmax(video_emb @ text_all.T / temperature, dim=1) * target_v2t).sum(1).mean()
+        loss_t2v = -(F.log_softmax(text_emb @ video_all.T / temperature, dim=1) * target_t2v).sum(1).mean()
+        return loss_v2t, loss_t2v
+
+    @torch.no_grad()
+    def enqueue(self, video_m: torch.Tensor, text_m: torch.Tensor, video_ids: torch.Tensor | None,
+                gather: bool) -> None:
+        """FIFO ring buffer; with ``gather`` every rank enqueues the global batch (BLIP)."""
+        if video_ids is None:
+            video_ids = torch.full((video_m.shape[0],), -1, dtype=torch.long, device=video_m.device)
+        if gather:
+            video_m, text_m, video_ids = (all_gather_no_grad(x) for x in (video_m, text_m, video_ids))
+        q = self.video_queue.shape[0]
+        k = min(video_m.shape[0], q)
+        slots = (self.ptr + torch.arange(k, device=self.ptr.device)) % q
+        self.video_queue[slots] = video_m[-k:].to(self.video_queue.dtype)
+        self.text_queue[slots] = text_m[-k:].to(self.text_queue.dtype)
+        self.id_queue[slots] = video_ids[-k:]
+        self.ptr.copy_((self.ptr + k) % q)
+        self.filled.copy_(torch.clamp(self.filled + k, max=q))

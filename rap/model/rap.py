@@ -1,0 +1,234 @@
+"""RaPModel: encoders, projections, temperature, auxiliary heads and the loss of eq. (10).
+
+    L = L_others + lambda * L_RaCL,   L_RaCL = L^R_v2t + L^R_t2v          (eqs. 9-10)
+    L_others = w_itc * ITC + w_itm * ITM + w_lm * LM + w_iv * intra_video + w_it * intra_text
+
+ITC is eqs. (2)-(3) (mean of the two directions), RaCL eqs. (7)-(8) from :mod:`rap.losses`,
+the auxiliary tasks are those of appendix A.1 (BLIP's ITM and LM, TCL/SimCSE intra-modal
+InfoNCE). A term whose weight is 0 is neither computed nor reported.
+
+MAC masking (``model.mask_video`` / ``model.mask_text``) applies only to pre-training in
+training mode; evaluation and fine-tuning always see the whole input.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rap.config import LossConfig, ModelConfig
+from rap.losses import itc_loss, racl_function, racl_terms
+from rap.model.features import TextFeatures, VideoFeatures, project_text, project_video
+from rap.model.masking import mask_text
+from rap.model.momentum import MomentumEncoders
+from rap.model.text import TextEncoder, with_prompt
+from rap.model.tokenizer import SpecialIds, build_tokenizer
+from rap.model.video import VideoEncoder
+
+Stage = Literal["pretrain", "finetune"]
+# Parameters exempt from weight decay besides every 1-D tensor (norms, biases).
+_NO_DECAY_SUFFIXES = ("temp", "pos_embed", "cls_token", "position_embeddings.weight",
+                      "token_type_embeddings.weight")
+
+
+class RaPModel(nn.Module):
+    def __init__(self, model_cfg: ModelConfig, loss_cfg: LossConfig) -> None:
+        super().__init__()
+        self.cfg = model_cfg
+        self.loss_cfg = loss_cfg
+        self.tokenizer = build_tokenizer(model_cfg.text)
+        self.special = SpecialIds.of(self.tokenizer)
+        self.vision = VideoEncoder(model_cfg.vision)
+        self.text = TextEncoder(model_cfg.text, len(self.tokenizer), self.special.pad, self.vision.width)
+        # One projection per modality, shared by global and local features (paper 3.2).
+        self.vision_proj = nn.Linear(self.vision.width, model_cfg.embed_dim)
+        self.text_proj = nn.Linear(self.text.width, model_cfg.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(model_cfg.temp_init)))
+        self.itm_head = nn.Linear(self.text.width, 2)
+        self.momentum: MomentumEncoders | None = None
+        if loss_cfg.momentum:
+            self.momentum = MomentumEncoders(self.vision, self.text, self.vision_proj, self.text_proj,
+                                             queue_size=loss_cfg.queue_size, m=loss_cfg.momentum_m)
+
+    # ------------------------------------------------------------------ parameters
+    @property
+    def temperature(self) -> torch.Tensor:
+        """tau, clamped to [temp_min, temp_max] (gradient passes inside the range)."""
+        return self.temp.clamp(self.cfg.temp_min, self.cfg.temp_max)
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Clamp the stored tau in place; the trainer calls this after every optimiser step."""
+        self.temp.clamp_(self.cfg.temp_min, self.cfg.temp_max)
+
+    def no_weight_decay_names(self) -> set[str]:
+        """Trainable parameters AdamW should not decay: norms, biases, tau, position/[CLS] embeddings."""
+        return {name for name, p in self.named_parameters()
+                if p.requires_grad and (p.ndim <= 1 or name.endswith(_NO_DECAY_SUFFIXES))}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vision.set_grad_checkpointing(enable)
+        self.text.grad_checkpointing = enable
+
+    # ------------------------------------------------------------------ encoders
+    def encode_video(self, video: torch.Tensor, mask_ratio: float = 0.0,
+                     generator: torch.Generator | None = None) -> VideoFeatures:
+        """(B, K, 3, H, W) -> :class:`VideoFeatures`; ``mask_ratio`` is ignored in eval mode."""
+        return project_video(self.vision, self.vision_proj, video, mask_ratio, generator)
+
+    def mask_text_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float,
+                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """MAC text masking (training mode only), see :func:`rap.model.masking.mask_text`."""
+        if not self.training or mask_ratio == 0.0:
+            return input_ids, attention_mask
+        return mask_text(input_ids, attention_mask, mask_ratio, sep_id=self.special.sep, pad_id=self.special.pad,
+                         generator=generator)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    mask_ratio: float = 0.0) -> TextFeatures:
+        """(B, L) ids -> :class:`TextFeatures`; ``mask_ratio`` is ignored in eval mode."""
+        input_ids, attention_mask = self.mask_text_input(input_ids, attention_mask, mask_ratio)
+        return project_text(self.text, self.text_proj, input_ids, attention_mask)
+
+    def _itm_logits(self, video_hidden: torch.Tensor, video_mask: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, 2) no-match / match logits from the [ENC] output of the video-grounded encoder."""
+        h = self.text(with_prompt(input_ids, self.special.enc), attention_mask, video_hidden=video_hidden,
+                      video_mask=video_mask)
+        return self.itm_head(h[:, 0])
+
+    def itm_scores(self, video_feats: VideoFeatures, input_ids: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+        """Match logit log(p_match / p_no_match), (B,), for pair i = (video i, text i).
+
+        Uses the frame-averaged video tokens exactly as in training (the release trains on
+        averaged tokens but evaluates on concatenated frames; we do not).
+        """
+        logits = self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
+        return logits[:, 1] - logits[:, 0]
+
+    # ------------------------------------------------------------------ losses
+    def forward(self, batch: Mapping[str, torch.Tensor], *, alpha: float = 0.0, stage: Stage = "pretrain",
+                gather: bool = False, training_stage: Stage | None = None) -> dict[str, torch.Tensor]:
+        """Loss terms of eq. (10) for one batch (keys: see module docstring and DESIGN.md).
+
+        ``batch``: video (B,K,3,H,W), input_ids/attention_mask (B,L), optional video_index (B,)
+        (same-video samples are never negatives), video_aug (needed for intra_video).
+        ``alpha``: momentum-distillation weight (only with ``loss.momentum``).
+        ``stage`` (alias ``training_stage``, DESIGN.md's name): MAC masking only in "pretrain".
+        ``gather``: contrastive candidates all-gathered across ranks (see rap.losses).
+        """
+        stage = training_stage or stage
+        if stage not in ("pretrain", "finetune"):
+            raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+        for key in ("video", "input_ids", "attention_mask"):
+            if key not in batch:
+                raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)})")
+        lc = self.loss_cfg
+        masked = stage == "pretrain" and self.training
+        r_v = self.cfg.mask_video if masked else 0.0
+        r_t = self.cfg.mask_text if masked else 0.0
+        video_ids = batch.get("video_index")
+        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+
+        v = self.encode_video(batch["video"], r_v)
+        t_ids, t_mask = self.mask_text_input(input_ids, attention_mask, r_t)
+        t = project_text(self.text, self.text_proj, t_ids, t_mask)
+        tau = self.temperature
+
+        out: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=v.emb.device)
+        if lc.itc_weight > 0:
+            if self.momentum is not None:
+                if self.training:
+                    self.momentum.update(self)
+                v_m, t_m = self.momentum.embed(batch["video"], t_ids, t_mask, r_v)
+                l_v2t, l_t2v = self.momentum.distilled_itc(v.emb, t.emb, v_m, t_m, tau, alpha, video_ids)
+                if self.training:
+                    self.momentum.enqueue(v_m, t_m, video_ids, gather)
+            else:
+                l_v2t, l_t2v = itc_loss(v.emb, t.emb, tau, video_ids=video_ids, gather=gather)
+            out["itc"] = (l_v2t + l_t2v) / 2
+            total = total + lc.itc_weight * out["itc"]
+        if lc.racl != "none" and lc.racl_lambda > 0:
+            r_v2t, r_t2v = racl_function(lc.racl_variant)(
+                v.emb, v.patches, t.emb, t.tokens, t.token_mask, tau, patch_mask=v.patch_mask,
+                weight_grad=lc.racl_weight_grad, weight_floor=lc.racl_weight_floor, video_ids=video_ids,
+                gather=gather)
+            terms = racl_terms(lc.racl, r_v2t, r_t2v)
+            out.update(terms)
+            total = total + lc.racl_lambda * sum(terms.values())
+        if lc.itm_weight > 0:
+            out["itm"] = self._itm_loss(v, t, input_ids, attention_mask, video_ids)
+            total = total + lc.itm_weight * out["itm"]
+        if lc.lm_weight > 0:
+            out["lm"] = self._lm_loss(v, input_ids, attention_mask)
+            total = total + lc.lm_weight * out["lm"]
+        if lc.intra_video_weight > 0:
+            if "video_aug" not in batch:
+                raise KeyError("loss.intra_video_weight > 0 needs batch['video_aug'] (a second augmented view)")
+            v_aug = self.encode_video(batch["video_aug"], r_v)
+            a, b = itc_loss(v.emb, v_aug.emb, tau, video_ids=video_ids, gather=gather)
+            out["intra_video"] = (a + b) / 2
+            total = total + lc.intra_video_weight * out["intra_video"]
+        if lc.intra_text_weight > 0:
+            # SimCSE: a second pass over the same (masked) ids; only dropout differs.
+            t_aug = project_text(self.text, self.text_proj, t_ids, t_mask)
+            a, b = itc_loss(t.emb, t_aug.emb, tau, video_ids=video_ids, gather=gather)
+            out["intra_text"] = (a + b) / 2
+            total = total + lc.intra_text_weight * out["intra_text"]
+        if not out:
+            raise ValueError("no loss term is switched on: every loss weight is 0 and racl is 'none' or lambda 0")
+        out["loss"] = total
+        return out
+
+    def _itm_loss(self, v: VideoFeatures, t: TextFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  video_ids: torch.Tensor | None) -> torch.Tensor:
+        """Video-text matching (A.1): positives + one hard negative per video and per text (BLIP).
+
+        Negatives are drawn from softmax of the contrastive similarities with every entry of
+        the same video zeroed; a sample without any other video in the batch gets none. The
+        negatives come from this rank's batch only (BLIP gathers them across GPUs).
+        """
+        b = input_ids.shape[0]
+        dev = input_ids.device
+        with torch.no_grad():
+            ids = video_ids if video_ids is not None else torch.arange(b, device=dev)
+            same = ids[:, None] == ids[None, :]
+            if self.cfg.itm_hard_negatives:
+                sim = v.emb.float() @ t.emb.float().T / self.temperature.detach()
+                w_v2t = F.softmax(sim, dim=1).masked_fill(same, 0.0)  # video i -> texts
+                w_t2v = F.softmax(sim.T, dim=1).masked_fill(same, 0.0)  # text i -> videos
+            else:
+                w_v2t = w_t2v = (~same).float()
+            neg_text, has_neg_text = _sample_rows(w_v2t)
+            neg_video, has_neg_video = _sample_rows(w_t2v)
+        rows = torch.arange(b, device=dev)
+        vid_idx = torch.cat([rows, neg_video[has_neg_video], rows[has_neg_text]])
+        txt_idx = torch.cat([rows, rows[has_neg_video], neg_text[has_neg_text]])
+        labels = torch.cat([torch.ones(b, dtype=torch.long, device=dev),
+                            torch.zeros(len(vid_idx) - b, dtype=torch.long, device=dev)])
+        logits = self._itm_logits(v.hidden[vid_idx], v.hidden_mask[vid_idx], input_ids[txt_idx],
+                                  attention_mask[txt_idx])
+        return F.cross_entropy(logits.float(), labels)
+
+    def _lm_loss(self, v: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Video-grounded captioning (A.1): [DEC] as BOS, predict every following real token
+        ([SEP] acts as end of sequence), label smoothing ``loss.lm_label_smoothing``."""
+        h = self.text(with_prompt(input_ids, self.special.dec), attention_mask, video_hidden=v.hidden,
+                      video_mask=v.hidden_mask, causal=True)
+        logits = self.text.lm_logits(h[:, :-1])
+        labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
+                               label_smoothing=self.loss_cfg.lm_label_smoothing)
+
+
+def _sample_rows(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One column index per row drawn proportionally to ``weights`` (B, B); rows summing to 0
+    have no candidate: returns ``(index (B,), has_candidate (B,) bool)``."""
+    valid = weights.sum(dim=1) > 0
+    safe = torch.where(valid[:, None], weights, torch.ones_like(weights))
+    return torch.multinomial(safe, 1).squeeze(1), valid

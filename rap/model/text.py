@@ -1,0 +1,131 @@
+"""Text encoder (paper 3.2) and its two video-grounded modes of appendix A.1 (BLIP).
+
+One BERT serves three passes, sharing weights as in BLIP:
+
+* unimodal encoder: plain bidirectional BERT -> T_cls and token features;
+* video-grounded encoder (ITM): the same blocks with a cross-attention layer inserted between
+  self-attention and feed-forward in each block (the only new parameters), attending to the
+  frame-averaged video tokens; the input starts with [ENC] instead of [CLS];
+* video-grounded decoder (LM): the same embeddings, cross-attention and feed-forward modules,
+  but *separate* causal self-attention layers; the input starts with [DEC] (BOS). The output
+  layer is tied to the word embeddings.
+
+transformers 5 only runs a BertLayer's cross-attention when ``config.is_decoder`` is True,
+which also makes its self-attention causal, so "add_cross_attention on an encoder" (BLIP's
+patched BERT) is not available. We therefore keep a stock ``BertModel`` (so pretrained
+checkpoints load unchanged) and run its sub-modules in our own short layer loop, slotting in
+the injected cross-attention and the decoder's self-attention where the pass needs them.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers import BertConfig, BertModel
+from transformers.models.bert.modeling_bert import BertAttention, BertPredictionHeadTransform
+
+from rap.config import ConfigError, TextConfig
+
+
+class TextEncoder(nn.Module):
+    """BERT with injected cross-attention (ITM) and a causal decoder view (LM)."""
+
+    def __init__(self, cfg: TextConfig, vocab_size: int, pad_id: int, vision_width: int) -> None:
+        super().__init__()
+        if cfg.pretrained:
+            if cfg.name == "tiny":
+                raise ConfigError("model.text: name 'tiny' has no pretrained weights; set pretrained: false")
+            try:
+                self.bert = BertModel.from_pretrained(cfg.name, add_pooling_layer=False)
+            except OSError as err:
+                raise ConfigError(f"model.text.name: cannot load {cfg.name!r} ({err}); it must be in the "
+                                  "Hugging Face cache when offline, or set pretrained: false") from err
+            self.bert.resize_token_embeddings(vocab_size)  # room for [ENC] / [DEC]
+        else:
+            config = BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size,
+                                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
+                                intermediate_size=cfg.intermediate_size, pad_token_id=pad_id,
+                                max_position_embeddings=max(512, cfg.max_len_eval))
+            self.bert = BertModel(config, add_pooling_layer=False)
+        config = self.bert.config
+        if cfg.max_len_eval > config.max_position_embeddings:
+            raise ConfigError(f"model.text.max_len_eval={cfg.max_len_eval} exceeds the "
+                              f"{config.max_position_embeddings} positions of {cfg.name!r}")
+        self.width: int = config.hidden_size
+        self.grad_checkpointing = False
+        layers = self.bert.encoder.layer
+        # Injected cross-attention (ITM and LM); keys/values read the ViT width.
+        self.cross_attn = nn.ModuleList()
+        for i in range(len(layers)):
+            attn = BertAttention(config, layer_idx=i, is_cross_attention=True)
+            attn.self.key = nn.Linear(vision_width, attn.self.all_head_size)
+            attn.self.value = nn.Linear(vision_width, attn.self.all_head_size)
+            self.cross_attn.append(attn)
+        self.cross_attn.apply(self.bert._init_weights)
+        # The decoder's own self-attention, initialised as a copy of the encoder's (BLIP loads
+        # the same BERT checkpoint into both).
+        self.dec_self_attn = nn.ModuleList(copy.deepcopy(layer.attention) for layer in layers)
+        for attn in self.dec_self_attn:
+            attn.self.is_causal = True
+        self.lm_transform = BertPredictionHeadTransform(config)
+        self.lm_transform.apply(self.bert._init_weights)
+        self.lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def _mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """(B, 1, Lq, Lk) "may attend" -> what the attention backend takes (SDPA: bool; eager: additive)."""
+        if self.bert.config._attn_implementation == "sdpa":
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                video_hidden: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
+                causal: bool = False) -> torch.Tensor:
+        """Last hidden states (B, L, H).
+
+        ``video_hidden`` (B, M, W) switches the injected cross-attention on (ITM/LM);
+        ``causal`` uses the decoder's causal self-attention layers (LM).
+        """
+        if causal and video_hidden is None:
+            raise ValueError("the LM decoder is video-grounded: pass video_hidden")
+        h = self.bert.embeddings(input_ids=input_ids)
+        b, n = input_ids.shape
+        keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
+        if causal:
+            tri = torch.ones(n, n, dtype=torch.bool, device=h.device).tril()
+            keys = keys & tri[None, None]
+        self_mask = self._mask(keys.expand(b, 1, n, n), h.dtype)
+        cross_mask = None
+        if video_hidden is not None:
+            vm = (video_mask if video_mask is not None
+                  else torch.ones(video_hidden.shape[:2], dtype=torch.bool, device=h.device))
+            cross_mask = self._mask(vm.bool()[:, None, None, :].expand(b, 1, n, vm.shape[1]), h.dtype)
+
+        for i, layer in enumerate(self.bert.encoder.layer):
+            def block(h: torch.Tensor, i: int = i, layer: nn.Module = layer) -> torch.Tensor:
+                attn = self.dec_self_attn[i] if causal else layer.attention
+                h = attn(h, self_mask)[0]
+                if video_hidden is not None:
+                    h = self.cross_attn[i](h, None, video_hidden, cross_mask)[0]
+                return layer.feed_forward_chunk(h)  # intermediate + output (FFN, residual, LN)
+
+            if self.grad_checkpointing and self.training:
+                h = checkpoint(block, h, use_reentrant=False)
+            else:
+                h = block(h)
+        return h
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, L, V); output weights tied to the word embeddings."""
+        return nn.functional.linear(self.lm_transform(hidden), self.bert.embeddings.word_embeddings.weight,
+                                    self.lm_bias)
+
+
+def with_prompt(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
+    """Replace position 0 ([CLS]) by a task token ([ENC] for ITM, [DEC] for LM), A.1."""
+    out = input_ids.clone()
+    out[:, 0] = token_id
+    return out

@@ -1,0 +1,74 @@
+"""Video encoder (paper 3.2): a per-frame timm ViT, MAC masking, frame averaging.
+
+Frames are encoded independently (no temporal modelling, as in the paper and its release).
+With MAC (``mask_ratio > 0``, training only) each frame drops a random subset of its patches
+right after patch + position embedding; [CLS] is always kept and only the visible tokens go
+through the transformer blocks, which is where MAC's saving comes from. The outputs are then
+averaged over frames position by position (:func:`rap.model.masking.frame_average`).
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+from timm.models._manipulate import checkpoint_seq
+from torch import nn
+
+from rap.config import ConfigError, VisionConfig
+from rap.model.masking import frame_average, random_masking
+
+
+class VideoEncoder(nn.Module):
+    """(B, K, 3, H, W) frames -> frame-averaged tokens (B, 1+N, W) and patch visibility (B, N)."""
+
+    def __init__(self, cfg: VisionConfig) -> None:
+        super().__init__()
+        overrides = {k: getattr(cfg, k) for k in ("patch_size", "embed_dim", "depth", "num_heads")
+                     if getattr(cfg, k) is not None}
+        try:
+            # With pretrained weights and a different img_size timm interpolates the position
+            # embedding (paper scale: 14x14 at 224 px -> 16x16 at 256 px).
+            self.vit = timm.create_model(cfg.timm_name, pretrained=cfg.pretrained, img_size=cfg.img_size,
+                                         num_classes=0, dynamic_img_size=False,
+                                         drop_path_rate=cfg.drop_path_rate, **overrides)
+        except (RuntimeError, OSError) as err:
+            raise ConfigError(f"model.vision.timm_name: cannot build timm model {cfg.timm_name!r} "
+                              f"(pretrained={cfg.pretrained}): {err}") from err
+        if getattr(self.vit, "cls_token", None) is None or self.vit.num_prefix_tokens != 1:
+            raise ConfigError(f"model.vision.timm_name: {cfg.timm_name!r} must be a ViT with exactly one "
+                              "[CLS] token and no register tokens (P_cls is the video embedding)")
+        self.width: int = self.vit.embed_dim
+        self.num_patches: int = self.vit.patch_embed.num_patches
+        self.img_size = cfg.img_size
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.vit.set_grad_checkpointing(enable)
+
+    def forward(self, video: torch.Tensor, mask_ratio: float = 0.0,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``hidden (B, 1+N, W)`` ([CLS] first) and ``patch_mask (B, N)`` bool.
+
+        Masking only happens in training mode; evaluation always sees every patch.
+        """
+        if video.dim() != 5 or video.shape[2] != 3:
+            raise ValueError(f"video must be (B, K, 3, H, W), got shape {tuple(video.shape)}")
+        b, k = video.shape[:2]
+        if video.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(f"frames are {tuple(video.shape[-2:])} but model.vision.img_size={self.img_size}")
+        vit = self.vit
+        x = vit.patch_embed(video.flatten(0, 1))  # (B*K, N, W)
+        x = vit._pos_embed(x)  # prepends [CLS], adds position embeddings
+        x = vit.patch_drop(x)
+        cls, patches = x[:, :1], x[:, 1:]
+        keep_idx = None
+        if self.training and mask_ratio > 0:
+            patches, keep_idx = random_masking(patches, mask_ratio, generator)  # per frame
+        x = vit.norm_pre(torch.cat([cls, patches], dim=1))
+        if vit.grad_checkpointing and self.training:
+            x = checkpoint_seq(vit.blocks, x)
+        else:
+            x = vit.blocks(x)
+        x = vit.norm(x)
+        patch_avg, patch_mask = frame_average(x[:, 1:], keep_idx, k, self.num_patches)
+        cls_avg = x[:, 0].view(b, k, -1).mean(dim=1, keepdim=True)  # [CLS] is seen in every frame
+        return torch.cat([cls_avg, patch_avg], dim=1), patch_mask

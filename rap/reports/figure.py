@@ -1,0 +1,192 @@
+"""`rap figure`: Figure 3 of the paper, the redundancy weights a model gives to patches and tokens.
+
+For a few test clips and their first caption, each model encodes the video and the caption
+(:meth:`RaPModel.encode_video` / :meth:`RaPModel.encode_text`) and the redundancy of every
+non-[CLS] patch and token is measured within the pair (:func:`rap.losses.redundancy`,
+eqs. 4-6). Drawn are the RaCL weights of eqs. (7)-(8):
+
+* patches: ``w_n = 1 - vr_n`` as a heat map over the frames (red = low redundancy, high
+  weight; blue = high redundancy, as in the paper's Figure 3a);
+* tokens: ``w_l = 1 - tr_l`` as a bar per token (Figure 3b; [SEP] included, as in the loss).
+
+The RaCL model (the main run) is drawn beside the model pre-trained without RaCL (the
+``racl-none`` ablation run), the paper's baseline. Patch features are averaged over the K
+frames position by position (paper 3.2), so a patch *position* has one weight: the same map
+is drawn over each shown frame. Colours are scaled per row (min to max of that model's map,
+the range printed in the row title) so that the spatial pattern of both models is visible.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from rap.config import Params
+from rap.losses import redundancy
+
+
+DEFAULT_DATASET = "msrvtt"
+DEFAULT_SPLIT = "test"
+CMAP = "coolwarm"  # blue = high redundancy (low weight), red = low redundancy (high weight)
+
+
+@dataclass
+class Weights:
+    """One model's weights for one clip and caption."""
+
+    patch: np.ndarray  # (side, side) 1 - vr over the patch grid; NaN where the patch is invalid
+    tokens: list[str]  # caption tokens after [CLS] (padding dropped)
+    token: np.ndarray  # (len(tokens),) 1 - tr
+
+
+def load_model(params: Params, checkpoint: Path, device: torch.device | str = "cpu"):
+    """The RaP model of ``params`` with the weights of ``checkpoint``, in eval mode.
+
+    Every model parameter must come from the checkpoint: a partly loaded model would draw
+    meaningless maps."""
+    from rap.model.rap import RaPModel
+    from rap.training.checkpoint import load_model_weights
+
+    model = RaPModel(params.cfg.model, params.cfg.pretrain.loss)
+    result = load_model_weights(model, Path(checkpoint), strict=False)
+    if result["missing"]:
+        raise RuntimeError(f"{checkpoint}: {len(result['missing'])} model tensor(s) missing from the checkpoint "
+                           f"(was it trained with another model config?): {result['missing'][:5]}")
+    return model.to(device).eval()
+
+
+@torch.no_grad()
+def redundancy_weights(model, video: torch.Tensor, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor) -> list[Weights]:
+    """Weights ``1 - vr`` (patches) and ``1 - tr`` (tokens) of each pair (video i, caption i),
+    eqs. (4)-(8). ``video`` (B, K, 3, H, W); ``input_ids``/``attention_mask`` (B, L)."""
+    device = next(model.parameters()).device
+    v = model.encode_video(video.to(device))
+    t = model.encode_text(input_ids.to(device), attention_mask.to(device))
+    vr, tr = redundancy(v.patches, t.tokens, t.token_mask, patch_mask=v.patch_mask)
+    w_patch = (1.0 - vr).masked_fill(~v.patch_mask, float("nan")).float().cpu().numpy()
+    w_token = (1.0 - tr).float().cpu().numpy()
+    n = w_patch.shape[1]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} patches do not form a square grid; cannot draw the patch map")
+    out = []
+    for b in range(video.shape[0]):
+        keep = t.token_mask[b].cpu().numpy()
+        ids = input_ids[b, 1:][torch.from_numpy(keep)].tolist()
+        out.append(Weights(w_patch[b].reshape(side, side), model.tokenizer.convert_ids_to_tokens(ids),
+                           w_token[b][keep]))
+    return out
+
+
+def _display_frames(video: torch.Tensor) -> np.ndarray:
+    """(K, 3, H, W) ImageNet-normalised -> (K, H, W, 3) in [0, 1] for imshow."""
+    from rap.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    x = video.permute(0, 2, 3, 1).cpu().numpy() * IMAGENET_STD + IMAGENET_MEAN
+    return np.clip(x, 0.0, 1.0)
+
+
+def _normalised(w: np.ndarray) -> tuple[np.ndarray, float, float]:
+    lo, hi = float(np.nanmin(w)), float(np.nanmax(w))
+    return (w - lo) / (hi - lo if hi > lo else 1.0), lo, hi
+
+
+def plot_weights(videos: torch.Tensor, captions: Sequence[str], weights: dict[str, list[Weights]],
+                 out_png: Path, *, show_frames: int = 2, title: str = "") -> Path:
+    """Draw the figure: per clip and model one row of ``show_frames`` frames with the patch
+    weight map overlaid, and the token weights as horizontal bars on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_clips, k = videos.shape[0], videos.shape[1]
+    show = np.unique(np.linspace(0, k - 1, min(show_frames, k)).round().astype(int))
+    models = list(weights)
+    n_rows = n_clips * len(models)
+    max_tokens = max(len(w.tokens) for ws in weights.values() for w in ws)
+    row_height = max(2.5, 0.13 * max_tokens)  # room for one readable label per token
+    fig = plt.figure(figsize=(2.3 * len(show) + 4.0, row_height * n_rows + 1.2))
+    grid = fig.add_gridspec(n_rows, len(show) + 1, width_ratios=[1.0] * len(show) + [1.5],
+                            hspace=0.55, wspace=0.3)
+    for c in range(n_clips):
+        frames = _display_frames(videos[c])
+        for m, name in enumerate(models):
+            w = weights[name][c]
+            row = c * len(models) + m
+            heat, lo, hi = _normalised(w.patch)
+            for j, f in enumerate(show):
+                ax = fig.add_subplot(grid[row, j])
+                h, wd = frames[f].shape[:2]
+                ax.imshow(frames[f])
+                ax.imshow(np.ma.masked_invalid(heat), cmap=CMAP, vmin=0.0, vmax=1.0, alpha=0.5,
+                          extent=(0, wd, h, 0), interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.set_xlabel(f"frame {f + 1}/{k}", fontsize=7)
+                if j == 0:
+                    ax.set_ylabel(f"{name}\n1-vr in [{lo:.2f}, {hi:.2f}]", fontsize=7)
+                if j == 0 and m == 0:
+                    caption = textwrap.shorten(captions[c], width=90, placeholder=" ...")
+                    ax.set_title(f'clip {c + 1}: "{caption}"', fontsize=8, loc="left", style="italic")
+            ax = fig.add_subplot(grid[row, len(show)])
+            y = np.arange(len(w.tokens))
+            tok_norm, _, _ = _normalised(w.token)
+            ax.barh(y, w.token, color=plt.get_cmap(CMAP)(tok_norm))
+            ax.set_yticks(y, w.tokens, fontsize=6)
+            ax.invert_yaxis()
+            ax.tick_params(axis="x", labelsize=6)
+            ax.set_xlabel("token weight 1-tr", fontsize=7)
+    fig.suptitle(title or "Redundancy weights (RaP Figure 3)", fontsize=10)
+    fig.text(0.01, 0.005, "Patch features are averaged over the K frames (paper 3.2): each patch position has one "
+             "weight, drawn over every shown frame. Colours scaled per row; red = low redundancy (high weight).",
+             fontsize=6.5, wrap=True)
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return out_png
+
+
+def draw_figure(params: Params, racl_ckpt: Path, baseline_ckpt: Path, out_png: Path, *,
+                dataset: str = DEFAULT_DATASET, split: str = DEFAULT_SPLIT, clips: int = 2,
+                show_frames: int = 2, device: str | None = None, track: bool = True) -> Path:
+    """Figure 3 for the first ``clips`` videos of ``dataset``/``split`` (first caption each):
+    the RaCL model (``racl_ckpt``) beside the model trained without RaCL (``baseline_ckpt``).
+    Writes ``out_png`` and, with ``track``, logs it to the stage's MLflow run."""
+    from rap import tracking
+    from rap.data.datasets import build_eval_set
+    from rap.reports.layout import format_value
+
+    eval_set = build_eval_set(dataset, split, params.cfg)
+    if len(eval_set.videos) < clips:
+        raise ValueError(f"{dataset}/{split} has {len(eval_set.videos)} videos, fewer than clips={clips}")
+    items = [eval_set.videos[i] for i in range(clips)]
+    failed = [it["failed"] for it in items if it["failed"]]
+    if failed:
+        raise RuntimeError(f"{dataset}/{split}: cannot decode a clip for the figure: {failed[0]}")
+    videos = torch.stack([it["video"] for it in items])
+    captions = [eval_set.texts[eval_set.video_to_texts[i][0]] for i in range(clips)]
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    weights: dict[str, list[Weights]] = {}
+    for name, ckpt in (("RaCL (RaP)", racl_ckpt), ("w/o RaCL", baseline_ckpt)):
+        model = load_model(params, ckpt, dev)
+        tok = model.tokenizer(captions, padding="longest", truncation=True,
+                              max_length=params.cfg.model.text.max_len_eval, return_tensors="pt")
+        weights[name] = redundancy_weights(model, videos, tok["input_ids"], tok["attention_mask"])
+        del model
+    title = (f"Redundancy weights on {dataset} {split} (scale {params.scale}, "
+             f"{format_value(params.cfg.data.frames_eval)} frames): RaCL vs w/o RaCL")
+    if not track:
+        return plot_weights(videos, captions, weights, Path(out_png), show_frames=show_frames, title=title)
+    with tracking.stage_run("figure", params):
+        out = plot_weights(videos, captions, weights, Path(out_png), show_frames=show_frames, title=title)
+        tracking.log_artifact(out)
+    return out

@@ -1,0 +1,234 @@
+"""Where every pipeline output lives: the one map shared by dvc.yaml, the Snakefile and the tables.
+
+Layout under the runs root (default ``runs/``)::
+
+    pretrain/main/                    main pre-training (checkpoint.pt, loss.csv, train_summary.json)
+    eval/zeroshot/<dataset>.json      zero-shot metrics of the main model
+    finetune/<task>/                  fine-tuned models (checkpoint.pt)
+    eval/finetuned/<task>.json        their test metrics (msrvtt-7k/9k are tested on MSRVTT 1k-A)
+    ablation/<name>/                  ablation pre-trainings (checkpoint.pt, train_summary.json)
+    eval/ablation/<name>.json         their zero-shot MSRVTT metrics
+
+Ablation runs (paper Tables 5-7, and Table 8 for MAC) are listed by name in params.yaml's
+``ablations`` (``racl-none``, ``frames-2``, ``lambda-2.0``, ``mask-0.75``, ...); each is the
+paper's main setting :data:`rap.config.REFERENCE_KNOBS` with one knob changed
+(:func:`rap.config.ablation_overrides`). The reference value of every ablated knob (RaCL both,
+4 frames, lambda 1.0, r_v 0.0: the paper's "RaP" rows) is not trained again: it is the main
+run, provided the main run's knobs equal the reference; otherwise that row has no run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# ablation_overrides (run name -> knobs) lives in rap.config and is re-exported from here.
+from rap.config import (ABLATION_KNOBS, DOWNSTREAM_DATASETS, FINETUNE_TASKS, REFERENCE_KNOBS, ConfigError, Params,
+                        ablation_overrides)
+
+MAIN_RUN = "main"
+# The dataset every ablation is evaluated on (paper Tables 5-7: zero-shot MSRVTT).
+ABLATION_EVAL_DATASET = "msrvtt"
+# Report table of each ablation name prefix (Table 8, MAC mask ratio, is this project's addition).
+ABLATION_TABLES: dict[str, int] = {"racl": 5, "frames": 6, "lambda": 7, "mask": 8}
+# Row order of the RaCL table as in the paper (numeric knobs are sorted ascending).
+_RACL_ORDER = ("none", "v2t", "t2v", "both")
+
+
+@dataclass(frozen=True)
+class AblationSetting:
+    """One row of an ablation table (5-8): a knob value and the run that provides it."""
+
+    name: str  # run name, e.g. "lambda-2.0"; for the reference value "<prefix>-<value> (main)"
+    knob: str  # top-level knob, e.g. "lambda"
+    value: Any  # typed value, e.g. 2.0
+    table: int
+    is_main: bool  # the reference value: provided by the main run
+    run_dir: Path | None  # checkpoint.pt / train_summary.json; None: no run provides this row
+    metrics: Path | None  # zero-shot MSRVTT metrics JSON; None as above
+
+
+def format_value(value: Any) -> str:
+    """Display text of a knob value (floats keep their ``.0``: 1.0, not 1)."""
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def main_is_reference(params: Params) -> bool:
+    """True when the main run was trained with the paper's main setting, so that it can stand
+    for the reference rows of the ablation tables."""
+    return all(params.knobs.get(k) == v for k, v in REFERENCE_KNOBS.items())
+
+
+# --------------------------------------------------------------------------------------
+# Paths
+# --------------------------------------------------------------------------------------
+
+
+def run_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
+    """Directory of a training run: ``kind`` in pretrain (name ``main``), finetune (a task),
+    ablation (an ablation run name)."""
+    root = Path(root)
+    if kind == "pretrain":
+        if name != MAIN_RUN:
+            raise ConfigError(f"run_dir('pretrain', {name!r}): the only pre-training run is {MAIN_RUN!r}; "
+                              "ablation pre-trainings live under kind 'ablation'")
+        return root / "pretrain" / MAIN_RUN
+    if kind == "finetune":
+        _check_task(name)
+        return root / "finetune" / name
+    if kind == "ablation":
+        ablation_overrides(name)  # validates the name
+        return root / "ablation" / name
+    raise ConfigError(f"run_dir: unknown kind {kind!r}; expected pretrain, finetune or ablation")
+
+
+def checkpoint_path(kind: str, name: str, root: str | Path = "runs") -> Path:
+    return run_dir(kind, name, root) / "checkpoint.pt"
+
+
+def summary_path(kind: str, name: str, root: str | Path = "runs") -> Path:
+    """``train_summary.json`` of a training run (wall time, throughput; Table 8)."""
+    return run_dir(kind, name, root) / "train_summary.json"
+
+
+def metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
+    """Metrics JSON: ``kind`` zeroshot (name = dataset), finetuned (name = task),
+    ablation (name = ablation run)."""
+    root = Path(root)
+    if kind == "zeroshot":
+        if name not in DOWNSTREAM_DATASETS:
+            raise ConfigError(f"metrics_path('zeroshot', {name!r}): dataset must be one of {DOWNSTREAM_DATASETS}")
+        return root / "eval" / "zeroshot" / f"{name}.json"
+    if kind == "finetuned":
+        _check_task(name)
+        return root / "eval" / "finetuned" / f"{name}.json"
+    if kind == "ablation":
+        ablation_overrides(name)
+        return root / "eval" / "ablation" / f"{name}.json"
+    raise ConfigError(f"metrics_path: unknown kind {kind!r}; expected zeroshot, finetuned or ablation")
+
+
+def task_dataset(task: str) -> str:
+    """Dataset a fine-tuning task is tested on: msrvtt-7k and msrvtt-9k both use MSRVTT 1k-A."""
+    _check_task(task)
+    return task.split("-")[0]
+
+
+def _check_task(task: str) -> None:
+    if task not in FINETUNE_TASKS:
+        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {FINETUNE_TASKS}")
+
+
+# --------------------------------------------------------------------------------------
+# Ablation grid
+# --------------------------------------------------------------------------------------
+
+
+def ablation_table(name: str) -> int:
+    """Report table of an ablation run name (validated by :func:`rap.config.ablation_overrides`)."""
+    ablation_overrides(name)
+    return ABLATION_TABLES[name.partition("-")[0]]
+
+
+def ablation_run_names(params: Params) -> list[str]:
+    """The ablation pre-trainings to run, as listed in params.yaml (dvc.yaml's foreach keys)."""
+    return list(params.ablations)
+
+
+def ablation_settings(params: Params, root: str | Path = "runs", table: int | None = None) -> list[AblationSetting]:
+    """Rows of the ablation tables (5-8): per table the reference value (the main run) and every
+    listed ablation run of that knob, ordered as in the paper (RaCL) or by value."""
+    root = Path(root)
+    main_ok = main_is_reference(params)
+    out: list[AblationSetting] = []
+    for prefix, tab in ABLATION_TABLES.items():
+        if table is not None and tab != table:
+            continue
+        knob = ABLATION_KNOBS[prefix]
+        ref = REFERENCE_KNOBS[knob]
+        rows = [AblationSetting(f"{prefix}-{format_value(ref)} (main)", knob, ref, tab, True,
+                                run_dir("pretrain", MAIN_RUN, root) if main_ok else None,
+                                metrics_path("zeroshot", ABLATION_EVAL_DATASET, root) if main_ok else None)]
+        for name in params.ablations:
+            if name.partition("-")[0] == prefix:
+                value = ablation_overrides(name)[knob]
+                rows.append(AblationSetting(name, knob, value, tab, False, run_dir("ablation", name, root),
+                                            metrics_path("ablation", name, root)))
+        rows.sort(key=lambda r: _RACL_ORDER.index(r.value) if knob == "racl" else r.value)
+        out.extend(rows)
+    return out
+
+
+def zeroshot_datasets(params: Params) -> tuple[str, ...]:
+    return tuple(d for d in params.cfg.evaluate.zero_shot if d in DOWNSTREAM_DATASETS)
+
+
+def finetune_tasks(params: Params) -> tuple[str, ...]:
+    return tuple(params.cfg.finetune.tasks)
+
+
+# --------------------------------------------------------------------------------------
+# (table, row) -> metrics file: what the report tables read
+# --------------------------------------------------------------------------------------
+
+# Paper Tables 1-4: dataset of each table and the blocks it has (block -> fine-tuning task or None).
+RESULT_TABLES: dict[int, tuple[str, tuple[tuple[str, str | None], ...]]] = {
+    1: ("msrvtt", (("Zero-shot", None), ("Fine-tuning on 7k training videos", "msrvtt-7k"),
+                   ("Fine-tuning on 9k training videos", "msrvtt-9k"))),
+    2: ("didemo", (("Zero-shot", None), ("Fine-tuning", "didemo"))),
+    3: ("msvd", (("Zero-shot", None), ("Fine-tuning", "msvd"))),
+    4: ("lsmdc", (("Zero-shot", None), ("Fine-tuning", "lsmdc"))),
+}
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of this run in a report table and the file it is read from."""
+
+    table: int
+    block: str  # the paper's block ("Zero-shot", "Fine-tuning", ...); Tables 5-8: "Zero-shot"
+    key: str  # row key: dataset / task for Tables 1-4, ablation run name for Tables 5-8
+    metrics: Path | None  # None: no run provides the row (main run not at the reference setting)
+    summary: Path | None = None  # train_summary.json (Table 8 only)
+    setting: AblationSetting | None = None
+
+
+def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[TableRow]]:
+    """This run's rows of every report table (1-8) with the files they come from.
+
+    Tables 1-4: a zero-shot row when the dataset is in ``evaluate.zero_shot``, a fine-tuned row
+    per task in ``finetune.tasks``; Tables 5-8: one row per grid point of the ablation."""
+    rows: dict[int, list[TableRow]] = {t: [] for t in range(1, 9)}
+    zs = zeroshot_datasets(params)
+    tasks = finetune_tasks(params)
+    for table, (dataset, blocks) in RESULT_TABLES.items():
+        for block, task in blocks:
+            if task is None and dataset in zs:
+                rows[table].append(TableRow(table, block, dataset, metrics_path("zeroshot", dataset, root)))
+            elif task is not None and task in tasks:
+                rows[table].append(TableRow(table, block, task, metrics_path("finetuned", task, root)))
+    for s in ablation_settings(params, root):
+        summary = s.run_dir / "train_summary.json" if s.table == 8 and s.run_dir is not None else None
+        rows[s.table].append(TableRow(s.table, "Zero-shot", s.name, s.metrics, summary, s))
+    return rows
+
+
+def table_metrics_path(params: Params, table: int, key: str, root: str | Path = "runs") -> Path | None:
+    """(table, row key) -> metrics JSON, e.g. ``(1, "msrvtt-7k")``, ``(5, "racl-none")``,
+    ``(5, "racl-both (main)")``; None for a reference row the main run cannot provide."""
+    for row in table_rows(params, root).get(table, []):
+        if row.key == key:
+            return row.metrics
+    keys = [r.key for r in table_rows(params, root).get(table, [])]
+    raise ConfigError(f"table {table} has no row {key!r} for these params; rows: {keys}")
+
+
+def report_inputs(params: Params, root: str | Path = "runs") -> list[Path]:
+    """Every file `rap tables` reads (metrics JSONs, Table 8's train summaries), sorted and
+    without duplicates: the dependencies of the tables stage / rule."""
+    paths: set[Path] = set()
+    for rows in table_rows(params, root).values():
+        for row in rows:
+            paths.update(p for p in (row.metrics, row.summary) if p is not None)
+    return sorted(paths)

@@ -1,0 +1,86 @@
+"""``rap finetune TASK``: text-video retrieval fine-tuning (paper 5.3-5.4).
+
+From a pre-trained checkpoint (weights only: optimiser and schedule start afresh), with
+``finetune.optim`` (lr 1e-5, cosine, no warm-up at the paper scale), ``finetune.epochs[TASK]``
+epochs, ``data.frames_train`` random frames per clip, and ``finetune.loss`` (ITC + RaCL + ITM;
+captions of one video are positives of each other, never negatives, via ``video_index``).
+
+Checkpoint selection (paper 5.4): "For each benchmark dataset, we select a checkpoint
+according to the results of the validation split". After each epoch the model is evaluated
+on the validation split (:func:`rap.evaluation.evaluate`, the test-time procedure) and the
+epoch with the best mean text-to-video R@1/R@5/R@10 becomes ``<out>/checkpoint.pt``.
+MSRVTT (7k and 9k) has no validation split: the last epoch is taken, as the paper does for 9k.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rap.config import ConfigError, Params, ScaleConfig
+from rap.data.datasets import FINETUNE_SPLITS, build_eval_set, build_finetune_loader
+from rap.evaluation import evaluate
+from rap.model import RaPModel, build_tokenizer
+from rap.training.checkpoint import load_model_weights
+from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
+
+__all__ = ["VALIDATION_SPLIT", "selection_score", "RetrievalValidation", "run"]
+
+# Validation split per task (None: no validation split, the last epoch is kept).
+VALIDATION_SPLIT: dict[str, str | None] = {"msrvtt-7k": None, "msrvtt-9k": None, "didemo": "val",
+                                           "msvd": "val", "lsmdc": "val"}
+
+
+def selection_score(metrics: dict[str, dict[str, float]]) -> float:
+    """Mean of text-to-video R@1, R@5, R@10 (the released code evaluates t2v only)."""
+    t2v = metrics["t2v"]
+    return (t2v["R@1"] + t2v["R@5"] + t2v["R@10"]) / 3.0
+
+
+class RetrievalValidation:
+    """Evaluates the model on ``dataset``/``split`` (built once) for checkpoint selection."""
+
+    def __init__(self, cfg: ScaleConfig, dataset: str, split: str, tokenizer, device: torch.device) -> None:
+        self.cfg, self.tokenizer, self.device = cfg, tokenizer, device
+        self.eval_set = build_eval_set(dataset, split, cfg)
+
+    def __call__(self, model: nn.Module, epoch: int) -> tuple[float, dict[str, float]]:
+        metrics = evaluate(model, self.tokenizer, self.eval_set, self.cfg.evaluate, self.device,
+                           max_len=self.cfg.model.text.max_len_eval, num_workers=self.cfg.data.num_workers)
+        flat = {f"{d}_{k}": float(v) for d in ("t2v", "v2t") for k, v in metrics[d].items()}
+        return selection_score(metrics), flat
+
+
+def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: bool = False,
+        max_steps: int | None = None) -> Path:
+    """Fine-tune the pre-trained ``checkpoint`` on ``task``; returns ``<out_dir>/checkpoint.pt``
+    (the best validation epoch, or the last one for MSRVTT)."""
+    cfg = params.cfg
+    ft = cfg.finetune
+    if task not in VALIDATION_SPLIT or task not in FINETUNE_SPLITS:
+        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {tuple(VALIDATION_SPLIT)}")
+    if task not in ft.epochs:
+        raise ConfigError(f"finetune.epochs has no entry for task {task!r}")
+    with distributed_session() as ctx:
+        seed_everything(params.seed)
+        model = RaPModel(cfg.model, ft.loss)
+        loaded = load_model_weights(model, Path(checkpoint))
+        if loaded["missing"]:
+            raise RuntimeError(f"{checkpoint}: {len(loaded['missing'])} weight(s) of the fine-tuning model are "
+                               f"missing (pre-trained with another model config?): {loaded['missing'][:5]}")
+        seed_everything(params.seed + ctx.rank)
+        tokenizer = build_tokenizer(cfg.model.text)
+        loader = build_finetune_loader(task, cfg, tokenizer, seed=params.seed, rank=ctx.rank,
+                                       world_size=ctx.world, batch_size=ft.optim.batch_size)
+        val_split = VALIDATION_SPLIT[task]
+        validation = None
+        if val_split is not None:  # built on every rank (cheap), evaluated on rank 0 only
+            validation = RetrievalValidation(cfg, FINETUNE_SPLITS[task][0], val_split, tokenizer, ctx.device)
+        return train(model=model, data=LoaderEpochs(loader), stage=f"finetune-{task}", optim_cfg=ft.optim,
+                     epochs=ft.epochs[task], params=params, out_dir=Path(out_dir), ctx=ctx, resume=resume,
+                     max_steps=max_steps, validation=validation,
+                     forward_kwargs=lambda epoch: {"stage": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
+                     text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
+                     extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split})

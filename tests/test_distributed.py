@@ -1,0 +1,91 @@
+"""rap.distributed and the losses' gather=True path.
+
+The multi-process test launches two gloo ranks on the CPU (tests/dist_worker.py) and checks
+that the mean of the per-rank losses and the rank-averaged gradients equal one process on the
+concatenated batch, for ITC (eqs. 2-3), RaCL (eqs. 7-8) and the official variant, with and
+without video ids (including a video shared across ranks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rap import distributed as rd
+
+ROOT = Path(__file__).resolve().parents[1]
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def worker_reports(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("dist")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "tests" / "dist_worker.py"), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    reports = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    assert [r["rank"] for r in reports] == [0, 1] and all(r["world"] == 2 for r in reports)
+    return reports
+
+
+def test_gather_primitives(worker_reports):
+    for rep in worker_reports:
+        assert rep["gather_value"] == 0.0, "all_gather_with_grad returned wrong values"
+        assert rep["gather_grad"] == 0.0, "all_gather_with_grad does not sum the ranks' gradients"
+        assert rep["gather_bool"] == 0.0, "all_gather_no_grad mangles bool masks"
+        assert rep["rank_helpers"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["itc", "itc_ids", "racl", "racl_ids", "racl_official", "racl_official_ids"])
+def test_gathered_losses_equal_one_process(worker_reports, name):
+    for rep in worker_reports:
+        errors = rep[name]
+        for key, err in errors.items():
+            if key == "control_no_gather":
+                # The local-batch loss is clearly different: the comparison can detect a broken gather.
+                assert err > 1e-2, f"{name}: gather=False is indistinguishable from gather=True ({err})"
+            else:
+                assert err < ATOL, f"rank {rep['rank']} {name} {key}: max deviation {err}"
+
+
+def test_unequal_local_batches_raise_a_clear_error(worker_reports):
+    for rep in worker_reports:
+        assert "same shape" in rep["unequal_error"] and "equal local batch size" in rep["unequal_error"]
+
+
+def test_single_process_path(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    rank, world, local_rank, device = rd.init_distributed()
+    assert (rank, world, local_rank) == (0, 1, 0)
+    assert device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert not rd.is_distributed() and rd.get_rank() == 0 and rd.get_world_size() == 1
+    rd.barrier()
+    x = torch.randn(3, 2, requires_grad=True)
+    assert rd.all_gather_with_grad(x) is x
+    torch.testing.assert_close(rd.all_reduce_mean(x), x.detach())
+    assert not rd.all_gather_no_grad(x).requires_grad
+    rd.cleanup()
+
+
+def test_bad_environment_is_reported(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE"):
+        rd.init_distributed()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    with pytest.raises(ValueError, match="MASTER_ADDR"):
+        rd.init_distributed()

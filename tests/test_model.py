@@ -1,0 +1,280 @@
+"""RaPModel at the embedded scale (params.yaml): losses, gradients, encoders, weight sharing,
+tokenizer. Everything is built from the config, randomly initialised, offline."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertModel
+
+from rap.config import ModelConfig, TextConfig, load_params
+from rap.model import RaPModel, build_tokenizer
+
+PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+CAPTIONS = ["a red circle moves left then disappears",
+            "the small blue square spins in the top corner while a green star grows"]
+
+
+def _cfgs(**loss_changes):
+    p = load_params(PARAMS)
+    loss = dataclasses.replace(p.cfg.pretrain.loss, **loss_changes)
+    return p.cfg.model, loss
+
+
+def _batch(model: RaPModel, b: int = 2, k: int = 4, size: int = 64, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    tok = model.tokenizer((CAPTIONS * b)[:b], padding="max_length", truncation=True,
+                          max_length=model.cfg.text.max_len_train, return_tensors="pt")
+    return {"video": torch.randn(b, k, 3, size, size, generator=g),
+            "video_aug": torch.randn(b, k, 3, size, size, generator=g),
+            "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+
+
+@pytest.fixture(scope="module")
+def model() -> RaPModel:
+    model_cfg, loss_cfg = _cfgs()
+    model_cfg = dataclasses.replace(model_cfg, mask_video=0.5, mask_text=0.3)
+    torch.manual_seed(0)
+    return RaPModel(model_cfg, loss_cfg)
+
+
+@pytest.mark.parametrize("momentum", [False, True])
+def test_forward_backward_every_term(momentum: bool):
+    model_cfg, loss_cfg = _cfgs(momentum=momentum, queue_size=8)
+    model_cfg = dataclasses.replace(model_cfg, mask_video=0.75, mask_text=0.3)
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).train()
+    batch = _batch(model)
+    start = time.perf_counter()
+    out = model(batch, alpha=0.4, stage="pretrain")
+    out["loss"].backward()
+    assert time.perf_counter() - start < 10
+    assert set(out) == {"loss", "itc", "racl_v2t", "racl_t2v", "itm", "lm", "intra_video", "intra_text"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
+    lam = loss_cfg.racl_lambda
+    expected = (out["itc"] + out["itm"] + out["lm"] + out["intra_video"] + out["intra_text"]
+                + lam * (out["racl_v2t"] + out["racl_t2v"]))  # eq. (10), unit weights
+    torch.testing.assert_close(out["loss"], expected)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    nonfinite = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert nonfinite == []
+    assert model.temp.grad.abs() > 0
+    if momentum:
+        assert not any(p.requires_grad for p in model.momentum.parameters())
+        assert int(model.momentum.filled) == 2
+        before = model.momentum.vision_proj.weight.clone()
+        model(batch, alpha=0.4)
+        assert int(model.momentum.filled) == 4
+        assert not torch.equal(before, model.momentum.vision_proj.weight)  # EMA moved
+
+
+def test_switched_off_terms_are_absent_and_not_computed():
+    model_cfg, loss_cfg = _cfgs(itm_weight=0.0, lm_weight=0.0, intra_video_weight=0.0, intra_text_weight=0.0,
+                                racl="v2t", racl_lambda=2.0)
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).train()
+    batch = _batch(model)
+    del batch["video_aug"]  # not needed without intra_video
+    out = model(batch, stage="finetune")
+    assert set(out) == {"loss", "itc", "racl_v2t"}
+    torch.testing.assert_close(out["loss"], out["itc"] + 2.0 * out["racl_v2t"])
+    out["loss"].backward()
+    assert model.itm_head.weight.grad is None and model.text.lm_bias.grad is None
+
+
+def test_finetune_and_eval_are_never_masked(model: RaPModel):
+    seen = []
+    hook = model.vision.vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    n = model.vision.num_patches
+    batch = _batch(model)
+    try:
+        model.train()
+        model(batch, stage="finetune")
+        assert set(seen) == {1 + n}
+        seen.clear()
+        model(batch, stage="pretrain")
+        assert set(seen) == {1 + n // 2}  # mask_video = 0.5
+        model.eval()
+        seen.clear()
+        with torch.no_grad():
+            model(batch, stage="pretrain")
+        assert set(seen) == {1 + n}
+    finally:
+        hook.remove()
+        model.train()
+
+
+def test_encode_shapes_and_normalisation(model: RaPModel):
+    model.eval()
+    batch = _batch(model, k=3)
+    with torch.no_grad():
+        v = model.encode_video(batch["video"])
+        t = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    d, n, L = model.cfg.embed_dim, model.vision.num_patches, batch["input_ids"].shape[1]
+    assert v.emb.shape == (2, d) and v.patches.shape == (2, n, d) and v.patch_mask.shape == (2, n)
+    assert v.hidden.shape == (2, 1 + n, model.vision.width) and v.hidden_mask.all()
+    assert t.emb.shape == (2, d) and t.tokens.shape == (2, L - 1, d) and t.hidden.shape == (2, L, model.text.width)
+    for x in (v.emb, v.patches, t.emb, t.tokens):
+        torch.testing.assert_close(x.norm(dim=-1), torch.ones(x.shape[:-1]))
+    # token_mask: real non-[CLS] tokens ([SEP] included), padding False
+    assert torch.equal(t.token_mask, batch["attention_mask"][:, 1:].bool())
+    assert t.token_mask[0].sum() == batch["attention_mask"][0].sum() - 1
+    top = v.index(torch.tensor([1]))
+    assert top.hidden.shape == (1, 1 + n, model.vision.width)
+    model.train()
+
+
+def test_encode_text_masking_only_in_training(model: RaPModel):
+    batch = _batch(model)
+    model.train()
+    with torch.no_grad():
+        t = model.encode_text(batch["input_ids"], batch["attention_mask"], mask_ratio=0.5)
+    assert t.token_mask.sum() < batch["attention_mask"][:, 1:].sum()
+    model.eval()
+    with torch.no_grad():
+        t = model.encode_text(batch["input_ids"], batch["attention_mask"], mask_ratio=0.5)
+    assert torch.equal(t.token_mask, batch["attention_mask"][:, 1:].bool())
+    model.train()
+
+
+def test_temperature_clamp():
+    model_cfg, loss_cfg = _cfgs()
+    model = RaPModel(model_cfg, loss_cfg)
+    assert model.temperature.item() == pytest.approx(model_cfg.temp_init)
+    with torch.no_grad():
+        model.temp.fill_(5.0)
+    assert model.temperature.item() == pytest.approx(model_cfg.temp_max)
+    model.clamp_temperature()
+    assert model.temp.item() == pytest.approx(model_cfg.temp_max)
+    with torch.no_grad():
+        model.temp.fill_(-1.0)
+    model.clamp_temperature()
+    assert model.temp.item() == pytest.approx(model_cfg.temp_min)
+
+
+def test_itm_scores_shape(model: RaPModel):
+    model.eval()
+    batch = _batch(model, b=3)
+    with torch.no_grad():
+        v = model.encode_video(batch["video"])
+        s = model.itm_scores(v, batch["input_ids"], batch["attention_mask"])
+        s_top = model.itm_scores(v.index(torch.tensor([2, 0])), batch["input_ids"][:2], batch["attention_mask"][:2])
+    assert s.shape == (3,) and torch.isfinite(s).all()
+    with torch.no_grad():  # pair (video 0, text 1) scored alone gives the same logit
+        alone = model.itm_scores(v.index(torch.tensor([0])), batch["input_ids"][1:2], batch["attention_mask"][1:2])
+    torch.testing.assert_close(s_top[1], alone[0])
+    model.train()
+
+
+def test_decoder_shares_all_but_self_attention(model: RaPModel):
+    text = model.text
+    layer = text.bert.encoder.layer[0]
+    dec_attn = text.dec_self_attn[0]
+    # separate self-attention ...
+    assert dec_attn.self.query.weight.data_ptr() != layer.attention.self.query.weight.data_ptr()
+    assert dec_attn.output.dense.weight.data_ptr() != layer.attention.output.dense.weight.data_ptr()
+    # ... initialised as a copy of the encoder's
+    torch.testing.assert_close(dec_attn.self.query.weight, layer.attention.self.query.weight)
+    # everything else of the decoder pass is the encoder's own modules: run the decoder and
+    # record which parameters it touches.
+    touched = _params_used(model, causal=True)
+    shared = {n for n in touched if n.startswith("text.bert.") or n.startswith("text.cross_attn.")}
+    assert "text.bert.embeddings.word_embeddings.weight" in shared
+    assert "text.bert.encoder.layer.0.intermediate.dense.weight" in shared
+    assert "text.cross_attn.0.self.key.weight" in shared
+    assert not any(".attention." in n for n in shared)  # encoder self-attention unused
+    assert "text.dec_self_attn.0.self.query.weight" in touched
+    # the LM output layer is tied to the (shared) word embeddings
+    assert not any(n.startswith("text.lm") and n.endswith("weight") and "transform" not in n for n in touched)
+
+
+def _params_used(model: RaPModel, causal: bool) -> set[str]:
+    model.zero_grad(set_to_none=True)
+    batch = _batch(model)
+    v = model.encode_video(batch["video"])
+    h = model.text(batch["input_ids"], batch["attention_mask"], video_hidden=v.hidden.detach(),
+                   video_mask=v.hidden_mask, causal=causal)
+    model.text.lm_logits(h).sum().backward()
+    used = {n for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return used
+
+
+def test_unimodal_pass_equals_stock_bert(model: RaPModel):
+    """Our layer loop reproduces transformers' BertModel.forward exactly when no video is given."""
+    model.eval()
+    batch = _batch(model)
+    with torch.no_grad():
+        ours = model.text(batch["input_ids"], batch["attention_mask"])
+        stock = BertModel.forward(model.text.bert, input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
+    real = batch["attention_mask"].bool()
+    torch.testing.assert_close(ours[real], stock[real])
+    model.train()
+
+
+def test_decoder_is_causal(model: RaPModel):
+    model.eval()
+    batch = _batch(model)
+    ids = batch["input_ids"].clone()
+    with torch.no_grad():
+        v = model.encode_video(batch["video"])
+        a = model.text(ids, batch["attention_mask"], video_hidden=v.hidden, video_mask=v.hidden_mask, causal=True)
+        ids[:, 5:] = 7
+        b = model.text(ids, batch["attention_mask"], video_hidden=v.hidden, video_mask=v.hidden_mask, causal=True)
+        enc_a = model.text(batch["input_ids"], batch["attention_mask"], video_hidden=v.hidden)
+        enc_b = model.text(ids, batch["attention_mask"], video_hidden=v.hidden)
+    torch.testing.assert_close(a[:, :5], b[:, :5])
+    assert not torch.allclose(a[:, 5:], b[:, 5:])
+    assert not torch.allclose(enc_a[:, :5], enc_b[:, :5])  # the ITM encoder is bidirectional
+    model.train()
+
+
+def test_no_weight_decay_names(model: RaPModel):
+    names = model.no_weight_decay_names()
+    for n in ("temp", "vision.vit.pos_embed", "vision.vit.cls_token", "vision.vit.norm.weight",
+              "vision_proj.bias", "text.bert.embeddings.position_embeddings.weight",
+              "text.bert.embeddings.LayerNorm.weight"):
+        assert n in names
+    for n in ("vision_proj.weight", "text.bert.encoder.layer.0.attention.self.query.weight",
+              "text.bert.embeddings.word_embeddings.weight"):
+        assert n not in names
+
+
+def test_builtin_tokenizer_offline_round_trip(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = build_tokenizer(TextConfig(name="tiny", pretrained=False, tokenizer="builtin"))
+    text = "A Red circle moves left, then the purple zigzag appears in the top-left corner."
+    enc = tok(text)
+    tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "[UNK]" not in tokens
+    assert {"red", "circle", "moves", "purple", "corner"} <= set(tokens)
+    assert tok.decode(enc["input_ids"], skip_special_tokens=True) == \
+        "a red circle moves left, then the purple zigzag appears in the top - left corner."
+    batch = tok([text * 5, "hi"], padding="max_length", truncation=True, max_length=12, return_tensors="pt")
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["input_ids"][0, -1] == tok.sep_token_id and batch["attention_mask"][1].sum() == 4
+    assert tok.convert_tokens_to_ids(["[ENC]", "[DEC]"]) != [tok.unk_token_id] * 2
+    # deterministic ids: two builds agree
+    assert build_tokenizer(TextConfig(tokenizer="builtin")).get_vocab() == tok.get_vocab()
+
+
+def test_bad_config_values_raise_clear_errors():
+    model_cfg, loss_cfg = _cfgs()
+    bad = dataclasses.replace(model_cfg, vision=dataclasses.replace(model_cfg.vision,
+                                                                     timm_name="vit_medium_patch16_reg1_gap_256"))
+    with pytest.raises(ValueError, match="timm_name.*register"):
+        RaPModel(bad, loss_cfg)
+    unknown = dataclasses.replace(model_cfg, vision=dataclasses.replace(model_cfg.vision, timm_name="no_such_vit"))
+    with pytest.raises(ValueError, match="timm_name.*no_such_vit"):
+        RaPModel(unknown, loss_cfg)
+    tiny_pretrained = dataclasses.replace(model_cfg, text=dataclasses.replace(model_cfg.text, pretrained=True))
+    with pytest.raises(ValueError, match="tiny"):
+        RaPModel(tiny_pretrained, loss_cfg)
+    assert math.isfinite(ModelConfig().temp_init)

@@ -1,0 +1,100 @@
+"""Smoke run of the pipeline of record, in a temporary copy of the repository.
+
+The real ``dvc.yaml`` and ``params.yaml`` are used; only the embedded scale is shrunk further
+(fewer clips, one epoch, two ablation runs), as a user would do with ``-S``. Checks:
+``dvc repro`` produces every table and the figure, a second ``dvc repro`` does nothing, and
+``dvc exp run -S lambda=2.0`` reruns pre-training and what depends on it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_params(path: Path) -> None:
+    """Shrink the embedded scale in place (what `dvc exp run -S` would do, key by key)."""
+    raw = yaml.safe_load(path.read_text())
+    emb = raw["embedded"]
+    emb["data"]["synthetic_scale"] = 0.2
+    emb["pretrain"]["optim"].update(epochs=1, batch_size=8, warmup_steps=2, checkpoint_every=1000)
+    emb["finetune"]["epochs"] = {t: 1 for t in emb["finetune"]["epochs"]}
+    emb["finetune"]["optim"].update(batch_size=8)
+    raw["ablations"] = ["racl-none", "lambda-2.0"]
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
+    return out
+
+
+def _stages_run(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    dst = tmp_path_factory.mktemp("pipeline") / "rap"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for rel in files:
+        src = REPO / rel
+        if src.is_file() and not rel.startswith(("reports/", "data/", "runs/")):
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    _tiny_params(dst / "params.yaml")
+    env = {**os.environ,
+           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}",
+           "GIT_AUTHOR_NAME": "rap test", "GIT_AUTHOR_EMAIL": "test@rap.invalid",
+           "GIT_COMMITTER_NAME": "rap test", "GIT_COMMITTER_EMAIL": "test@rap.invalid",
+           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    env.pop("DVC_STAGE", None)
+    _run(["git", "init", "-q"], dst, env)
+    _run(["git", "add", "-A"], dst, env)
+    _run(["git", "commit", "-qm", "smoke"], dst, env)
+    return dst, env
+
+
+def test_repro_then_noop_then_experiment(repo_copy):
+    repo, env = repo_copy
+    first = _run(["dvc", "repro"], repo, env, timeout=1500)
+    for i in range(1, 9):
+        table = repo / "reports" / f"table{i}.md"
+        assert table.is_file(), f"{table} missing after dvc repro"
+        assert "this run" in table.read_text()
+    assert (repo / "reports" / "README.md").is_file()
+    assert (repo / "reports" / "figure3.png").stat().st_size > 1000
+    assert "pretrain" in _stages_run(first)
+
+    second = _run(["dvc", "repro"], repo, env)
+    assert _stages_run(second) == set(), f"second dvc repro was not a no-op:\n{second[-3000:]}"
+
+    _run(["git", "add", "-A"], repo, env)
+    _run(["git", "commit", "-qm", "first repro"], repo, env)
+    exp = _run(["dvc", "exp", "run", "-S", "lambda=2.0"], repo, env, timeout=1500)
+    ran = _stages_run(exp)
+    expected = ({"pretrain", "tables", "figure"}
+                | {f"zeroshot@{d}" for d in ("msrvtt", "didemo", "msvd", "lsmdc")}
+                | {f"{s}@{t}" for s in ("finetune", "finetuned")
+                   for t in ("msrvtt-7k", "msrvtt-9k", "didemo", "msvd", "lsmdc")})
+    assert ran == expected, f"unexpected stages: extra {ran - expected}, missing {expected - ran}"
+    assert not any(s.startswith(("ablation", "download", "extract")) for s in ran)
+
+    show = _run(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env)
+    assert "R@1" in show

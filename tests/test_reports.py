@@ -1,0 +1,277 @@
+"""Reports: the paper's published rows, the run layout, the tables (1-8) and Figure 3."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from rap.config import ConfigError, load_params
+from rap.reports import layout
+from rap.reports.paper_results import PAPER_ROWS, paper_blocks, paper_rap_row, paper_rows
+from rap.reports.tables import BadMetricsError, MissingMetricsError, write_tables
+
+REPO = Path(__file__).resolve().parents[1]
+RUN_ID = "test-run"
+
+
+def _params(**overrides):
+    return load_params(REPO / "params.yaml", overrides)
+
+
+def _metrics(r1: float, r5: float = 50.0, r10: float = 60.0, mdr: float = 5.0) -> dict:
+    block = {"R@1": r1, "R@5": r5, "R@10": r10, "MdR": mdr, "MnR": 20.0}
+    return {"t2v": block, "v2t": dict(block), "dataset": "msrvtt", "split": "test"}
+
+
+def _cells(line: str) -> list[str]:
+    """Cells of one markdown table line."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def _fabricate(params, root: Path, seed: int = 0) -> None:
+    """Write every file the tables read, with seeded values (input data of the test)."""
+    rnd = random.Random(seed)
+    for path in layout.report_inputs(params, root):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.name == "train_summary.json":
+            data = {"wall_time_s": 600.0, "steps": rnd.randint(100, 1000), "clips_per_s": rnd.uniform(10, 90),
+                    "flops_per_step": 2.5e12}
+        else:
+            data = _metrics(round(rnd.uniform(1, 40), 3))
+        path.write_text(json.dumps(data), encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------
+# Paper results
+# --------------------------------------------------------------------------------------
+
+
+def test_paper_rows_spot_checks():
+    def row(table, block, method):
+        (r,) = [r for r in paper_rows(table, block) if r.method == method]
+        return r
+
+    assert row(1, "Zero-shot", "RaP (ours)").values == (28.9, 47.5, 56.8, 7.0)
+    assert row(1, "Zero-shot", "HD-VILA").values == (14.4, 31.6, 41.6, 17.5)
+    assert row(1, "Zero-shot", "VIOLET").values == (25.9, 49.5, 59.7, None)
+    assert row(1, "Fine-tuning on 7k training videos", "RaP (ours)").values == (38.5, 64.0, 74.4, 3.0)
+    cots = row(1, "Fine-tuning on 9k training videos", "COTS")
+    assert (cots.values, cots.data, cots.cite) == ((36.8, 63.8, 73.2, 2.0), "△", "Lu et al., 2022")
+    assert row(2, "Fine-tuning", "ATP").values == (26.1, 50.5, None, None)
+    assert row(2, "Zero-shot", "RaP (ours)").values == (29.5, 55.7, 65.6, 4.0)
+    assert row(3, "Fine-tuning", "VSE++").values == (15.4, 39.6, 53.0, 9.0)
+    assert row(4, "Fine-tuning", "CE").values == (11.2, 26.9, 34.8, 25.3)
+    assert row(4, "Zero-shot", "RaP (ours)").values == (12.8, 26.6, 33.4, 37.0)
+    assert paper_rap_row(5, "Zero-shot", "v2t").values == (26.6, 46.0, 55.3, 7.5)
+    assert paper_rap_row(6, "Zero-shot", 1).values == (21.3, 40.2, 49.3, 11.0)
+    assert paper_rap_row(7, "Zero-shot", 2.0).values == (26.7, 48.7, 57.5, 6.0)
+    # row counts per block as printed, and the RaP row (28.9 zero-shot MSRVTT) shared by Tables 1, 5, 6, 7
+    counts = {(t, b): len(paper_rows(t, b)) for t in range(1, 8) for b in paper_blocks(t)}
+    assert counts == {(1, "Zero-shot"): 10, (1, "Fine-tuning on 7k training videos"): 11,
+                      (1, "Fine-tuning on 9k training videos"): 7, (2, "Zero-shot"): 6, (2, "Fine-tuning"): 9,
+                      (3, "Zero-shot"): 2, (3, "Fine-tuning"): 8, (4, "Zero-shot"): 1, (4, "Fine-tuning"): 13,
+                      (5, "Zero-shot"): 4, (6, "Zero-shot"): 4, (7, "Zero-shot"): 4}
+    ours = [r for r in PAPER_ROWS if r.ours and r.table in (5, 6, 7)]
+    assert {r.values for r in ours} == {paper_rap_row(1, "Zero-shot").values}
+
+
+# --------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------
+
+
+def test_layout_paths_and_ablation_rows(tmp_path):
+    params = _params()
+    assert layout.ablation_run_names(params) == list(params.ablations)
+    rows = layout.table_rows(params, tmp_path)
+    assert [r.key for r in rows[1]] == ["msrvtt", "msrvtt-7k", "msrvtt-9k"]
+    assert rows[1][1].metrics == tmp_path / "eval/finetuned/msrvtt-7k.json"
+    # the reference value of each ablated knob is the main run
+    for table, ref in ((5, "both"), (6, 4), (7, 1.0), (8, 0.0)):
+        main = [r for r in rows[table] if r.setting.is_main]
+        assert [r.setting.value for r in main] == [ref]
+        assert main[0].metrics == tmp_path / "eval/zeroshot/msrvtt.json"
+    assert [r.setting.value for r in rows[5]] == ["none", "v2t", "t2v", "both"]
+    assert [r.setting.value for r in rows[6]] == [1, 2, 4, 8]
+    assert layout.table_metrics_path(params, 5, "racl-none", tmp_path) == tmp_path / "eval/ablation/racl-none.json"
+    assert rows[8][1].summary == tmp_path / "ablation/mask-0.5/train_summary.json"
+    inputs = layout.report_inputs(params, tmp_path)
+    assert len(inputs) == len(set(inputs)) and tmp_path / "pretrain/main/train_summary.json" in inputs
+    with pytest.raises(ConfigError, match="lambda-x"):
+        layout.run_dir("ablation", "lambda-x", tmp_path)
+    with pytest.raises(ConfigError, match="msrvtt-5k"):
+        layout.metrics_path("finetuned", "msrvtt-5k", tmp_path)
+    assert layout.task_dataset("msrvtt-9k") == "msrvtt"
+
+
+def test_layout_main_off_reference_has_no_reference_rows(tmp_path):
+    params = _params(**{"lambda": 2.0})
+    rows = layout.table_rows(params, tmp_path)
+    refs = [r for t in (5, 6, 7, 8) for r in rows[t] if r.setting.is_main]
+    assert len(refs) == 4 and all(r.metrics is None for r in refs)
+    # the main run's own zero-shot MSRVTT still feeds Table 1
+    assert rows[1][0].metrics == tmp_path / "eval/zeroshot/msrvtt.json"
+
+
+# --------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------
+
+
+def test_write_tables_paper_scale(tmp_path):
+    params = _params(scale="paper")
+    root = tmp_path / "runs"
+    _fabricate(params, root)
+    # a known value: zero-shot MSRVTT R@1 30.0 against the paper's 28.9
+    (root / "eval/zeroshot/msrvtt.json").write_text(json.dumps(_metrics(30.0, 47.0, 60.04, 7.0)))
+    paths = write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
+    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 9)] + ["README.md"]
+    label = f"RaP (this run, paper, {RUN_ID})"
+    for i in range(1, 8):
+        text = (tmp_path / "reports" / f"table{i}.md").read_text(encoding="utf-8")
+        sections = {s.split("\n", 1)[0]: s for s in text.split("\n## ")[1:]}
+        assert list(sections) == paper_blocks(i)
+        for block, section in sections.items():
+            assert label in section
+            for r in paper_rows(i, block):  # every published row, in order, as printed
+                name = r.label if i <= 4 else f"paper: {r.method}"
+                line = next(ln for ln in section.splitlines() if name in ln)
+                assert _cells(line)[-4:] == ["-" if v is None else f"{v:.1f}" for v in r.values]
+    t1 = (tmp_path / "reports/table1.md").read_text(encoding="utf-8").splitlines()
+    i = next(k for k, ln in enumerate(t1) if label in ln)
+    assert _cells(t1[i])[-4:] == ["30.0", "47.0", "60.0", "7.0"]
+    assert "Δ" in t1[i + 1]
+    assert _cells(t1[i + 1])[-4:] == ["+1.1", "-0.5", "+3.2", "0.0"]
+    # the main run's row reappears as the reference row of the ablation tables, with the same Δ
+    t5 = (tmp_path / "reports/table5.md").read_text(encoding="utf-8")
+    main = next(ln for ln in t5.splitlines() if f"**{label}** [main run]" in ln)
+    assert _cells(main) == ["both", f"**{label}** [main run]", "30.0", "47.0", "60.0", "7.0"]
+    assert f"**{label}** [racl-none]" in t5
+    t8 = (tmp_path / "reports/table8.md").read_text(encoding="utf-8")
+    assert "mask-0.75" in t8 and "2500.0" in t8 and "1.00x" in t8  # GFLOPs/step, speed-up of r_v = 0
+    readme = (tmp_path / "reports/README.md").read_text(encoding="utf-8")
+    assert all(f"(table{i}.md)" in readme for i in range(1, 9))
+
+
+def test_write_tables_deterministic_and_embedded_has_no_differences(tmp_path):
+    params = _params()  # embedded scale
+    texts = []
+    for sub in ("a", "b"):  # different roots, same metrics -> same bytes
+        _fabricate(params, tmp_path / sub / "runs", seed=3)
+        write_tables(params, tmp_path / sub / "runs", tmp_path / sub / "reports", run_id=RUN_ID)
+        texts.append([(tmp_path / sub / "reports" / f).read_bytes()
+                      for f in sorted(p.name for p in (tmp_path / sub / "reports").iterdir())])
+    assert texts[0] == texts[1]
+    t1 = (tmp_path / "a/reports/table1.md").read_text(encoding="utf-8")
+    assert f"RaP (this run, embedded, {RUN_ID})" in t1 and "Δ" not in t1.split("## Zero-shot")[1]
+
+
+def test_missing_metrics_file_is_named(tmp_path):
+    params = _params(scale="paper")
+    root = tmp_path / "runs"
+    _fabricate(params, root)
+    gone = root / "eval/ablation/frames-2.json"
+    gone.unlink()
+    with pytest.raises(MissingMetricsError, match="frames-2.json"):
+        write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
+    assert not (tmp_path / "reports").exists()  # nothing written on error
+    write_tables(params, root, tmp_path / "reports", run_id=RUN_ID, allow_missing=True)
+    t6 = (tmp_path / "reports/table6.md").read_text(encoding="utf-8")
+    assert _cells(next(ln for ln in t6.splitlines() if "[frames-2]" in ln))[-4:] == ["missing"] * 4
+
+
+def test_bad_metrics_file_is_named(tmp_path):
+    params = _params()
+    root = tmp_path / "runs"
+    _fabricate(params, root)
+    bad = root / "eval/finetuned/lsmdc.json"
+    bad.write_text(json.dumps({"t2v": {"R@1": 1.0, "R@5": 2.0, "R@10": "x", "MdR": 4.0}}))
+    with pytest.raises(BadMetricsError, match=r"lsmdc\.json: t2v\.R@10"):
+        write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
+
+
+def test_reference_rows_na_when_main_run_is_off_reference(tmp_path):
+    params = _params(scale="paper", **{"lambda": 2.0})
+    root = tmp_path / "runs"
+    _fabricate(params, root)
+    write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
+    t7 = (tmp_path / "reports/table7.md").read_text(encoding="utf-8")
+    assert _cells(next(ln for ln in t7.splitlines() if "[main run]" in ln))[-4:] == ["n/a"] * 4
+    assert "not at the paper's main setting" in t7
+
+
+# --------------------------------------------------------------------------------------
+# Figure 3
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A tiny generated MSRVTT test split and two tiny RaP checkpoints (random weights)."""
+    import torch
+
+    from rap.data import synthetic
+    from rap.model.rap import RaPModel
+    from rap.training.checkpoint import atomic_save
+
+    root = tmp_path_factory.mktemp("fig")
+    synthetic.generate("msrvtt", root / "data/raw/msrvtt", seed=0, scale=0.01)
+    params = _params(**{"data.root": str(root / "data"), "data.frames_eval": 2, "model.vision.depth": 1,
+                        "model.text.num_layers": 1})
+    ckpts = []
+    for seed, name in enumerate(("racl", "baseline")):
+        torch.manual_seed(seed)
+        model = RaPModel(params.cfg.model, params.cfg.pretrain.loss)
+        ckpts.append(atomic_save({"model": model.state_dict()}, root / name / "checkpoint.pt"))
+    return params, root, ckpts
+
+
+def test_redundancy_weights_are_eqs_4_to_8(tiny_setup):
+    import torch
+
+    from rap.reports.figure import load_model, redundancy_weights
+
+    params, _, (ckpt, _) = tiny_setup
+    model = load_model(params, ckpt)
+    torch.manual_seed(0)
+    video = torch.randn(2, 2, 3, params.cfg.data.image_size, params.cfg.data.image_size)
+    tok = model.tokenizer(["a red circle moves left", "a cube"], padding="longest", return_tensors="pt")
+    ws = redundancy_weights(model, video, tok["input_ids"], tok["attention_mask"])
+    with torch.no_grad():
+        v = model.encode_video(video)
+        t = model.encode_text(tok["input_ids"], tok["attention_mask"])
+    for b, w in enumerate(ws):
+        n_tok = int(tok["attention_mask"][b].sum()) - 1  # tokens after [CLS], [SEP] included
+        assert len(w.tokens) == n_tok == len(w.token) and w.tokens[-1] == "[SEP]"
+        sim = v.patches[b] @ t.tokens[b, :n_tok].T  # s(P_n, T_l), eq. (1)
+        # 1 - vr_n = 1 - min_l (1 - s) = max_l s (eqs. 4-5); 1 - tr_l = max_n s (eq. 6)
+        assert torch.allclose(torch.from_numpy(w.patch.reshape(-1)), sim.max(dim=1).values, atol=1e-5)
+        assert torch.allclose(torch.from_numpy(w.token), sim.max(dim=0).values, atol=1e-5)
+
+
+def test_draw_figure_writes_png(tiny_setup):
+    from rap.reports.figure import draw_figure
+
+    params, root, (racl, baseline) = tiny_setup
+    out = draw_figure(params, racl, baseline, root / "reports/figure3.png", track=False)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    again = draw_figure(params, racl, baseline, root / "reports/again.png", track=False)
+    assert again.read_bytes() == data  # deterministic
+
+
+def test_load_model_rejects_partial_checkpoint(tiny_setup):
+    import torch
+
+    from rap.reports.figure import load_model
+    from rap.training.checkpoint import atomic_save
+
+    params, root, (ckpt, _) = tiny_setup
+    state = torch.load(ckpt, weights_only=False)["model"]
+    partial = {k: v for k, v in state.items() if not k.startswith("text_proj")}
+    bad = atomic_save({"model": partial}, root / "partial.pt")
+    with pytest.raises(RuntimeError, match="partial.pt.*text_proj"):
+        load_model(params, bad)

@@ -1,0 +1,74 @@
+# Zero-shot evaluation, fine-tuning and fine-tuned evaluation (Tables 1-4), and the zero-shot
+# MSRVTT evaluation of every ablation run (Tables 5-8).
+
+FINETUNE_GPUS = CFG.finetune.gpus
+# Evaluation runs in one process: one GPU when the scale trains on GPUs, else the CPU.
+EVAL_GPUS = 1 if max(CFG.pretrain.gpus, CFG.finetune.gpus) > 0 else 0
+MAIN_CKPT = layout.checkpoint_path("pretrain", layout.MAIN_RUN, RUNS)
+
+
+rule evaluate_zeroshot:
+    input:
+        checkpoint=MAIN_CKPT,
+        index=index("{dataset}"),
+    output:
+        f"{RUNS}/eval/zeroshot/{{dataset}}.json",
+    log:
+        "logs/evaluate/zeroshot-{dataset}.log",
+    threads: cpu_threads(EVAL_GPUS)
+    resources:
+        gpu=EVAL_GPUS,
+    shell:
+        "rap evaluate {wildcards.dataset} --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        checkpoint=MAIN_CKPT,
+        index=lambda wc: index(layout.task_dataset(wc.task)),
+    output:
+        f"{RUNS}/finetune/{{task}}/checkpoint.pt",
+    params:
+        out=f"{RUNS}/finetune/{{task}}",
+        launch=launcher(FINETUNE_GPUS),
+    log:
+        "logs/finetune/{task}.log",
+    threads: cpu_threads(FINETUNE_GPUS)
+    resources:
+        gpu=FINETUNE_GPUS,
+    shell:
+        "{params.launch} finetune {wildcards.task} --checkpoint {input.checkpoint} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate_finetuned:
+    input:
+        checkpoint=f"{RUNS}/finetune/{{task}}/checkpoint.pt",
+        index=lambda wc: index(layout.task_dataset(wc.task)),
+    output:
+        f"{RUNS}/eval/finetuned/{{task}}.json",
+    params:
+        dataset=lambda wc: layout.task_dataset(wc.task),
+    log:
+        "logs/evaluate/finetuned-{task}.log",
+    threads: cpu_threads(EVAL_GPUS)
+    resources:
+        gpu=EVAL_GPUS,
+    shell:
+        "rap evaluate {params.dataset} --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+
+
+rule evaluate_ablation:
+    input:
+        checkpoint=f"{RUNS}/ablation/{{name}}/checkpoint.pt",
+        index=index(layout.ABLATION_EVAL_DATASET),
+    output:
+        f"{RUNS}/eval/ablation/{{name}}.json",
+    params:
+        dataset=layout.ABLATION_EVAL_DATASET,
+    log:
+        "logs/evaluate/ablation-{name}.log",
+    threads: cpu_threads(EVAL_GPUS)
+    resources:
+        gpu=EVAL_GPUS,
+    shell:
+        "rap evaluate {params.dataset} --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"

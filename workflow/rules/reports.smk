@@ -1,0 +1,29 @@
+# Reports: Tables 1-8 from the metrics files (rap.reports.layout says which file feeds which
+# row) and Figure 3 from the RaCL model and the model trained without RaCL.
+
+
+rule tables:
+    input:
+        [str(p) for p in layout.report_inputs(PARAMS, RUNS)],
+    output:
+        TABLES,
+    log:
+        "logs/reports/tables.log",
+    shell:
+        "rap tables --out reports > {log} 2>&1"
+
+
+rule figure:
+    input:
+        racl=MAIN_CKPT,
+        baseline=layout.checkpoint_path("ablation", "racl-none", RUNS),
+        index=index(layout.ABLATION_EVAL_DATASET),
+    output:
+        FIGURE,
+    log:
+        "logs/reports/figure.log",
+    threads: cpu_threads(EVAL_GPUS)
+    resources:
+        gpu=EVAL_GPUS,
+    shell:
+        "rap figure --racl-checkpoint {input.racl} --baseline-checkpoint {input.baseline} --out {output} > {log} 2>&1"
