@@ -64,8 +64,18 @@ def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Pa
 def cmd_download(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.data.download import download
-    summary = download(args.dataset, params.cfg.data, limit=args.limit)
-    print(summary)
+    datasets = ALL_DATASETS if args.dataset == "synthetic" else (args.dataset,)
+    if args.dataset == "synthetic" and params.cfg.data.source != "synthetic":
+        raise ConfigError("`rap download synthetic` needs data.source: synthetic (the embedded scale)")
+    incomplete = []
+    for dataset in datasets:
+        summary = download(dataset, params.cfg.data, limit=args.limit)
+        print(summary.get("message", summary))
+        if summary.get("missing") or summary.get("failed"):
+            incomplete.append(dataset)
+    if incomplete:
+        # a non-zero exit stops `dvc repro` here rather than training on a partial dataset
+        raise SystemExit(f"rap download: incomplete: {', '.join(incomplete)} (see the messages above)")
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -80,14 +90,14 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     params = _params(args, extra)
     from rap.training.pretrain import run
     _relaunch_under_torchrun(params.cfg.pretrain.gpus)
-    run(params, Path(args.out), resume=args.resume, max_steps=args.max_steps)
+    run(params, Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.training.finetune import run
     _relaunch_under_torchrun(params.cfg.finetune.gpus)
-    run(params, args.task, Path(args.checkpoint), Path(args.out), resume=args.resume, max_steps=args.max_steps)
+    run(params, args.task, Path(args.checkpoint), Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -118,6 +128,16 @@ def cmd_figure(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------
 
 
+def _add_resume(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", nargs="?", const="yes", default="auto", choices=("auto", "yes", "no"),
+                   help="auto (default): continue a killed run of the same parameters and code from its "
+                        "newest step checkpoint in --out, else start fresh; yes: always continue; no: fresh")
+
+
+def _resume_mode(value: str) -> bool | str:
+    return {"auto": "auto", "yes": True, "no": False}[value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
@@ -141,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/pretrain/main")
     p.add_argument("--ablation", default=None,
                    help="name of an ablation run (e.g. racl-none, frames-2, lambda-2.0, mask-0.75)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_resume(p)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.set_defaults(func=cmd_pretrain)
 
@@ -149,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", choices=FINETUNE_TASKS)
     p.add_argument("--checkpoint", required=True, help="pre-trained checkpoint")
     p.add_argument("--out", required=True)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--max-steps", type=int, default=None)
+    _add_resume(p)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", parents=[common], help="text-video retrieval metrics of a checkpoint")
@@ -182,7 +202,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rap: configuration error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # errors about the user's data or runs: a message, not a traceback
+        if isinstance(err, _user_error_types()):
+            print(f"rap {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+            return 1
+        raise
     return 0
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """Error classes whose message is the whole story (bad data, missing metrics, a diverged
+    loss); looked up among loaded modules so the CLI does not import them eagerly."""
+    names = {"rap.data.records": "DataError", "rap.reports.tables": ("MissingMetricsError", "BadMetricsError"),
+             "rap.training.loop": "NonFiniteLossError"}
+    found: list[type[BaseException]] = []
+    for module, attrs in names.items():
+        mod = sys.modules.get(module)
+        for attr in (attrs,) if isinstance(attrs, str) else attrs:
+            if mod is not None and hasattr(mod, attr):
+                found.append(getattr(mod, attr))
+    return tuple(found)
 
 
 if __name__ == "__main__":

@@ -157,6 +157,7 @@ class DataConfig:
     check_sizes: bool = False  # verify split sizes against the published numbers
     download_limit: int | None = None  # take a small real subset (smoke runs)
     synthetic_seed: int = 0
+    synthetic_scale: float = 1.0  # multiplies every split size of the embedded corpus
     hflip: bool = False  # flip augmentation (swaps left/right in the caption); see data/transforms.py
 
     def __post_init__(self) -> None:
@@ -164,6 +165,7 @@ class DataConfig:
         _check(self.frames_eval >= 1, "data.frames_eval", self.frames_eval, "must be >= 1")
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _check(self.synthetic_scale > 0, "data.synthetic_scale", self.synthetic_scale, "must be > 0")
 
 
 @dataclass(frozen=True)

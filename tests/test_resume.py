@@ -9,6 +9,7 @@ run to run, which would hide what this test checks."""
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -80,6 +81,16 @@ def test_resume_after_crash_equals_uninterrupted_run(make_params, straight, tmp_
             pretrain.run(params, out)
     assert not (out / "checkpoint.pt").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt", "step-00000004.pt"]
-    final = pretrain.run(params, out, resume=True)  # from step 4 = epoch 1, step 1
+    final = pretrain.run(params, out, resume="auto")  # the CLI default: from step 4 = epoch 1, step 1
     _assert_same(_weights(final), straight[1])
     assert load_checkpoint(final)["step"] == TOTAL_STEPS
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from"].endswith("step-00000004.pt")
+
+
+def test_auto_resume_ignores_checkpoints_of_other_parameters(make_params, tmp_path, no_tracking):
+    """`--resume auto` (what dvc repro runs) never continues a run of another configuration."""
+    out = tmp_path / "changed"
+    pretrain.run(make_params(OVERRIDES), out, max_steps=2)
+    changed = make_params({**OVERRIDES, "lambda": 2.0})
+    pretrain.run(changed, out, resume="auto", max_steps=2)
+    assert json.loads((out / "train_summary.json").read_text())["resumed_from"] is None

@@ -93,7 +93,7 @@ def test_dry_run_jobs_match_params(tmp_path):
     assert "pretrain_ablation@racl-none" in jobs and "evaluate_ablation@lambda-2.0" in jobs
     # the embedded scale trains in one process: plain `rap`, no torchrun
     assert "rap pretrain --out runs/pretrain/main" in out and "torchrun" not in out
-    assert "rap pretrain --out runs/ablation/mask-0.75 --ablation mask-0.75" in out
+    assert "rap pretrain --ablation mask-0.75 --out runs/ablation/mask-0.75" in out
     assert "rap evaluate msrvtt --checkpoint runs/finetune/msrvtt-9k/checkpoint.pt " \
            "--out runs/eval/finetuned/msrvtt-9k.json" in out
     assert not any(tmp_path.joinpath("work", d).exists() for d in ("runs", "data", "reports"))  # dry

@@ -115,6 +115,34 @@ def prune_checkpoints(out_dir: Path, keep: int) -> list[Path]:
     return doomed
 
 
+def code_fingerprint() -> str:
+    """sha256 over the source of the ``rap`` package: a checkpoint written by other code is
+    never resumed automatically (its weights would not be what this code trains)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def resumable_checkpoint(out_dir: Path, stage: str, flat_params: dict[str, Any]) -> Path | None:
+    """The newest step checkpoint in ``out_dir`` written by an unfinished run of the same stage,
+    parameters and code, or None: what ``--resume auto`` continues from (a killed
+    ``dvc repro`` picks up where it stopped; anything else starts fresh)."""
+    latest = latest_checkpoint(out_dir)
+    if latest is None:
+        return None
+    ckpt = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
+    same = (ckpt.get("stage") == stage and ckpt.get("params") == flat_params
+            and ckpt.get("code") == code_fingerprint())
+    if not same:
+        log.info("%s was written by another configuration or code version: not resuming from it", latest)
+    return latest if same else None
+
+
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by this module (RNG states and numpy arrays included, so the
     pickle is trusted: only load files this pipeline wrote)."""

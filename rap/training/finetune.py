@@ -53,7 +53,7 @@ class RetrievalValidation:
         return selection_score(metrics), flat
 
 
-def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: bool = False,
+def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: bool | str = False,
         max_steps: int | None = None) -> Path:
     """Fine-tune the pre-trained ``checkpoint`` on ``task``; returns ``<out_dir>/checkpoint.pt``
     (the best validation epoch, or the last one for MSRVTT)."""

@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 
 from rap import distributed as rdist
 from rap.config import LossConfig, OptimConfig, Params
-from rap.training.checkpoint import (atomic_save, capture_rng_state, latest_checkpoint, load_checkpoint,
+from rap.training.checkpoint import (atomic_save, capture_rng_state, code_fingerprint, latest_checkpoint,
+                                     load_checkpoint, resumable_checkpoint,
                                      prune_checkpoints, restore_rng_state, step_checkpoint_path)
 from rap.training.optim import build_optimizer, build_scheduler
 
@@ -350,7 +351,7 @@ def _check_finite(terms: dict[str, torch.Tensor], ctx: DistContext, step: int, e
 
 
 def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConfig, epochs: int,
-          params: Params, out_dir: Path, ctx: DistContext, resume: bool = False,
+          params: Params, out_dir: Path, ctx: DistContext, resume: bool | str = False,
           max_steps: int | None = None, forward_kwargs: Callable[[float], dict[str, Any]] | None = None,
           validation: Validation | None = None, extra_params: Mapping[str, Any] | None = None,
           text_pad: tuple[int, int] | None = None) -> Path:
@@ -395,6 +396,9 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
     ckpt_rng: dict | None = None
     epoch_rng: dict | None = None
     resumed_from: Path | None = None
+    code = code_fingerprint()
+    if resume == "auto":  # every rank reads the same out_dir (a shared filesystem, as for resume)
+        resume = resumable_checkpoint(out_dir, stage, params.to_flat_dict()) is not None
     if resume:
         resumed_from = latest_checkpoint(out_dir)
         if resumed_from is None:
@@ -444,7 +448,7 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
             state = {"stage": stage, "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
                      "epoch_rng": epoch_rngs, "position": vars(pos).copy(), "extra": dict(extra),
-                     "params": params.to_flat_dict()}
+                     "params": params.to_flat_dict(), "code": code}
             atomic_save(state, step_checkpoint_path(out_dir, pos.global_step))
             prune_checkpoints(out_dir, KEEP_STEP_CHECKPOINTS)
         rdist.barrier()

@@ -18,7 +18,7 @@ from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, 
 __all__ = ["run"]
 
 
-def run(params: Params, out_dir: Path, *, resume: bool = False, max_steps: int | None = None) -> Path:
+def run(params: Params, out_dir: Path, *, resume: bool | str = False, max_steps: int | None = None) -> Path:
     """Pre-train and return the final checkpoint ``<out_dir>/checkpoint.pt``.
 
     ``resume`` continues from the newest ``<out_dir>/checkpoints/step-*.pt``; ``max_steps``

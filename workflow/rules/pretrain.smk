@@ -38,4 +38,4 @@ rule pretrain_ablation:
     resources:
         gpu=PRETRAIN_GPUS,
     shell:
-        "{params.launch} pretrain --out {params.out} --ablation {wildcards.name} > {log} 2>&1"
+        "{params.launch} pretrain --ablation {wildcards.name} --out {params.out} > {log} 2>&1"

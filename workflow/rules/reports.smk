@@ -10,7 +10,7 @@ rule tables:
     log:
         "logs/reports/tables.log",
     shell:
-        "rap tables --out reports > {log} 2>&1"
+        "rap tables --runs runs --out reports > {log} 2>&1"
 
 
 rule figure:
