@@ -3,9 +3,11 @@
 Compares, in one run on freshly generated h264 clips (596x336, WebVid-2M's preview size; 25 fps;
 2 s GOP), every sample resized to a 256 px short side:
   1. on-the-fly decoding through rap.data (decord resize-on-decode + train transform),
-  2. the pre-extracted frame store through rap.data (memory-mapped .npy + train transform),
-  3. a plain decord loop (open + get_batch of 4 random frames, no transform) as reference.
-Prints the ratios and whether store >= 5x on-the-fly holds.
+  2. the npy frame store through rap.data (memory-mapped uint8 + train transform),
+  3. the jpeg frame store through rap.data (K JPEG decodes + train transform),
+  4. a plain decord loop (open + get_batch of 4 random frames, no transform) as reference.
+Prints clips/s, bytes per clip (source video, npy, jpeg), the ratios, and whether each store
+is >= 5x on-the-fly.
 
     python benchmarks/bench_loader.py [--clips 12] [--seconds 8] [--passes 3]
 """
@@ -81,6 +83,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--store-fps", type=float, default=2.0)
+    ap.add_argument("--quality", type=int, default=90, help="JPEG quality of the jpeg store")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -88,28 +91,39 @@ def main() -> None:
         paths = make_clips(tmp, args.clips, args.seconds)
         print(f"generated {len(paths)} clips of {args.seconds:.0f} s at {SRC_W}x{SRC_H} in {time.perf_counter() - t:.1f} s")
         t = time.perf_counter()
-        live, stored = [], []
+        live, stored = [], {"npy": [], "jpeg": []}
         for i, p in enumerate(paths):
             info = decode.probe(p)
             frames = decode.read_frames(p, store.store_indices(info, args.store_fps), SIZE, (info.width, info.height))
-            sp = tmp / "frames" / f"{i}.npy"
-            store.write_clip(sp, frames)
             rec = ClipRecord(p.stem, p, ("a clip",), "train")
             live.append(Clip(rec, info))
-            stored.append(Clip(rec, info, sp))
-        print(f"store extraction at {args.store_fps} fps: {time.perf_counter() - t:.1f} s "
-              f"({sum(c.store.stat().st_size for c in stored) / 2**20:.1f} MiB)")
+            for fmt, clips in stored.items():
+                sp = tmp / "frames" / f"{i}{store.FORMATS[fmt]}"
+                store.write_clip(sp, frames, quality=args.quality)
+                clips.append(Clip(rec, info, sp))
+        print(f"store extraction (npy + jpeg q{args.quality}) at {args.store_fps:g} fps: "
+              f"{time.perf_counter() - t:.1f} s, {len(frames)} frames per clip")
+        size = {"video": np.mean([p.stat().st_size for p in paths])}
+        size.update({fmt: np.mean([c.store.stat().st_size for c in clips]) for fmt, clips in stored.items()})
         kw = dict(frames=K, sampling="rand", image_size=SIZE, two_views=False)
-        r_live = rate(ClipTextDataset(live, **kw), args.passes)
-        r_store = rate(ClipTextDataset(stored, **kw), args.passes)
-        r_plain = plain_decord(paths, args.passes)
-    print(f"{'mode':<34}{'clips/s':>10}")
-    print(f"{'on-the-fly decode (rap.data)':<34}{r_live:>10.1f}")
-    print(f"{'frame store (rap.data)':<34}{r_store:>10.1f}")
-    print(f"{'plain decord loop (no transform)':<34}{r_plain:>10.1f}")
-    print(f"store / on-the-fly = {r_store / r_live:.1f}x; store / plain decord = {r_store / r_plain:.1f}x; "
-          f"on-the-fly / plain decord = {r_live / r_plain:.2f}x")
-    print(f"store >= 5x on-the-fly: {'yes' if r_store >= 5 * r_live else 'NO'}")
+        rates = {"live": rate(ClipTextDataset(live, **kw), args.passes)}
+        rates.update({fmt: rate(ClipTextDataset(clips, **kw), args.passes) for fmt, clips in stored.items()})
+        rates["plain"] = plain_decord(paths, args.passes)
+    names = {"live": "on-the-fly decode (rap.data)", "npy": "npy frame store (rap.data)",
+             "jpeg": f"jpeg q{args.quality} store (rap.data)", "plain": "plain decord loop (no transform)"}
+    per_clip = {"live": size["video"], "npy": size["npy"], "jpeg": size["jpeg"], "plain": size["video"]}
+    print(f"{'mode':<34}{'clips/s/worker':>15}{'KiB/clip':>10}")
+    for k, name in names.items():
+        print(f"{name:<34}{rates[k]:>15.1f}{per_clip[k] / 2**10:>10.1f}")
+    r = rates
+    print(f"npy / on-the-fly = {r['npy'] / r['live']:.1f}x; jpeg / on-the-fly = {r['jpeg'] / r['live']:.1f}x; "
+          f"jpeg / npy = {r['jpeg'] / r['npy']:.2f}x")
+    print(f"npy / plain decord = {r['npy'] / r['plain']:.1f}x; jpeg / plain decord = {r['jpeg'] / r['plain']:.1f}x; "
+          f"on-the-fly / plain decord = {r['live'] / r['plain']:.2f}x")
+    print(f"bytes per clip: npy / jpeg = {size['npy'] / size['jpeg']:.1f}x smaller; "
+          f"jpeg / source h264 = {size['jpeg'] / size['video']:.2f}x")
+    for fmt in ("npy", "jpeg"):
+        print(f"{fmt} store >= 5x on-the-fly: {'yes' if r[fmt] >= 5 * r['live'] else 'NO'}")
 
 
 if __name__ == "__main__":

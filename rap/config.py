@@ -51,7 +51,7 @@ class VisionConfig:
     """Per-frame ViT (paper 3.2). ``timm_name`` is any timm ViT; the size fields override it
     (a tiny config at the embedded scale, None keeps the timm default)."""
 
-    timm_name: str = "vit_base_patch16_224"
+    timm_name: str = "deit_base_patch16_224"  # ImageNet mean/std, matching rap.data.transforms
     pretrained: bool = False  # load timm weights (needs the hub or a local cache)
     img_size: int = 256  # position embedding interpolated from the pretrained size
     patch_size: int = 16
@@ -153,6 +153,10 @@ class DataConfig:
     num_workers: int = 4
     frame_store: bool = True  # train from pre-extracted frames rather than decoding videos
     store_fps: float = 2.0  # frame rate of the pre-extracted store
+    # npy: raw uint8 frames, memory-mapped (fastest, ~10 MB per 15 s clip at 256 px); jpeg: one
+    # JPEG per frame in one file per clip (~17x smaller at q90; rap/data/store.py, bench_loader.py)
+    store_format: Literal["npy", "jpeg"] = "jpeg"
+    store_jpeg_quality: int = 90
     max_bad_fraction: float = 0.05  # stop when more of a dataset than this is unusable
     check_sizes: bool = False  # verify split sizes against the published numbers
     download_limit: int | None = None  # take a small real subset (smoke runs)
@@ -165,6 +169,9 @@ class DataConfig:
         _check(self.frames_eval >= 1, "data.frames_eval", self.frames_eval, "must be >= 1")
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _check(self.store_format in ("npy", "jpeg"), "data.store_format", self.store_format, "must be npy or jpeg")
+        _check(1 <= self.store_jpeg_quality <= 100, "data.store_jpeg_quality", self.store_jpeg_quality,
+               "must be in [1, 100]")
         _check(self.synthetic_scale > 0, "data.synthetic_scale", self.synthetic_scale, "must be > 0")
 
 

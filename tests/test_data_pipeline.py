@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from rap.config import DataConfig, ScaleConfig, TextConfig
-from rap.data import decode, synthetic
+from rap.data import decode, store, synthetic
 from rap.data.adapters import SPLITS, load_records
 from rap.data.datasets import build_eval_set, build_finetune_loader, build_pretrain_loader
 from rap.data.decode import probe, read_frames
@@ -101,7 +101,8 @@ def test_extract_writes_index_and_store_then_loaders(corpus, tokenizer):
         assert s["bad"] == 0 and s["usable"] == s["records"]
     idx = read_index(corpus, "msrvtt", "test")
     assert idx and all(e.store and (corpus / e.store).is_file() for e in idx)
-    arr = np.load(corpus / idx[0].store)
+    assert idx[0].store.endswith(".jpgs")  # the default store format: JPEG frames
+    arr = np.asarray(store.read_clip(corpus / idx[0].store))
     assert arr.dtype == np.uint8 and min(arr.shape[1:3]) == 32 and arr.shape[0] == idx[0].info.num_frames
 
     pre = build_pretrain_loader(cfg, tokenizer, seed=0, batch_size=2)

@@ -42,7 +42,8 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
         return _Probed(None, None, str(err)), 0
     if not cfg.frame_store:
         return _Probed(info, None, None), 0
-    rel = store.store_relpath(dataset, rec.path, rec.video_id, cfg.image_size, cfg.store_fps)
+    rel = store.store_relpath(dataset, rec.path, rec.video_id, cfg.image_size, cfg.store_fps,
+                              fmt=cfg.store_format, quality=cfg.store_jpeg_quality)
     dest = root / rel
     if store.is_complete(dest):
         return _Probed(info, rel, None), 0
@@ -54,7 +55,7 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
             frames = decode.read_frames(rec.path, idx, cfg.image_size, src_size=(info.width, info.height))
     except decode.DecodeError as err:
         return _Probed(None, None, str(err)), 0
-    return _Probed(info, rel, None), store.write_clip(dest, frames)
+    return _Probed(info, rel, None), store.write_clip(dest, frames, quality=cfg.store_jpeg_quality)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -101,7 +102,8 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
     summary = {"dataset": dataset, "records": len(records), "videos": len(unique), "usable": len(good),
                "bad": len(bad), "bad_videos": len(bad_videos), "bad_fraction": round(frac, 4),
                "captions_dropped": dropped, "per_split": dict(per_split),
-               "frame_store": data_cfg.frame_store, "store_bytes_written": written,
+               "frame_store": data_cfg.frame_store, "store_format": data_cfg.store_format,
+               "store_bytes_written": written,
                "index": str(index_path), "bad_index": str(bad_path)}
     for b in bad[:20]:
         log.warning("unusable %s clip %s: %s", dataset, b["path"], b["reason"])

@@ -1,31 +1,52 @@
-"""Pre-extracted frame store: one uint8 ``.npy`` (T, H, W, 3) per clip, memory-mapped on read.
+"""Pre-extracted frame store: one file per clip holding its frames at ``store_fps``, short side
+resized to ``image_size``, in one of two formats (``data.store_format``):
 
-Why: decoding h264 is the data-loading bottleneck (a K-frame sample needs seeking to and
-decoding from the previous key frame). Frames sampled at ``store_fps`` with the short side
-resized to ``image_size`` turn a sample into K memory-mapped slices: see
-benchmarks/bench_loader.py for the measured speed-up. Size: T*H*W*3 bytes per clip (at 2 fps,
-256 px short side, 16:9, a 15 s clip takes ~10 MB; at the embedded scale ~0.3 MB).
+* ``npy``: uint8 (T, H, W, 3), memory-mapped on read. Fastest, but T*H*W*3 bytes per clip:
+  at 2 fps, 256 px, 16:9 a 15 s clip takes ~10 MB (~25 TB for WebVid-2M); fine at 64 px.
+* ``jpeg``: every frame JPEG-encoded (``store_jpeg_quality``) in one ``.jpgs`` file::
+
+      magic b"RAPJPGS1" | uint32 T, H, W | uint64 offsets[T + 1] | frame 0 bytes | frame 1 ...
+
+  (little endian; frame t is bytes ``offsets[t]:offsets[t + 1]`` of the file, which ends at
+  ``offsets[T]``). Reading returns a :class:`JpegClip` that decodes only the frames indexed.
+
+Why a store at all: decoding h264 is the data-loading bottleneck (a K-frame sample needs
+seeking to and decoding from the previous key frame); from the store a sample is K slices (npy)
+or K small JPEG decodes. benchmarks/bench_loader.py measures speed and size of both.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
+import struct
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from rap.data.records import ProbeInfo
 
+FORMATS = {"npy": ".npy", "jpeg": ".jpgs"}  # store format -> file suffix (read/write dispatch on it)
+_MAGIC = b"RAPJPGS1"
+_HEAD = struct.Struct("<8s3I")  # magic, T, H, W
 
-def store_relpath(dataset: str, clip_path: Path, video_id: str, image_size: int, store_fps: float) -> str:
-    """``frames/<dataset>/<size>px-<fps>fps/<xx>/<id>-<hash>.npy``: keyed by the clip's path
-    (ids of different splits may repeat) and by the store settings (changing them never reuses
-    stale frames); two-character fan-out keeps directories small at 2.5M clips."""
+
+def store_relpath(dataset: str, clip_path: Path, video_id: str, image_size: int, store_fps: float, *,
+                  fmt: str, quality: int) -> str:
+    """``frames/<dataset>/<size>px-<fps>fps[-jpeg<q>]/<xx>/<id>-<hash>.<npy|jpgs>``: keyed by the
+    clip's path (ids of different splits may repeat) and by every store setting (changing the
+    size, rate, format or JPEG quality never reuses stale frames); two-character fan-out keeps
+    directories small at 2.5M clips."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown frame-store format {fmt!r}; expected one of {tuple(FORMATS)}")
     h = hashlib.sha1(str(clip_path).encode("utf-8", "surrogateescape")).hexdigest()
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id)[:80]
-    return f"frames/{dataset}/{image_size}px-{store_fps:g}fps/{h[:2]}/{safe}-{h[:10]}.npy"
+    setting = f"{image_size}px-{store_fps:g}fps" + (f"-jpeg{quality}" if fmt == "jpeg" else "")
+    return f"frames/{dataset}/{setting}/{h[:2]}/{safe}-{h[:10]}{FORMATS[fmt]}"
 
 
 def store_indices(info: ProbeInfo, store_fps: float) -> list[int]:
@@ -37,30 +58,145 @@ def store_indices(info: ProbeInfo, store_fps: float) -> list[int]:
     return sorted(set(np.clip(idx, 0, info.num_frames - 1).tolist()))
 
 
-def write_clip(path: Path, frames: np.ndarray) -> int:
-    """Atomic write (temp file + os.replace): a killed extract never leaves a torn file."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+def _format(path: Path) -> str:
+    for fmt, suffix in FORMATS.items():
+        if path.suffix == suffix:
+            return fmt
+    raise ValueError(f"{path}: not a frame-store file (suffix must be one of {tuple(FORMATS.values())})")
+
+
+def _encode_jpegs(frames: np.ndarray, quality: int) -> bytes:
+    """Header + offset table + the concatenated JPEG frames (module docstring)."""
+    blobs = []
+    for frame in frames:
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
+        blobs.append(buf.getvalue())
+    t, h, w = frames.shape[:3]
+    start = _HEAD.size + 8 * (t + 1)
+    offsets = start + np.concatenate([[0], np.cumsum([len(b) for b in blobs])]).astype("<u8")
+    return _HEAD.pack(_MAGIC, t, h, w) + offsets.tobytes() + b"".join(blobs)
+
+
+def write_clip(path: Path, frames: np.ndarray, *, quality: int = 90) -> int:
+    """Write uint8 (T, H, W, 3) ``frames`` in the format of ``path``'s suffix (``FORMATS``);
+    atomic (temp file + os.replace): a killed extract never leaves a torn file. Returns bytes."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+    fmt = _format(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
-        np.save(f, np.ascontiguousarray(frames))
+        if fmt == "npy":
+            np.save(f, np.ascontiguousarray(frames))
+        else:
+            f.write(_encode_jpegs(frames, quality))
     os.replace(tmp, path)
     return path.stat().st_size
 
 
-def read_clip(path: Path) -> np.ndarray:
-    """Memory-mapped (T, H, W, 3) uint8: only the frames indexed later are read from disk."""
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    """One JPEG frame -> uint8 (H, W, 3) (a module function so tests can count decodes)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class JpegClip:
+    """A ``.jpgs`` clip that indexes like the memory-mapped (T, H, W, 3) array: ``clip[i]``,
+    ``clip[[i, j, ...]]`` or ``clip[a:b]`` returns uint8 frames, decoding only those (each
+    distinct index once). A frame that does not decode raises ValueError naming the file."""
+
+    dtype = np.dtype(np.uint8)
+    ndim = 4
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int], offsets: np.ndarray):
+        self.path, self.shape, self.offsets = path, shape, offsets
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: int | slice | Sequence[int] | np.ndarray) -> np.ndarray:
+        if isinstance(key, slice):
+            return self._frames(range(*key.indices(len(self))))
+        if isinstance(key, (int, np.integer)):
+            return self._frames([key])[0]
+        return self._frames(np.asarray(key, dtype=np.int64).tolist())
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _frames(self, idx: Sequence[int]) -> np.ndarray:
+        t = len(self)
+        idx = [i + t if i < 0 else i for i in idx]
+        if any(not 0 <= i < t for i in idx):
+            raise IndexError(f"{self.path}: frame index out of range for {t} frames: {list(idx)}")
+        decoded = {}
+        with self.path.open("rb") as f:
+            for i in sorted(set(idx)):
+                f.seek(int(self.offsets[i]))
+                data = f.read(int(self.offsets[i + 1] - self.offsets[i]))
+                try:
+                    frame = _decode_jpeg(data)
+                except (OSError, SyntaxError, ValueError) as err:  # PIL's errors for bad image data
+                    raise ValueError(f"{self.path}: frame {i} does not decode: {err}") from None
+                if frame.shape != self.shape[1:]:
+                    raise ValueError(f"{self.path}: frame {i} decodes to {frame.shape}, header says {self.shape[1:]}")
+                decoded[i] = frame
+        return np.stack([decoded[i] for i in idx]) if idx else np.empty((0, *self.shape[1:]), np.uint8)
+
+
+def _open_jpegs(path: Path) -> JpegClip:
+    """Parse and check the header and offset table (no frame is decoded)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(_HEAD.size)
+        if len(head) < _HEAD.size or head[:8] != _MAGIC:
+            raise ValueError(f"{path}: not a JPEG frame-store clip (bad header)")
+        _, t, h, w = _HEAD.unpack(head)
+        if t < 1 or h < 1 or w < 1:
+            raise ValueError(f"{path}: bad JPEG frame-store header (T, H, W) = {(t, h, w)}")
+        table = f.read(8 * (t + 1))
+    if len(table) < 8 * (t + 1):
+        raise ValueError(f"{path}: truncated JPEG frame-store clip (offset table)")
+    offsets = np.frombuffer(table, dtype="<u8")
+    if offsets[0] != _HEAD.size + len(table) or np.any(np.diff(offsets.astype(np.int64)) <= 0):
+        raise ValueError(f"{path}: corrupt JPEG frame-store offset table")
+    if offsets[-1] != size:
+        raise ValueError(f"{path}: truncated or torn JPEG frame-store clip ({size} bytes, expected {offsets[-1]})")
+    return JpegClip(path, (t, h, w, 3), offsets)
+
+
+def _read_npy(path: Path) -> np.ndarray:
     arr = np.load(path, mmap_mode="r")
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
         raise ValueError(f"{path}: not a frame-store clip (dtype {arr.dtype}, shape {arr.shape})")
     return arr
 
 
+_READERS: dict[str, Callable[[Path], np.ndarray | JpegClip]] = {"npy": _read_npy, "jpeg": _open_jpegs}
+
+
+def read_clip(path: Path) -> np.ndarray | JpegClip:
+    """(T, H, W, 3) uint8 frames of a store file, read lazily: a memory-mapped array (npy) or a
+    :class:`JpegClip` (jpeg); only the frames indexed later are read (and decoded)."""
+    return _READERS[_format(path)](path)
+
+
 def is_complete(path: Path) -> bool:
-    """A store file that exists and parses (lets an interrupted extract resume)."""
+    """A store file that exists and parses (lets an interrupted extract resume; a torn or
+    corrupt file is re-extracted). For jpeg, every frame must also start with the JPEG SOI and
+    end with the EOI marker: catches damaged files without decoding (cheap at 2.5M clips)."""
     try:
-        read_clip(path)
+        clip = read_clip(path)
+        if isinstance(clip, JpegClip):
+            with path.open("rb") as f:
+                for a, b in zip(clip.offsets[:-1], clip.offsets[1:]):
+                    f.seek(int(a))
+                    soi = f.read(2)
+                    f.seek(int(b) - 2)
+                    if soi != b"\xff\xd8" or f.read(2) != b"\xff\xd9":
+                        return False
         return True
     except (OSError, ValueError):
         return False

@@ -71,8 +71,10 @@ def mask_text(input_ids: torch.Tensor, attention_mask: torch.Tensor, ratio: floa
     """Drop ``floor(n * ratio)`` of the n content tokens of each caption (MAC text masking).
 
     Content = real tokens other than position 0 ([CLS]) and ``sep_id`` ([SEP]). Survivors keep
-    their order and are packed to the left; the result is cut to the longest masked caption.
-    Returns ``(input_ids, attention_mask)`` of shape (B, L') with L' <= L.
+    their order and are packed to the left, padding after them. Returns ``(input_ids,
+    attention_mask)`` of the input shape (B, L): equal lengths on every rank keep the losses'
+    all-gathers valid, and the text encoder is cheap next to the video encoder, where MAC's
+    savings are.
     """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"text mask ratio must be in [0, 1), got {ratio}")
@@ -92,8 +94,8 @@ def mask_text(input_ids: torch.Tensor, attention_mask: torch.Tensor, ratio: floa
     keep = real & ~(content & (rank < n_drop.unsqueeze(1)))
     # Stable sort on "dropped" packs kept tokens left in their original order.
     order = (~keep).to(torch.int8).argsort(dim=1, stable=True)
-    new_len = int(keep.sum(dim=1).max())
-    order = order[:, :new_len]
+    # Keep the input length (padding after the survivors): under DDP every rank's text must
+    # have the same length for the all-gathers of the losses.
     new_mask = keep.gather(1, order)
     new_ids = input_ids.gather(1, order).masked_fill(~new_mask, pad_id)
     return new_ids, new_mask.to(attention_mask.dtype)

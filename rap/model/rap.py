@@ -157,7 +157,8 @@ class RaPModel(nn.Module):
             r_v2t, r_t2v = racl_function(lc.racl_variant)(
                 v.emb, v.patches, t.emb, t.tokens, t.token_mask, tau, patch_mask=v.patch_mask,
                 weight_grad=lc.racl_weight_grad, weight_floor=lc.racl_weight_floor, video_ids=video_ids,
-                gather=gather)
+                # the released code's local loss sees the per-GPU batch only
+                gather=gather and lc.racl_variant == "paper")
             terms = racl_terms(lc.racl, r_v2t, r_t2v)
             out.update(terms)
             total = total + lc.racl_lambda * sum(terms.values())
@@ -200,8 +201,10 @@ class RaPModel(nn.Module):
             same = ids[:, None] == ids[None, :]
             if self.cfg.itm_hard_negatives:
                 sim = v.emb.float() @ t.emb.float().T / self.temperature.detach()
-                w_v2t = F.softmax(sim, dim=1).masked_fill(same, 0.0)  # video i -> texts
-                w_t2v = F.softmax(sim.T, dim=1).masked_fill(same, 0.0)  # text i -> videos
+                # Softmax over the allowed candidates only: zeroing after the softmax lets every
+                # negative underflow to 0 once tau is small and the positive dominates.
+                w_v2t = F.softmax(sim.masked_fill(same, float("-inf")), dim=1).nan_to_num(0.0)  # video -> texts
+                w_t2v = F.softmax(sim.T.masked_fill(same, float("-inf")), dim=1).nan_to_num(0.0)  # text -> videos
             else:
                 w_v2t = w_t2v = (~same).float()
             neg_text, has_neg_text = _sample_rows(w_v2t)
