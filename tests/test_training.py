@@ -79,6 +79,7 @@ def test_pretraining_loss_falls_and_logs(make_params, tmp_path, monkeypatch, sin
 
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["steps"] == 15 and summary["finished"] and summary["clips_per_s"] > 0
+    assert summary["flops_per_step"] > 1e9  # counted on the first step (Table 8's FLOPs column)
     assert set(summary["final_loss_terms"]) >= {"loss", "itc", "racl_v2t", "racl_t2v"}
     ckpt = load_checkpoint(final)
     assert ckpt["stage"] == "pretrain" and ckpt["step"] == 15

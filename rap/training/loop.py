@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from rap import distributed as rdist
@@ -440,6 +441,7 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
     skipped_total = 0
     last_terms: dict[str, float] = {}
     window = _Window()
+    flops_per_step: int | None = None
 
     def save_step_checkpoint(epoch_rng_now: dict) -> None:
         rngs = _gather_objects(capture_rng_state(), ctx)
@@ -495,22 +497,28 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
                 step_clips = 0
                 step_skipped = 0
                 step_terms: dict[str, float] = {}
-                for i in range(n_micro):
-                    batch = _to_device(next(batches), device)
-                    if distributed and text_pad is not None:
-                        batch = _pad_text(batch, *text_pad)
-                    micro_done += 1
-                    step_clips += _batch_size(batch) * ctx.world
-                    step_skipped += int(batch.get("n_skipped", 0))  # unusable clips replaced by the loader
-                    sync = i == n_micro - 1
-                    with (net.no_sync() if distributed and not sync else contextlib.nullcontext()):
-                        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-                            out = net(batch, **kwargs)
-                        terms = _loss_terms(out)
-                        values = _check_finite(terms, ctx, pos.global_step, epoch)
-                        for k, v in values.items():
-                            step_terms[k] = step_terms.get(k, 0.0) + v / n_micro
-                        scaler.scale(terms["loss"] / n_micro).backward()
+                # FLOPs of one optimiser step (forward + backward, this rank), counted on the
+                # first step only: FlopCounterMode observes the real step, it adds no compute.
+                counting = flops_per_step is None
+                with FlopCounterMode(display=False) if counting else contextlib.nullcontext() as counter:
+                    for i in range(n_micro):
+                        batch = _to_device(next(batches), device)
+                        if distributed and text_pad is not None:
+                            batch = _pad_text(batch, *text_pad)
+                        micro_done += 1
+                        step_clips += _batch_size(batch) * ctx.world
+                        step_skipped += int(batch.get("n_skipped", 0))  # unusable clips replaced by the loader
+                        sync = i == n_micro - 1
+                        with (net.no_sync() if distributed and not sync else contextlib.nullcontext()):
+                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
+                                out = net(batch, **kwargs)
+                            terms = _loss_terms(out)
+                            values = _check_finite(terms, ctx, pos.global_step, epoch)
+                            for k, v in values.items():
+                                step_terms[k] = step_terms.get(k, 0.0) + v / n_micro
+                            scaler.scale(terms["loss"] / n_micro).backward()
+                if counting:
+                    flops_per_step = counter.get_total_flops()
                 scaler.unscale_(optimizer)
                 params_with_grad = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
                 max_norm = optim_cfg.clip_grad if optim_cfg.clip_grad > 0 else float("inf")
@@ -579,6 +587,7 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
                        "world_size": ctx.world, "wall_time_s": wall,
                        "clips_per_s": clips_total / wall if wall > 0 else 0.0, "clips": clips_total,
                        "skipped_clips": skipped_total, "peak_memory_mb": _peak_memory_mb(device),
+                       "flops_per_step": flops_per_step,
                        "precision": str(amp_dtype).replace("torch.", ""), "final_loss_terms": last_terms,
                        "best_score": extra["best_score"], "best_epoch": extra["best_epoch"],
                        "validation": extra["val_history"],
