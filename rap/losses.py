@@ -319,6 +319,17 @@ def _weighted_local_nce(anchor: Tensor, locals_: Tensor, local_mask: Tensor, log
     return torch.where(has, per_sample, torch.zeros_like(per_sample)).mean()
 
 
+def _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask, temperature,
+                             patch_mask, video_ids, weight_floor: float):
+    """What both RaCL variants start from: validated, masked fp32 inputs and the redundancies
+    vr, tr of eqs. (4)-(6). Call inside ``_no_autocast``."""
+    if not 0 < weight_floor < 1:
+        raise ValueError(f"weight_floor must be in (0, 1), got {weight_floor!r}")
+    x = _Prepared(video_emb, patch_feats, text_emb, token_feats, token_mask, temperature, patch_mask, video_ids)
+    vr, tr = _redundancy(x.patches, x.tokens, x.token_mask, x.patch_mask)
+    return x, vr, tr
+
+
 def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_feats: Tensor,
               token_mask: Tensor, temperature: Temperature, *, patch_mask: Tensor | None = None,
               weight_grad: bool = True, weight_floor: float = 1e-4, video_ids: Tensor | None = None,
@@ -345,12 +356,9 @@ def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_fe
       (the anchor's own partner stays).
     * A sample with no valid token (or patch) contributes 0 to its direction's mean.
     """
-    if not 0 < weight_floor < 1:
-        raise ValueError(f"weight_floor must be in (0, 1), got {weight_floor!r}")
     with _no_autocast(video_emb.device):
-        x = _Prepared(video_emb, patch_feats, text_emb, token_feats, token_mask, temperature, patch_mask,
-                      video_ids)
-        vr, tr = _redundancy(x.patches, x.tokens, x.token_mask, x.patch_mask)
+        x, vr, tr = _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask,
+                                             temperature, patch_mask, video_ids, weight_floor)
         w_tok, w_patch = 1.0 - tr, 1.0 - vr  # the paper's w = 1 - redundancy
         if not weight_grad:
             w_tok, w_patch = w_tok.detach(), w_patch.detach()
@@ -441,12 +449,9 @@ def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor,
     validated: softmax weights are strictly positive and never enter a log, so no floor is
     needed. Returns ``(loss_v2t, loss_t2v)``, float32 (float64 for float64 inputs) scalars.
     """
-    if not 0 < weight_floor < 1:
-        raise ValueError(f"weight_floor must be in (0, 1), got {weight_floor!r}")
     with _no_autocast(video_emb.device):
-        x = _Prepared(video_emb, patch_feats, text_emb, token_feats, token_mask, temperature, patch_mask,
-                      video_ids)
-        vr, tr = _redundancy(x.patches, x.tokens, x.token_mask, x.patch_mask)
+        x, vr, tr = _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask,
+                                             temperature, patch_mask, video_ids, weight_floor)
         w_tok = _softmax_weights(1.0 - tr, x.token_mask, x.tau)
         w_patch = _softmax_weights(1.0 - vr, x.patch_mask, x.tau)
         if not weight_grad:

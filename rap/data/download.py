@@ -305,25 +305,28 @@ def _fetch_required(url: str, dest: Path, what: str) -> None:
         raise DownloadError(f"{err}\n{what}: place {dest.name} in {dest.parent} by hand and re-run") from None
 
 
-def _webvid(raw: Path, limit: int | None) -> dict:
-    csv_path = raw / "results_2M_train.csv"
-    if not csv_path.is_file():
-        _fetch_required(URLS["webvid_csv"], csv_path, "WebVid-2M annotation")
+def _annotation_text(dataset: str, raw: Path, name: str, url_key: str, what: str, limit: int | None) -> str:
+    """Fetch a dataset's annotation file when absent, cut it to ``limit`` rows, return its text."""
+    path = raw / name
+    if not path.is_file():
+        _fetch_required(URLS[url_key], path, what)
     if limit:
-        limit_annotations("webvid", raw, limit)
-    rows = list(csv.DictReader(io.StringIO(csv_path.read_text(encoding="utf-8", errors="surrogateescape"))))
+        limit_annotations(dataset, raw, limit)
+    return path.read_text(encoding="utf-8", errors="surrogateescape")
+
+
+def _webvid(raw: Path, limit: int | None) -> dict:
+    text = _annotation_text("webvid", raw, "results_2M_train.csv", "webvid_csv", "WebVid-2M annotation", limit)
+    rows = list(csv.DictReader(io.StringIO(text)))
     jobs = [Job(r["contentUrl"], raw / "videos" / r["page_dir"] / f"{r['videoid']}.mp4") for r in rows]
     done, skipped, missing = fetch_many(jobs, "webvid videos", workers=16)
     return {"downloaded": done, "skipped": skipped, "missing": missing}
 
 
 def _cc3m(raw: Path, limit: int | None) -> dict:
-    tsv = raw / "Train_GCC-training.tsv"
-    if not tsv.is_file():
-        _fetch_required(URLS["cc3m_tsv"], tsv, "CC3M annotation (Google Conceptual Captions)")
-    if limit:
-        limit_annotations("cc3m", raw, limit)
-    rows = [line.split("\t") for line in tsv.read_text(encoding="utf-8", errors="surrogateescape").splitlines()]
+    text = _annotation_text("cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv",
+                            "CC3M annotation (Google Conceptual Captions)", limit)
+    rows = [line.split("\t") for line in text.splitlines()]
     jobs, caps = [], []
     for i, row in enumerate(rows):
         if len(row) >= 2:

@@ -105,11 +105,10 @@ class EpochData(Protocol):
 class LoaderEpochs:
     """:class:`EpochData` over a loader.
 
-    A loader with ``set_position(epoch, step)`` (:class:`rap.data.datasets.TrainLoader`, whose
-    batches are a pure function of seed, epoch, step and rank) jumps straight to ``start``;
-    any other ``DataLoader`` gets ``set_epoch(epoch)`` on its sampler(s) and re-reads the first
-    ``start`` batches. The first batch is fetched eagerly so that a lazily created
-    ``DataLoader`` iterator draws its worker base seed inside the call.
+    The loader (:class:`rap.data.datasets.TrainLoader`, whose batches are a pure function of
+    seed, epoch, step and rank) jumps straight to ``start`` with ``set_position``. The first
+    batch is fetched eagerly so that a lazily created ``DataLoader`` iterator draws its worker
+    base seed inside the call.
     """
 
     def __init__(self, loader: Iterable[Mapping[str, Any]]) -> None:
@@ -120,16 +119,8 @@ class LoaderEpochs:
         return int(steps) if steps is not None else len(self.loader)  # type: ignore[arg-type]
 
     def iterator(self, epoch: int, start: int) -> Iterator[Mapping[str, Any]]:
-        if hasattr(self.loader, "set_position"):
-            self.loader.set_position(epoch, start)
-            it = iter(self.loader)
-        else:
-            for obj in (getattr(self.loader, "sampler", None), getattr(self.loader, "batch_sampler", None)):
-                if obj is not None and hasattr(obj, "set_epoch"):
-                    obj.set_epoch(epoch)
-            it = iter(self.loader)
-            for _ in range(start):
-                next(it)
+        self.loader.set_position(epoch, start)  # seeks: no batch before `start` is decoded
+        it = iter(self.loader)
         first = next(it, None)
         return iter(()) if first is None else itertools.chain([first], it)
 
