@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import yaml
 
 from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ablation_overrides, load_params
+from rap.errors import RapError
 
 log = logging.getLogger("rap")
 
@@ -129,13 +130,15 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def _add_resume(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", nargs="?", const="yes", default="auto", choices=("auto", "yes", "no"),
-                   help="auto (default): continue a killed run of the same parameters and code from its "
-                        "newest step checkpoint in --out, else start fresh; yes: always continue; no: fresh")
+    p.add_argument("--resume", default="auto", choices=("auto", "force", "no"),
+                   help="auto (default): continue the run in --out when its training settings and code are "
+                        "this command's; start a new one when that run had finished; otherwise stop and say "
+                        "what changed. force: continue whatever changed. no: start afresh. An earlier run's "
+                        "files are moved to <out>/set-aside/, never deleted (rap.training.resume)")
 
 
-def _resume_mode(value: str) -> bool | str:
-    return {"auto": "auto", "yes": True, "no": False}[value]
+def _resume_mode(value: str) -> str:
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,26 +205,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"rap: configuration error: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # errors about the user's data or runs: a message, not a traceback
-        if isinstance(err, _user_error_types()):
-            print(f"rap {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
-            return 1
-        raise
+    except RapError as err:  # about the user's data or runs: a message, not a traceback
+        print(f"rap {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        signum = getattr(err, "signum", None)  # TrainingInterrupted: 128 + signal, as a killed process
+        return 128 + signum if signum else 1
     return 0
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """Error classes whose message is the whole story (bad data, missing metrics, a diverged
-    loss); looked up among loaded modules so the CLI does not import them eagerly."""
-    names = {"rap.data.records": "DataError", "rap.reports.tables": ("MissingMetricsError", "BadMetricsError"),
-             "rap.training.loop": "NonFiniteLossError"}
-    found: list[type[BaseException]] = []
-    for module, attrs in names.items():
-        mod = sys.modules.get(module)
-        for attr in (attrs,) if isinstance(attrs, str) else attrs:
-            if mod is not None and hasattr(mod, attr):
-                found.append(getattr(mod, attr))
-    return tuple(found)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ from typing import Any, Literal, Mapping
 
 import yaml
 
+from rap.errors import RapError
+
 RaclDirection = Literal["both", "v2t", "t2v", "none"]
 RaclVariant = Literal["paper", "official"]
 Sampling = Literal["rand", "uniform", "headtail"]
@@ -37,7 +39,7 @@ ALL_DATASETS = PRETRAIN_SOURCES + DOWNSTREAM_DATASETS
 FINETUNE_TASKS = ("msrvtt-7k", "msrvtt-9k", "didemo", "msvd", "lsmdc")
 
 
-class ConfigError(ValueError):
+class ConfigError(RapError, ValueError):
     """A key or value in params.yaml (or an override) is invalid."""
 
 

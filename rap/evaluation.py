@@ -302,7 +302,7 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     from rap.data.datasets import build_eval_set
     from rap.model.rap import RaPModel
     from rap.model.tokenizer import build_tokenizer
-    from rap.training.checkpoint import load_model_weights
+    from rap.checkpoint_io import load_model_weights
 
     cfg = params.cfg
     checkpoint, out_json = Path(checkpoint), Path(out_json)

@@ -74,8 +74,8 @@ def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     ddp = load_checkpoint(out / "checkpoint.pt")
     assert ddp["step"] == STEPS
-    ddp_summary = json.loads((out / "train_summary.json").read_text())
-    assert ddp_summary["world_size"] == 2 and ddp_summary["clips"] == STEPS * 2 * PER_RANK
+    assert json.loads((out / "train_run.json").read_text())["world_size"] == 2
+    assert json.loads((out / "train_timings.json").read_text())["clips"] == STEPS * 2 * PER_RANK
 
     cfg = params.cfg
     with without_dropout(), torch_threads(1):

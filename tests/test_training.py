@@ -77,10 +77,11 @@ def test_pretraining_loss_falls_and_logs(make_params, tmp_path, monkeypatch, sin
     first, last = sum(loss[:3]) / 3, sum(loss[-3:]) / 3
     assert last < 0.95 * first, f"loss did not fall: first steps {loss[:3]}, last steps {loss[-3:]}"
 
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["steps"] == 15 and summary["finished"] and summary["clips_per_s"] > 0
-    assert summary["flops_per_step"] > 1e9  # counted on the first step (Table 8's FLOPs column)
-    assert set(summary["final_loss_terms"]) >= {"loss", "itc", "racl_v2t", "racl_t2v"}
+    metrics, run, timings = (json.loads((out / f"train_{k}.json").read_text()) for k in ("metrics", "run", "timings"))
+    assert run["steps"] == 15 and run["finished"] and timings["clips_per_s"] > 0
+    assert metrics["flops_per_step"] > 1e9  # counted on the first step (Table 8's FLOPs column)
+    assert set(metrics["final_loss"]) >= {"loss", "itc", "racl_v2t", "racl_t2v"}
+    assert set(metrics) == {"final_loss", "flops_per_step"}  # metrics only: no paths, counts or timings
     ckpt = load_checkpoint(final)
     assert ckpt["stage"] == "pretrain" and ckpt["step"] == 15
     kept = sorted(p.name for p in (out / "checkpoints").iterdir())
@@ -135,8 +136,9 @@ def test_finetune_selects_best_validation_epoch(make_params, pretrained_checkpoi
     out = tmp_path / "msvd"
     final = finetune.run(make_params(), "msvd", pretrained_checkpoint, out)
 
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["best_epoch"] == 1 and summary["best_score"] == 30.0 and summary["finished"]
+    summary = json.loads((out / "train_run.json").read_text())
+    assert json.loads((out / "train_metrics.json").read_text())["best_val_score"] == 30.0
+    assert summary["best_epoch"] == 1 and summary["finished"]
     assert [v["epoch"] for v in summary["validation"]] == [0, 1, 2]
     assert all(0.0 <= s <= 100.0 for s in real_scores) and len(real_scores) == 3
     assert {"t2v_R@1", "t2v_R@10", "v2t_R@1"} <= set(summary["validation"][0])
@@ -153,9 +155,10 @@ def test_finetune_without_validation_split_keeps_last_epoch(make_params, pretrai
                                                             no_tracking, single_thread):
     out = tmp_path / "msrvtt"
     final = finetune.run(make_params(), "msrvtt-7k", pretrained_checkpoint, out)
-    summary = json.loads((out / "train_summary.json").read_text())
+    summary = json.loads((out / "train_run.json").read_text())
     assert summary["best_epoch"] is None and summary["validation"] == [] and summary["finished"]
-    assert set(summary["final_loss_terms"]) == {"loss", "itc", "racl_v2t", "racl_t2v", "itm"}  # finetune.loss
+    final_loss = json.loads((out / "train_metrics.json").read_text())["final_loss"]
+    assert set(final_loss) == {"loss", "itc", "racl_v2t", "racl_t2v", "itm"}  # finetune.loss
     chosen, last = load_checkpoint(final), load_checkpoint(latest_checkpoint(out))
     assert all(torch.equal(chosen["model"][k], last["model"][k]) for k in last["model"])
     rows = _rows(out / "loss.csv")

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from rap.errors import RapError
+
 Kind = Literal["video", "image"]
 
 
-class DataError(RuntimeError):
+class DataError(RapError, RuntimeError):
     """Missing or malformed data: the message names the file, key or value."""
 
 

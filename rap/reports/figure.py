@@ -51,7 +51,7 @@ def load_model(params: Params, checkpoint: Path, device: torch.device | str = "c
     Every model parameter must come from the checkpoint: a partly loaded model would draw
     meaningless maps."""
     from rap.model.rap import RaPModel
-    from rap.training.checkpoint import load_model_weights
+    from rap.checkpoint_io import load_model_weights
 
     model = RaPModel(params.cfg.model, params.cfg.pretrain.loss)
     result = load_model_weights(model, Path(checkpoint), strict=False)

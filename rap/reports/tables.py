@@ -26,6 +26,7 @@ from typing import Any, Sequence
 from tabulate import tabulate
 
 from rap.config import PRETRAIN_SOURCES, REFERENCE_KNOBS, Params
+from rap.errors import RapError
 from rap.reports import layout
 from rap.reports.layout import TableRow, format_value
 from rap.reports.paper_results import (DATA_SYMBOLS, TABLE_TITLES, PaperRow, paper_blocks, paper_rap_row,
@@ -41,11 +42,11 @@ _MISSING = "missing"
 _NO_RUN = "n/a"
 
 
-class MissingMetricsError(FileNotFoundError):
+class MissingMetricsError(RapError, FileNotFoundError):
     """A metrics or training-summary file the tables need does not exist."""
 
 
-class BadMetricsError(ValueError):
+class BadMetricsError(RapError, ValueError):
     """A metrics file exists but lacks a key or holds a non-numeric value."""
 
 

@@ -11,14 +11,20 @@ run needs to finish with the *same* weights as an uninterrupted one:
 ``extra``       loop-owned state (best validation score, ...)
 ``params``      the resolved config, flat (``Params.to_flat_dict``), for provenance
 
+``shaping``      what made the weights: the parameters that shape training and a sha256 per
+                source file that does (:mod:`rap.training.resume` decides from them whether
+                a rerun may continue this run)
+``total_steps``  the run's length, so that a finished run is told from an interrupted one
+
 The final ``<out>/checkpoint.pt`` has ``model``, ``params``, ``stage`` and ``step``;
-:func:`load_model_weights` reads either kind.
+:func:`rap.checkpoint_io.load_model_weights` reads either kind. Files of an earlier run are
+never deleted: a fresh start moves them aside (:func:`rap.training.resume.set_aside`); only
+the rotation of one run's own step checkpoints (:func:`prune_checkpoints`) removes files.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
 from pathlib import Path
@@ -26,40 +32,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+
+from rap.checkpoint_io import atomic_save, load_checkpoint, load_model_weights
 
 __all__ = [
     "atomic_save",
+    "load_checkpoint",
+    "load_model_weights",
     "capture_rng_state",
     "restore_rng_state",
     "step_checkpoint_path",
     "latest_checkpoint",
     "prune_checkpoints",
-    "load_checkpoint",
-    "load_model_weights",
 ]
 
 log = logging.getLogger(__name__)
 
 _STEP_RE = re.compile(r"^step-(\d+)\.pt$")
-
-
-def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``:
-    a kill at any moment leaves either the old file or the complete new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -107,74 +96,14 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def prune_checkpoints(out_dir: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest step checkpoints; returns the deleted paths."""
+    """Rotation within one run: delete all but the ``keep`` (>= 1) newest step checkpoints,
+    so the run's latest state always stays; returns the deleted paths."""
+    if keep < 1:
+        raise ValueError(f"prune_checkpoints keeps at least one checkpoint, got keep={keep}")
     found = _step_checkpoints(out_dir)
-    doomed = [p for _, p in found[:-keep]] if keep > 0 else [p for _, p in found]
+    doomed = [p for _, p in found[:-keep]]
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
 
 
-def code_fingerprint() -> str:
-    """sha256 over the source of the ``rap`` package: a checkpoint written by other code is
-    never resumed automatically (its weights would not be what this code trains)."""
-    import hashlib
-
-    root = Path(__file__).resolve().parents[1]
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def resumable_checkpoint(out_dir: Path, stage: str, flat_params: dict[str, Any]) -> Path | None:
-    """The newest step checkpoint in ``out_dir`` written by an unfinished run of the same stage,
-    parameters and code, or None: what ``--resume auto`` continues from (a killed
-    ``dvc repro`` picks up where it stopped; anything else starts fresh)."""
-    latest = latest_checkpoint(out_dir)
-    if latest is None:
-        return None
-    ckpt = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
-    same = (ckpt.get("stage") == stage and ckpt.get("params") == flat_params
-            and ckpt.get("code") == code_fingerprint())
-    if not same:
-        log.info("%s was written by another configuration or code version: not resuming from it", latest)
-    return latest if same else None
-
-
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by this module (RNG states and numpy arrays included, so the
-    pickle is trusted: only load files this pipeline wrote)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as err:  # torn or foreign file: say which one
-        raise RuntimeError(f"cannot read checkpoint {path}: {err}") from err
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise RuntimeError(f"{path} is not a rap checkpoint (no 'model' entry)")
-    return ckpt
-
-
-def load_model_weights(model: nn.Module, path: Path, *, strict: bool = False) -> dict[str, list[str]]:
-    """Load the ``model`` state of a checkpoint into ``model`` (fine-tuning from pre-training,
-    evaluation). With ``strict=False`` keys present on one side only are allowed (e.g. the LM
-    decoder of pre-training when fine-tuning switches it off) and listed in the log; a shape
-    mismatch or an empty overlap is always an error."""
-    state = load_checkpoint(path)["model"]
-    own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state.items() if k in own and own[k].shape != v.shape]
-    if bad:
-        raise RuntimeError(f"{path}: {len(bad)} tensor(s) do not fit the model "
-                           f"(was it trained with another model config?): {bad[:5]}")
-    if not set(state) & set(own):
-        raise RuntimeError(f"{path}: no parameter name in common with {type(model).__name__}")
-    result = model.load_state_dict(state, strict=strict)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if missing or unexpected:
-        log.info("loaded %s: %d missing key(s) %s, %d unused key(s) %s", path, len(missing), missing[:5],
-                 len(unexpected), unexpected[:5])
-    return {"missing": missing, "unexpected": unexpected}

@@ -23,8 +23,9 @@ from rap.config import ConfigError, Params, ScaleConfig
 from rap.data.datasets import FINETUNE_SPLITS, build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
-from rap.training.checkpoint import load_model_weights
+from rap.checkpoint_io import load_model_weights
 from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
+from rap.training.resume import file_digest
 
 __all__ = ["VALIDATION_SPLIT", "selection_score", "RetrievalValidation", "run"]
 
@@ -76,11 +77,12 @@ def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: b
                                        world_size=ctx.world, batch_size=ft.optim.batch_size)
         val_split = VALIDATION_SPLIT[task]
         validation = None
-        if val_split is not None:  # built on every rank (cheap), evaluated on rank 0 only
+        if val_split is not None:  # every rank takes its share of the validation (rap.evaluation)
             validation = RetrievalValidation(cfg, FINETUNE_SPLITS[task][0], val_split, tokenizer, ctx.device)
         return train(model=model, data=LoaderEpochs(loader), stage=f"finetune-{task}", optim_cfg=ft.optim,
                      epochs=ft.epochs[task], params=params, out_dir=Path(out_dir), ctx=ctx, resume=resume,
                      max_steps=max_steps, validation=validation,
                      forward_kwargs=lambda epoch: {"stage": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
                      text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
-                     extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split})
+                     extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
+                     inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))})

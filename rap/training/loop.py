@@ -10,15 +10,23 @@ Per optimiser step: ``grad_accum`` micro-batches (DDP ``no_sync`` on all but the
 backward, gradient clipping, AdamW, the lr schedule, and the temperature clamp (tau in
 [temp_min, temp_max], paper 3.2 / released code).
 
+Per optimiser step there is one collective of the loop's own (a single all-reduce of every
+loss term, the non-finite flags and the stop flag) and one host sync (reading it back).
+
 Exact resume: a checkpoint carries model, optimiser, scheduler, scaler, every rank's RNG states
 *and* the RNG states at the start of the current epoch. Resuming at (epoch e, micro-batch s)
 restores the epoch-start states, re-creates the epoch's data iterator at micro-batch ``s``
-(so whatever the loader draws from the global RNG - a sampler order, DataLoader worker seeds -
-is what the uninterrupted run drew), then restores the checkpoint's states. The project's
-:class:`rap.data.datasets.TrainLoader` is a pure function of (seed, epoch, step, rank) and
-jumps to ``s`` directly; a plain DataLoader is re-read up to ``s``. The run then ends with
+(:class:`LoaderEpochs` seeks: :class:`rap.data.datasets.TrainLoader` is a pure function of
+seed, epoch, step and rank), then restores the checkpoint's states. The run then ends with
 bit-identical weights on the CPU (tests/test_resume.py; single-threaded kernels, since some
-multi-threaded CPU reductions are not bit-reproducible run to run).
+multi-threaded CPU reductions are not bit-reproducible run to run). Whether a rerun continues,
+starts afresh or stops is decided by :mod:`rap.training.resume`; nothing here deletes a
+run's files except the rotation of its own step checkpoints.
+
+Preemption: SIGTERM and SIGUSR1 (SLURM's preemption and ``--signal``, torchrun forwarding a
+SIGTERM) are caught; at the next optimiser-step boundary every rank agrees to stop, a step
+checkpoint is written and :class:`TrainingInterrupted` is raised (the CLI exits with
+128 + the signal number), so the retried job resumes where this one stopped.
 """
 
 from __future__ import annotations
@@ -29,9 +37,12 @@ import itertools
 import json
 import logging
 import math
+import platform
 import random
 import resource
+import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,14 +58,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from rap import distributed as rdist
+from rap.checkpoint_io import atomic_save, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
-from rap.training.checkpoint import (atomic_save, capture_rng_state, code_fingerprint, latest_checkpoint,
-                                     load_checkpoint, resumable_checkpoint,
-                                     prune_checkpoints, restore_rng_state, step_checkpoint_path)
+from rap.errors import RapError
+from rap.training import resume as resume_rules
+from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
 from rap.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
     "NonFiniteLossError",
+    "TrainingInterrupted",
+    "RUN_OUTPUTS",
     "distributed_session",
     "distill_alpha",
     "DistContext",
@@ -71,8 +85,23 @@ log = logging.getLogger(__name__)
 KEEP_STEP_CHECKPOINTS = 3
 
 
-class NonFiniteLossError(FloatingPointError):
+# What a training run writes besides its checkpoints: metrics (DVC metrics, reproducible),
+# provenance (what ran, how it went) and wall-clock measurements (vary run to run: kept out of
+# everything DVC tracks; also logged to MLflow).
+RUN_OUTPUTS = {"metrics": "train_metrics.json", "run": "train_run.json", "timings": "train_timings.json"}
+
+
+class NonFiniteLossError(RapError, FloatingPointError):
     """A loss term (or the gradient norm) became NaN/inf; the message names step and term(s)."""
+
+
+class TrainingInterrupted(RapError):
+    """A stop signal arrived; a checkpoint was written at ``step``: rerun the command to resume."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after optimiser step {step}; checkpoint "
+                         f"{checkpoint} written: rerun the same command to resume from it")
 
 
 @dataclass(frozen=True)
@@ -111,7 +140,7 @@ class LoaderEpochs:
     base seed inside the call.
     """
 
-    def __init__(self, loader: Iterable[Mapping[str, Any]]) -> None:
+    def __init__(self, loader: Any) -> None:
         self.loader = loader
 
     def __len__(self) -> int:
@@ -126,7 +155,8 @@ class LoaderEpochs:
 
 
 class Validation(Protocol):
-    """Called on rank 0 after each epoch with the unwrapped model in eval mode; returns the
+    """Called on EVERY rank after each epoch with the unwrapped model in eval mode (it may
+    shard its work across ranks; all ranks must return the same values); returns the
     selection score (higher is better) and the metrics to log."""
 
     def __call__(self, model: nn.Module, epoch: int) -> tuple[float, dict[str, float]]: ...
@@ -166,14 +196,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+BF16_NATIVE_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; before it bf16 is emulated
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a CUDA device that supports it, else fp32 (fp16 is never picked
-    automatically: it needs loss scaling). Explicit ``fp16``/``bf16`` are honoured anywhere
-    autocast supports them."""
+    """``auto``: bf16 on a GPU where bf16 is native (compute capability >= 8.0), fp16 (with the
+    loop's GradScaler) on older GPUs such as the paper's V100s - ``torch.cuda.is_bf16_supported()``
+    also says yes where bf16 is only emulated, several times slower - and fp32 on the CPU.
+    Explicit ``fp16``/``bf16``/``fp32`` are honoured anywhere autocast supports them."""
     if precision == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        native = torch.cuda.get_device_capability(device) >= BF16_NATIVE_CAPABILITY
+        return torch.bfloat16 if native else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
 
 
@@ -323,43 +358,288 @@ def _loss_terms(out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return terms
 
 
-def _check_finite(terms: dict[str, torch.Tensor], ctx: DistContext, step: int, epoch: int) -> dict[str, float]:
-    """Mean of every term over ranks; raises :class:`NonFiniteLossError` on *every* rank if any
-    rank has a NaN/inf term (a collective, so no rank is left waiting in the next all-reduce)."""
+class _StopSignals:
+    """Catches SIGTERM and SIGUSR1 for the duration of a run (main thread only) and remembers
+    the first one; the loop acts on it at the next optimiser-step boundary."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if not self.signum:
+            log.warning("received %s: stopping at the next step boundary with a checkpoint",
+                        signal.Signals(signum).name)
+        self.signum = self.signum or signum
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def _agree(terms: dict[str, torch.Tensor], stop_signal: int, ctx: DistContext, step: int, epoch: int
+           ) -> tuple[dict[str, float], int]:
+    """The step's one collective and one host sync: the mean of every loss term over ranks,
+    whether any rank saw a NaN/inf (raises :class:`NonFiniteLossError` on every rank, so none
+    is left waiting in a later collective) and whether any rank caught a stop signal (returns
+    that signal, or SIGTERM for a rank told by another; 0: none)."""
     values = torch.stack([t.detach().float() for t in terms.values()])
     local_bad = ~torch.isfinite(values)
-    flags = local_bad.float()
+    packed = torch.cat([torch.where(local_bad, torch.zeros_like(values), values), local_bad.float(),
+                        torch.tensor([1.0 if stop_signal else 0.0], device=values.device)])
     if ctx.world > 1 and rdist.is_distributed():
-        both = torch.cat([torch.where(local_bad, torch.zeros_like(values), values), flags])
-        dist.all_reduce(both, op=dist.ReduceOp.SUM)
-        values_sum, flags = both[: len(terms)], both[len(terms):]
-        values = values_sum / ctx.world
-    bad = [name for name, f in zip(terms, flags.tolist()) if f > 0]
+        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
+        packed[: len(terms)] /= ctx.world
+    host = packed.tolist()
+    n = len(terms)
+    bad = [name for name, f in zip(terms, host[n:2 * n]) if f > 0]
     if bad:
         shown = ", ".join(f"{name}={terms[name].item()}" for name in bad)
         raise NonFiniteLossError(f"non-finite loss at optimiser step {step + 1} (epoch {epoch}): "
                                  f"term(s) {bad} not finite on at least one rank (this rank: {shown})")
-    return dict(zip(terms, values.tolist()))
+    stop = (stop_signal or int(signal.SIGTERM)) if host[-1] > 0 else 0
+    return dict(zip(terms, host[:n])), stop
+
+
+def _machine() -> str:
+    return f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} torch threads)"
+
+
+@dataclass
+class _Run:
+    """The state of one training run and the operations on it; :func:`train` drives it."""
+
+    stage: str
+    model: nn.Module
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype
+    optim_cfg: OptimConfig
+    params: Params
+    out_dir: Path
+    ctx: DistContext
+    steps_per_epoch: int
+    total_steps: int
+    shaping: dict[str, Any]
+    pos: _Position = field(default_factory=_Position)
+    extra: dict[str, Any] = field(default_factory=lambda: {"best_score": None, "best_epoch": None,
+                                                           "val_history": [], "final_loss_terms": {},
+                                                           "flops_per_step": None})
+    ckpt_rng: dict | None = None
+    epoch_rng: dict | None = None
+    resumed_from: Path | None = None
+
+    # ---- start -------------------------------------------------------------------------
+
+    def start(self, mode: resume_rules.ResumeMode) -> None:
+        """Decide (every rank, before anyone moves a file), set the earlier run aside (rank 0)
+        and restore the checkpoint to continue from, if any."""
+        plan = resume_rules.plan_start(self.out_dir, self.stage, self.shaping["params"], self.shaping["code"],
+                                       mode)
+        log.info("%s: %s", self.stage, plan.reason)
+        rdist.barrier()
+        if plan.set_aside and self.ctx.is_main:
+            resume_rules.set_aside(self.out_dir)
+        rdist.barrier()
+        if plan.checkpoint is not None:
+            self._restore(plan.checkpoint)
+
+    def _restore(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)  # on the CPU: RNG states must stay CPU tensors
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.pos = _Position(**ckpt["position"])
+        if self.pos.step_in_epoch >= self.steps_per_epoch:
+            raise resume_rules.ResumeConflict(
+                f"{path}: position {ckpt['position']} does not fit {self.steps_per_epoch} steps per epoch "
+                f"(batch size, grad_accum or world size changed?)")
+        self.extra.update(ckpt.get("extra", {}))
+        if len(ckpt["rng"]) == self.ctx.world:
+            self.ckpt_rng, self.epoch_rng = ckpt["rng"][self.ctx.rank], ckpt["epoch_rng"][self.ctx.rank]
+        else:
+            log.warning("%s was written by %d rank(s), this run has %d: RNG streams start afresh", path,
+                        len(ckpt["rng"]), self.ctx.world)
+        self.resumed_from = path
+        log.info("%s: resumed from %s at epoch %d, step %d", self.stage, path, self.pos.epoch,
+                 self.pos.global_step)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def save_step_checkpoint(self, epoch_rng_now: dict) -> Path:
+        path = step_checkpoint_path(self.out_dir, self.pos.global_step)
+        rngs = _gather_objects(capture_rng_state(), self.ctx)
+        epoch_rngs = _gather_objects(epoch_rng_now, self.ctx)
+        if self.ctx.is_main:
+            state = {"stage": self.stage, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
+                     "epoch_rng": epoch_rngs, "position": vars(self.pos).copy(), "extra": dict(self.extra),
+                     "params": self.params.to_flat_dict(), "shaping": self.shaping,
+                     "total_steps": self.total_steps}
+            atomic_save(state, path)
+            prune_checkpoints(self.out_dir, KEEP_STEP_CHECKPOINTS)
+        rdist.barrier()
+        return path
+
+    # ---- validation ----------------------------------------------------------------------
+
+    def validate(self, validation: Validation | None, epoch: int, reporter: "_Reporter") -> None:
+        """Every rank takes part (the validation shards its work); rank 0 keeps the best."""
+        if validation is None:
+            return
+        self.model.eval()
+        with torch.no_grad():
+            score, metrics = validation(self.model, epoch)
+        self.model.train()
+        reporter.metrics({f"val/{k}": v for k, v in metrics.items()} | {"val/score": score}, self.pos.global_step)
+        log.info("%s epoch %d validation score %.3f %s", self.stage, epoch, score, metrics)
+        self.extra["val_history"] = [*self.extra["val_history"], {"epoch": epoch, "score": score, **metrics}]
+        if self.extra["best_score"] is None or score > self.extra["best_score"]:
+            self.extra["best_score"], self.extra["best_epoch"] = score, epoch
+            if self.ctx.is_main:
+                atomic_save({"stage": self.stage, "model": self.model.state_dict(),
+                             "params": self.params.to_flat_dict(), "step": self.pos.global_step, "epoch": epoch,
+                             "score": score, "metrics": metrics}, self.out_dir / "best.pt")
+        rdist.barrier()
+
+    # ---- one optimiser step ----------------------------------------------------------------
+
+    def optimizer_step(self, batches: Iterator[Mapping[str, Any]], n_micro: int, kwargs: dict[str, Any],
+                       text_pad: tuple[int, int] | None, stop: _StopSignals
+                       ) -> tuple[dict[str, float], int, int, float, int]:
+        """``n_micro`` micro-batches (DDP ``no_sync`` on all but the last), one agreement over
+        ranks, clipping, AdamW, the schedule and the temperature clamp. Returns (loss terms,
+        clips, skipped clips, grad norm, stop signal agreed by the ranks)."""
+        device, distributed = self.ctx.device, self.ctx.world > 1 and rdist.is_distributed()
+        clips = skipped = 0
+        summed: dict[str, torch.Tensor] = {}
+        # FLOPs of one optimiser step (forward + backward, this rank), counted on the first step
+        # only: FlopCounterMode observes the real step, it adds no compute.
+        counting = self.extra["flops_per_step"] is None
+        with FlopCounterMode(display=False) if counting else contextlib.nullcontext() as counter:
+            for i in range(n_micro):
+                batch = _to_device(next(batches), device)
+                if distributed and text_pad is not None:
+                    batch = _pad_text(batch, *text_pad)
+                clips += _batch_size(batch) * self.ctx.world
+                skipped += int(batch.get("n_skipped", 0))  # unusable clips replaced by the loader
+                last = i == n_micro - 1
+                with (self.net.no_sync() if distributed and not last else contextlib.nullcontext()):
+                    with torch.autocast(device.type, dtype=self.amp_dtype,
+                                        enabled=self.amp_dtype != torch.float32):
+                        out = self.net(batch, **kwargs)
+                    terms = _loss_terms(out)
+                    for k, v in terms.items():
+                        summed[k] = summed.get(k, 0.0) + v.detach() / n_micro
+                    self.scaler.scale(terms["loss"] / n_micro).backward()
+        if counting:
+            self.extra["flops_per_step"] = counter.get_total_flops()
+        # A NaN loss leaves NaN gradients, never NaN weights: the agreement comes before the update.
+        step_terms, stop_signal = _agree(summed, stop.signum, self.ctx, self.pos.global_step, self.pos.epoch)
+        self.scaler.unscale_(self.optimizer)
+        with_grad = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            raise NonFiniteLossError(f"non-finite gradient norm at optimiser step {self.pos.global_step + 1} "
+                                     f"(epoch {self.pos.epoch}): grad-norm={grad_norm}; loss terms {step_terms}")
+        self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            # fp16: the scaler skips steps whose gradients overflowed (the first ones, while it
+            # calibrates); the schedule still advances, one entry per step.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.scheduler.step()
+        if hasattr(self.model, "clamp_temperature"):
+            self.model.clamp_temperature()
+        self.pos.global_step += 1
+        self.pos.step_in_epoch += 1
+        self.extra["final_loss_terms"] = step_terms
+        return step_terms, clips, skipped, grad_norm, stop_signal
+
+    # ---- outputs ---------------------------------------------------------------------------
+
+    def finish(self, validation: Validation | None, extra_params: Mapping[str, Any], timings: dict[str, Any],
+               reporter: "_Reporter") -> Path:
+        """``checkpoint.pt`` (the best validation epoch, else the last step) and the three run
+        files of :data:`RUN_OUTPUTS`; rank 0 writes, every rank returns the path."""
+        final = self.out_dir / "checkpoint.pt"
+        finished = self.pos.global_step >= self.total_steps
+        if self.ctx.is_main:
+            if validation is not None and (self.out_dir / "best.pt").exists():
+                state = load_checkpoint(self.out_dir / "best.pt")
+            else:
+                state = {"stage": self.stage, "model": self.model.state_dict(), "params": self.params.to_flat_dict(),
+                         "step": self.pos.global_step}
+            state["finished"] = finished
+            atomic_save(state, final)
+            metrics = {"final_loss": self.extra["final_loss_terms"], "flops_per_step": self.extra["flops_per_step"]}
+            if self.extra["best_score"] is not None:
+                metrics["best_val_score"] = self.extra["best_score"]
+            run = {"stage": self.stage, **dict(extra_params), "steps": self.pos.global_step,
+                   "total_steps": self.total_steps, "finished": finished,
+                   "epochs": self.pos.global_step / self.steps_per_epoch, "world_size": self.ctx.world,
+                   "precision": str(self.amp_dtype).replace("torch.", ""), "best_epoch": self.extra["best_epoch"],
+                   "validation": self.extra["val_history"],
+                   "resumed_from": str(self.resumed_from) if self.resumed_from else None, "checkpoint": str(final)}
+            for kind, data in (("metrics", metrics), ("run", run), ("timings", timings)):
+                _write_json(self.out_dir / RUN_OUTPUTS[kind], data)
+            reporter.metrics({f"summary/{k}": v for k, v in timings.items() if isinstance(v, (int, float))}
+                             | {"summary/steps": self.pos.global_step}, self.pos.global_step)
+        rdist.barrier()
+        return final
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def _resume_mode(resume: bool | str) -> resume_rules.ResumeMode:
+    """``True``/``False`` (the Python API's old spelling) are ``force``/``no``."""
+    if resume is True:
+        return "force"
+    if resume is False:
+        return "no"
+    return resume  # type: ignore[return-value]
+
+
+def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+    if not (ctx.world > 1 and rdist.is_distributed()):
+        return model
+    # find_unused_parameters: heads switched off by a zero loss weight get no gradient.
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                   find_unused_parameters=True)
 
 
 def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConfig, epochs: int,
           params: Params, out_dir: Path, ctx: DistContext, resume: bool | str = False,
           max_steps: int | None = None, forward_kwargs: Callable[[float], dict[str, Any]] | None = None,
           validation: Validation | None = None, extra_params: Mapping[str, Any] | None = None,
-          text_pad: tuple[int, int] | None = None) -> Path:
+          text_pad: tuple[int, int] | None = None, inputs: Mapping[str, str] | None = None) -> Path:
     """Train ``model`` for ``epochs`` epochs of ``data``; returns ``<out_dir>/checkpoint.pt``.
 
-    ``forward_kwargs(epoch_float)`` gives per-step keyword arguments of ``model.forward``
-    besides ``gather`` (the distillation ``alpha`` ramp, the stage). With ``validation`` the
-    final checkpoint holds the best-scoring epoch's weights (``best.pt``), otherwise the last.
-    ``max_steps`` stops after that many optimiser steps in total (a checkpoint is written), so
-    a later ``resume=True`` run continues exactly where this one stopped. ``text_pad`` =
-    ``(length, pad_id)``: under DDP every rank's text is padded to ``length`` (equal shapes
-    for the all-gathers of the losses).
+    ``resume``: ``auto`` | ``force`` | ``no`` (:mod:`rap.training.resume`; True/False mean
+    force/no). ``inputs``: digests of files that shape the run besides params and code (the
+    pre-trained checkpoint of a fine-tuning). ``forward_kwargs(epoch_float)`` gives per-step
+    keyword arguments of ``model.forward`` besides ``gather``. With ``validation`` the final
+    checkpoint holds the best-scoring epoch's weights (``best.pt``), otherwise the last.
+    ``max_steps`` stops after that many optimiser steps in total (a checkpoint is written).
+    ``text_pad`` = ``(length, pad_id)``: under DDP every rank's text is padded to ``length``
+    (equal shapes for the all-gathers of the losses).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = ctx.device
     micro_per_epoch = len(data)
     if micro_per_epoch < 1:
         raise ValueError(f"{stage}: the training data yields no batch (batch_size={optim_cfg.batch_size} "
@@ -368,223 +648,93 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
     steps_per_epoch = math.ceil(micro_per_epoch / accum)  # the last step of an epoch may hold fewer
     total_steps = steps_per_epoch * epochs
 
-    model.to(device)
+    model.to(ctx.device)
     if optim_cfg.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
             raise ValueError(f"optim.grad_checkpointing is on but {type(model).__name__} has no "
                              f"set_grad_checkpointing()")
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, optim_cfg)
-    scheduler = build_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps)
-    amp_dtype = resolve_precision(optim_cfg.precision, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    distributed = ctx.world > 1 and rdist.is_distributed()
-    # find_unused_parameters: heads switched off by a zero loss weight get no gradient.
-    net: nn.Module = (DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              find_unused_parameters=True) if distributed else model)
-
-    pos = _Position()
-    extra: dict[str, Any] = {"best_score": None, "best_epoch": None, "val_history": []}
-    ckpt_rng: dict | None = None
-    epoch_rng: dict | None = None
-    resumed_from: Path | None = None
-    code = code_fingerprint()
-    if resume == "auto":  # every rank reads the same out_dir (a shared filesystem, as for resume)
-        resume = resumable_checkpoint(out_dir, stage, params.to_flat_dict()) is not None
-    if resume:
-        resumed_from = latest_checkpoint(out_dir)
-        if resumed_from is None:
-            log.warning("%s: resume requested but %s has no checkpoints/step-*.pt: starting fresh", stage, out_dir)
-        else:
-            ckpt = load_checkpoint(resumed_from)  # on the CPU: RNG states must stay CPU tensors
-            if ckpt.get("stage") != stage:
-                raise ValueError(f"{resumed_from} is a {ckpt.get('stage')!r} checkpoint, not {stage!r}")
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            pos = _Position(**ckpt["position"])
-            if pos.step_in_epoch >= steps_per_epoch:
-                raise ValueError(f"{resumed_from}: position {ckpt['position']} does not fit {steps_per_epoch} "
-                                 f"steps per epoch (batch size, grad_accum or world size changed?)")
-            extra.update(ckpt.get("extra", {}))
-            if len(ckpt["rng"]) == ctx.world:
-                ckpt_rng, epoch_rng = ckpt["rng"][ctx.rank], ckpt["epoch_rng"][ctx.rank]
-            else:
-                log.warning("%s was written by %d rank(s), this run has %d: RNG streams start afresh",
-                            resumed_from, len(ckpt["rng"]), ctx.world)
-            log.info("%s: resumed from %s at epoch %d, step %d", stage, resumed_from, pos.epoch, pos.global_step)
-    elif ctx.is_main:
-        # A fresh run must not later resume from, keep, or select an earlier run's files.
-        (out_dir / "best.pt").unlink(missing_ok=True)
-        stale = prune_checkpoints(out_dir, keep=0)
-        if stale:
-            log.warning("%s: fresh run in %s: removed %d step checkpoint(s) of an earlier run", stage, out_dir,
-                        len(stale))
-    rdist.barrier()
+    amp_dtype = resolve_precision(optim_cfg.precision, ctx.device)
+    shaping = {"params": {**resume_rules.shaping_params(params, stage), **dict(inputs or {})},
+               "code": resume_rules.code_digests(stage)}
+    run = _Run(stage=stage, model=model, net=_wrap(model, ctx), optimizer=optimizer,
+               scheduler=build_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps),
+               scaler=torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16),
+               amp_dtype=amp_dtype, optim_cfg=optim_cfg, params=params, out_dir=out_dir, ctx=ctx,
+               steps_per_epoch=steps_per_epoch, total_steps=total_steps, shaping=shaping)
+    run.start(_resume_mode(resume))
+    pos = run.pos
     stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
-
     reporter = _Reporter(out_dir, ctx.is_main, pos.global_step)
     fwd_extra = forward_kwargs or (lambda epoch_float: {})
-    unwrapped = model
+    distributed = ctx.world > 1 and rdist.is_distributed()
     t_start = time.perf_counter()
     clips_total = 0
-    skipped_total = 0
-    last_terms: dict[str, float] = {}
     window = _Window()
-    flops_per_step: int | None = None
 
-    def save_step_checkpoint(epoch_rng_now: dict) -> None:
-        rngs = _gather_objects(capture_rng_state(), ctx)
-        epoch_rngs = _gather_objects(epoch_rng_now, ctx)
-        if ctx.is_main:
-            state = {"stage": stage, "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                     "epoch_rng": epoch_rngs, "position": vars(pos).copy(), "extra": dict(extra),
-                     "params": params.to_flat_dict(), "code": code}
-            atomic_save(state, step_checkpoint_path(out_dir, pos.global_step))
-            prune_checkpoints(out_dir, KEEP_STEP_CHECKPOINTS)
-        rdist.barrier()
-
-    def run_validation(epoch: int) -> None:
-        if validation is None:
-            return
-        if ctx.is_main:
-            unwrapped.eval()
-            with torch.no_grad():
-                score, metrics = validation(unwrapped, epoch)
-            unwrapped.train()
-            reporter.metrics({f"val/{k}": v for k, v in metrics.items()} | {"val/score": score}, pos.global_step)
-            log.info("%s epoch %d validation score %.3f %s", stage, epoch, score, metrics)
-            extra["val_history"] = [*extra["val_history"], {"epoch": epoch, "score": score, **metrics}]
-            if extra["best_score"] is None or score > extra["best_score"]:
-                extra["best_score"], extra["best_epoch"] = score, epoch
-                atomic_save({"stage": stage, "model": unwrapped.state_dict(), "params": params.to_flat_dict(),
-                             "step": pos.global_step, "epoch": epoch, "score": score, "metrics": metrics},
-                            out_dir / "best.pt")
-        rdist.barrier()
-
-    with _stage_run(stage, params, ctx.is_main):
-        net.train()
+    with _stage_run(stage, params, ctx.is_main), _StopSignals() as stop:
+        run.net.train()
         bar = tqdm(total=stop_at, initial=pos.global_step, desc=stage, unit="step", disable=not ctx.is_main,
                    dynamic_ncols=True)
         while pos.global_step < stop_at:
             epoch = pos.epoch
             start_micro = pos.step_in_epoch * accum
             # The epoch's iterator is created from the epoch-start RNG states (see module doc).
-            if epoch_rng is not None:
-                restore_rng_state(epoch_rng)
+            if run.epoch_rng is not None:
+                restore_rng_state(run.epoch_rng)
             epoch_rng_now = capture_rng_state()
             batches = data.iterator(epoch, start_micro)
-            if ckpt_rng is not None:
-                restore_rng_state(ckpt_rng)
-            ckpt_rng = epoch_rng = None
+            if run.ckpt_rng is not None:
+                restore_rng_state(run.ckpt_rng)
+            run.ckpt_rng = run.epoch_rng = None
             micro_done = start_micro
 
             while pos.step_in_epoch < steps_per_epoch and pos.global_step < stop_at:
                 n_micro = min(accum, micro_per_epoch - micro_done)
-                epoch_float = pos.global_step / steps_per_epoch
-                kwargs = {**fwd_extra(epoch_float), "gather": distributed}
-                step_clips = 0
-                step_skipped = 0
-                step_terms: dict[str, float] = {}
-                # FLOPs of one optimiser step (forward + backward, this rank), counted on the
-                # first step only: FlopCounterMode observes the real step, it adds no compute.
-                counting = flops_per_step is None
-                with FlopCounterMode(display=False) if counting else contextlib.nullcontext() as counter:
-                    for i in range(n_micro):
-                        batch = _to_device(next(batches), device)
-                        if distributed and text_pad is not None:
-                            batch = _pad_text(batch, *text_pad)
-                        micro_done += 1
-                        step_clips += _batch_size(batch) * ctx.world
-                        step_skipped += int(batch.get("n_skipped", 0))  # unusable clips replaced by the loader
-                        sync = i == n_micro - 1
-                        with (net.no_sync() if distributed and not sync else contextlib.nullcontext()):
-                            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype != torch.float32):
-                                out = net(batch, **kwargs)
-                            terms = _loss_terms(out)
-                            values = _check_finite(terms, ctx, pos.global_step, epoch)
-                            for k, v in values.items():
-                                step_terms[k] = step_terms.get(k, 0.0) + v / n_micro
-                            scaler.scale(terms["loss"] / n_micro).backward()
-                if counting:
-                    flops_per_step = counter.get_total_flops()
-                scaler.unscale_(optimizer)
-                params_with_grad = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-                max_norm = optim_cfg.clip_grad if optim_cfg.clip_grad > 0 else float("inf")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params_with_grad, max_norm))
-                if not math.isfinite(grad_norm) and not scaler.is_enabled():
-                    raise NonFiniteLossError(f"non-finite gradient norm at optimiser step {pos.global_step + 1} "
-                                             f"(epoch {epoch}): grad-norm={grad_norm}; loss terms {step_terms}")
+                kwargs = {**fwd_extra(pos.global_step / steps_per_epoch), "gather": distributed}
                 lr_used = optimizer.param_groups[0]["lr"]
-                scaler.step(optimizer)  # skipped by the scaler when fp16 gradients overflowed
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                with warnings.catch_warnings():
-                    # fp16: the scaler skips steps whose gradients overflowed (the first ones,
-                    # while it calibrates); the schedule still advances, one entry per step.
-                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                    scheduler.step()
-                if hasattr(unwrapped, "clamp_temperature"):
-                    unwrapped.clamp_temperature()
-                pos.global_step += 1
-                pos.step_in_epoch += 1
-                clips_total += step_clips
-                skipped_total += step_skipped
-                window.add(step_terms | {"grad_norm": grad_norm}, step_clips, step_skipped)
+                terms, clips, skipped, grad_norm, stop_signal = run.optimizer_step(batches, n_micro, kwargs,
+                                                                                    text_pad, stop)
+                micro_done += n_micro
+                clips_total += clips
+                window.add(terms | {"grad_norm": grad_norm}, clips, skipped)
                 window.lr = lr_used
-                last_terms = step_terms
                 bar.update(1)
 
                 epoch_done = pos.step_in_epoch == steps_per_epoch
                 if epoch_done:
                     pos.epoch, pos.step_in_epoch = epoch + 1, 0
                 if pos.global_step % optim_cfg.log_every == 0 or epoch_done or pos.global_step == stop_at:
-                    elapsed = max(1e-9, time.perf_counter() - window.t0)
-                    means = window.means()
-                    lr = window.lr
-                    temp = float(getattr(unwrapped, "temperature", torch.tensor(float("nan"))).detach())
-                    metrics = {f"train/{k}": v for k, v in means.items()} | {
-                        "train/lr": lr, "train/temperature": temp, "train/clips_per_s": window.clips / elapsed,
-                        "train/peak_memory_mb": _peak_memory_mb(device), "train/skipped_clips": window.skipped,
-                        "train/epoch": pos.global_step / steps_per_epoch}
-                    loss_cols = {k: v for k, v in means.items() if k != "grad_norm"}
-                    reporter.log(metrics, pos.global_step, pos.global_step / steps_per_epoch, loss_cols, lr)
-                    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}",
-                                    clips_s=f"{window.clips / elapsed:.1f}")
+                    _log_window(window, run, reporter, bar)
                     window = _Window()
                 if epoch_done:
-                    run_validation(epoch)
+                    run.validate(validation, epoch, reporter)
+                if stop_signal:
+                    path = run.save_step_checkpoint(epoch_rng_now)
+                    raise TrainingInterrupted(stop_signal, pos.global_step, path)
                 if pos.global_step % optim_cfg.checkpoint_every == 0 or pos.global_step == stop_at:
-                    save_step_checkpoint(epoch_rng_now)
+                    run.save_step_checkpoint(epoch_rng_now)
                 if epoch_done:
                     break
         bar.close()
-
         wall = time.perf_counter() - t_start
-        final = out_dir / "checkpoint.pt"
-        finished = pos.global_step >= total_steps
-        if ctx.is_main:
-            if validation is not None and (out_dir / "best.pt").exists():
-                state = load_checkpoint(out_dir / "best.pt")
-            else:
-                state = {"stage": stage, "model": unwrapped.state_dict(), "params": params.to_flat_dict(),
-                         "step": pos.global_step}
-            state["finished"] = finished
-            atomic_save(state, final)
-            summary = {"stage": stage, **dict(extra_params or {}), "steps": pos.global_step,
-                       "total_steps": total_steps, "finished": finished, "epochs": pos.global_step / steps_per_epoch,
-                       "world_size": ctx.world, "wall_time_s": wall,
-                       "clips_per_s": clips_total / wall if wall > 0 else 0.0, "clips": clips_total,
-                       "skipped_clips": skipped_total, "peak_memory_mb": _peak_memory_mb(device),
-                       "flops_per_step": flops_per_step,
-                       "precision": str(amp_dtype).replace("torch.", ""), "final_loss_terms": last_terms,
-                       "best_score": extra["best_score"], "best_epoch": extra["best_epoch"],
-                       "validation": extra["val_history"],
-                       "resumed_from": str(resumed_from) if resumed_from else None, "checkpoint": str(final)}
-            (out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-            reporter.metrics({"summary/clips_per_s": summary["clips_per_s"], "summary/wall_time_s": wall,
-                              "summary/steps": pos.global_step}, pos.global_step)
-        rdist.barrier()
-    return final
+        timings = {"measured_on": _machine(), "wall_time_s": wall, "clips": clips_total,
+                   "clips_per_s": clips_total / wall if wall > 0 else 0.0,
+                   "peak_memory_mb": _peak_memory_mb(ctx.device)}
+        return run.finish(validation, extra_params or {}, timings, reporter)
+
+
+def _log_window(window: _Window, run: _Run, reporter: _Reporter, bar: Any) -> None:
+    """MLflow metrics and a loss.csv row for the steps since the last log point."""
+    elapsed = max(1e-9, time.perf_counter() - window.t0)
+    means = window.means()
+    step = run.pos.global_step
+    temp = float(getattr(run.model, "temperature", torch.tensor(float("nan"))).detach())
+    metrics = {f"train/{k}": v for k, v in means.items()} | {
+        "train/lr": window.lr, "train/temperature": temp, "train/clips_per_s": window.clips / elapsed,
+        "train/peak_memory_mb": _peak_memory_mb(run.ctx.device), "train/skipped_clips": window.skipped,
+        "train/epoch": step / run.steps_per_epoch}
+    loss_cols = {k: v for k, v in means.items() if k != "grad_norm"}
+    reporter.log(metrics, step, step / run.steps_per_epoch, loss_cols, window.lr)
+    bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", clips_s=f"{window.clips / elapsed:.1f}")

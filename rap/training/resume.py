@@ -1,0 +1,203 @@
+"""The resume rules: may a rerun continue the run whose step checkpoints are in ``out_dir``?
+
+A long pre-training is killed (OOM, a preempted SLURM node, Ctrl-C) and rerun with the same
+command, often after an edit somewhere in the repository. What the rerun does depends on
+what made the checkpoint's weights - the *shaping* of the run - against what would make them
+now:
+
+- the parameters that shape training (:func:`shaping_params`: everything in the resolved
+  config except logging/checkpoint cadence, loader workers, paths and the other stages'
+  blocks) and the inputs named by the stage (fine-tuning: the pre-trained checkpoint);
+- a sha256 of every source file that shapes training (:func:`code_digests`: all of ``rap/``
+  except the command line, tracking, reports, data preparation and these rules).
+
+``--resume`` (``mode``):
+
+``auto`` (the default)  same shaping: continue. Changed shaping and the earlier run had
+                        finished: a new run, the earlier files moved aside. Changed shaping
+                        and the earlier run was interrupted: stop before any work, naming
+                        what changed and the two ways on.
+``force``               continue from the newest checkpoint whatever changed (logged).
+``no``                  start afresh; the earlier run's files are moved aside.
+
+Nothing here deletes a file: :func:`set_aside` moves ``checkpoints/``, ``best.pt``,
+``checkpoint.pt`` and ``loss.csv`` to ``<out_dir>/set-aside/<time>-step-<N>/``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import torch
+
+from rap.config import TOP_LEVEL_KNOBS, Params
+from rap.errors import RapError
+from rap.training.checkpoint import latest_checkpoint
+
+__all__ = ["ResumeMode", "ResumeConflict", "StartPlan", "shaping_params", "code_digests", "file_digest",
+           "plan_start", "set_aside", "SET_ASIDE_DIR"]
+
+log = logging.getLogger(__name__)
+
+ResumeMode = Literal["auto", "force", "no"]
+SET_ASIDE_DIR = "set-aside"
+RUN_FILES = ("checkpoints", "best.pt", "checkpoint.pt", "loss.csv")
+PACKAGE = Path(__file__).resolve().parents[1]
+
+# Parameters that never change the weights a run produces (flat keys, or prefixes ending in ".").
+_NEUTRAL_PARAMS = ("pretrain.optim.log_every", "pretrain.optim.checkpoint_every", "finetune.optim.log_every",
+                   "finetune.optim.checkpoint_every", "data.num_workers", "data.root", "data.check_sizes",
+                   "datasets", "ablations", "finetune.tasks", "evaluate.zero_shot", "pretrain.gpus",
+                   "finetune.gpus", "pretrain.nodes", "finetune.nodes", "pretrain.gpus_per_node",
+                   "finetune.gpus_per_node")
+# ... and those that belong to another stage.
+_OTHER_STAGE_PARAMS = {
+    "pretrain": ("finetune.", "evaluate.", "data.frames_eval", "data.sampling_eval"),
+    # fine-tuning starts from a checkpoint (an input of its own): pre-training's block and the
+    # top-level knobs, which set pre-training's loss, do not shape it
+    "finetune": ("pretrain.", *(k for k in TOP_LEVEL_KNOBS if k not in ("scale", "seed"))),
+}
+# Source files that do not shape the weights (repository-relative to rap/; dirs end in "/").
+_NEUTRAL_CODE = ("cli.py", "launch.py", "tracking.py", "errors.py", "reports/", "data/download.py",
+                 "data/extract.py", "data/synthetic.py", "training/resume.py", "redundancy_metrics.py")
+# Evaluation shapes fine-tuning (validation picks the kept epoch) but not pre-training.
+_NEUTRAL_CODE_PRETRAIN = ("evaluation.py", "metrics.py")
+
+
+def _stage_family(stage: str) -> str:
+    return "finetune" if stage.startswith("finetune") else "pretrain"
+
+
+def _matches(key: str, patterns: tuple[str, ...]) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) or key.startswith(p + ".") for p in patterns)
+
+
+def shaping_params(params: Params, stage: str) -> dict[str, Any]:
+    """The flat parameters that shape the weights of ``stage`` (``pretrain``,
+    ``finetune-<task>``): fine-tuning keeps only its own task's epoch count."""
+    family = _stage_family(stage)
+    neutral = _NEUTRAL_PARAMS + _OTHER_STAGE_PARAMS[family]
+    flat = {k: v for k, v in params.to_flat_dict().items() if not _matches(k, neutral)}
+    if family == "finetune":
+        task = stage.removeprefix("finetune-")
+        flat = {k: v for k, v in flat.items()
+                if not k.startswith("finetune.epochs.") or k == f"finetune.epochs.{task}"}
+    return flat
+
+
+def code_digests(stage: str) -> dict[str, str]:
+    """sha256 of every ``rap/`` source file that shapes ``stage``'s weights, by relative path."""
+    neutral = _NEUTRAL_CODE + (_NEUTRAL_CODE_PRETRAIN if _stage_family(stage) == "pretrain" else ())
+    digests = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE).as_posix()
+        if not any(rel == n or (n.endswith("/") and rel.startswith(n)) for n in neutral):
+            digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (an input that shapes training, e.g. the pre-trained checkpoint)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ResumeConflict(RapError):
+    """An interrupted run's checkpoints were made by other settings or code than this run's."""
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """``checkpoint``: continue from it (None: start at step 0); ``set_aside``: move the
+    earlier run's files aside first; ``reason``: for the log."""
+
+    checkpoint: Path | None
+    set_aside: bool
+    reason: str
+
+
+def _differences(old: Mapping[str, Any], new: Mapping[str, Any], what: str) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if key not in old:
+            out.append(f"{what} {key} added ({new[key]!r})")
+        elif key not in new:
+            out.append(f"{what} {key} removed (was {old[key]!r})")
+        elif old[key] != new[key]:
+            out.append(f"{what} {key}: {old[key]!r} -> {new[key]!r}" if what == "parameter" else f"{what} {key} edited")
+    return out
+
+
+def describe_changes(ckpt: Mapping[str, Any], shaping: Mapping[str, Any], code: Mapping[str, str]) -> list[str]:
+    """What differs between the checkpoint's shaping and this run's, one line per item."""
+    recorded = ckpt.get("shaping")
+    if not isinstance(recorded, Mapping):
+        return ["the checkpoint was written by a rap version that did not record its settings"]
+    return (_differences(recorded.get("params", {}), shaping, "parameter")
+            + _differences(recorded.get("code", {}), code, "file rap/"))
+
+
+def _has_run_files(out_dir: Path) -> bool:
+    return any((out_dir / name).exists() for name in RUN_FILES)
+
+
+def plan_start(out_dir: Path, stage: str, shaping: Mapping[str, Any], code: Mapping[str, str],
+               mode: ResumeMode) -> StartPlan:
+    """Apply the rules of the module docstring; raises :class:`ResumeConflict` (before any
+    work) when ``auto`` finds an interrupted run of other settings or code, or the newest
+    checkpoint belongs to another stage."""
+    out_dir = Path(out_dir)
+    if mode not in ("auto", "force", "no"):
+        raise ValueError(f"resume mode must be auto, force or no, got {mode!r}")
+    latest = latest_checkpoint(out_dir)
+    if mode == "no":
+        return StartPlan(None, _has_run_files(out_dir), "fresh start requested (--resume no)")
+    if latest is None:
+        return StartPlan(None, _has_run_files(out_dir), f"no step checkpoint in {out_dir / 'checkpoints'}")
+    ckpt = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
+    if ckpt.get("stage") != stage:
+        raise ResumeConflict(f"{latest} is a checkpoint of stage {ckpt.get('stage')!r}, not {stage!r}: "
+                             f"use another --out, or --resume no to move it aside and start afresh")
+    step, total = ckpt.get("position", {}).get("global_step"), ckpt.get("total_steps")
+    changes = describe_changes(ckpt, shaping, code)
+    if mode == "force":
+        note = f"; continuing despite: {'; '.join(changes)}" if changes else ""
+        return StartPlan(latest, False, f"--resume force from {latest.name}{note}")
+    if not changes:
+        return StartPlan(latest, False, f"same training settings and code as {latest.name}")
+    if total is not None and step is not None and step >= total:
+        return StartPlan(None, True, f"the run in {out_dir} finished ({step} steps) with other settings: "
+                                     f"a new run ({'; '.join(changes[:5])})")
+    raise ResumeConflict(
+        f"{out_dir} holds an interrupted {stage} run (step {step} of {total}, {latest.name}) made with other "
+        f"settings or code than this command's:\n  " + "\n  ".join(changes[:20])
+        + ("\n  ..." if len(changes) > 20 else "")
+        + "\nEither continue it anyway with --resume force, or start afresh with --resume no "
+          f"(its files are then moved to {out_dir / SET_ASIDE_DIR}/, nothing is deleted).")
+
+
+def set_aside(out_dir: Path) -> Path | None:
+    """Move the earlier run's files to ``<out_dir>/set-aside/<UTC time>-step-<N>/``; returns
+    that folder (None when there was nothing to move)."""
+    out_dir = Path(out_dir)
+    present = [name for name in RUN_FILES if (out_dir / name).exists()]
+    if not present:
+        return None
+    latest = latest_checkpoint(out_dir)
+    step = latest.stem.removeprefix("step-").lstrip("0") or "0" if latest else "none"
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    dest = out_dir / SET_ASIDE_DIR / f"{stamp}-step-{step}"
+    dest.mkdir(parents=True)
+    for name in present:
+        shutil.move(str(out_dir / name), str(dest / name))
+    log.warning("moved the earlier run's %s from %s to %s", ", ".join(present), out_dir, dest)
+    return dest
