@@ -36,9 +36,10 @@ def _fabricate(params, root: Path, seed: int = 0) -> None:
     rnd = random.Random(seed)
     for path in layout.report_inputs(params, root):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if path.name == "train_summary.json":
-            data = {"wall_time_s": 600.0, "steps": rnd.randint(100, 1000), "clips_per_s": rnd.uniform(10, 90),
-                    "flops_per_step": 2.5e12}
+        if path.name == "train_metrics.json":
+            data = {"final_loss": {"loss": 1.0}, "flops_per_step": 2.5e12 * (1 - 0.5 * ("mask" in path.parent.name))}
+            timings = {"wall_time_s": 600.0, "clips_per_s": rnd.uniform(10, 90), "measured_on": "test machine"}
+            (path.parent / "train_timings.json").write_text(json.dumps(timings), encoding="utf-8")
         else:
             data = _metrics(round(rnd.uniform(1, 40), 3))
         path.write_text(json.dumps(data), encoding="utf-8")
@@ -97,9 +98,11 @@ def test_layout_paths_and_ablation_rows(tmp_path):
     assert [r.setting.value for r in rows[5]] == ["none", "v2t", "t2v", "both"]
     assert [r.setting.value for r in rows[6]] == [1, 2, 4, 8]
     assert layout.table_metrics_path(params, 5, "racl-none", tmp_path) == tmp_path / "eval/ablation/racl-none.json"
-    assert rows[8][1].summary == tmp_path / "ablation/mask-0.5/train_summary.json"
+    assert rows[8][1].train_metrics == tmp_path / "ablation/mask-0.5/train_metrics.json"
+    assert rows[8][1].timings == tmp_path / "ablation/mask-0.5/train_timings.json"
     inputs = layout.report_inputs(params, tmp_path)
-    assert len(inputs) == len(set(inputs)) and tmp_path / "pretrain/main/train_summary.json" in inputs
+    assert len(inputs) == len(set(inputs)) and tmp_path / "pretrain/main/train_metrics.json" in inputs
+    assert not any(p.name == "train_timings.json" for p in inputs)  # measured: never a dependency
     with pytest.raises(ConfigError, match="lambda-x"):
         layout.run_dir("ablation", "lambda-x", tmp_path)
     with pytest.raises(ConfigError, match="msrvtt-5k"):
@@ -128,7 +131,7 @@ def test_write_tables_paper_scale(tmp_path):
     # a known value: zero-shot MSRVTT R@1 30.0 against the paper's 28.9
     (root / "eval/zeroshot/msrvtt.json").write_text(json.dumps(_metrics(30.0, 47.0, 60.04, 7.0)))
     paths = write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
-    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 9)] + ["README.md"]
+    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 9)] + ["README.md", "table8-speed.md"]
     label = f"RaP (this run, paper, {RUN_ID})"
     for i in range(1, 8):
         text = (tmp_path / "reports" / f"table{i}.md").read_text(encoding="utf-8")
@@ -151,7 +154,10 @@ def test_write_tables_paper_scale(tmp_path):
     assert _cells(main) == ["both", f"**{label}** [main run]", "30.0", "47.0", "60.0", "7.0"]
     assert f"**{label}** [racl-none]" in t5
     t8 = (tmp_path / "reports/table8.md").read_text(encoding="utf-8")
-    assert "mask-0.75" in t8 and "2500.0" in t8 and "1.00x" in t8  # GFLOPs/step, speed-up of r_v = 0
+    assert "mask-0.75" in t8 and "2500.0" in t8 and "0.50x" in t8  # GFLOPs/step, FLOPs vs r_v = 0
+    assert "Clips/s" not in t8 and "timings/table8-speed.md" in t8  # wall-clock figures live apart
+    speed = (tmp_path / "reports/timings/table8-speed.md").read_text(encoding="utf-8")
+    assert "measured while training, on test machine" in speed and "1.00x" in speed
     readme = (tmp_path / "reports/README.md").read_text(encoding="utf-8")
     assert all(f"(table{i}.md)" in readme for i in range(1, 9))
 
@@ -163,7 +169,7 @@ def test_write_tables_deterministic_and_embedded_has_no_differences(tmp_path):
         _fabricate(params, tmp_path / sub / "runs", seed=3)
         write_tables(params, tmp_path / sub / "runs", tmp_path / sub / "reports", run_id=RUN_ID)
         texts.append([(tmp_path / sub / "reports" / f).read_bytes()
-                      for f in sorted(p.name for p in (tmp_path / sub / "reports").iterdir())])
+                      for f in sorted(p.name for p in (tmp_path / sub / "reports").iterdir() if p.is_file())])
     assert texts[0] == texts[1]
     t1 = (tmp_path / "a/reports/table1.md").read_text(encoding="utf-8")
     assert f"RaP (this run, embedded, {RUN_ID})" in t1 and "Δ" not in t1.split("## Zero-shot")[1]

@@ -2,11 +2,11 @@
 
 Layout under the runs root (default ``runs/``)::
 
-    pretrain/main/                    main pre-training (checkpoint.pt, loss.csv, train_summary.json)
+    pretrain/main/                    main pre-training (checkpoint.pt, loss.csv, train_{metrics,run,timings}.json)
     eval/zeroshot/<dataset>.json      zero-shot metrics of the main model
     finetune/<task>/                  fine-tuned models (checkpoint.pt)
     eval/finetuned/<task>.json        their test metrics (msrvtt-7k/9k are tested on MSRVTT 1k-A)
-    ablation/<name>/                  ablation pre-trainings (checkpoint.pt, train_summary.json)
+    ablation/<name>/                  ablation pre-trainings (same files)
     eval/ablation/<name>.json         their zero-shot MSRVTT metrics
 
 Ablation runs (paper Tables 5-7, and Table 8 for MAC) are listed by name in params.yaml's
@@ -26,6 +26,7 @@ from typing import Any
 # ablation_overrides (run name -> knobs) lives in rap.config and is re-exported from here.
 from rap.config import (ABLATION_KNOBS, DOWNSTREAM_DATASETS, FINETUNE_TASKS, REFERENCE_KNOBS, ConfigError, Params,
                         ablation_overrides)
+from rap.run_files import TRAIN_METRICS, TRAIN_TIMINGS
 
 MAIN_RUN = "main"
 # The dataset every ablation is evaluated on (paper Tables 5-7: zero-shot MSRVTT).
@@ -87,9 +88,16 @@ def checkpoint_path(kind: str, name: str, root: str | Path = "runs") -> Path:
     return run_dir(kind, name, root) / "checkpoint.pt"
 
 
-def summary_path(kind: str, name: str, root: str | Path = "runs") -> Path:
-    """``train_summary.json`` of a training run (wall time, throughput; Table 8)."""
-    return run_dir(kind, name, root) / "train_summary.json"
+def train_metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
+    """``train_metrics.json`` of a training run (final losses, FLOPs per step; Table 8): a DVC
+    metrics file that reproduces."""
+    return run_dir(kind, name, root) / TRAIN_METRICS
+
+
+def train_timings_path(kind: str, name: str, root: str | Path = "runs") -> Path:
+    """``train_timings.json`` of a training run (wall time, clips/s, peak memory): measured,
+    different on every run, so never tracked by DVC."""
+    return run_dir(kind, name, root) / TRAIN_TIMINGS
 
 
 def metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
@@ -190,7 +198,8 @@ class TableRow:
     block: str  # the paper's block ("Zero-shot", "Fine-tuning", ...); Tables 5-8: "Zero-shot"
     key: str  # row key: dataset / task for Tables 1-4, ablation run name for Tables 5-8
     metrics: Path | None  # None: no run provides the row (main run not at the reference setting)
-    summary: Path | None = None  # train_summary.json (Table 8 only)
+    train_metrics: Path | None = None  # train_metrics.json: FLOPs per step (Table 8 only)
+    timings: Path | None = None  # train_timings.json: wall time, clips/s (Table 8 only; not a DVC dep)
     setting: AblationSetting | None = None
 
 
@@ -209,8 +218,10 @@ def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[Tabl
             elif task is not None and task in tasks:
                 rows[table].append(TableRow(table, block, task, metrics_path("finetuned", task, root)))
     for s in ablation_settings(params, root):
-        summary = s.run_dir / "train_summary.json" if s.table == 8 and s.run_dir is not None else None
-        rows[s.table].append(TableRow(s.table, "Zero-shot", s.name, s.metrics, summary, s))
+        speed = s.table == 8 and s.run_dir is not None
+        rows[s.table].append(TableRow(s.table, "Zero-shot", s.name, s.metrics,
+                                      s.run_dir / TRAIN_METRICS if speed else None,
+                                      s.run_dir / TRAIN_TIMINGS if speed else None, s))
     return rows
 
 
@@ -225,10 +236,11 @@ def table_metrics_path(params: Params, table: int, key: str, root: str | Path = 
 
 
 def report_inputs(params: Params, root: str | Path = "runs") -> list[Path]:
-    """Every file `rap tables` reads (metrics JSONs, Table 8's train summaries), sorted and
-    without duplicates: the dependencies of the tables stage / rule."""
+    """Every reproducible file `rap tables` reads (metrics JSONs, Table 8's train metrics),
+    sorted and without duplicates: the dependencies of the tables stage / rule. The timings
+    files are read too, but are no dependency: they change on every run."""
     paths: set[Path] = set()
     for rows in table_rows(params, root).values():
         for row in rows:
-            paths.update(p for p in (row.metrics, row.summary) if p is not None)
+            paths.update(p for p in (row.metrics, row.train_metrics) if p is not None)
     return sorted(paths)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,8 +33,12 @@ from rap.reports.paper_results import (DATA_SYMBOLS, TABLE_TITLES, PaperRow, pap
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR")
 DIRECTION = "t2v"  # the paper reports text-to-video retrieval only
-# train_summary.json keys read for Table 8 (written by rap.training.loop); flops_per_step is optional.
-SUMMARY_KEYS = ("wall_time_s", "steps", "clips_per_s")
+# Keys read for Table 8 from train_timings.json (written by rap.training.loop); FLOPs come from
+# train_metrics.json (optional: older runs lack them).
+TIMING_KEYS = ("wall_time_s", "clips_per_s")
+# Where the tables put what cannot reproduce (wall-clock figures): beside the tables, in files
+# that say so; they are no DVC output and a rerun rewrites them.
+TIMINGS_DIR = "timings"
 TABLE8_TITLE = "MAC mask sampling: video mask ratio r_v vs pre-training speed and zero-shot MSRVTT"
 _ABLATION_HEAD = {5: "RaCL", 6: "#frames K", 7: "lambda"}
 _MISSING = "missing"
@@ -78,20 +81,26 @@ def read_metrics(path: Path, direction: str = DIRECTION) -> tuple[float, float, 
     return tuple(out)  # type: ignore[return-value]
 
 
-def read_summary(path: Path) -> dict[str, float | None]:
-    """Speed numbers of a pre-training run (Table 8) from its ``train_summary.json``."""
+def read_flops(path: Path) -> float | None:
+    """FLOPs per optimiser step of a pre-training run from its ``train_metrics.json``."""
+    value = _read_json(path).get("flops_per_step")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise BadMetricsError(f"{path}: 'flops_per_step' must be a positive number, got {value!r}")
+    return float(value)
+
+
+def read_timings(path: Path) -> dict[str, Any]:
+    """Wall-clock figures of a pre-training run (Table 8's speed columns) from its
+    ``train_timings.json``: wall time, clips/s and the machine they were measured on."""
     data = _read_json(path)
-    out: dict[str, float | None] = {}
-    for key in SUMMARY_KEYS + ("flops_per_step",):
+    out: dict[str, Any] = {"measured_on": str(data.get("measured_on", "unknown machine"))}
+    for key in TIMING_KEYS:
         value = data.get(key)
-        if value is None and key == "flops_per_step":
-            out[key] = None
-            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise BadMetricsError(f"{path}: {key!r} must be a finite number, got {value!r}")
         out[key] = float(value)
-    if out["steps"] <= 0:
-        raise BadMetricsError(f"{path}: 'steps' must be > 0, got {data['steps']!r}")
     return out
 
 
@@ -109,20 +118,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def detect_run_id(cwd: Path | None = None) -> str:
-    """The DVC experiment name when run under `dvc exp run`, else the short git revision
-    (with ``-dirty`` when tracked files differ from it), else ``unversioned``."""
-    exp = os.environ.get("DVC_EXP_NAME")
-    if exp:
-        return exp
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True,
-                             text=True, check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, check=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unversioned"
-    return f"{rev}-dirty" if dirty else rev
+WORKSPACE_RUN = "workspace"
+
+
+def detect_run_id() -> str:
+    """The DVC experiment name under `dvc exp run`, else ``workspace``. Not the git revision:
+    committing the tables changes the revision, so a label holding it could never reproduce
+    (the revision is on every MLflow run instead)."""
+    return os.environ.get("DVC_EXP_NAME") or WORKSPACE_RUN
 
 
 # --------------------------------------------------------------------------------------
@@ -167,6 +170,7 @@ class _Context:
         self.rows = layout.table_rows(params, metrics_root)
         self.at_paper_scale = params.scale == "paper"
         self.label = f"RaP (this run, {params.scale}, {run_id})"
+        self.extra_files: dict[str, str] = {}  # relative path under the reports dir -> text
         self.missing: list[Path] = []
 
     def metrics(self, row: TableRow) -> RunMetrics:
@@ -177,13 +181,19 @@ class _Context:
             return RunMetrics(None)
         return RunMetrics(read_metrics(row.metrics))
 
-    def summary(self, row: TableRow) -> dict[str, float | None] | None:
-        if row.summary is None:
-            return None
-        if not row.summary.is_file():
-            self.missing.append(row.summary)
-            return None
-        return read_summary(row.summary)
+    def flops(self, row: TableRow) -> float | None | str:
+        """FLOPs per step, None when not recorded, or the text to show when there is no file."""
+        if row.train_metrics is None:
+            return _NO_RUN
+        if not row.train_metrics.is_file():
+            self.missing.append(row.train_metrics)
+            return _MISSING
+        return read_flops(row.train_metrics)
+
+    def timings(self, row: TableRow) -> dict[str, Any] | None:
+        if row.timings is None or not row.timings.is_file():
+            return None  # timings are not tracked: absent after a `dvc pull`, say, and shown as such
+        return read_timings(row.timings)
 
     def rel(self, path: Path) -> str:
         """Path relative to the runs root: stable text whatever directory the runs live in."""
@@ -288,40 +298,66 @@ def _ablation_table(ctx: _Context, table: int) -> str:
 
 
 def _table8(ctx: _Context) -> str:
+    """Reproducible columns (FLOPs, R@1, MdR) in table8.md; the wall-clock columns in
+    ``timings/table8-speed.md``, marked with the machine that measured them."""
     rows = ctx.rows[8]
-    collected = [(r, ctx.summary(r), ctx.metrics(r)) for r in rows]
-    base = next((s for r, s, _ in collected if r.setting is not None and r.setting.is_main and s), None)
+    flops = {r.key: ctx.flops(r) for r in rows}
+    base_flops = next((flops[r.key] for r in rows if r.setting is not None and r.setting.is_main
+                       and isinstance(flops[r.key], float)), None)
     body = []
-    for r, s, m in collected:
+    for r in rows:
         assert r.setting is not None
-        if s is None:
-            speed = [_NO_RUN if r.summary is None else _MISSING] * 5
+        m = ctx.metrics(r)
+        f = flops[r.key]
+        if isinstance(f, str) or f is None:
+            flop_cells = [f or "-", "-"]
         else:
-            flops = s["flops_per_step"]
-            speed = [
-                f"{s['wall_time_s'] / s['steps']:.3f}",
-                f"{s['clips_per_s']:.1f}",
-                "-" if base is None else f"{s['clips_per_s'] / base['clips_per_s']:.2f}x",
-                "-" if flops is None else f"{flops / 1e9:.1f}",
-                f"{s['wall_time_s'] / 60:.1f}",
-            ]
+            flop_cells = [f"{f / 1e9:.1f}", "-" if base_flops is None else f"{f / base_flops:.2f}x"]
         r1, mdr = (m.absent, m.absent) if m.values is None else (_fmt(m.values[0]), _fmt(m.values[3]))
-        body.append([format_value(r.setting.value), _origin(r), *speed, r1, mdr])
+        body.append([format_value(r.setting.value), _origin(r), *flop_cells, r1, mdr])
     ref = format_value(REFERENCE_KNOBS["mask_video"])
-    headers = ["r_v", "Run", "Wall time / step (s)", "Clips/s", f"Speed-up vs r_v={ref}", "GFLOPs/step",
-               "Wall time (min)", "R@1 ↑", "MdR ↓"]
+    headers = ["r_v", "Run", "GFLOPs/step", f"FLOPs vs r_v={ref}", "R@1 ↑", "MdR ↓"]
+    speed_file = f"{TIMINGS_DIR}/table8-speed.md"
     text = [_header(8, TABLE8_TITLE, ctx),
             "Not in the RaP paper. MAC masks a random subset of video patches in every frame during "
             "pre-training (evaluation is unmasked); the MAC paper reports 60% fewer FLOPs and 3x faster "
-            "pre-training. Speed is measured on this run's hardware (wall time includes data loading and "
-            "checkpointing; clips/s = training clips / wall time); zero-shot MSRVTT text-to-video.",
+            "pre-training. FLOPs per optimiser step (forward + backward, one rank) are counted by "
+            "torch's FlopCounterMode and reproduce; zero-shot MSRVTT text-to-video. Wall-clock speed "
+            f"depends on the machine: it is in [{speed_file}]({speed_file}), rewritten by every run.",
             tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
-                     colalign=("left", "left") + ("right",) * 7)]
-    sources = [f"`{ctx.rel(r.metrics)}`, `{ctx.rel(r.summary)}`" for r in rows
-               if r.metrics is not None and r.summary is not None]
+                     colalign=("left", "left") + ("right",) * 4)]
+    sources = [f"`{ctx.rel(r.metrics)}`, `{ctx.rel(r.train_metrics)}`" for r in rows
+               if r.metrics is not None and r.train_metrics is not None]
     notes = ["This run's files (under the runs root): " + "; ".join(sources) + "."] if sources else []
     text.append("\n".join(notes + _reference_note(ctx, rows)))
+    ctx.extra_files[speed_file] = _table8_speed(ctx, rows)
     return "\n\n".join(text) + "\n"
+
+
+def _table8_speed(ctx: _Context, rows: list[TableRow]) -> str:
+    """Table 8's wall-clock columns: measured, so they hold for the machine named below only."""
+    timed = [(r, ctx.timings(r)) for r in rows]
+    base = next((t for r, t in timed if r.setting is not None and r.setting.is_main and t), None)
+    body, machines = [], set()
+    for r, t in timed:
+        assert r.setting is not None
+        if t is None:
+            body.append([format_value(r.setting.value), _origin(r)] + ["not measured"] * 3)
+            continue
+        machines.add(t["measured_on"])
+        body.append([format_value(r.setting.value), _origin(r), f"{t['clips_per_s']:.1f}",
+                     "-" if base is None else f"{t['clips_per_s'] / base['clips_per_s']:.2f}x",
+                     f"{t['wall_time_s'] / 60:.1f}"])
+    ref = format_value(REFERENCE_KNOBS["mask_video"])
+    return "\n\n".join([
+        f"# Table 8, wall-clock columns: {TABLE8_TITLE}",
+        "Timings: measured while training, on " + (", ".join(sorted(machines)) or "no machine") + ". They "
+        "vary from run to run and machine to machine: this file is rewritten by every run and is not part "
+        "of what `make repro` reproduces. Wall time includes data loading and checkpointing; clips/s = "
+        "training clips / wall time.",
+        tabulate(body, headers=["r_v", "Run", "Clips/s", f"Speed-up vs r_v={ref}", "Wall time (min)"],
+                 tablefmt="github", disable_numparse=True, colalign=("left", "left", "right", "right", "right")),
+    ]) + "\n"
 
 
 # --------------------------------------------------------------------------------------
@@ -375,4 +411,9 @@ def write_tables(params: Params, metrics_root: Path, out_dir: Path, *, run_id: s
         path.write_text(text, encoding="utf-8")
     readme = out_dir / "README.md"
     readme.write_text(_readme(ctx, paths), encoding="utf-8")
-    return paths + [readme]
+    extra = []
+    for rel, text in ctx.extra_files.items():
+        extra.append(out_dir / rel)
+        extra[-1].parent.mkdir(parents=True, exist_ok=True)
+        extra[-1].write_text(text, encoding="utf-8")
+    return paths + [readme] + extra

@@ -61,6 +61,7 @@ from rap import distributed as rdist
 from rap.checkpoint_io import atomic_save, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
 from rap.errors import RapError
+from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import resume as resume_rules
 from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
 from rap.training.optim import build_optimizer, build_scheduler
@@ -85,10 +86,8 @@ log = logging.getLogger(__name__)
 KEEP_STEP_CHECKPOINTS = 3
 
 
-# What a training run writes besides its checkpoints: metrics (DVC metrics, reproducible),
-# provenance (what ran, how it went) and wall-clock measurements (vary run to run: kept out of
-# everything DVC tracks; also logged to MLflow).
-RUN_OUTPUTS = {"metrics": "train_metrics.json", "run": "train_run.json", "timings": "train_timings.json"}
+# What a training run writes besides its checkpoints (rap/run_files.py says what each holds).
+RUN_OUTPUTS = {"metrics": TRAIN_METRICS, "run": TRAIN_RUN, "timings": TRAIN_TIMINGS}
 
 
 class NonFiniteLossError(RapError, FloatingPointError):
