@@ -7,6 +7,7 @@ in :mod:`rap.training.checkpoint`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["atomic_save", "load_checkpoint", "load_model_weights"]
+__all__ = ["atomic_save", "file_digest", "load_checkpoint", "load_model_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +74,13 @@ def load_model_weights(model: nn.Module, path: Path, *, strict: bool = False) ->
         log.info("loaded %s: %d missing key(s) %s, %d unused key(s) %s", path, len(missing), missing[:5],
                  len(unexpected), unexpected[:5])
     return {"missing": missing, "unexpected": unexpected}
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file: the identity of a checkpoint (fine-tuning's input; the MLflow link
+    from an evaluation to the training run that wrote the file)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -176,3 +176,37 @@ def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     dist.all_gather(parts, send)
     out = torch.cat(parts, dim=0)
     return out.bool() if is_bool else out
+
+
+def shard_range(n: int, rank: int | None = None, world: int | None = None) -> range:
+    """Rank ``rank``'s contiguous block of ``range(n)`` (sizes differ by at most one; the
+    blocks in rank order are ``range(n)``): how evaluation shards videos, texts and pairs."""
+    rank = get_rank() if rank is None else rank
+    world = get_world_size() if world is None else world
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return range(start, start + base + (1 if rank < extra else 0))
+
+
+def gather_shards(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Concatenate every rank's ``x`` (``counts[r]`` rows on rank r, known to every rank, so no
+    shape exchange is needed) in rank order; the identity in one process. Detached."""
+    if not is_distributed():
+        return x.detach()
+    if x.shape[0] != counts[get_rank()]:
+        raise ValueError(f"gather_shards: rank {get_rank()} holds {x.shape[0]} rows, expected {counts[get_rank()]}")
+    rows = max(counts)
+    send = torch.zeros((rows, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    send[: x.shape[0]] = x.detach()
+    parts = [torch.empty_like(send) for _ in counts]
+    dist.all_gather(parts, send)
+    return torch.cat([p[:c] for p, c in zip(parts, counts)])
+
+
+def gather_objects(obj: object) -> list[object]:
+    """Every rank's picklable ``obj`` in rank order (``[obj]`` in one process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[object] = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

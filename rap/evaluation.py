@@ -23,6 +23,12 @@
 
 Metrics come from :mod:`rap.metrics` (pessimistic ties; video-to-text finds a video at the
 best rank of any of its captions, which matters for MSVD's many captions per video).
+
+Under torchrun every rank takes a contiguous share (:func:`rap.distributed.shard_range`) of
+the videos, of the texts and of the re-ranked pairs (those whose video is in its share, so
+video features never cross ranks); embeddings and ITM scores are gathered, and every rank ends
+with the same score matrices and metrics as one process would compute. No rank waits idle,
+and no rank waits long enough to hit the process group's timeout.
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rap import distributed as rdist
 from rap import tracking
+from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import EvalConfig
 from rap.metrics import t2v_v2t_metrics
 
@@ -112,17 +120,20 @@ def _autocast(device: torch.device):
 def encode_eval_set(model, eval_set: EvalSet, tokens: dict[str, torch.Tensor], batch_size: int,
                     device: torch.device, *, keep_video_features: bool, num_workers: int = 0
                     ) -> tuple[Any, torch.Tensor, torch.Tensor]:
-    """Encode every video and text once.
+    """Encode every video and text once (this rank: its share of each).
 
-    Returns ``(video_feats, video_emb (V, D), text_emb (T, D))`` on the CPU; ``video_feats``
-    holds every field of the model's video features (needed by ITM re-ranking) when
-    ``keep_video_features``, else None (the patch and token features are large).
+    Returns ``(video_feats, video_emb (V, D), text_emb (T, D))`` on the CPU, the embeddings of
+    ALL videos and texts (gathered over ranks); ``video_feats`` holds every field of the
+    model's video features for THIS RANK's videos (:func:`rap.distributed.shard_range`), needed
+    by ITM re-ranking, when ``keep_video_features``, else None (they are large).
     """
-    video_chunks, emb_chunks = [], []
     n_videos = len(eval_set.videos)
-    bar = tqdm(total=n_videos, desc=f"{eval_set.dataset} videos", unit="video", leave=False)
-    expected = 0
-    for batch in eval_set.iter_videos(batch_size, num_workers):
+    mine = rdist.shard_range(n_videos)
+    video_chunks, emb_chunks = [], []
+    bar = tqdm(total=len(mine), desc=f"{eval_set.dataset} videos", unit="video", leave=False,
+               disable=rdist.get_rank() != 0)
+    expected = mine.start
+    for batch in eval_set.iter_videos(batch_size, num_workers, indices=mine):
         index = batch["video_index"]
         if not torch.equal(index, torch.arange(expected, expected + len(index))):
             raise RuntimeError(f"{eval_set.dataset}: video loader returned indices {index.tolist()[:5]}..., "
@@ -135,20 +146,29 @@ def encode_eval_set(model, eval_set: EvalSet, tokens: dict[str, torch.Tensor], b
             video_chunks.append(_map_fields(feats, lambda t: t.cpu()))
         bar.update(len(index))
     bar.close()
-    if expected != n_videos:
-        raise RuntimeError(f"{eval_set.dataset}: encoded {expected} videos of {n_videos}")
-    video_emb = torch.cat(emb_chunks)
-    video_feats = _cat_fields(video_chunks) if keep_video_features else None
+    if expected != mine.stop:
+        raise RuntimeError(f"{eval_set.dataset}: encoded videos {mine.start}..{expected} of {mine.start}..{mine.stop}")
+    eval_set.check_failures(rdist.gather_objects(eval_set.failed))
+    video_counts = [len(rdist.shard_range(n_videos, r)) for r in range(rdist.get_world_size())]
+    video_emb = rdist.gather_shards(_cat_rows(emb_chunks), video_counts)
+    video_feats = _cat_fields(video_chunks) if keep_video_features and video_chunks else None
 
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
+    texts = rdist.shard_range(len(ids))
     text_chunks = []
-    for start in tqdm(range(0, len(ids), batch_size), desc=f"{eval_set.dataset} texts", unit="batch",
-                      leave=False):
-        sl = slice(start, start + batch_size)
+    for start in tqdm(range(texts.start, texts.stop, batch_size), desc=f"{eval_set.dataset} texts",
+                      unit="batch", leave=False, disable=rdist.get_rank() != 0):
+        sl = slice(start, min(start + batch_size, texts.stop))
         with _autocast(device):
             feats = model.encode_text(ids[sl].to(device), mask[sl].to(device))
         text_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
-    return video_feats, video_emb, torch.cat(text_chunks)
+    text_counts = [len(rdist.shard_range(len(ids), r)) for r in range(rdist.get_world_size())]
+    return video_feats, video_emb, rdist.gather_shards(_cat_rows(text_chunks), text_counts)
+
+
+def _cat_rows(chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate embedding chunks; an empty share (more ranks than items) has 0 rows."""
+    return torch.cat(chunks) if chunks else torch.zeros(0, 0)
 
 
 # --------------------------------------------------------------------------------------
@@ -203,18 +223,27 @@ def itm_pair_scores(model, video_feats: Any, tokens: dict[str, torch.Tensor], vi
 
 def _rerank_both(model, video_feats: Any, tokens: dict[str, torch.Tensor], itc: torch.Tensor, k: int,
                  batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-ranked (t2v (T, V), v2t (V, T)) score matrices."""
+    """Re-ranked (t2v (T, V), v2t (V, T)) score matrices. Each rank scores the pairs whose
+    video is in its share (its ``video_feats``); the scores are gathered in rank order."""
     num_texts, num_videos = itc.shape
     k_t2v, k_v2t = min(k, num_videos), min(k, num_texts)
     top_t2v = itc.topk(k_t2v, dim=1).indices  # (T, k): videos of each text
     top_v2t = itc.t().topk(k_v2t, dim=1).indices  # (V, k): texts of each video
-    # Pairs as text * V + video; a pair in both directions' top k is scored once.
-    pairs_t2v = torch.arange(num_texts).repeat_interleave(k_t2v) * num_videos + top_t2v.flatten()
-    pairs_v2t = top_v2t.flatten() * num_videos + torch.arange(num_videos).repeat_interleave(k_v2t)
+    # Pairs as video * T + text, sorted, so that each rank's pairs (its videos) are one block;
+    # a pair in both directions' top k is scored once.
+    pairs_t2v = top_t2v.flatten() * num_texts + torch.arange(num_texts).repeat_interleave(k_t2v)
+    pairs_v2t = torch.arange(num_videos).repeat_interleave(k_v2t) * num_texts + top_v2t.flatten()
     unique, inverse = torch.unique(torch.cat([pairs_t2v, pairs_v2t]), return_inverse=True)
-    scores = itm_pair_scores(model, video_feats, tokens, unique % num_videos, unique // num_videos, batch_size,
+    pair_video, pair_text = unique // num_texts, unique % num_texts
+    shares = [rdist.shard_range(num_videos, r) for r in range(rdist.get_world_size())]
+    counts = [int(((pair_video >= sh.start) & (pair_video < sh.stop)).sum()) for sh in shares]
+    mine = shares[rdist.get_rank()]
+    start = sum(counts[: rdist.get_rank()])
+    sl = slice(start, start + counts[rdist.get_rank()])
+    local = (itm_pair_scores(model, video_feats, tokens, pair_video[sl] - mine.start, pair_text[sl], batch_size,
                              device, desc=f"ITM re-rank top {k}")
-    itm_all = scores[inverse]
+             if counts[rdist.get_rank()] else torch.zeros(0))
+    itm_all = rdist.gather_shards(local, counts)[inverse]
     itm_t2v = itm_all[: len(pairs_t2v)].view(num_texts, k_t2v)
     itm_v2t = itm_all[len(pairs_t2v):].view(num_videos, k_v2t)
     return rerank_scores(itc, top_t2v, itm_t2v), rerank_scores(itc.t(), top_v2t, itm_v2t)
@@ -293,46 +322,87 @@ def _check_loaded(result: dict[str, list[str]], checkpoint: Path, rerank: bool) 
                            f"checkpoint (was it trained with another model config?): {missing[:5]}")
 
 
+# The knobs MLflow must show on an evaluation run to plot R@1 against each ablated setting:
+# the scored checkpoint's, not the evaluate command's (whose top-level knobs are the main run's).
+CHECKPOINT_KNOBS = ("lambda", "frames", "racl", "mask_video", "mask_text", "seed", "scale",
+                    "pretrain.loss.racl_variant", "pretrain.loss.racl_weight_grad")
+
+
+def evaluation_params(params: Params, checkpoint_params: dict[str, Any] | None) -> dict[str, Any]:
+    """What an evaluation run logs as MLflow params: the configuration the checkpoint was
+    trained with (every key, so the knobs come along), then this command's evaluation settings
+    on top (``evaluate.*``, the test-time frames and text length), which are what it ran."""
+    current = params.to_flat_dict()
+    evaluation = {k: v for k, v in current.items()
+                  if k.startswith("evaluate.") or k in ("data.frames_eval", "data.sampling_eval",
+                                                         "model.text.max_len_eval")}
+    trained = dict(checkpoint_params or {})
+    missing = [k for k in CHECKPOINT_KNOBS if k not in trained]
+    if missing:
+        log.warning("the checkpoint records no %s: logged from this command's params instead", missing)
+        trained.update({k: current[k] for k in missing if k in current})
+    return {**trained, **evaluation}
+
+
 def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, out_json: Path) -> dict[str, Any]:
     """``rap evaluate``: load ``checkpoint``, evaluate it on ``dataset``/``split``, write
-    ``out_json`` (DESIGN.md metrics format plus provenance) and log the same to MLflow.
-
-    Returns the dict written to ``out_json``.
+    ``out_json`` (metrics only: DVC tracks it) and its provenance beside it
+    (``<name>.run.json``), and log both to MLflow. Under torchrun every rank takes its share
+    (see the module docstring); rank 0 writes. Returns the metrics dict.
     """
+    from rap.checkpoint_io import load_checkpoint
     from rap.data.datasets import build_eval_set
     from rap.model.rap import RaPModel
     from rap.model.tokenizer import build_tokenizer
-    from rap.checkpoint_io import load_model_weights
 
     cfg = params.cfg
     checkpoint, out_json = Path(checkpoint), Path(out_json)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
-    with tracking.stage_run("evaluate", params, tags={"rap.dataset": dataset, "rap.split": split,
-                                                      "rap.checkpoint": str(checkpoint)}):
-        torch.manual_seed(params.seed)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        model = RaPModel(cfg.model, cfg.pretrain.loss)
-        tokenizer = getattr(model, "tokenizer", None) or build_tokenizer(cfg.model.text)
-        _check_loaded(load_model_weights(model, checkpoint), checkpoint, cfg.evaluate.itm_rerank_k > 0)
-        eval_set = build_eval_set(dataset, split, cfg)
-        log.info("evaluating %s on %s/%s: %d queries, %d videos, ITM re-rank k=%d on %s", checkpoint, dataset,
-                 split, len(eval_set.texts), len(eval_set.videos), cfg.evaluate.itm_rerank_k, device)
-        scores = score_matrices(model, tokenizer, eval_set, cfg.evaluate, device,
-                                max_len=cfg.model.text.max_len_eval, num_workers=cfg.data.num_workers)
-        metrics = scores.metrics()
-        result: dict[str, Any] = {
-            **metrics,
-            "dataset": dataset, "split": split, "checkpoint": str(checkpoint),
-            "num_queries": len(eval_set.texts), "num_videos": len(eval_set.videos),
-            "itm_rerank_k": scores.rerank_k, "failed_videos": scores.failed_videos,
-        }
-        if scores.rerank_k > 0:
-            result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
-        write_json_atomic(result, out_json)
-        tracking.log_metrics({k: v for k, v in result.items() if isinstance(v, dict)})
-        tracking.log_metrics({"num_queries": result["num_queries"], "num_videos": result["num_videos"],
-                              "failed_videos": result["failed_videos"]})
-        tracking.log_artifact(out_json)
+    created_group = not rdist.is_distributed()
+    _, _, _, device = rdist.init_distributed()
+    digest = file_digest(checkpoint)
+    trained_params = load_checkpoint(checkpoint).get("params")
+    tags = {"rap.dataset": dataset, "rap.split": split, "rap.checkpoint": str(checkpoint),
+            tracking.CHECKPOINT_DIGEST_TAG: digest}
+    trained_by = tracking.find_run_by_tag(tracking.CHECKPOINT_DIGEST_TAG, digest)
+    if trained_by is not None:
+        tags[tracking.TRAINED_BY_TAG] = trained_by
+    try:
+        with tracking.stage_run("evaluate", params, tags=tags,
+                                param_values=evaluation_params(params, trained_params)):
+            torch.manual_seed(params.seed)
+            model = RaPModel(cfg.model, cfg.pretrain.loss)
+            tokenizer = getattr(model, "tokenizer", None) or build_tokenizer(cfg.model.text)
+            _check_loaded(load_model_weights(model, checkpoint), checkpoint, cfg.evaluate.itm_rerank_k > 0)
+            eval_set = build_eval_set(dataset, split, cfg)
+            log.info("evaluating %s on %s/%s: %d queries, %d videos, ITM re-rank k=%d on %s (%d rank(s))",
+                     checkpoint, dataset, split, len(eval_set.texts), len(eval_set.videos),
+                     cfg.evaluate.itm_rerank_k, device, rdist.get_world_size())
+            scores = score_matrices(model, tokenizer, eval_set, cfg.evaluate, device,
+                                    max_len=cfg.model.text.max_len_eval, num_workers=cfg.data.num_workers)
+            result: dict[str, Any] = dict(scores.metrics())
+            if scores.rerank_k > 0:
+                result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
+            info = {"dataset": dataset, "split": split, "checkpoint": str(checkpoint), "checkpoint_sha256": digest,
+                    "num_queries": len(eval_set.texts), "num_videos": len(eval_set.videos),
+                    "itm_rerank_k": scores.rerank_k, "failed_videos": scores.failed_videos,
+                    "world_size": rdist.get_world_size()}
+            if rdist.get_rank() == 0:
+                write_json_atomic(result, out_json)
+                write_json_atomic(info, run_info_path(out_json))
+            tracking.log_metrics(result)
+            tracking.log_metrics({k: info[k] for k in ("num_queries", "num_videos", "failed_videos")})
+            tracking.log_artifact(out_json)
+            tracking.log_artifact(run_info_path(out_json))
+    finally:
+        if created_group:
+            rdist.cleanup()
     return result
 
+
+def run_info_path(metrics_json: Path) -> Path:
+    """``runs/eval/zeroshot/msrvtt.json`` -> ``runs/eval/zeroshot/msrvtt.run.json``: the
+    provenance of a metrics file (counts, checkpoint, its digest), kept out of DVC's metrics."""
+    metrics_json = Path(metrics_json)
+    return metrics_json.with_name(f"{metrics_json.stem}.run.json")

@@ -62,6 +62,8 @@ __all__ = [
     "stage_run",
     "log_metrics",
     "log_params",
+    "set_tags",
+    "find_run_by_tag",
     "log_artifact",
     "log_figure",
     "log_text",
@@ -74,6 +76,13 @@ DEFAULT_EXPERIMENT = "rap"
 PIPELINE_KEY_TAG = "rap.pipeline_key"
 ROLE_TAG = "rap.role"  # "pipeline" on parents, "stage" on children
 RUNNER_NAMES = ("dvc", "snakemake")
+# MLflow 3's experiment kinds (its UI's "Model training" vs "GenAI apps & agents" switch)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# A training run tags itself with the sha256 of the checkpoint it wrote; an evaluation of that
+# file finds its training run by it (the checkpoint itself holds no run id: it must reproduce).
+CHECKPOINT_DIGEST_TAG = "rap.checkpoint_sha256"
+TRAINED_BY_TAG = "rap.trained_by"
 # MLflow limits (mlflow.utils.validation): param values are truncated, tag values too.
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
@@ -278,13 +287,16 @@ class _NoRun:
 
 
 def _experiment_id(client: Any, uri: str) -> str:
+    """The experiment's id, created on first use as a model-training experiment (MLflow 3's UI
+    opens an experiment without a kind in its GenAI view; ours opens on the runs table)."""
     from mlflow.exceptions import MlflowException
 
     name = experiment_name()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException:  # another process created it in between
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -292,14 +304,21 @@ def _experiment_id(client: Any, uri: str) -> str:
     if exp.lifecycle_stage == "deleted":
         raise RuntimeError(f"MLflow experiment {name!r} is deleted in {uri}: restore it "
                            "(mlflow experiments restore) or set MLFLOW_EXPERIMENT_NAME")
+    if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older rap, or by hand
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
 
 
+def _quoted(value: str) -> str:
+    """A string literal of MLflow's search syntax."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
 def _find_parents(client: Any, experiment_id: str, key: str) -> list:
-    escaped = key.replace("\\", "\\\\").replace("'", "\\'")
     return list(client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = '{escaped}' and tags.`{ROLE_TAG}` = 'pipeline'",
+        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = {_quoted(key)} and tags.`{ROLE_TAG}` = 'pipeline'",
         order_by=["attributes.start_time ASC"], max_results=10))
 
 
@@ -331,13 +350,41 @@ def log_params(values: Mapping[str, Any]) -> None:
         mlflow.log_params(dict(items[i:i + PARAMS_PER_BATCH]))
 
 
+def set_tags(tags: Mapping[str, Any]) -> None:
+    """Tag the active stage run (values stringified and truncated)."""
+    if not _active():
+        return
+    import mlflow
+
+    mlflow.set_tags({k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()})
+
+
+def find_run_by_tag(tag: str, value: str) -> str | None:
+    """The newest run of the experiment carrying ``tag = value`` (None when tracking is off
+    or there is none)."""
+    if not tracking_enabled():
+        return None
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment_name())
+    if exp is None:
+        return None
+    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}",
+                               order_by=["attributes.start_time DESC"], max_results=1)
+    return found[0].info.run_id if found else None
+
+
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params | None = None, *, tags: dict | None = None) -> Iterator[Any]:
+def stage_run(stage: str, params: Params | None = None, *, tags: dict | None = None,
+              param_values: Mapping[str, Any] | None = None) -> Iterator[Any]:
     """Open the nested MLflow run of one pipeline stage and make it the active run.
 
     ``stage``: the stage's name (the run is named after ``DVC_STAGE`` when DVC runs it, e.g.
-    ``finetune@msrvtt-7k``); ``params``: the resolved config, logged as params; ``tags``:
-    extra tags. Yields the active :class:`mlflow.ActiveRun`, or a falsy no-op object when
+    ``finetune@msrvtt-7k``); ``params``: the resolved config, logged as params unless
+    ``param_values`` gives the params to log instead (an evaluation logs the knobs of the
+    checkpoint it scores, not the command's); ``tags``: extra tags. Yields the active :class:`mlflow.ActiveRun`, or a falsy no-op object when
     tracking is disabled (``RAP_TRACKING=0``) or this is not rank 0. The run ends FINISHED,
     or FAILED when the block raises; the parent's status follows.
     """
@@ -364,7 +411,9 @@ def stage_run(stage: str, params: Params | None = None, *, tags: dict | None = N
     try:
         if parent_id is not None:
             client.update_run(parent_id, status="RUNNING")
-        if params is not None:
+        if param_values is not None:
+            log_params(param_values)
+        elif params is not None:
             log_params(params.to_flat_dict())
         yield run
         status = "FINISHED"

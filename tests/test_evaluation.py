@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from rap.config import EvalConfig, load_params
 from rap.data.datasets import EvalSet
-from rap.evaluation import evaluate, rerank_scores, run_evaluation, score_matrices
+from rap.evaluation import evaluate, rerank_scores, run_evaluation, run_info_path, score_matrices
 from rap.metrics import retrieval_ranks
 from rap.model.features import TextFeatures, VideoFeatures
 
@@ -258,16 +258,17 @@ def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):
     out = tmp_path / "eval" / "metrics.json"
     result = run_evaluation(msvd_params, "msvd", "test", ckpt, out)
     written = json.loads(out.read_text())
-    assert written == result
-    assert written["dataset"] == "msvd" and written["split"] == "test" and written["checkpoint"] == str(ckpt)
-    assert written["num_videos"] == 4 and written["num_queries"] > written["num_videos"]  # multi-caption
-    assert written["itm_rerank_k"] == 3 and written["failed_videos"] == 0
+    assert written == result and set(written) == {"t2v", "v2t", "itc_only"}  # a metrics file holds metrics
+    info = json.loads(run_info_path(out).read_text())
+    assert info["dataset"] == "msvd" and info["split"] == "test" and info["checkpoint"] == str(ckpt)
+    assert info["num_videos"] == 4 and info["num_queries"] > info["num_videos"]  # multi-caption
+    assert info["itm_rerank_k"] == 3 and info["failed_videos"] == 0
     for direction in ("t2v", "v2t"):
         m = written[direction]
         assert set(m) == {"R@1", "R@5", "R@10", "MdR", "MnR"}
         assert 0 <= m["R@1"] <= m["R@5"] <= m["R@10"] <= 100
         assert 1 <= m["MdR"] and 1 <= m["MnR"]
-    assert written["t2v"]["MnR"] <= written["num_videos"]
+    assert written["t2v"]["MnR"] <= info["num_videos"]
     assert set(written["itc_only"]) == {"t2v", "v2t"}
     assert not list(out.parent.glob(".*tmp*"))  # atomic write left nothing behind
 

@@ -2,12 +2,16 @@
 
 The real ``dvc.yaml`` and ``params.yaml`` are used; only the embedded scale is shrunk further
 (fewer clips, one epoch, two ablation runs), as a user would do with ``-S``. Checks:
-``dvc repro`` produces every table and the figure, a second ``dvc repro`` does nothing, and
-``dvc exp run -S lambda=2.0`` reruns pre-training and what depends on it, and nothing else.
+``dvc repro`` produces every table and the figure, a second ``dvc repro`` does nothing, edits
+make ``dvc status`` flag only the stages they concern (the other scale's params: none;
+rap/reports/: tables and figure; rap/data/transforms.py: training, not download or extract),
+``dvc exp run -S lambda=2.0`` reruns pre-training and what depends on it, and nothing else, and
+a rerun of download and extract keeps the files a user placed in data/raw and data/frames.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -47,6 +51,43 @@ def _stages_run(log: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", log))
 
 
+def _stale_after(repo: Path, env: dict[str, str], rel: str, edit) -> set[str]:
+    """The stages `dvc status` flags after ``edit`` is applied to ``rel``; the file is restored."""
+    path = repo / rel
+    before = path.read_text()
+    path.write_text(edit(before))
+    try:
+        return set(json.loads(_run(["dvc", "status", "--json"], repo, env) or "{}"))
+    finally:
+        path.write_text(before)
+
+
+def _append_comment(text: str) -> str:
+    return text + "\n# an edit\n"
+
+
+def _check_status_after_edits(repo: Path, env: dict[str, str]) -> None:
+    other_scale = _stale_after(repo, env, "params.yaml",
+                               lambda t: t.replace("    embed_dim: 256", "    embed_dim: 512"))
+    assert other_scale == set(), f"editing paper.* at scale embedded flagged {sorted(other_scale)}"
+    assert _stale_after(repo, env, "rap/reports/tables.py", _append_comment) == {"tables"}
+    assert _stale_after(repo, env, "rap/reports/layout.py", _append_comment) == {"tables", "figure"}
+    transforms = _stale_after(repo, env, "rap/data/transforms.py", _append_comment)
+    assert {"pretrain", "finetune@msvd", "ablation@racl-none", "figure"} <= transforms
+    assert not any(s.startswith(("download", "extract")) for s in transforms), sorted(transforms)
+
+
+def _check_user_files_survive(repo: Path, env: dict[str, str]) -> None:
+    placed = [repo / "data/raw/msvd/placed-by-user.txt", repo / "data/frames/msvd/placed-by-user.npy"]
+    for p in placed:
+        p.write_text("a user's file")
+    adapters = repo / "rap/data/adapters.py"
+    adapters.write_text(_append_comment(adapters.read_text()))  # a dep of download and extract
+    ran = _stages_run(_run(["dvc", "repro", "extract@msvd"], repo, env))
+    assert ran == {"download@msvd", "extract@msvd"}, ran
+    assert all(p.read_text() == "a user's file" for p in placed)
+
+
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     dst = tmp_path_factory.mktemp("pipeline") / "rap"
@@ -84,6 +125,7 @@ def test_repro_then_noop_then_experiment(repo_copy):
 
     second = _run(["dvc", "repro"], repo, env)
     assert _stages_run(second) == set(), f"second dvc repro was not a no-op:\n{second[-3000:]}"
+    _check_status_after_edits(repo, env)
 
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "first repro"], repo, env)
@@ -98,3 +140,4 @@ def test_repro_then_noop_then_experiment(repo_copy):
 
     show = _run(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env)
     assert "R@1" in show
+    _check_user_files_survive(repo, env)

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import pytest
 import torch
 
 from conftest import REPO, shrunk_overrides
+from helpers.cli import rap_command, test_env
 from rap.checkpoint_io import load_checkpoint
 from rap.model import RaPModel
 from rap.training import pretrain
@@ -160,13 +159,11 @@ CLI_OVERRIDES = {**OVERRIDES, "pretrain.optim.epochs": 2, "pretrain.optim.grad_a
 
 
 def _command(corpus_root: Path, out: Path) -> list[str]:
-    sets = [f"{k}={json.dumps(v)}" for k, v in {**shrunk_overrides(corpus_root), **CLI_OVERRIDES}.items()]
-    return [sys.executable, "-m", "rap.cli", "pretrain", "--params", str(REPO / "params.yaml"), "--out", str(out),
-            *[a for s in sets for a in ("--set", s)]]
+    return rap_command("pretrain", "--out", str(out), overrides={**shrunk_overrides(corpus_root), **CLI_OVERRIDES})
 
 
 def _env(package_root: Path) -> dict[str, str]:
-    return {**os.environ, "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package_root)}
+    return test_env(package_root)
 
 
 @pytest.fixture(scope="module")
@@ -216,14 +213,16 @@ def test_sigkill_then_an_edit_to_reports_then_the_same_command_resumes(corpus_ro
     _assert_same(_weights(out / "checkpoint.pt"), _weights(cli_straight / "checkpoint.pt"))
 
 
-def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes(corpus_root, package_copy, cli_straight, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGURG])  # preemption; the SLURM profile's --signal
+def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes(signum, corpus_root, package_copy, cli_straight,
+                                                              tmp_path):
     out = tmp_path / "preempted"
     cmd, env = _command(corpus_root, out), _env(package_copy)
     proc = _start_and_wait_for(cmd, env, out / "checkpoints" / "step-00000002.pt")
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
-    assert "stopped by SIGTERM" in stderr and "rerun the same command to resume" in stderr
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "rerun the same command to resume" in stderr
     latest = sorted((out / "checkpoints").iterdir())[-1]
     stopped_at = load_checkpoint(latest)["position"]
     assert 2 < stopped_at["global_step"] < 10, stopped_at  # at a step boundary after the signal, not the end

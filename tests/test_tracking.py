@@ -263,3 +263,30 @@ def test_default_store_is_the_pipeline_repository(tmp_path, monkeypatch):
     monkeypatch.setenv("DVC_ROOT", str(temp_ws))
     assert tracking.repo_root() == repo
     assert tracking._artifact_location(tracking.tracking_uri(), "rap") == (repo / "mlartifacts" / "rap").as_uri()
+
+
+def test_ablation_evaluation_carries_the_checkpoints_knobs_and_its_training_run(store, make_params, tmp_path,
+                                                                                 single_thread):
+    """The run that scores runs/ablation/lambda-2.0/checkpoint.pt logs lambda = 2.0 (not the
+    evaluate command's 1.0) and links to the training run that wrote the file, so MLflow's
+    compare view can plot R@1 against lambda; the experiment opens in the model-training view."""
+    from rap.config import ablation_overrides
+    from rap.evaluation import run_evaluation
+    from rap.training import pretrain
+
+    main = make_params({"evaluate.itm_rerank_k": 0})
+    ablation = make_params({**ablation_overrides("lambda-2.0"), "evaluate.itm_rerank_k": 0})
+    checkpoint = pretrain.run(ablation, tmp_path / "ablation" / "lambda-2.0", max_steps=1)
+    run_evaluation(main, "msrvtt", "test", checkpoint, tmp_path / "eval" / "lambda-2.0.json")
+
+    runs = _runs(store)
+    train_run = runs[runs["tags.rap.stage"] == "pretrain"].iloc[0]
+    eval_run = runs[runs["tags.rap.stage"] == "evaluate"].iloc[0]
+    assert eval_run["params.lambda"] == "2.0" and train_run["params.lambda"] == "2.0"
+    assert eval_run["params.racl"] == "both" and eval_run["params.frames"] == "4"
+    assert eval_run["params.pretrain.loss.racl_variant"] == "paper" and eval_run["params.seed"] == "0"
+    assert eval_run["params.evaluate.itm_rerank_k"] == "0"  # and what the evaluation itself ran with
+    assert eval_run[f"tags.{tracking.TRAINED_BY_TAG}"] == train_run.run_id
+    assert eval_run["metrics.t2v_R1"] >= 0
+    experiment = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
+    assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"

@@ -7,6 +7,7 @@ ranking only (no ITM re-ranking), so the check is on the contrastive embeddings 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from rap.config import load_params
 from rap.data.extract import extract
 from rap.data.synthetic import generate
-from rap.evaluation import run_evaluation
+from rap.evaluation import run_evaluation, run_info_path
 from rap.training import pretrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +34,9 @@ def test_zero_shot_retrieval_beats_chance_after_short_pretraining(tmp_path, monk
     checkpoint = pretrain.run(params, tmp_path / "pretrain")
     metrics = run_evaluation(params, "msrvtt", "test", checkpoint, tmp_path / "zeroshot.json")
 
-    n = metrics["num_videos"]
-    assert n == 20 and metrics["num_queries"] == n  # MSRVTT 1k-A style: one caption per video
+    info = json.loads(run_info_path(tmp_path / "zeroshot.json").read_text())
+    n = info["num_videos"]
+    assert n == 20 and info["num_queries"] == n  # MSRVTT 1k-A style: one caption per video
     chance_r1, chance_mnr = 100.0 / n, (n + 1) / 2
     for direction in ("t2v", "v2t"):
         m = metrics[direction]

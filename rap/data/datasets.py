@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from rap.config import ConfigError, DataConfig, ScaleConfig
 from rap.data import decode, store, transforms
@@ -319,20 +319,29 @@ class EvalSet:
     max_bad_fraction: float = 0.05
     failed: list[str] = field(default_factory=list)
 
-    def video_loader(self, batch_size: int, num_workers: int = 0) -> DataLoader:
-        return DataLoader(self.videos, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    def video_loader(self, batch_size: int, num_workers: int = 0, indices: range | None = None) -> DataLoader:
+        videos = self.videos if indices is None else Subset(self.videos, indices)
+        return DataLoader(videos, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
-    def iter_videos(self, batch_size: int, num_workers: int = 0) -> Iterator[dict[str, Any]]:
-        """Batches ``{"video", "video_index", "failed"}`` in order; raises DataError when more
-        than ``max_bad_fraction`` of the videos fail to decode."""
+    def iter_videos(self, batch_size: int, num_workers: int = 0, indices: range | None = None
+                    ) -> Iterator[dict[str, Any]]:
+        """Batches ``{"video", "video_index", "failed"}`` in order, of all videos or of
+        ``indices`` (a rank's share); raises DataError as soon as more than
+        ``max_bad_fraction`` of ALL the videos failed to decode here."""
         self.failed = []
-        for batch in self.video_loader(batch_size, num_workers):
+        for batch in self.video_loader(batch_size, num_workers, indices):
             self.failed += [f for f in batch["failed"] if f]
-            if len(self.failed) > self.max_bad_fraction * len(self.videos):
-                raise DataError(f"{self.dataset} {self.split}: {len(self.failed)} of {len(self.videos)} "
-                                f"evaluation videos unusable (> data.max_bad_fraction="
-                                f"{self.max_bad_fraction}); e.g. {self.failed[0]}")
+            self.check_failures([self.failed])
             yield batch
+
+    def check_failures(self, failed_per_rank: list[list[str]]) -> None:
+        """Every rank's unusable videos (one list per rank) against ``max_bad_fraction``; keeps
+        them all in ``failed``."""
+        failed = [f for part in failed_per_rank for f in part]
+        if len(failed) > self.max_bad_fraction * len(self.videos):
+            raise DataError(f"{self.dataset} {self.split}: {len(failed)} of {len(self.videos)} evaluation "
+                            f"videos unusable (> data.max_bad_fraction={self.max_bad_fraction}); e.g. {failed[0]}")
+        self.failed = failed
 
     def tokenize(self, tokenizer, max_len: int) -> dict[str, torch.Tensor]:
         """All queries as ``input_ids``/``attention_mask`` (N, L), L <= ``max_len`` (eval: 64)."""

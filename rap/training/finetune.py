@@ -23,9 +23,8 @@ from rap.config import ConfigError, Params, ScaleConfig
 from rap.data.datasets import FINETUNE_SPLITS, build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
-from rap.checkpoint_io import load_model_weights
+from rap.checkpoint_io import file_digest, load_model_weights
 from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
-from rap.training.resume import file_digest
 
 __all__ = ["VALIDATION_SPLIT", "selection_score", "RetrievalValidation", "run"]
 

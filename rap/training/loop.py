@@ -23,8 +23,9 @@ multi-threaded CPU reductions are not bit-reproducible run to run). Whether a re
 starts afresh or stops is decided by :mod:`rap.training.resume`; nothing here deletes a
 run's files except the rotation of its own step checkpoints.
 
-Preemption: SIGTERM and SIGUSR1 (SLURM's preemption and ``--signal``, torchrun forwarding a
-SIGTERM) are caught; at the next optimiser-step boundary every rank agrees to stop, a step
+Preemption: SIGTERM, SIGUSR1 and SIGURG are caught (SLURM's preemption, torchrun forwarding a
+SIGTERM, and the SLURM profile's ``--signal=URG@120``: SIGURG, which the processes between
+SLURM and the ranks - Snakemake's job step, bash, torchrun - ignore, reaches the ranks alone); at the next optimiser-step boundary every rank agrees to stop, a step
 checkpoint is written and :class:`TrainingInterrupted` is raised (the CLI exits with
 128 + the signal number), so the retried job resumes where this one stopped.
 """
@@ -58,7 +59,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from rap import distributed as rdist
-from rap.checkpoint_io import atomic_save, load_checkpoint
+from rap import tracking
+from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
 from rap.errors import RapError
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
@@ -243,14 +245,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
-    if ctx.world == 1 or not rdist.is_distributed():
-        return [obj]
-    out: list[Any] = [None] * ctx.world
-    dist.all_gather_object(out, obj)
-    return out
-
-
 # --------------------------------------------------------------------------------------
 # MLflow, CSV, summary: rank 0 only, all in one place
 # --------------------------------------------------------------------------------------
@@ -285,8 +279,6 @@ class _Reporter:
 
     def metrics(self, metrics: dict[str, float], step: int) -> None:
         if self.active:
-            from rap import tracking
-
             tracking.log_metrics(metrics, step)
 
     def log(self, metrics: dict[str, float], step: int, epoch: float, loss_terms: dict[str, float],
@@ -306,11 +298,7 @@ class _Reporter:
 
 
 def _stage_run(stage: str, params: Params, active: bool) -> contextlib.AbstractContextManager:
-    if not active:
-        return contextlib.nullcontext()
-    from rap import tracking
-
-    return tracking.stage_run(stage, params)
+    return tracking.stage_run(stage, params) if active else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------
@@ -358,10 +346,10 @@ def _loss_terms(out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
 
 
 class _StopSignals:
-    """Catches SIGTERM and SIGUSR1 for the duration of a run (main thread only) and remembers
-    the first one; the loop acts on it at the next optimiser-step boundary."""
+    """Catches SIGTERM, SIGUSR1 and SIGURG for the duration of a run (main thread only) and
+    remembers the first one; the loop acts on it at the next optimiser-step boundary."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGURG)
 
     def __init__(self) -> None:
         self.signum = 0
@@ -477,8 +465,8 @@ class _Run:
 
     def save_step_checkpoint(self, epoch_rng_now: dict) -> Path:
         path = step_checkpoint_path(self.out_dir, self.pos.global_step)
-        rngs = _gather_objects(capture_rng_state(), self.ctx)
-        epoch_rngs = _gather_objects(epoch_rng_now, self.ctx)
+        rngs = rdist.gather_objects(capture_rng_state())
+        epoch_rngs = rdist.gather_objects(epoch_rng_now)
         if self.ctx.is_main:
             state = {"stage": self.stage, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                      "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
@@ -583,6 +571,8 @@ class _Run:
                          "step": self.pos.global_step}
             state["finished"] = finished
             atomic_save(state, final)
+            # the evaluations of this file find this run by its digest (rap.evaluation)
+            tracking.set_tags({tracking.CHECKPOINT_DIGEST_TAG: file_digest(final), "rap.checkpoint": str(final)})
             metrics = {"final_loss": self.extra["final_loss_terms"], "flops_per_step": self.extra["flops_per_step"]}
             if self.extra["best_score"] is not None:
                 metrics["best_val_score"] = self.extra["best_score"]

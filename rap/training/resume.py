@@ -36,6 +36,7 @@ from typing import Any, Literal, Mapping
 
 import torch
 
+from rap.checkpoint_io import file_digest  # noqa: F401  (re-exported: fine-tuning's input digest)
 from rap.config import TOP_LEVEL_KNOBS, Params
 from rap.errors import RapError
 from rap.training.checkpoint import latest_checkpoint
@@ -100,15 +101,6 @@ def code_digests(stage: str) -> dict[str, str]:
         if not any(rel == n or (n.endswith("/") and rel.startswith(n)) for n in neutral):
             digests[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
     return digests
-
-
-def file_digest(path: Path) -> str:
-    """sha256 of a file (an input that shapes training, e.g. the pre-trained checkpoint)."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ResumeConflict(RapError):

@@ -1,0 +1,53 @@
+"""dvc.yaml lists, for every stage, exactly the rap/ files its command runs (no more: an edit
+elsewhere must not rerun it; no less: an edit there must). The real engine's behaviour after
+edits (`dvc status`, `dvc repro` keeping user files) is checked in tests/test_pipeline.py on a
+real run of the pipeline."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from helpers.code_deps import REPO, cli_closure
+
+# the module each stage's `rap` subcommand runs (rap/cli.py imports it inside the subcommand)
+STAGE_MODULES = {
+    "download": "rap.data.download", "extract": "rap.data.extract", "pretrain": "rap.training.pretrain",
+    "ablation": "rap.training.pretrain", "finetune": "rap.training.finetune", "zeroshot": "rap.evaluation",
+    "finetuned": "rap.evaluation", "ablation-zeroshot": "rap.evaluation", "tables": "rap.reports.tables",
+    "figure": "rap.reports.figure",
+}
+
+
+def _stage_deps(stage: dict) -> list[str]:
+    body = stage.get("do", stage)
+    return [d for d in body.get("deps", []) if isinstance(d, str)]
+
+
+@pytest.mark.parametrize("name", sorted(STAGE_MODULES))
+def test_stage_lists_exactly_the_code_it_runs(name):
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    listed = {d for d in _stage_deps(stages[name]) if d.startswith("rap/")}
+    runs = cli_closure(STAGE_MODULES[name])
+    assert listed == runs, (f"dvc.yaml stage {name!r}: listed but not run: {sorted(listed - runs)}; run but not "
+                            f"listed: {sorted(runs - listed)}. Its code deps should be:\n"
+                            + "\n".join(f"        - {d}" for d in sorted(runs)))
+
+
+def test_no_stage_depends_on_the_other_scale():
+    text = (REPO / "dvc.yaml").read_text()
+    assert "embedded." not in text and "paper." not in text  # always `${scale}.`: the selected one
+
+
+def test_downloads_and_frames_persist():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, prefix in (("download", "data/raw/"), ("extract", "data/frames/")):
+        outs = [o for o in stages[name]["do"]["outs"] if next(iter(o)).startswith(prefix)]
+        assert outs and all(next(iter(o.values())).get("persist") is True for o in outs), name
+
+
+def test_code_closure_sees_lazy_imports():
+    runs = cli_closure("rap.evaluation")
+    assert "rap/model/rap.py" in runs  # imported inside run_evaluation
+    assert not any(p.startswith("rap/training/") for p in runs)  # evaluation never loads the engine
+    assert not any(p.startswith("rap/reports/") for p in cli_closure("rap.training.pretrain"))
