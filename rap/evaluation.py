@@ -391,10 +391,10 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
             if rdist.get_rank() == 0:
                 write_json_atomic(result, out_json)
                 write_json_atomic(info, run_info_path(out_json))
-            tracking.log_metrics(result)
-            tracking.log_metrics({k: info[k] for k in ("num_queries", "num_videos", "failed_videos")})
-            tracking.log_artifact(out_json)
-            tracking.log_artifact(run_info_path(out_json))
+                tracking.log_metrics(result)
+                tracking.log_metrics({k: info[k] for k in ("num_queries", "num_videos", "failed_videos")})
+                tracking.log_artifact(out_json)
+                tracking.log_artifact(run_info_path(out_json))
     finally:
         if created_group:
             rdist.cleanup()

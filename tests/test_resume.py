@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from conftest import REPO, shrunk_overrides
-from helpers.cli import rap_command, test_env
+from helpers.cli import rap_command, subprocess_env
 from rap.checkpoint_io import load_checkpoint
 from rap.model import RaPModel
 from rap.training import pretrain
@@ -163,7 +163,7 @@ def _command(corpus_root: Path, out: Path) -> list[str]:
 
 
 def _env(package_root: Path) -> dict[str, str]:
-    return test_env(package_root)
+    return subprocess_env(package_root)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import json
 import torch
 
 from conftest import shrunk_overrides
-from helpers.cli import rap_command, run_ok, test_env
+from helpers.cli import rap_command, run_ok, subprocess_env
 from rap.checkpoint_io import load_model_weights, load_checkpoint
 from rap.data.datasets import build_eval_set
 from rap.evaluation import evaluate
@@ -25,7 +25,7 @@ def test_two_rank_evaluation_equals_one_process(corpus_root, pretrained_checkpoi
     for ranks in (1, 2):
         outs[ranks] = tmp_path / f"msvd-{ranks}.json"
         run_ok(rap_command("evaluate", "msvd", "--checkpoint", str(pretrained_checkpoint), "--out",
-                           str(outs[ranks]), overrides=overrides, ranks=ranks), test_env())
+                           str(outs[ranks]), overrides=overrides, ranks=ranks), subprocess_env())
     one, two = (json.loads(outs[r].read_text()) for r in (1, 2))
     assert one == two  # every R@K, MdR, MnR, in both directions, with and without re-ranking
     info = json.loads((tmp_path / "msvd-2.run.json").read_text())
@@ -38,7 +38,7 @@ def test_two_rank_finetuning_validates_like_one_process(corpus_root, pretrained_
                  "finetune.epochs": {"msrvtt-7k": 1, "msrvtt-9k": 1, "msvd": 2}}
     out = tmp_path / "msvd"
     run_ok(rap_command("finetune", "msvd", "--checkpoint", str(pretrained_checkpoint), "--out", str(out),
-                       overrides=overrides, ranks=2), test_env())
+                       overrides=overrides, ranks=2), subprocess_env())
     history = json.loads((out / "train_run.json").read_text())["validation"]
     assert [v["epoch"] for v in history] == [0, 1]
     best = load_checkpoint(out / "best.pt")

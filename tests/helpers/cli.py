@@ -25,7 +25,7 @@ def rap_command(*args: str, overrides: Mapping[str, Any] | None = None, ranks: i
     return [*launcher, "-m", "rap.cli", *args, "--params", str(REPO / "params.yaml"), *set_args(overrides or {})]
 
 
-def test_env(package_root: Path = REPO, **extra: str) -> dict[str, str]:
+def subprocess_env(package_root: Path = REPO, **extra: str) -> dict[str, str]:
     """No tracking, one thread per process (bit-exact CPU kernels), this checkout's rap."""
     return {**os.environ, "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(package_root), **extra}
 
