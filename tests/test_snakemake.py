@@ -91,8 +91,9 @@ def test_dry_run_jobs_match_params(tmp_path):
     jobs = parse_jobs(out)
     assert jobs == expected_jobs(params) == snakemake_jobs(REPO)
     assert "pretrain_ablation@racl-none" in jobs and "evaluate_ablation@lambda-2.0" in jobs
-    # the embedded scale trains in one process: plain `rap`, no torchrun
-    assert "rap pretrain --out runs/pretrain/main" in out and "torchrun" not in out
+    # the embedded scale trains in one process: plain `rap`, no srun step; every command is
+    # given the params file the DAG was built from
+    assert "rap pretrain --out runs/pretrain/main --params params.yaml" in out and "srun" not in out
     assert "rap pretrain --ablation mask-0.75 --out runs/ablation/mask-0.75" in out
     assert "rap evaluate msrvtt --checkpoint runs/finetune/msrvtt-9k/checkpoint.pt " \
            "--out runs/eval/finetuned/msrvtt-9k.json" in out
@@ -112,10 +113,16 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     jobs = parse_jobs(out)
     assert jobs == expected_jobs(params)
     assert "pretrain_ablation@lambda-0.5" not in jobs
-    gpus = params.cfg.pretrain.gpus
-    assert gpus > 0
-    assert f"torchrun --standalone --nproc_per_node={gpus} -m rap.cli pretrain --out runs/pretrain/main" in out
-    assert re.search(rf"resources: .*slurm_partition=gpu.*gpu={gpus}", out)
+    pre = params.cfg.pretrain
+    assert (pre.nodes, pre.gpus_per_node) == (8, 8)  # the paper's 64 GPUs
+    # several nodes: the job's own srun step starts one `rap pretrain` (one torchrun) per node
+    assert f"srun --nodes={pre.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 rap pretrain " \
+           "--out runs/pretrain/main --params params.yaml" in out
+    assert re.search(rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*nodes={pre.nodes}.*"
+                     rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}", out)
+    # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
+    assert "rap finetune msrvtt-7k --checkpoint runs/pretrain/main/checkpoint.pt" in out
+    assert re.search(r"rule finetune:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*gpu=8", out)
 
 
 @pytest.mark.parametrize("bad", [{"lambda": -1.0}, {"ablations": ["lambda-x"]}])
