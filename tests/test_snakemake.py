@@ -186,13 +186,16 @@ def tiny_params(workdir: Path, extra: dict | None = None) -> Path:
 
 def workflow_env() -> dict[str, str]:
     """This checkout's `rap` for the jobs; no MLflow store; one torch thread per process."""
-    return {**os.environ, "PYTHONPATH": str(REPO), "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `rap` of this venv
+    return {**os.environ, "PATH": path, "PYTHONPATH": str(REPO), "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1"}
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
            "--directory", str(workdir), *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=workflow_env())
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                          env={**workflow_env(), **(env or {})})
 
 
 def assert_tiny_outputs(workdir: Path) -> None:
