@@ -100,6 +100,9 @@ class Cluster:
         ]) + "\n")
 
     def start(self, cpus: int) -> None:
+        if os.geteuid() != 0:
+            raise ClusterError("the test cluster runs its daemons as root (SlurmUser=root) and writes "
+                               "/etc/slurm/slurm.conf: run the SLURM test as root, as CI does")
         self.write_config(cpus)
         m = self.root / "munge"
         self._spawn("munged", [sbin("munged"), "--foreground", "--force", f"--key-file={m}/munge.key",
