@@ -127,6 +127,8 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
            "--out runs/pretrain/main --params params.yaml" in out
     assert re.search(rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*nodes={pre.nodes}.*"
                      rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}", out)
+    # training jobs get SIGURG before their time limit (the profile's preemption set-up)
+    assert re.search(r"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_extra=--signal=URG@120", out)
     # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
     assert "rap finetune msrvtt-7k --checkpoint runs/pretrain/main/checkpoint.pt" in out
     assert re.search(r"rule finetune:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*gpu=8", out)
