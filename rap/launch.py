@@ -21,8 +21,9 @@ from typing import Mapping, Sequence
 
 from rap.config import ConfigError, ProcessLayout
 
-# Workers forward these to their ranks (torchrun's own default lacks SIGUSR1, which SLURM's
-# `--signal=USR1@T` sends before the time limit; rap.training checkpoints on it).
+# Signals torchrun forwards to its ranks. Its default list lacks SIGUSR1, on which it would
+# die and leave its ranks behind. (SIGURG, what workflow/profiles/slurm sends before a time
+# limit, torchrun ignores: it reaches the ranks straight from SLURM.)
 TORCHRUN_SIGNALS = "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"
 PORT_BASE, PORT_SPAN = 20000, 20000  # master port = PORT_BASE + job id mod PORT_SPAN
 
