@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ablation_overrides, load_params
+from rap.config import (ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ProcessLayout, ablation_overrides,
+                        load_params)
 from rap.errors import RapError
 
 log = logging.getLogger("rap")
@@ -35,20 +36,28 @@ def _parse_set(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _relaunch_under_torchrun(gpus: int) -> None:
-    """Re-run this very command under ``torchrun --nproc_per_node=gpus`` on one node.
+def _relaunch_under_torchrun(layout: ProcessLayout, what: str) -> None:
+    """Re-run this very command under torchrun when ``layout`` has more than one process.
 
-    Lets ``dvc repro`` and Snakemake call plain ``rap pretrain`` whatever the GPU count. Under
-    an existing torchrun (multi-node: the user launches torchrun) the environment already
-    holds LOCAL_RANK and nothing is relaunched.
+    Lets ``dvc repro`` and Snakemake call plain ``rap pretrain`` whatever the layout;
+    rap.launch builds the torchrun line (standalone on one node, a rendezvous from SLURM's
+    environment on several). Inside torchrun (LOCAL_RANK set) nothing is relaunched.
     """
-    if gpus <= 1 or "LOCAL_RANK" in os.environ:
+    if "LOCAL_RANK" in os.environ:
         return
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           "-m", "rap.cli", *sys.argv[1:]]
-    log.info("launching %d processes: %s", gpus, " ".join(cmd))
+    from rap import launch
+
+    launch.check_layout(layout, what)
+    try:
+        cmd = launch.torchrun_argv(layout, sys.argv[1:], os.environ, python=sys.executable)
+    except launch.LaunchError as err:
+        raise ConfigError(f"{what}: {err}") from None
+    if cmd is None:
+        return
+    log.info("launching %d of %d processes: %s", layout.procs_per_node, layout.world_size, " ".join(cmd))
     sys.stdout.flush()
-    os.execv(sys.executable, cmd)
+    sys.stderr.flush()
+    os.execve(sys.executable, cmd, launch.torchrun_env(os.environ))
 
 
 def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Params:
@@ -90,20 +99,22 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     extra = ablation_overrides(args.ablation) if args.ablation else None
     params = _params(args, extra)
     from rap.training.pretrain import run
-    _relaunch_under_torchrun(params.cfg.pretrain.gpus)
+    _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")
     run(params, Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.training.finetune import run
-    _relaunch_under_torchrun(params.cfg.finetune.gpus)
+    _relaunch_under_torchrun(params.cfg.finetune, "finetune")
     run(params, args.task, Path(args.checkpoint), Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.evaluation import run_evaluation
+    # fine-tuning's layout: every rank takes a share of the videos, texts and re-ranked pairs
+    _relaunch_under_torchrun(params.cfg.finetune, "evaluate")
     metrics = run_evaluation(params, args.dataset, args.split, Path(args.checkpoint), Path(args.out))
     t2v = metrics["t2v"]
     print(f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "

@@ -209,14 +209,40 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig:
+class ProcessLayout:
+    """Where a training run's processes go: ``nodes`` machines, each running one torchrun with
+    one process per GPU (``gpus_per_node``), or ``cpu_procs_per_node`` gloo processes when
+    ``gpus_per_node`` is 0. rap.launch turns a layout into the torchrun command line."""
+
+    nodes: int = 1
+    gpus_per_node: int = 0  # 0 = train on the CPU
+    cpu_procs_per_node: int = 1  # CPU (gloo) processes per node; only when gpus_per_node is 0
+
+    def __post_init__(self) -> None:
+        _check(self.nodes >= 1, "nodes", self.nodes, "must be >= 1")
+        _check(self.gpus_per_node >= 0, "gpus_per_node", self.gpus_per_node, "must be >= 0")
+        _check(self.cpu_procs_per_node >= 1, "cpu_procs_per_node", self.cpu_procs_per_node, "must be >= 1")
+        _check(self.gpus_per_node == 0 or self.cpu_procs_per_node == 1, "cpu_procs_per_node",
+               self.cpu_procs_per_node, f"applies to CPU training only, but gpus_per_node={self.gpus_per_node}")
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.gpus_per_node or self.cpu_procs_per_node
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.procs_per_node
+
+
+@dataclass(frozen=True)
+class PretrainConfig(ProcessLayout):
     sources: tuple[str, ...] = PRETRAIN_SOURCES
     source_weights: tuple[float, ...] = (1.0, 1.0)  # probability of each source per step
     optim: OptimConfig = field(default_factory=OptimConfig)
-    gpus: int = 0  # processes per node for torchrun; 0 = one CPU/GPU process
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for s in self.sources:
             _check(s in PRETRAIN_SOURCES, "pretrain.sources", s, f"must be one of {PRETRAIN_SOURCES}")
         _check(len(self.source_weights) == len(self.sources), "pretrain.source_weights", self.source_weights,
@@ -224,17 +250,17 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
-class FinetuneConfig:
+class FinetuneConfig(ProcessLayout):
     tasks: tuple[str, ...] = FINETUNE_TASKS
     epochs: Mapping[str, int] = field(default_factory=lambda: {
         "msrvtt-7k": 30, "msrvtt-9k": 10, "didemo": 30, "msvd": 30, "lsmdc": 30})
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(
         lr=1e-5, warmup_steps=0, schedule="cosine", batch_size=15, precision="fp32"))
-    gpus: int = 0
     loss: LossConfig = field(default_factory=lambda: LossConfig(lm_weight=0.0, intra_video_weight=0.0,
                                                                 intra_text_weight=0.0))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for t in self.tasks:
             _check(t in FINETUNE_TASKS, "finetune.tasks", t, f"must be one of {FINETUNE_TASKS}")
             _check(t in self.epochs, "finetune.epochs", t, "has no epoch count")
@@ -394,6 +420,10 @@ def _apply_knobs(cfg: ScaleConfig, raw: Mapping[str, Any], source: str) -> Scale
 # --------------------------------------------------------------------------------------
 
 
+# Keys of earlier params.yaml files and what replaced them (named in the unknown-key error).
+RENAMED_KEYS = {"gpus": "renamed: set nodes and gpus_per_node instead"}
+
+
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"invalid value for {key!r}: {value!r} ({why})")
@@ -406,7 +436,8 @@ def _build(cls: type, data: Any, prefix: str, source: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{source}: unknown key '{prefix}.{unknown[0]}'; expected one of {sorted(names)}")
+        hint = f" ({RENAMED_KEYS[unknown[0]]})" if unknown[0] in RENAMED_KEYS else ""
+        raise ConfigError(f"{source}: unknown key '{prefix}.{unknown[0]}'{hint}; expected one of {sorted(names)}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}"

@@ -1,4 +1,7 @@
-"""The Snakemake workflow: a dry run succeeds and schedules exactly the jobs params.yaml implies.
+"""The Snakemake workflow: a dry run succeeds and schedules exactly the jobs params.yaml implies;
+`snakemake --lint` is clean; and the workflow RUNS end to end (data -> pre-training ->
+evaluation -> tables) on params.yaml's embedded scale shrunk through a params file of its own
+(`--config params=...`), as a user would shrink it.
 
 :func:`snakemake_jobs` returns the dry run's jobs as ``rule`` or ``rule@wildcard`` strings
 (the shape of dvc.yaml's ``stage@key`` names), so that the workflow can be compared with
@@ -14,9 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import json
+import os
+
 import pytest
 import yaml
 
+from conftest import shrunk_overrides
 from rap.config import load_params
 from rap.reports import layout
 
@@ -91,8 +98,9 @@ def test_dry_run_jobs_match_params(tmp_path):
     jobs = parse_jobs(out)
     assert jobs == expected_jobs(params) == snakemake_jobs(REPO)
     assert "pretrain_ablation@racl-none" in jobs and "evaluate_ablation@lambda-2.0" in jobs
-    # the embedded scale trains in one process: plain `rap`, no torchrun
-    assert "rap pretrain --out runs/pretrain/main" in out and "torchrun" not in out
+    # the embedded scale trains in one process: plain `rap`, no srun step; every command is
+    # given the params file the DAG was built from
+    assert "rap pretrain --out runs/pretrain/main --params params.yaml" in out and "srun" not in out
     assert "rap pretrain --ablation mask-0.75 --out runs/ablation/mask-0.75" in out
     assert "rap evaluate msrvtt --checkpoint runs/finetune/msrvtt-9k/checkpoint.pt " \
            "--out runs/eval/finetuned/msrvtt-9k.json" in out
@@ -112,10 +120,18 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     jobs = parse_jobs(out)
     assert jobs == expected_jobs(params)
     assert "pretrain_ablation@lambda-0.5" not in jobs
-    gpus = params.cfg.pretrain.gpus
-    assert gpus > 0
-    assert f"torchrun --standalone --nproc_per_node={gpus} -m rap.cli pretrain --out runs/pretrain/main" in out
-    assert re.search(rf"resources: .*slurm_partition=gpu.*gpu={gpus}", out)
+    pre = params.cfg.pretrain
+    assert (pre.nodes, pre.gpus_per_node) == (8, 8)  # the paper's 64 GPUs
+    # several nodes: the job's own srun step starts one `rap pretrain` (one torchrun) per node
+    assert f"srun --nodes={pre.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 rap pretrain " \
+           "--out runs/pretrain/main --params params.yaml" in out
+    assert re.search(rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*nodes={pre.nodes}.*"
+                     rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}", out)
+    # training jobs get SIGURG before their time limit (the profile's preemption set-up)
+    assert re.search(r"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_extra=--signal=URG@120", out)
+    # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
+    assert "rap finetune msrvtt-7k --checkpoint runs/pretrain/main/checkpoint.pt" in out
+    assert re.search(r"rule finetune:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*gpu=8", out)
 
 
 @pytest.mark.parametrize("bad", [{"lambda": -1.0}, {"ablations": ["lambda-x"]}])
@@ -126,3 +142,98 @@ def test_dry_run_rejects_bad_params(tmp_path, bad):
     params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     with pytest.raises(AssertionError, match="lambda"):
         snakemake_dry_run(REPO, tmp_path / "work", params_file=params_file)
+
+
+# The smallest DAG that reaches every table: the pre-training mix and MSRVTT only, one
+# fine-tuning task, one ablation run (racl-none, which Figure 3 needs); 1 epoch = 2 steps.
+TINY_WORKFLOW = {
+    "datasets": ["webvid", "cc3m", "msrvtt"],
+    "evaluate.zero_shot": ["msrvtt"],
+    "evaluate.itm_rerank_k": 4,
+    "finetune.tasks": ["msrvtt-7k"],
+    "finetune.epochs": {"msrvtt-7k": 1},
+    "finetune.optim.batch_size": 16,
+    "pretrain.optim.epochs": 1,
+    "pretrain.optim.batch_size": 16,
+    "data.synthetic_scale": 0.1,
+}
+TINY_OUTPUTS = ["data/index/webvid.jsonl", "data/index/cc3m.jsonl", "data/index/msrvtt.jsonl",
+                "runs/pretrain/main/checkpoint.pt", "runs/ablation/racl-none/checkpoint.pt",
+                "runs/finetune/msrvtt-7k/checkpoint.pt", "runs/eval/zeroshot/msrvtt.json",
+                "runs/eval/finetuned/msrvtt-7k.json", "runs/eval/ablation/racl-none.json",
+                "reports/figure3.png"] + [f"reports/table{i}.md" for i in range(1, 9)]
+
+
+def write_params(path: Path, overrides: dict, top_level: dict | None = None) -> Path:
+    """params.yaml with dotted ``overrides`` of its embedded block (and top-level keys) written
+    to ``path``: the file a user shrinks the pipeline with (validated by rap.config)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    raw.update(top_level or {})
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = raw["embedded"]
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    load_params(path)
+    return path
+
+
+def tiny_params(workdir: Path, extra: dict | None = None) -> Path:
+    """The tiny workflow's params file in ``workdir`` (data under ``workdir/data``)."""
+    overrides = {**shrunk_overrides(Path("data")), **TINY_WORKFLOW, **(extra or {})}
+    return write_params(workdir / "params-tiny.yaml", overrides, {"ablations": ["racl-none"]})
+
+
+def workflow_env() -> dict[str, str]:
+    """This checkout's `rap` for the jobs; no MLflow store; one torch thread per process."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `rap` of this venv
+    return {**os.environ, "PATH": path, "PYTHONPATH": str(REPO), "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1"}
+
+
+def run_snakemake(workdir: Path, *args: str, timeout: int = 600,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
+           "--directory", str(workdir), *args]
+    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                          env={**workflow_env(), **(env or {})})
+
+
+def assert_tiny_outputs(workdir: Path) -> None:
+    missing = [p for p in TINY_OUTPUTS if not (workdir / p).is_file()]
+    assert not missing, f"the workflow did not write {missing}"
+    summary = json.loads((workdir / "runs/pretrain/main/train_summary.json").read_text())
+    assert summary["finished"] and summary["steps"] == 2  # the tiny file's setting, not params.yaml's
+    for name in ("zeroshot/msrvtt", "finetuned/msrvtt-7k", "ablation/racl-none"):
+        metrics = json.loads((workdir / f"runs/eval/{name}.json").read_text())
+        assert 0 <= metrics["t2v"]["R@1"] <= 100
+    table1 = (workdir / "reports/table1.md").read_text()
+    assert "RaP (this run, embedded" in table1 and "not run (task not in finetune.tasks)" in table1
+
+
+def test_lint_is_clean(tmp_path):
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = run_snakemake(tmp_path, "--lint", timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "workflow is in a good condition" in out and "Lints for" not in out, out
+
+
+def test_workflow_runs_for_real(tmp_path):
+    """Every job runs its real `rap` command, each declared output is written (no
+    MissingOutputException), and a second invocation finds nothing to do."""
+    params_file = tiny_params(tmp_path)
+    proc = run_snakemake(tmp_path, "--cores", "2", "--config", f"params={params_file.name}")
+    logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(tmp_path.glob("logs/**/*.log")))
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs}"
+    assert "15 of 15 steps (100%) done" in proc.stderr
+    assert_tiny_outputs(tmp_path)
+    assert not (tmp_path / "params.yaml").exists()  # every command read the tiny file
+    again = run_snakemake(tmp_path, "--cores", "2", "--config", f"params={params_file.name}", timeout=120)
+    assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr
+
+
+def test_unknown_workflow_config_key(tmp_path):
+    shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = run_snakemake(tmp_path, "-n", "--cores", "1", "--config", "lambda=2.0", timeout=120)
+    assert proc.returncode != 0 and "unknown key(s) ['lambda']" in proc.stdout + proc.stderr

@@ -1,9 +1,11 @@
 # Zero-shot evaluation, fine-tuning and fine-tuned evaluation (Tables 1-4), and the zero-shot
 # MSRVTT evaluation of every ablation run (Tables 5-8).
 
-FINETUNE_GPUS = CFG.finetune.gpus
-# Evaluation runs in one process: one GPU when the scale trains on GPUs, else the CPU.
-EVAL_GPUS = 1 if max(CFG.pretrain.gpus, CFG.finetune.gpus) > 0 else 0
+FINETUNE = CFG.finetune
+FINETUNE_STEP = launch.step_prefix(FINETUNE)
+# Evaluation takes fine-tuning's process layout (`rap evaluate` shards the encoding and the ITM
+# re-ranking across its ranks, rap.evaluation); Figure 3 runs in one process.
+EVAL_GPUS = 1 if max(CFG.pretrain.gpus_per_node, CFG.finetune.gpus_per_node) > 0 else 0
 MAIN_CKPT = layout.checkpoint_path("pretrain", layout.MAIN_RUN, RUNS)
 
 
@@ -15,11 +17,13 @@ rule evaluate_zeroshot:
         f"{RUNS}/eval/zeroshot/{{dataset}}.json",
     log:
         "logs/evaluate/zeroshot-{dataset}.log",
-    threads: cpu_threads(EVAL_GPUS)
+    threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
-        gpu=EVAL_GPUS,
+        **launch.slurm_resources(FINETUNE),
+    conda:
+        RAP_ENV
     shell:
-        "rap evaluate {wildcards.dataset} --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+        f"{FINETUNE_STEP}rap evaluate {{wildcards.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"
 
 
 rule finetune:
@@ -30,14 +34,16 @@ rule finetune:
         f"{RUNS}/finetune/{{task}}/checkpoint.pt",
     params:
         out=f"{RUNS}/finetune/{{task}}",
-        launch=launcher(FINETUNE_GPUS),
     log:
         "logs/finetune/{task}.log",
-    threads: cpu_threads(FINETUNE_GPUS)
+    threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
-        gpu=FINETUNE_GPUS,
+        **launch.slurm_resources(FINETUNE),
+    conda:
+        RAP_ENV
     shell:
-        "{params.launch} finetune {wildcards.task} --checkpoint {input.checkpoint} --out {params.out} > {log} 2>&1"
+        f"{FINETUNE_STEP}rap finetune {{wildcards.task}} --checkpoint {{input.checkpoint}} --out {{params.out}} "
+        f"{RAP_PARAMS} > {{log}} 2>&1"
 
 
 rule evaluate_finetuned:
@@ -50,11 +56,13 @@ rule evaluate_finetuned:
         dataset=lambda wc: layout.task_dataset(wc.task),
     log:
         "logs/evaluate/finetuned-{task}.log",
-    threads: cpu_threads(EVAL_GPUS)
+    threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
-        gpu=EVAL_GPUS,
+        **launch.slurm_resources(FINETUNE),
+    conda:
+        RAP_ENV
     shell:
-        "rap evaluate {params.dataset} --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+        f"{FINETUNE_STEP}rap evaluate {{params.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"
 
 
 rule evaluate_ablation:
@@ -67,8 +75,10 @@ rule evaluate_ablation:
         dataset=layout.ABLATION_EVAL_DATASET,
     log:
         "logs/evaluate/ablation-{name}.log",
-    threads: cpu_threads(EVAL_GPUS)
+    threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
-        gpu=EVAL_GPUS,
+        **launch.slurm_resources(FINETUNE),
+    conda:
+        RAP_ENV
     shell:
-        "rap evaluate {params.dataset} --checkpoint {input.checkpoint} --out {output} > {log} 2>&1"
+        f"{FINETUNE_STEP}rap evaluate {{params.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"

@@ -1,8 +1,13 @@
 # Pre-training (paper 5.2, 5.4): the main run and the ablation runs of Tables 5-8. `--ablation
 # NAME` trains the paper's main setting with one knob changed (rap.config.ablation_overrides),
 # whatever the top-level knobs of params.yaml say.
+#
+# The job's shape comes from pretrain.nodes / gpus_per_node / cpu_procs_per_node through
+# rap.launch: `rap pretrain` starts torchrun itself (one per node), and on several nodes the
+# job's own srun step starts one `rap pretrain` per node.
 
-PRETRAIN_GPUS = CFG.pretrain.gpus
+PRETRAIN = CFG.pretrain
+PRETRAIN_STEP = launch.step_prefix(PRETRAIN)
 
 
 rule pretrain:
@@ -10,17 +15,18 @@ rule pretrain:
         [index(s) for s in CFG.pretrain.sources],
     output:
         checkpoint=layout.checkpoint_path("pretrain", layout.MAIN_RUN, RUNS),
-        summary=layout.summary_path("pretrain", layout.MAIN_RUN, RUNS),
+        metrics=layout.train_metrics_path("pretrain", layout.MAIN_RUN, RUNS),
     params:
         out=layout.run_dir("pretrain", layout.MAIN_RUN, RUNS),
-        launch=launcher(PRETRAIN_GPUS),
     log:
         "logs/pretrain/main.log",
-    threads: cpu_threads(PRETRAIN_GPUS)
+    threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
-        gpu=PRETRAIN_GPUS,
+        **launch.slurm_resources(PRETRAIN),
+    conda:
+        RAP_ENV
     shell:
-        "{params.launch} pretrain --out {params.out} > {log} 2>&1"
+        f"{PRETRAIN_STEP}rap pretrain --out {{params.out}} {RAP_PARAMS} > {{log}} 2>&1"
 
 
 rule pretrain_ablation:
@@ -28,14 +34,15 @@ rule pretrain_ablation:
         [index(s) for s in CFG.pretrain.sources],
     output:
         checkpoint=f"{RUNS}/ablation/{{name}}/checkpoint.pt",
-        summary=f"{RUNS}/ablation/{{name}}/train_summary.json",
+        metrics=f"{RUNS}/ablation/{{name}}/train_metrics.json",
     params:
         out=f"{RUNS}/ablation/{{name}}",
-        launch=launcher(PRETRAIN_GPUS),
     log:
         "logs/pretrain/{name}.log",
-    threads: cpu_threads(PRETRAIN_GPUS)
+    threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
-        gpu=PRETRAIN_GPUS,
+        **launch.slurm_resources(PRETRAIN),
+    conda:
+        RAP_ENV
     shell:
-        "{params.launch} pretrain --ablation {wildcards.name} --out {params.out} > {log} 2>&1"
+        f"{PRETRAIN_STEP}rap pretrain --ablation {{wildcards.name}} --out {{params.out}} {RAP_PARAMS} > {{log}} 2>&1"

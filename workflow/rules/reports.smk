@@ -9,8 +9,10 @@ rule tables:
         TABLES,
     log:
         "logs/reports/tables.log",
+    conda:
+        RAP_ENV
     shell:
-        "rap tables --runs runs --out reports > {log} 2>&1"
+        f"rap tables --runs {RUNS} --out reports {RAP_PARAMS} > {{log}} 2>&1"
 
 
 rule figure:
@@ -22,8 +24,11 @@ rule figure:
         FIGURE,
     log:
         "logs/reports/figure.log",
-    threads: cpu_threads(EVAL_GPUS)
+    threads: eval_threads()
     resources:
         gpu=EVAL_GPUS,
+    conda:
+        RAP_ENV
     shell:
-        "rap figure --racl-checkpoint {input.racl} --baseline-checkpoint {input.baseline} --out {output} > {log} 2>&1"
+        f"rap figure --racl-checkpoint {{input.racl}} --baseline-checkpoint {{input.baseline}} --out {{output}} "
+        f"{RAP_PARAMS} > {{log}} 2>&1"

@@ -1,0 +1,17 @@
+# Helpers of the rules (kept apart from them: `snakemake --lint` asks for that).
+
+
+def _alternatives(names):
+    """Regex matching exactly one of ``names`` (wildcard constraints keep rules unambiguous)."""
+    import re
+
+    return "|".join(re.escape(n) for n in names) or "(?!)"
+
+
+def eval_threads() -> int:
+    """Cores of a one-process job (Figure 3): its data-loader workers (at least one)."""
+    return max(1, CFG.data.num_workers)
+
+
+def index(dataset: str) -> str:
+    return f"{DATA}/index/{dataset}.jsonl"
