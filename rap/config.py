@@ -59,6 +59,9 @@ class VisionConfig:
     depth: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.0
+    # With pretrained: a timm checkpoint file (or a directory holding model.safetensors) of
+    # timm_name; None = the Hugging Face cache (rap/model/weights.py).
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.img_size > 0 and self.img_size % self.patch_size == 0, "model.vision.img_size",
@@ -80,6 +83,9 @@ class TextConfig:
     intermediate_size: int = 3072
     max_len_train: int = 30
     max_len_eval: int = 64
+    # With pretrained: a directory holding the transformers checkpoint of `name` (config.json,
+    # model.safetensors, vocab.txt); None = the Hugging Face cache (rap/model/weights.py).
+    weights: str | None = None
 
     def __post_init__(self) -> None:
         _check(self.hidden_size % self.num_heads == 0, "model.text.hidden_size", self.hidden_size,
