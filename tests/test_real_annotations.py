@@ -172,3 +172,17 @@ def test_msvd_pickle_that_could_run_code_is_refused(tmp_path, payload, capsys):
     with pytest.raises(DataError, match="raw-captions.pkl.*refusing to load"):
         load_records("msvd", root, "test")
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_didemo_download_limit_keeps_whole_videos(tmp_path):
+    from rap.data.download import limit_annotations
+
+    root = _root(tmp_path, "didemo", "test_data.json")
+    raw = root / "raw" / "didemo"
+    limit_annotations("didemo", raw, 40)
+    kept = json.loads((raw / "test_data.json").read_text(encoding="utf-8"))
+    links = {it["dl_link"] for it in kept}
+    assert len(links) == 40
+    assert len(kept) == sum(1 for it in _didemo_items("test") if it["dl_link"] in links)  # no moment lost
+    assert len(load_records("didemo", root, "test")) == 40
+    assert (raw / "test_data.json.full").is_file()

@@ -16,16 +16,22 @@ synthetic corpus writes in the same format):
   ``{caption, clip_name, sen_id}``, the released code's format) when present. Videos at
   ``videos/all/{video_id}.mp4``.
 * ``didemo``  LocalizingMoments ``{train,val,test}_data.json``: one entry per moment
-  ``{video, description, times, annotation_id}``. All sentences of a video, in temporal
-  order, are joined into ONE paragraph (paragraph-to-video retrieval); sentences are kept
-  intact (the released code split on commas and produced empty captions). Videos at
-  ``videos/<video>`` (or the same stem with ``.mp4``, the usual re-encode).
+  ``{annotation_id, description, video, times, dl_link, num_segments}``. The moments of one
+  Flickr video (same ``dl_link``: some videos appear under two names, ``.mov`` and ``.mp4``)
+  become ONE paragraph, sentences in file order (paragraph-to-video retrieval); sentences are
+  kept intact (the released code split on commas and produced empty captions). The video id
+  is the name up to its first dot; its file is ``videos/<video>``, ``videos/<video>.mp4`` or
+  ``videos/<id>.mp4``, whichever exists (:func:`didemo_video_path`).
 * ``msvd``    ``{train,val,test}_list.txt`` (one id a line) and ``raw-captions.pkl``
-  (``{id: [caption as token list or str, ...]}``, read with a restricted unpickler that only
-  builds dicts/lists/strings); videos ``YouTubeClips/{id}.avi``. Every caption is a query.
+  (``{id: [caption as token list or str, ...]}`` in a dict, ``defaultdict(list)`` or
+  ``OrderedDict``, read with a restricted unpickler that builds nothing else); videos
+  ``YouTubeClips/{id}.avi``. Every caption is a query.
 * ``lsmdc``   ``LSMDC16_annos_training.csv`` / ``LSMDC16_annos_val.csv`` /
   ``LSMDC16_challenge_1000_publictect.csv``: tab-separated clip, start, end, start, end,
-  sentence; clips at ``avi/<movie>/<clip>.avi`` with movie = clip id up to its last ``_``.
+  sentence; the lines of one clip id are one video with several captions; clips at
+  ``avi/<movie>/<clip>.avi`` with movie = clip id up to its last ``_``.
+
+Formats, sources and the counts on the real files: docs/DESIGN.md "Annotation formats".
 
 ``check_sizes=True`` compares video (and, where fixed, caption) counts with the published
 numbers in :data:`PUBLISHED`.
