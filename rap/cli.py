@@ -71,6 +71,12 @@ def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Pa
 # --------------------------------------------------------------------------------------
 
 
+def _check_weights(params: Params) -> None:
+    """Every pretrained weight the model needs is on disk, before any other work (weights.py)."""
+    from rap.model.weights import check_pretrained_weights
+    check_pretrained_weights(params.cfg.model)
+
+
 def cmd_download(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.data.download import download
@@ -98,6 +104,7 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     extra = ablation_overrides(args.ablation) if args.ablation else None
     params = _params(args, extra)
+    _check_weights(params)
     from rap.training.pretrain import run
     _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")
     run(params, Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
@@ -105,6 +112,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     params = _params(args)
+    _check_weights(params)
     from rap.training.finetune import run
     _relaunch_under_torchrun(params.cfg.finetune, "finetune")
     run(params, args.task, Path(args.checkpoint), Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
@@ -112,6 +120,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     params = _params(args)
+    _check_weights(params)
     from rap.evaluation import run_evaluation
     # fine-tuning's layout: every rank takes a share of the videos, texts and re-ranked pairs
     _relaunch_under_torchrun(params.cfg.finetune, "evaluate")

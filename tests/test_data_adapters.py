@@ -62,7 +62,9 @@ def test_msrvtt_splits(tmp_path):
     assert t.captions == ("a man sings",)
 
 
-def test_didemo_paragraph_in_time_order_and_commas_kept(tmp_path):
+def test_didemo_paragraph_in_file_order_and_commas_kept(tmp_path):
+    # File order, as the released DiDeMo TSVs and CLIP4Clip read it (not times[0], which is
+    # one annotator's segment out of four or more).
     raw = _raw(tmp_path, "didemo")
     items = [{"video": "a@N00_1_ff.mov", "description": "then, slowly, he sits down.", "times": [[3, 4]], "annotation_id": 2},
              {"video": "a@N00_1_ff.mov", "description": "a man walks in,", "times": [[0, 1]], "annotation_id": 1},
@@ -71,7 +73,7 @@ def test_didemo_paragraph_in_time_order_and_commas_kept(tmp_path):
     (raw / "videos").mkdir()
     (raw / "videos" / "a@N00_1_ff.mp4").write_bytes(b"x")  # mp4 re-encode of a .mov
     recs = load_records("didemo", tmp_path, "test")
-    assert recs[0].captions == ("a man walks in, then, slowly, he sits down.",)
+    assert recs[0].captions == ("then, slowly, he sits down. a man walks in,",)
     assert recs[0].path.name == "a@N00_1_ff.mp4"
     assert len(recs) == 2 and all(len(r.captions) == 1 and r.captions[0] for r in recs)
 
@@ -108,6 +110,27 @@ def test_lsmdc_tsv(tmp_path):
     (raw / "LSMDC16_annos_training.csv").write_text("clip\t1\t2\n")
     with pytest.raises(DataError, match=r"LSMDC16_annos_training.csv:1: expected 6"):
         load_records("lsmdc", tmp_path, "train")
+
+
+def test_lsmdc_clip_with_several_sentences_is_one_video(tmp_path):
+    from rap.config import DataConfig
+    from rap.data.datasets import ClipTextDataset, build_eval_set, load_clips
+
+    raw = _raw(tmp_path, "lsmdc")
+    clip_a, clip_b = "1010_TITANIC_00.41.32.072-00.41.40.196", "1010_TITANIC_00.41.41.000-00.41.45.000"
+    (raw / "LSMDC16_annos_val.csv").write_text(
+        f"{clip_a}\t0\t1\t0\t1\tSOMEONE runs.\n{clip_b}\t0\t1\t0\t1\tA door opens.\n"
+        f"{clip_a}\t0\t1\t0\t1\tSOMEONE stops.\n")
+    recs = load_records("lsmdc", tmp_path, "val")
+    assert [(r.video_id, r.captions) for r in recs] == [(clip_a, ("SOMEONE runs.", "SOMEONE stops.")),
+                                                        (clip_b, ("A door opens.",))]
+    data_cfg = DataConfig(root=str(tmp_path))
+    es = build_eval_set("lsmdc", "val", data_cfg)
+    assert len(es.videos) == 2 and es.text_to_video == [0, 0, 1]  # one candidate, two queries
+    ds = ClipTextDataset(load_clips("lsmdc", "val", data_cfg), frames=1, sampling="rand", image_size=8,
+                         two_views=False, per_caption=True)
+    video_index = [c for c, _ in ds.items]  # what a fine-tuning batch carries as video_index
+    assert video_index == [0, 0, 1]  # the two sentences of clip_a are positives, never negatives
 
 
 def test_missing_and_empty_files_name_the_file(tmp_path):

@@ -16,16 +16,22 @@ synthetic corpus writes in the same format):
   ``{caption, clip_name, sen_id}``, the released code's format) when present. Videos at
   ``videos/all/{video_id}.mp4``.
 * ``didemo``  LocalizingMoments ``{train,val,test}_data.json``: one entry per moment
-  ``{video, description, times, annotation_id}``. All sentences of a video, in temporal
-  order, are joined into ONE paragraph (paragraph-to-video retrieval); sentences are kept
-  intact (the released code split on commas and produced empty captions). Videos at
-  ``videos/<video>`` (or the same stem with ``.mp4``, the usual re-encode).
+  ``{annotation_id, description, video, times, dl_link, num_segments}``. The moments of one
+  Flickr video (same ``dl_link``: some videos appear under two names, ``.mov`` and ``.mp4``)
+  become ONE paragraph, sentences in file order (paragraph-to-video retrieval); sentences are
+  kept intact (the released code split on commas and produced empty captions). The video id
+  is the name up to its first dot; its file is ``videos/<video>``, ``videos/<video>.mp4`` or
+  ``videos/<id>.mp4``, whichever exists (:func:`didemo_video_path`).
 * ``msvd``    ``{train,val,test}_list.txt`` (one id a line) and ``raw-captions.pkl``
-  (``{id: [caption as token list or str, ...]}``, read with a restricted unpickler that only
-  builds dicts/lists/strings); videos ``YouTubeClips/{id}.avi``. Every caption is a query.
+  (``{id: [caption as token list or str, ...]}`` in a dict, ``defaultdict(list)`` or
+  ``OrderedDict``, read with a restricted unpickler that builds nothing else); videos
+  ``YouTubeClips/{id}.avi``. Every caption is a query.
 * ``lsmdc``   ``LSMDC16_annos_training.csv`` / ``LSMDC16_annos_val.csv`` /
   ``LSMDC16_challenge_1000_publictect.csv``: tab-separated clip, start, end, start, end,
-  sentence; clips at ``avi/<movie>/<clip>.avi`` with movie = clip id up to its last ``_``.
+  sentence; the lines of one clip id are one video with several captions; clips at
+  ``avi/<movie>/<clip>.avi`` with movie = clip id up to its last ``_``.
+
+Formats, sources and the counts on the real files: docs/DESIGN.md "Annotation formats".
 
 ``check_sizes=True`` compares video (and, where fixed, caption) counts with the published
 numbers in :data:`PUBLISHED`.
@@ -39,7 +45,7 @@ import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from rap.data.records import ClipRecord, DataError
 
@@ -55,7 +61,7 @@ class Published:
     """Published split size. ``tol`` is a relative tolerance for numbers the papers round
     (WebVid "2.5M") or that differ by a few unavailable videos (DiDeMo)."""
 
-    videos: int
+    videos: int | None
     captions: int | None = None
     tol: float = 0.0
     source: str = ""
@@ -67,14 +73,18 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ("msrvtt", "train-7k"): Published(7_010, 140_200, source="JSFusion 7k split, 20 captions/video"),
     ("msrvtt", "train-9k"): Published(9_000, 180_000, source="JSFusion 9k split, 20 captions/video"),
     ("msrvtt", "test"): Published(1_000, 1_000, source="1k-A test, one caption each"),
+    # DiDeMo: one paragraph per Flickr video; the authors' files hold 1,004 test and 1,065 val
+    # videos (distinct dl_links), the released code uses 1,003 / 1,065 of them.
     ("didemo", "train"): Published(8_392, tol=0.02, source="usable videos in the released code"),
     ("didemo", "val"): Published(1_065, tol=0.02, source="usable videos in the released code"),
     ("didemo", "test"): Published(1_003, tol=0.02, source="usable videos in the released code"),
-    ("msvd", "train"): Published(1_200, source="RaP 5.3"),
-    ("msvd", "val"): Published(100, source="RaP 5.3"),
-    ("msvd", "test"): Published(670, source="RaP 5.3"),
-    ("lsmdc", "train"): Published(101_079, 101_079, source="RaP 5.3"),
-    ("lsmdc", "val"): Published(7_408, 7_408, source="RaP 5.3"),
+    ("msvd", "train"): Published(1_200, 48_774, source="RaP 5.3; captions: CLIP4Clip's msvd_data"),
+    ("msvd", "val"): Published(100, 4_290, source="RaP 5.3; captions: CLIP4Clip's msvd_data"),
+    ("msvd", "test"): Published(670, 27_763, source="RaP 5.3; captions: CLIP4Clip's msvd_data"),
+    # LSMDC: the published numbers count (clip, sentence) lines; a clip id may carry several
+    # sentences and is then one video, so only the public test's 1,000 clips are fixed.
+    ("lsmdc", "train"): Published(None, 101_079, source="RaP 5.3 (sentences)"),
+    ("lsmdc", "val"): Published(None, 7_408, source="RaP 5.3 (sentences)"),
     ("lsmdc", "test"): Published(1_000, 1_000, source="RaP 5.3"),
 }
 
@@ -186,56 +196,116 @@ def _msrvtt(raw: Path, split: str) -> list[ClipRecord]:
     return out
 
 
+def didemo_stem(name: str) -> str:
+    """A DiDeMo video name up to its first dot: the id the reference implementations re-encode
+    to ``<stem>.mp4`` (``a_b_c.m4v`` -> ``a_b_c``; a bare trailing dot, ``a_b_c.``, too)."""
+    return name.split(".", 1)[0]
+
+
+def didemo_video_key(item: dict) -> str:
+    """What makes two moments the same Flickr video: their ``dl_link`` (27+ test videos appear
+    under a ``.mov`` and a ``.mp4`` name with one link), else the name up to its first dot."""
+    link = item.get("dl_link")
+    return link if isinstance(link, str) and link else didemo_stem(item["video"])
+
+
+def didemo_video_path(videos: Path, names: list[str]) -> Path:
+    """The first file present among the layouts users have, for every name the video carries:
+    ``<video>`` (download_videos.py), ``<video>.mp4`` (download_videos_AWS.py, e.g.
+    ``x.m4v.mp4``; ``x..mp4`` for a name ending in a bare dot), ``<stem>.mp4`` (the reference
+    implementations' re-encode). None present: the re-encode layout (reported missing later)."""
+    candidates = [videos / f"{n}{ext}" for n in names for ext in ("", ".mp4")]
+    candidates += [videos / f"{didemo_stem(n)}.mp4" for n in names]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return videos / f"{didemo_stem(names[0])}.mp4"
+
+
 def _didemo(raw: Path, split: str) -> list[ClipRecord]:
+    """One paragraph per Flickr video: its moments' descriptions in file order (the order of
+    the released DiDeMo TSVs), videos in order of first appearance."""
     path = _need(raw / f"{split}_data.json", "didemo", split)
     items = _json(path)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON list of moments")
-    moments: dict[str, list[tuple[float, int, str]]] = {}
+    names: dict[str, list[str]] = {}
+    sentences: dict[str, list[str]] = {}
     for i, it in enumerate(items):
-        try:
-            start = float(it.get("times", [[0]])[0][0]) if it.get("times") else 0.0
-            moments.setdefault(it["video"], []).append((start, int(it.get("annotation_id", i)), it["description"]))
-        except (KeyError, TypeError, IndexError, ValueError):
-            raise DataError(f"{path}: item {i} lacks 'video'/'description' or has bad 'times'") from None
-    out = []
-    for video, ms in moments.items():
-        ms.sort(key=lambda m: (m[0], m[1]))  # temporal order, then annotation order
-        paragraph = " ".join(s.strip() for _, _, s in ms if isinstance(s, str) and s.strip())
-        p = raw / "videos" / video
-        if not p.exists() and p.with_suffix(".mp4").exists():
-            p = p.with_suffix(".mp4")
-        out.append(ClipRecord(Path(video).stem, p, (paragraph,), split))
+        if not isinstance(it, dict) or not isinstance(it.get("video"), str) or "description" not in it:
+            raise DataError(f"{path}: item {i} lacks 'video' or 'description': {it!r:.120}")
+        key = didemo_video_key(it)
+        video_names = names.setdefault(key, [])
+        if it["video"] not in video_names:
+            video_names.append(it["video"])
+        sentences.setdefault(key, []).append(it["description"])
+    out, owner = [], {}
+    for key, video_names in names.items():
+        vid = didemo_stem(video_names[0])
+        if owner.setdefault(vid, key) != key:
+            raise DataError(f"{path}: two videos ({owner[vid]} and {key}) share the id {vid!r}")
+        paragraph = " ".join(s.strip() for s in sentences[key] if isinstance(s, str) and s.strip())
+        out.append(ClipRecord(vid, didemo_video_path(raw / "videos", video_names), (paragraph,), split))
     return out
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """raw-captions.pkl holds only dicts, lists and strings: refuse anything else."""
+    """raw-captions.pkl holds a mapping of lists of strings, written as whatever standard
+    container its maker used (dict, ``collections.defaultdict(list)``, ``OrderedDict``). Only
+    those containers' classes may be named in the pickle: anything else (a class that could run
+    code on load) is refused."""
+
+    # (Python 2 pickles name the builtins ``__builtin__``.)
+    ALLOWED = frozenset({("collections", "OrderedDict"), ("collections", "defaultdict")}
+                        | {(m, n) for m in ("builtins", "__builtin__") for n in ("dict", "list", "tuple")})
 
     def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only dict/list containers allowed)")
+
+
+def _msvd_captions(path: Path) -> Mapping[str, list]:
+    try:
+        with path.open("rb") as f:
+            caps = _SafeUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+        raise DataError(f"{path}: unreadable caption pickle ({err})") from None
+    if not isinstance(caps, Mapping):
+        raise DataError(f"{path}: expected a mapping {{video id: [caption, ...]}}, got {type(caps).__name__}")
+    return caps
+
+
+def _caption_text(caption: object, where: str) -> str:
+    """A caption as stored: a token list (CLIP4Clip's msvd_data) or a plain string."""
+    if isinstance(caption, str):
+        return caption
+    if isinstance(caption, (list, tuple)) and all(isinstance(t, str) for t in caption):
+        return " ".join(caption)
+    raise DataError(f"{where}: a caption must be a string or a list of tokens, got {caption!r:.80}")
 
 
 def _msvd(raw: Path, split: str) -> list[ClipRecord]:
     ids_path = _need(raw / f"{split}_list.txt", "msvd", split)
     cap_path = _need(raw / "raw-captions.pkl", "msvd", split)
-    try:
-        with cap_path.open("rb") as f:
-            caps = _SafeUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as err:
-        raise DataError(f"{cap_path}: unreadable caption pickle ({err})") from None
+    caps = _msvd_captions(cap_path)
     out = []
     for n, vid in enumerate(_text(ids_path).split(), 1):
-        if vid not in caps:
+        if vid not in caps:  # `in`, not `[]`: a defaultdict would invent an empty entry
             raise DataError(f"{ids_path}:{n}: video {vid!r} has no captions in {cap_path}")
-        texts = tuple(" ".join(c) if isinstance(c, (list, tuple)) else str(c) for c in caps[vid])
+        if not isinstance(caps[vid], (list, tuple)):
+            raise DataError(f"{cap_path}: captions of {vid!r} must be a list, got {type(caps[vid]).__name__}")
+        texts = tuple(_caption_text(c, f"{cap_path} [{vid!r}]") for c in caps[vid])
         out.append(ClipRecord(vid, raw / "YouTubeClips" / f"{vid}.avi", texts, split))
     return out
 
 
 def _lsmdc(raw: Path, split: str) -> list[ClipRecord]:
+    """One record per clip id, its sentences in file order: a clip id can carry several
+    sentences (CLIP4Clip's loader warns of it) and those are captions of ONE video, positives
+    of one another, never two candidates."""
     path = _need(raw / LSMDC_FILES[split], "lsmdc", split)
-    out = []
+    sentences: dict[str, list[str]] = {}
     for n, line in enumerate(_text(path).splitlines(), 1):
         if not line.strip():
             continue
@@ -243,10 +313,9 @@ def _lsmdc(raw: Path, split: str) -> list[ClipRecord]:
         if len(parts) < 6:
             raise DataError(f"{path}:{n}: expected 6 tab-separated fields (clip, start, end, start, end, "
                             f"sentence), got {len(parts)}")
-        clip = parts[0].strip()
-        movie = clip.rsplit("_", 1)[0]
-        out.append(ClipRecord(clip, raw / "avi" / movie / f"{clip}.avi", ("\t".join(parts[5:]).strip(),), split))
-    return out
+        sentences.setdefault(parts[0].strip(), []).append("\t".join(parts[5:]).strip())
+    return [ClipRecord(clip, raw / "avi" / clip.rsplit("_", 1)[0] / f"{clip}.avi", tuple(caps), split)
+            for clip, caps in sentences.items()]
 
 
 READERS: dict[str, Callable[[Path, str], list[ClipRecord]]] = {
@@ -262,7 +331,7 @@ def verify_sizes(dataset: str, split: str, records: list[ClipRecord], raw: Path)
         n_videos, n_caps = sum(1 for line in _text(tsv).splitlines() if line.strip()), None
     else:
         n_videos, n_caps = len(records), sum(len(r.captions) for r in records)
-    if abs(n_videos - pub.videos) > pub.tol * pub.videos:
+    if pub.videos is not None and abs(n_videos - pub.videos) > pub.tol * pub.videos:
         raise DataError(f"{raw}: {dataset} {split} has {n_videos} videos, published {pub.videos} "
                         f"({pub.source}); incomplete or wrong annotation files?")
     if pub.captions is not None and n_caps != pub.captions:

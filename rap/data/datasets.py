@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from rap.config import ConfigError, DataConfig, ScaleConfig
+from rap.config import ConfigError, DataConfig, ScaleConfig, finetune_text_len
 from rap.data import decode, store, transforms
 from rap.data.adapters import load_records
 from rap.data.mixing import MixedBatchSampler
@@ -269,8 +269,22 @@ def build_finetune_loader(task: str, cfg: ScaleConfig, tokenizer, *, seed: int, 
     mixed = MixedDataset([ds], [dataset])
     sampler = MixedBatchSampler([len(ds)], [1.0], batch_size or cfg.finetune.optim.batch_size, seed=seed,
                                 rank=rank, world_size=world_size)
-    return TrainLoader(mixed, sampler, Collate(tokenizer, cfg.model.text.max_len_train),
+    max_len = finetune_text_len(cfg, task)
+    report_truncation([c for clip in ds.clips for c in clip.record.captions], tokenizer, max_len, task)
+    return TrainLoader(mixed, sampler, Collate(tokenizer, max_len),
                        num_workers=d.num_workers, max_bad_fraction=d.max_bad_fraction, name=task)
+
+
+def report_truncation(captions: Sequence[str], tokenizer, max_len: int, name: str) -> int:
+    """Warn how many training captions are longer than ``max_len`` tokens ([CLS]/[SEP]
+    included) and will be cut; returns that number. Truncation is never silent."""
+    lengths = [len(ids) for ids in tokenizer(list(captions), truncation=False)["input_ids"]] if captions else []
+    cut = sum(n > max_len for n in lengths)
+    if cut:
+        log.warning("%s: %d of %d training captions (%.1f %%) are longer than %d tokens and are truncated "
+                    "(longest %d; finetune.max_len_train sets the length per task)", name, cut, len(lengths),
+                    100.0 * cut / len(lengths), max_len, max(lengths))
+    return cut
 
 
 # ---------------------------------------------------------------------------------------

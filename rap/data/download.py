@@ -55,7 +55,7 @@ from tqdm import tqdm
 
 from rap.config import DataConfig
 from rap.data import synthetic
-from rap.data.adapters import LSMDC_FILES, SPLITS, load_records
+from rap.data.adapters import LSMDC_FILES, SPLITS, didemo_video_key, load_records
 from rap.data.records import DataError
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,8 @@ def limit_annotations(dataset: str, raw: Path, n: int) -> None:
             p = raw / f"{split}_data.json"
             if p.is_file():
                 items = json.loads(_keep_full(p).read_text(encoding="utf-8"))
-                videos = list(dict.fromkeys(it["video"] for it in items))[:n]
-                p.write_text(json.dumps([it for it in items if it["video"] in set(videos)]), encoding="utf-8")
+                keep = set(list(dict.fromkeys(didemo_video_key(it) for it in items))[:n])  # whole videos
+                p.write_text(json.dumps([it for it in items if didemo_video_key(it) in keep]), encoding="utf-8")
     elif dataset == "msvd":
         for split in SPLITS["msvd"]:
             _limit_lines(raw / f"{split}_list.txt", n, header=False)
@@ -291,7 +291,8 @@ URLS = {
 }
 MANUAL = {
     "didemo": "DiDeMo videos: follow https://github.com/LisaAnne/LocalizingMoments (download_videos.py / "
-              "the authors' AWS mirror) and place them as raw/didemo/videos/<video> (mp4 re-encodes accepted).",
+              "download_videos_AWS.py) and place them in raw/didemo/videos/ as saved (<video> or <video>.mp4) "
+              "or re-encoded as <video name up to its first dot>.mp4.",
     "lsmdc": "LSMDC is licence-gated: request access at https://sites.google.com/site/describingmovies/download "
              f"(MPII/LSMDC), then place {', '.join(LSMDC_FILES.values())} in raw/lsmdc/ and the clips as "
              "raw/lsmdc/avi/<movie>/<clip>.avi.",

@@ -28,6 +28,7 @@ from transformers import BertConfig, BertModel
 from transformers.models.bert.modeling_bert import BertAttention, BertPredictionHeadTransform
 
 from rap.config import ConfigError, TextConfig
+from rap.model.weights import load_bert
 
 
 class TextEncoder(nn.Module):
@@ -35,14 +36,11 @@ class TextEncoder(nn.Module):
 
     def __init__(self, cfg: TextConfig, vocab_size: int, pad_id: int, vision_width: int) -> None:
         super().__init__()
+        lm_head: dict[str, torch.Tensor] = {}
         if cfg.pretrained:
             if cfg.name == "tiny":
                 raise ConfigError("model.text: name 'tiny' has no pretrained weights; set pretrained: false")
-            try:
-                self.bert = BertModel.from_pretrained(cfg.name, add_pooling_layer=False)
-            except OSError as err:
-                raise ConfigError(f"model.text.name: cannot load {cfg.name!r} ({err}); it must be in the "
-                                  "Hugging Face cache when offline, or set pretrained: false") from err
+            self.bert, lm_head, _ = load_bert(cfg)  # every weight checked (rap/model/weights.py)
             self.bert.resize_token_embeddings(vocab_size)  # room for [ENC] / [DEC]
         else:
             config = BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size,
@@ -73,6 +71,20 @@ class TextEncoder(nn.Module):
         self.lm_transform = BertPredictionHeadTransform(config)
         self.lm_transform.apply(self.bert._init_weights)
         self.lm_bias = nn.Parameter(torch.zeros(config.vocab_size))
+        if lm_head:
+            self._init_lm_head(lm_head)
+
+    def _init_lm_head(self, lm_head: dict[str, torch.Tensor]) -> None:
+        """The LM head from the checkpoint's MLM head (``cls.predictions.transform`` / ``.bias``),
+        as BLIP's decoder starts from BERT's; the two task tokens' biases stay 0."""
+        transform = {k.removeprefix("transform.").replace("LayerNorm.gamma", "LayerNorm.weight")
+                     .replace("LayerNorm.beta", "LayerNorm.bias"): v
+                     for k, v in lm_head.items() if k.startswith("transform.")}
+        if transform:
+            self.lm_transform.load_state_dict(transform)  # strict: all four tensors or an error
+        if "bias" in lm_head:
+            with torch.no_grad():
+                self.lm_bias[: lm_head["bias"].numel()] = lm_head["bias"]
 
     def _mask(self, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """(B, 1, Lq, Lk) "may attend" -> what the attention backend takes (SDPA: bool; eager: additive)."""

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from rap.config import ConfigError, TextConfig
 from rap.model.vocab import SPECIAL_TOKENS, TASK_TOKENS, vocabulary
+from rap.model.weights import tokenizer_source
 
 ENC_TOKEN, DEC_TOKEN = TASK_TOKENS
 
@@ -43,8 +44,9 @@ def build_tokenizer(text_cfg: TextConfig) -> PreTrainedTokenizerFast:
     """``builtin`` -> :func:`build_builtin_tokenizer`; else ``AutoTokenizer`` + [ENC]/[DEC]."""
     if text_cfg.tokenizer == "builtin":
         return build_builtin_tokenizer()
+    source = tokenizer_source(text_cfg)  # the model's own directory, or the cache (weights.py)
     try:
-        tok = AutoTokenizer.from_pretrained(text_cfg.tokenizer, use_fast=True)
+        tok = AutoTokenizer.from_pretrained(source, use_fast=True, local_files_only=True)
     except OSError as err:
         raise ConfigError(f"model.text.tokenizer: cannot load {text_cfg.tokenizer!r} ({err}); use 'builtin' "
                           "offline or make the tokenizer available in the Hugging Face cache") from err

@@ -16,6 +16,7 @@ from torch import nn
 
 from rap.config import ConfigError, VisionConfig
 from rap.model.masking import frame_average, random_masking
+from rap.model.weights import load_timm_weights, timm_weights_file
 
 
 class VideoEncoder(nn.Module):
@@ -26,14 +27,15 @@ class VideoEncoder(nn.Module):
         overrides = {k: getattr(cfg, k) for k in ("patch_size", "embed_dim", "depth", "num_heads")
                      if getattr(cfg, k) is not None}
         try:
-            # With pretrained weights and a different img_size timm interpolates the position
-            # embedding (paper scale: 14x14 at 224 px -> 16x16 at 256 px).
-            self.vit = timm.create_model(cfg.timm_name, pretrained=cfg.pretrained, img_size=cfg.img_size,
+            self.vit = timm.create_model(cfg.timm_name, pretrained=False, img_size=cfg.img_size,
                                          num_classes=0, dynamic_img_size=False,
                                          drop_path_rate=cfg.drop_path_rate, **overrides)
         except (RuntimeError, OSError) as err:
-            raise ConfigError(f"model.vision.timm_name: cannot build timm model {cfg.timm_name!r} "
-                              f"(pretrained={cfg.pretrained}): {err}") from err
+            raise ConfigError(f"model.vision.timm_name: cannot build timm model {cfg.timm_name!r}: {err}") from err
+        if cfg.pretrained:
+            # timm's own loading, position embedding resampled to img_size (paper scale: 14x14 at
+            # 224 px -> 16x16 at 256 px), every weight checked (rap/model/weights.py)
+            load_timm_weights(self.vit, timm_weights_file(cfg))
         if getattr(self.vit, "cls_token", None) is None or self.vit.num_prefix_tokens != 1:
             raise ConfigError(f"model.vision.timm_name: {cfg.timm_name!r} must be a ViT with exactly one "
                               "[CLS] token and no register tokens (P_cls is the video embedding)")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from rap.config import ConfigError, Params, ScaleConfig
+from rap.config import ConfigError, Params, ScaleConfig, finetune_text_len
 from rap.data.datasets import FINETUNE_SPLITS, build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
@@ -82,6 +82,6 @@ def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: b
                      epochs=ft.epochs[task], params=params, out_dir=Path(out_dir), ctx=ctx, resume=resume,
                      max_steps=max_steps, validation=validation,
                      forward_kwargs=lambda epoch: {"stage": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
-                     text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
+                     text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),
                      extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
                      inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))})
