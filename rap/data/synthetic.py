@@ -18,8 +18,10 @@ split gives each clip a distinct (colour, shape, motion) combination (distinct c
 where the split is small enough), so a tiny model pre-trained on the WebVid/CC3M parts can beat
 chance at zero-shot retrieval. Horizontal flips would swap "left"/"right": see transforms.py.
 
-Determinism: every random choice comes from ``numpy.random.default_rng((seed, dataset))``;
-x264 runs single-threaded.
+Determinism: every random choice comes from ``numpy.random.default_rng((seed, dataset))``
+(each clip's texture, clutter and jitter from its own ``ClipSpec.seed``); x264 runs
+single-threaded on its C code (``X264_OPTIONS``), so every file is a pure function of the seed
+and scale (tests/test_reproducible.py).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ REDUNDANT = ("on a sunny day", "while music plays", "in slow motion", "at a birt
              "late at night", "near the old town", "in high definition", "with a happy mood",
              "as people cheer", "during the holidays")
 FPS = 8
+# x264 settings of every clip. ``asm=0`` runs x264's plain C code instead of the SIMD kernels
+# it picks for the CPU: (1) with its AVX-512 kernels and macroblock-tree rate control (on by
+# default) the same frames, encoded twice in one process, gave different bytes for ~15 % of our
+# narrow clips (96x64, 64x64, 80x64; decoded pixels up to 6/255 apart) -- asm=AVX2 or
+# mbtree=0 made 4 repetitions agree, asm=AVX512 did not; (2) x264's SIMD levels are not
+# bit-exact with each other (AVX2 and C output differed for every clip tried), so any SIMD
+# choice would make the corpus depend on the CPU's instruction set. The C code costs ~3x encode
+# time (~0.3 s per 50 tiny clips). See docs/DESIGN.md, "Reproducibility".
+X264_OPTIONS = {"preset": "veryfast", "crf": "18", "x264-params": "asm=0"}
 DATASETS = ("webvid", "cc3m", "msrvtt", "didemo", "msvd", "lsmdc")
 MARKER = ".synthetic-complete.json"
 
@@ -246,8 +257,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS, gop: int | None 
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height = frames.shape[2], frames.shape[1]
         s.pix_fmt = "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "18"}
-        s.codec_context.thread_count = 1  # bit-identical output for a given seed
+        s.options = dict(X264_OPTIONS)
+        s.codec_context.thread_count = 1  # x264's frame threads reorder decisions between runs
         if gop:
             s.codec_context.gop_size = gop
         for f in frames:
