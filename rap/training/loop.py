@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 from rap import distributed as rdist
 from rap.config import LossConfig, OptimConfig, Params
+from rap.training.determinism import seed_everything  # re-exported: pretrain/finetune import it here
 from rap.training.checkpoint import (atomic_save, capture_rng_state, code_fingerprint, latest_checkpoint,
                                      load_checkpoint, resumable_checkpoint,
                                      prune_checkpoints, restore_rng_state, step_checkpoint_path)
@@ -158,12 +159,6 @@ def distill_alpha(loss: LossConfig, epoch_float: float) -> float:
     if loss.distill_ramp_epochs <= 0:
         return loss.distill_alpha
     return loss.distill_alpha * min(1.0, epoch_float / loss.distill_ramp_epochs)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
