@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from conftest import PARAMS_YAML, shrunk_overrides, torch_threads
@@ -116,3 +117,15 @@ def test_pretraining_is_reproducible_and_seed_makes_a_different_run(make_params,
     assert len(differing) > len(w0) // 2  # another initialisation, not a few stray tensors
     assert outputs[0][0]["files"]["loss.csv"] != outputs[1][0]["files"]["loss.csv"]
     assert torch.load(runs[1][1], weights_only=False)["params"]["seed"] == 1
+
+
+def test_deterministic_mode_setting(monkeypatch) -> None:
+    from rap.training.determinism import deterministic_mode, seed_everything
+
+    monkeypatch.delenv("RAP_DETERMINISTIC", raising=False)
+    seed_everything(0)
+    assert deterministic_mode() == "1" and torch.are_deterministic_algorithms_enabled()
+    assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    monkeypatch.setenv("RAP_DETERMINISTIC", "sometimes")
+    with pytest.raises(ValueError, match="RAP_DETERMINISTIC='sometimes'"):
+        seed_everything(0)

@@ -22,7 +22,7 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["CUBLAS_WORKSPACE", "seed_everything"]
+__all__ = ["CUBLAS_WORKSPACE", "MODES", "deterministic_mode", "seed_everything"]
 
 # cuBLAS is only deterministic with a fixed workspace per stream (CUDA docs, "Results
 # reproducibility"); it reads the variable when its handle is created, so it must be set before
@@ -30,14 +30,32 @@ __all__ = ["CUBLAS_WORKSPACE", "seed_everything"]
 CUBLAS_WORKSPACE = ":4096:8"
 
 
+# RAP_DETERMINISTIC: "1" (default) an op without a deterministic kernel raises; "warn" it warns
+# and runs anyway (a GPU run that would otherwise stop on such an op); "0" leaves torch's settings
+# alone (seeding only).
+MODES = ("1", "warn", "0")
+
+
+def deterministic_mode() -> str:
+    """The ``RAP_DETERMINISTIC`` setting; a value outside ``MODES`` is an error naming it."""
+    mode = os.environ.get("RAP_DETERMINISTIC", "1").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"RAP_DETERMINISTIC={mode!r}: expected one of {MODES}")
+    return mode
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (every CUDA device too) with ``seed`` and make torch use
-    deterministic kernels: an op without a deterministic implementation raises instead of
-    silently varying, and cuDNN neither benchmarks nor picks non-deterministic algorithms."""
+    deterministic kernels (``RAP_DETERMINISTIC``): an op without a deterministic implementation
+    raises instead of silently varying, and cuDNN neither benchmarks nor picks
+    non-deterministic algorithms."""
+    mode = deterministic_mode()
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device
+    if mode == "0":
+        return
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
