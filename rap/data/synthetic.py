@@ -207,24 +207,42 @@ def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, l
     return img.astype(np.float32), clutter
 
 
-def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of a clip (``static``: one frame, object at rest)."""
+@dataclass(frozen=True)
+class Drawn:
+    """One shape painted on one frame, in paint order (later ones cover earlier ones).
+    ``role``: "object" (the captioned main object), "second" (the captioned second object) or
+    "clutter" (never captioned: visual redundancy)."""
+    role: str
+    shape: str
+    rgb: tuple[int, int, int] | np.ndarray
+    cx: float
+    cy: float
+    r: float
+
+
+def scene(spec: ClipSpec, static: bool = False) -> tuple[np.ndarray, list[list[Drawn]]]:
+    """The clip's background (float32 (H, W, 3)) and, per frame, the shapes painted on it.
+
+    Every random draw of the clip happens here, in one fixed order from ``spec.seed``, so the
+    frames (:func:`render`) and the ground truth (:func:`ground_truth`) describe the same clip.
+    Positions keep the types the arithmetic gave them (numpy float64 scalars or Python floats):
+    under NumPy 2's promotion rules that decides whether a mask is computed in float32 or
+    float64, and so which boundary pixels it covers -- the corpus bytes depend on it."""
     rng = np.random.default_rng(spec.seed)
     w, h = spec.width, spec.height
     m = min(w, h)
     bg, clutter = _background(rng, w, h)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r0 = 0.22 * m
     oy, ox = rng.uniform(-0.06, 0.06, size=2) * m
     sx, sy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h  # second object's place
     n = 1 if static else spec.frames
-    frames = np.empty((n, h, w, 3), np.uint8)
+    frames: list[list[Drawn]] = []
     for t in range(n):
         a = 0.5 if static else t / max(1, n - 1)
-        img = bg.copy()
+        drawn = []
         for shape, col, cx, cy, r in clutter:
             jx, jy = rng.integers(-1, 2, size=2)  # clutter jitters a little: still never captioned
-            img[_mask(shape, xx, yy, cx + jx, cy + jy, r)] = col
+            drawn.append(Drawn("clutter", shape, col, cx + jx, cy + jy, r))
         cx, cy, r = w / 2 + ox, h / 2 + oy, r0
         if not static:
             if spec.motion == "left":
@@ -240,10 +258,24 @@ def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
             elif spec.motion == "shrink":
                 r = r0 * (1.3 - 0.85 * a)
         colour = spec.colour2 if (spec.colour2 and a >= 0.5 and not static) else spec.colour
-        img[_mask(spec.shape, xx, yy, cx, cy, r)] = COLOURS[colour]
+        drawn.append(Drawn("object", spec.shape, COLOURS[colour], cx, cy, r))
         if spec.second and (static or a >= 0.5):
             c2, s2 = spec.second
-            img[_mask(s2, xx, yy, sx, sy, 0.13 * m)] = COLOURS[c2]
+            drawn.append(Drawn("second", s2, COLOURS[c2], sx, sy, 0.13 * m))
+        frames.append(drawn)
+    return bg, frames
+
+
+def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of a clip (``static``: one frame, object at rest)."""
+    bg, per_frame = scene(spec, static)
+    h, w = bg.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    frames = np.empty((len(per_frame), h, w, 3), np.uint8)
+    for t, drawn in enumerate(per_frame):
+        img = bg.copy()
+        for d in drawn:
+            img[_mask(d.shape, xx, yy, d.cx, d.cy, d.r)] = d.rgb
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
     return frames
 
