@@ -69,6 +69,8 @@ FPS = 8
 X264_OPTIONS = {"preset": "veryfast", "crf": "18", "x264-params": "asm=0"}
 DATASETS = ("webvid", "cc3m", "msrvtt", "didemo", "msvd", "lsmdc")
 MARKER = ".synthetic-complete.json"
+GROUND_TRUTH = "ground_truth.jsonl"  # sidecar of every dataset part (ground_truth())
+GROUND_TRUTH_VERSION = 1  # in the marker: a corpus made before the sidecar existed is remade
 
 
 @dataclass(frozen=True)
@@ -130,37 +132,82 @@ def _specs(rng: np.random.Generator, n: int, *, unique: bool, size: tuple[int, i
     return out
 
 
+SHOWN, REDUNDANT_PHRASE = "shown", "redundant"  # caption span labels (ground truth)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A caption and its labelled character spans ``(start, end, label)``: ``shown`` for words
+    naming what the frames show (colour, shape, motion, colour change, the second object),
+    ``redundant`` for a phrase no frame shows (``REDUNDANT``); other words are unlabelled."""
+    text: str
+    spans: tuple[tuple[int, int, str], ...]
+
+    @staticmethod
+    def of(parts: list[tuple[str, str | None]]) -> "Caption":
+        spans, pos = [], 0
+        for piece, label in parts:
+            if label and piece:
+                spans.append((pos, pos + len(piece), label))
+            pos += len(piece)
+        return Caption("".join(piece for piece, _ in parts), tuple(spans))
+
+    def wrap(self, head: str = "", tail: str = "", *, capitalise: bool = False) -> "Caption":
+        text = self.text[0].upper() + self.text[1:] if capitalise else self.text
+        return Caption(head + text + tail, tuple((a + len(head), b + len(head), k) for a, b, k in self.spans))
+
+
+def _ending(choice: str, word: str) -> list[tuple[str, str | None]]:
+    """``"... and turns red"`` -> the lead-in unlabelled, the final ``word`` shown."""
+    return [(choice[: len(choice) - len(word)], None), (word, SHOWN)]
+
+
+def _around(choice: str, named: str) -> list[tuple[str, str | None]]:
+    """``", then a red star appears"`` -> ``named`` ("red star") shown, the rest unlabelled."""
+    i = choice.index(named)
+    return [(choice[:i], None), (named, SHOWN), (choice[i + len(named):], None)]
+
+
 def _sentence(spec: ClipSpec, rng: np.random.Generator, *, redundant_p: float = 0.5,
-              drop_colour_p: float = 0.0, prefix: bool = True) -> str:
-    colour = "" if rng.random() < drop_colour_p else spec.colour + " "
-    size = rng.choice(["", "", "big ", "large "])
-    verb = rng.choice(MOTION_PHRASES[spec.motion])
-    text = f"a {size}{colour}{spec.shape} {verb}"
+              drop_colour_p: float = 0.0, prefix: bool = True) -> Caption:
+    # the draws and their order are the corpus: labelling must not add, drop or reorder one
+    keep_colour = not rng.random() < drop_colour_p
+    size = str(rng.choice(["", "", "big ", "large "]))
+    verb = str(rng.choice(MOTION_PHRASES[spec.motion]))
+    parts: list[tuple[str, str | None]] = [("a ", None), (size, None)]
+    if keep_colour:
+        parts += [(spec.colour, SHOWN), (" ", None)]
+    parts += [(spec.shape, SHOWN), (" ", None), (verb, SHOWN)]
     if spec.colour2:
-        text += str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"]))
+        parts += _ending(str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"])),
+                         spec.colour2)
     if spec.second:
         c, s = spec.second
-        text += str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"]))
+        parts += _around(str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"])),
+                         f"{c} {s}")
     if rng.random() < redundant_p:
-        text += str(rng.choice([" ", ", "])) + str(rng.choice(REDUNDANT))
-    lead = rng.choice(["", "", "in this video ", "in the clip "]) if prefix else ""
-    return f"{lead}{text}"
+        parts += [(str(rng.choice([" ", ", "])), None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE)]
+    lead = str(rng.choice(["", "", "in this video ", "in the clip "])) if prefix else ""
+    return Caption.of([(lead, None), *parts])
 
 
-def _captions(spec: ClipSpec, rng: np.random.Generator, n: int, **kw) -> list[str]:
+def _captions(spec: ClipSpec, rng: np.random.Generator, n: int, **kw) -> list[Caption]:
     return [_sentence(spec, rng, **kw) for _ in range(n)]
 
 
-def _paragraph(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
+def _paragraph(spec: ClipSpec, rng: np.random.Generator) -> list[Caption]:
     """DiDeMo: one sentence per temporal moment (2-4), some with commas inside."""
-    sents = [f"a {spec.colour} {spec.shape} {rng.choice(MOTION_PHRASES[spec.motion])}."]
+    sents = [Caption.of([("a ", None), (spec.colour, SHOWN), (" ", None), (spec.shape, SHOWN), (" ", None),
+                         (str(rng.choice(MOTION_PHRASES[spec.motion])), SHOWN), (".", None)])]
     if spec.colour2:
-        sents.append(f"the {spec.shape}, now in the middle, turns {spec.colour2}.")
+        sents.append(Caption.of([("the ", None), (spec.shape, SHOWN), (", now in the middle, turns ", None),
+                                 (spec.colour2, SHOWN), (".", None)]))
     if spec.second:
         c, s = spec.second
-        sents.append(f"a {c} {s} appears in the second half.")
+        sents.append(Caption.of([("a ", None), (f"{c} {s}", SHOWN), (" appears in the second half.", None)]))
     if len(sents) < 4 and rng.random() < 0.6:
-        sents.append(f"the camera stays still, {rng.choice(REDUNDANT)}.")
+        sents.append(Caption.of([("the camera stays still, ", None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE),
+                                 (".", None)]))
     return sents
 
 
@@ -308,6 +355,26 @@ def write_image(path: Path, frame: np.ndarray) -> None:
     tmp.replace(path)
 
 
+def ground_truth(video: str, spec: ClipSpec, captions: list[Caption], *, static: bool = False) -> dict:
+    """One line of ``ground_truth.jsonl`` (format: docs/DESIGN.md, "Ground truth of the
+    embedded corpus"): the shapes painted on every frame, in paint order, as
+    ``[role, shape, cx, cy, r]`` in source pixels (2 decimals), and each caption's spans."""
+    _, per_frame = scene(spec, static)
+    return {"video": video, "width": spec.width, "height": spec.height, "fps": None if static else FPS,
+            "frames": [[[d.role, d.shape, round(float(d.cx), 2), round(float(d.cy), 2), round(float(d.r), 2)]
+                        for d in drawn] for drawn in per_frame],
+            "captions": [{"text": c.text, "spans": [list(span) for span in c.spans]} for c in captions]}
+
+
+def _write_truth(raw: Path, entries: list[dict]) -> None:
+    """The sidecar beside the publisher-format files (which it never changes)."""
+    tmp = raw / (GROUND_TRUTH + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for e in entries:
+            f.write(json.dumps(e, separators=(",", ":")) + "\n")
+    tmp.replace(raw / GROUND_TRUTH)
+
+
 # ---------------------------------------------------------------------------------------
 # One writer per dataset, in the publisher's format (see adapters.py for the formats)
 # ---------------------------------------------------------------------------------------
@@ -325,16 +392,17 @@ def _clips(specs: list[ClipSpec], paths: list[Path], desc: str) -> None:
 def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     n = _count(240, scale)
     specs = _specs(rng, n, unique=False, size=(96, 64))
-    rows, paths = [], []
+    rows, paths, truth = [], [], []
     for i, spec in enumerate(specs):
         vid = f"{int(rng.integers(10**6, 10**8))}{i:04d}"  # numeric like WebVid's; suffix keeps it unique
         page = f"{(i // 50) * 50 + 1:06d}_{(i // 50 + 1) * 50:06d}"
-        cap = _sentence(spec, rng, redundant_p=0.6)
-        cap = cap[0].upper() + cap[1:] + "."
+        cap = _sentence(spec, rng, redundant_p=0.6).wrap(tail=".", capitalise=True)
         rows.append({"videoid": vid, "contentUrl": f"https://example.invalid/webvid/{vid}.mp4",
-                     "duration": f"PT00H00M{spec.frames // FPS:02d}S", "page_dir": page, "name": cap})
+                     "duration": f"PT00H00M{spec.frames // FPS:02d}S", "page_dir": page, "name": cap.text})
         paths.append(raw / "videos" / page / f"{vid}.mp4")
+        truth.append(ground_truth(f"videos/{page}/{vid}.mp4", spec, [cap]))
     _clips(specs, paths, "webvid")
+    _write_truth(raw, truth)
     with (raw / "results_2M_train.csv").open("w", newline="", encoding="utf-8") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
@@ -345,17 +413,20 @@ def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
 def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     n = _count(160, scale)
     specs = _specs(rng, n, unique=False, size=(80, 80), change_p=0.0, second_p=0.4)
-    items = []
+    items, truth = [], []
     for i, spec in enumerate(tqdm(specs, desc="cc3m", unit="img", leave=False)):
         name = f"images/{i:08d}.jpg"
         write_image(raw / name, render(spec, static=True)[0])
-        text = f"a {spec.colour} {spec.shape}"
+        parts = [("a ", None), (spec.colour, SHOWN), (" ", None), (spec.shape, SHOWN)]
         if spec.second:
-            text += f" and a small {spec.second[0]} {spec.second[1]}"
+            parts += [(" and a small ", None), (f"{spec.second[0]} {spec.second[1]}", SHOWN)]
         if rng.random() < 0.6:
-            text += " " + str(rng.choice(REDUNDANT))
-        items.append({"image": name, "caption": text})
+            parts += [(" ", None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE)]
+        cap = Caption.of(parts)
+        items.append({"image": name, "caption": cap.text})
+        truth.append(ground_truth(name, spec, [cap], static=True))
     (raw / "cc3m_train.json").write_text(json.dumps(items, indent=0), encoding="utf-8")
+    _write_truth(raw, truth)
     return {"images": n, "captions": n}
 
 
@@ -365,7 +436,7 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     train = _specs(rng, n9, unique=False, size=(64, 64))
     test = _specs(rng, nt, unique=True, size=(64, 64))
     videos, sentences, sen_id = [], [], 0
-    test_rows = []
+    test_rows, truth = [], []
     ids = {}
     for i, spec in enumerate(train + test):
         vid = f"video{i}"
@@ -376,10 +447,11 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         if split == "test":
             caps[0] = _sentence(spec, rng)  # the one 1k-A query always names colour + shape
             test_rows.append({"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid,
-                              "sentence": caps[0]})
+                              "sentence": caps[0].text})
         for c in caps:
-            sentences.append({"caption": c, "video_id": vid, "sen_id": sen_id})
+            sentences.append({"caption": c.text, "video_id": vid, "sen_id": sen_id})
             sen_id += 1
+        truth.append(ground_truth(f"videos/all/{vid}.mp4", spec, caps))
     _clips(train + test, [raw / "videos" / "all" / f"{ids[i]}.mp4" for i in range(n9 + nt)], "msrvtt")
     (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}),
                                           encoding="utf-8")
@@ -397,6 +469,7 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         wr = csv.DictWriter(f, fieldnames=["key", "vid_key", "video_id", "sentence"])
         wr.writeheader()
         wr.writerows(test_rows)
+    _write_truth(raw, truth)
     return {"videos": n9 + nt, "captions": len(sentences)}
 
 
@@ -408,6 +481,7 @@ def _flickr_name(rng: np.random.Generator, i: int) -> str:
 def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     counts = {"train": _count(80, scale), "val": _count(20, scale), "test": _count(30, scale)}
     n_caps, n_vid, ann = 0, 0, 0
+    truth: list[dict] = []
     for split, n in counts.items():
         specs = _specs(rng, n, unique=split != "train", size=(96, 72), at_least_one_event=True)
         items, paths = [], []
@@ -417,13 +491,15 @@ def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
             sents = _paragraph(spec, rng)
             for j, s in enumerate(sents):  # one entry per moment, as LocalizingMoments does
                 t0 = min(5, j * 6 // len(sents))
-                items.append({"video": name, "description": s, "times": [[t0, t0]], "annotation_id": ann,
+                items.append({"video": name, "description": s.text, "times": [[t0, t0]], "annotation_id": ann,
                               "num_segments": 6})
                 ann += 1
             n_caps += len(sents)
             paths.append(raw / "videos" / name)
+            truth.append(ground_truth(f"videos/{name}", spec, sents))
         _clips(specs, paths, f"didemo-{split}")
         (raw / f"{split}_data.json").write_text(json.dumps(items), encoding="utf-8")
+    _write_truth(raw, truth)
     return {"videos": n_vid, "captions": n_caps}
 
 
@@ -436,17 +512,20 @@ def _youtube_id(rng: np.random.Generator) -> str:
 def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     counts = {"train": _count(60, scale), "val": _count(10, scale), "test": _count(30, scale)}
     captions: dict[str, list[list[str]]] = {}
+    truth: list[dict] = []
     for split, n in counts.items():
         specs = _specs(rng, n, unique=split != "train", size=(80, 64))
         ids = [_youtube_id(rng) for _ in specs]
         for vid, spec in zip(ids, specs):
             k = int(rng.integers(8, 13))
             caps = _captions(spec, rng, k, redundant_p=0.3)
-            captions[vid] = [c.split() for c in caps]  # CLIP4Clip's raw-captions.pkl: token lists
+            captions[vid] = [c.text.split() for c in caps]  # CLIP4Clip's raw-captions.pkl: token lists
+            truth.append(ground_truth(f"YouTubeClips/{vid}.avi", spec, caps))
         _clips(specs, [raw / "YouTubeClips" / f"{v}.avi" for v in ids], f"msvd-{split}")
         (raw / f"{split}_list.txt").write_text("".join(v + "\n" for v in ids), encoding="utf-8")
     with (raw / "raw-captions.pkl").open("wb") as f:
         pickle.dump(captions, f, protocol=4)
+    _write_truth(raw, truth)
     return {"videos": len(captions), "captions": sum(len(v) for v in captions.values())}
 
 
@@ -455,6 +534,7 @@ def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
              "test": "LSMDC16_challenge_1000_publictect.csv"}
     counts = {"train": _count(100, scale), "val": _count(20, scale), "test": _count(30, scale)}
     total = 0
+    truth: list[dict] = []
     for m_i, (split, n) in enumerate(counts.items()):
         specs = _specs(rng, n, unique=split != "train", size=(112, 64))
         movie = f"{m_i + 1:04d}_Synthetic_Shapes_{split.capitalize()}"
@@ -464,12 +544,14 @@ def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
             start, end = t, t + spec.frames / FPS
             t = end + float(rng.uniform(0.5, 5))
             clip = f"{movie}_{_ts(start)}-{_ts(end)}"
-            sent = "SOMEONE watches as " + _sentence(spec, rng, redundant_p=0.4, prefix=False) + "."
-            lines.append("\t".join([clip, _ts(start), _ts(end), _ts(start), _ts(end), sent]))
+            sent = _sentence(spec, rng, redundant_p=0.4, prefix=False).wrap("SOMEONE watches as ", ".")
+            lines.append("\t".join([clip, _ts(start), _ts(end), _ts(start), _ts(end), sent.text]))
             paths.append(raw / "avi" / movie / f"{clip}.avi")
+            truth.append(ground_truth(f"avi/{movie}/{clip}.avi", spec, [sent]))
         _clips(specs, paths, f"lsmdc-{split}")
         (raw / files[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
         total += n
+    _write_truth(raw, truth)
     return {"videos": total, "captions": total}
 
 
@@ -498,7 +580,7 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
         raise ValueError(f"scale must be > 0, got {scale}")
     raw = Path(raw_dir)
     marker = raw / MARKER
-    want = {"seed": seed, "scale": scale}
+    want = {"seed": seed, "scale": scale, "ground_truth": GROUND_TRUTH_VERSION}
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if {k: done.get(k) for k in want} == want:
