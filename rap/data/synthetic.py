@@ -18,6 +18,11 @@ split gives each clip a distinct (colour, shape, motion) combination (distinct c
 where the split is small enough), so a tiny model pre-trained on the WebVid/CC3M parts can beat
 chance at zero-shot retrieval. Horizontal flips would swap "left"/"right": see transforms.py.
 
+Ground truth: every dataset part also gets ``ground_truth.jsonl`` (:func:`ground_truth`; format
+in docs/DESIGN.md, "Ground truth of the embedded corpus"): the shapes painted on each frame and
+which caption words are shown or redundant. rap/data/ground_truth.py maps it onto patches and
+tokens.
+
 Determinism: every random choice comes from ``numpy.random.default_rng((seed, dataset))``
 (each clip's texture, clutter and jitter from its own ``ClipSpec.seed``); x264 runs
 single-threaded on its C code (``X264_OPTIONS``), so every file is a pure function of the seed
