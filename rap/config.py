@@ -355,7 +355,23 @@ class Params:
         """Resolved config as ``a.b.c: value`` (what MLflow logs as params)."""
         flat: dict[str, Any] = {"scale": self.scale, "seed": self.seed, **self.knobs}
         _flatten(dataclasses.asdict(self.cfg), "", flat)
-        return flat
+        return {key: _unshared(value) for key, value in flat.items()}
+
+
+def _unshared(value: Any) -> Any:
+    """``value`` rebuilt so that no two places hold the same str/list/tuple/dict object.
+
+    Checkpoints pickle this dict, and pickle writes an object met twice as a back-reference: the
+    bytes would depend on whether a YAML parse, an override or an interned literal happened to
+    share one string between two keys (the same run from ``rap pretrain --set`` and from Python
+    wrote different checkpoint bytes). Fresh objects make the bytes a function of the values."""
+    if isinstance(value, dict):
+        return {_unshared(k): _unshared(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unshared(v) for v in value)
+    if type(value) is str and len(value) > 1:  # 0/1-character strings are interpreter singletons
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "surrogatepass")
+    return value
 
 
 # --------------------------------------------------------------------------------------

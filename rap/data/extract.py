@@ -23,6 +23,7 @@ from rap.config import DataConfig
 from rap.data import decode, store
 from rap.data.adapters import SPLITS, load_records
 from rap.data.records import ClipRecord, DataError, IndexEntry, ProbeInfo, clean_captions, index_paths
+from rap.data.records import _rel as index_relpath
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
         return _Probed(None, None, str(err)), 0
     if not cfg.frame_store:
         return _Probed(info, None, None), 0
-    rel = store.store_relpath(dataset, rec.path, rec.video_id, cfg.image_size, cfg.store_fps,
+    # keyed by the clip's path as the index writes it (relative to data.root): the store's names,
+    # and so its DVC hash, do not depend on where the data directory lives
+    rel = store.store_relpath(dataset, Path(index_relpath(rec.path, root)), rec.video_id, cfg.image_size, cfg.store_fps,
                               fmt=cfg.store_format, quality=cfg.store_jpeg_quality)
     dest = root / rel
     if store.is_complete(dest):

@@ -18,8 +18,15 @@ split gives each clip a distinct (colour, shape, motion) combination (distinct c
 where the split is small enough), so a tiny model pre-trained on the WebVid/CC3M parts can beat
 chance at zero-shot retrieval. Horizontal flips would swap "left"/"right": see transforms.py.
 
-Determinism: every random choice comes from ``numpy.random.default_rng((seed, dataset))``;
-x264 runs single-threaded.
+Ground truth: every dataset part also gets ``ground_truth.jsonl`` (:func:`ground_truth`; format
+in docs/DESIGN.md, "Ground truth of the embedded corpus"): the shapes painted on each frame and
+which caption words are shown or redundant. rap/data/ground_truth.py maps it onto patches and
+tokens.
+
+Determinism: every random choice comes from ``numpy.random.default_rng((seed, dataset))``
+(each clip's texture, clutter and jitter from its own ``ClipSpec.seed``); x264 runs
+single-threaded on its C code (``X264_OPTIONS``), so every file is a pure function of the seed
+and scale (tests/test_reproducible.py).
 """
 
 from __future__ import annotations
@@ -56,8 +63,19 @@ REDUNDANT = ("on a sunny day", "while music plays", "in slow motion", "at a birt
              "late at night", "near the old town", "in high definition", "with a happy mood",
              "as people cheer", "during the holidays")
 FPS = 8
+# x264 settings of every clip. ``asm=0`` runs x264's plain C code instead of the SIMD kernels
+# it picks for the CPU: (1) with its AVX-512 kernels and macroblock-tree rate control (on by
+# default) the same frames, encoded twice in one process, gave different bytes for ~15 % of our
+# narrow clips (96x64, 64x64, 80x64; decoded pixels up to 6/255 apart) -- asm=AVX2 or
+# mbtree=0 made 4 repetitions agree, asm=AVX512 did not; (2) x264's SIMD levels are not
+# bit-exact with each other (AVX2 and C output differed for every clip tried), so any SIMD
+# choice would make the corpus depend on the CPU's instruction set. The C code costs ~3x encode
+# time (~0.3 s per 50 tiny clips). See docs/DESIGN.md, "Reproducibility".
+X264_OPTIONS = {"preset": "veryfast", "crf": "18", "x264-params": "asm=0"}
 DATASETS = ("webvid", "cc3m", "msrvtt", "didemo", "msvd", "lsmdc")
 MARKER = ".synthetic-complete.json"
+GROUND_TRUTH = "ground_truth.jsonl"  # sidecar of every dataset part (ground_truth())
+GROUND_TRUTH_VERSION = 1  # in the marker: a corpus made before the sidecar existed is remade
 
 
 @dataclass(frozen=True)
@@ -119,37 +137,82 @@ def _specs(rng: np.random.Generator, n: int, *, unique: bool, size: tuple[int, i
     return out
 
 
+SHOWN, REDUNDANT_PHRASE = "shown", "redundant"  # caption span labels (ground truth)
+
+
+@dataclass(frozen=True)
+class Caption:
+    """A caption and its labelled character spans ``(start, end, label)``: ``shown`` for words
+    naming what the frames show (colour, shape, motion, colour change, the second object),
+    ``redundant`` for a phrase no frame shows (``REDUNDANT``); other words are unlabelled."""
+    text: str
+    spans: tuple[tuple[int, int, str], ...]
+
+    @staticmethod
+    def of(parts: list[tuple[str, str | None]]) -> "Caption":
+        spans, pos = [], 0
+        for piece, label in parts:
+            if label and piece:
+                spans.append((pos, pos + len(piece), label))
+            pos += len(piece)
+        return Caption("".join(piece for piece, _ in parts), tuple(spans))
+
+    def wrap(self, head: str = "", tail: str = "", *, capitalise: bool = False) -> "Caption":
+        text = self.text[0].upper() + self.text[1:] if capitalise else self.text
+        return Caption(head + text + tail, tuple((a + len(head), b + len(head), k) for a, b, k in self.spans))
+
+
+def _ending(choice: str, word: str) -> list[tuple[str, str | None]]:
+    """``"... and turns red"`` -> the lead-in unlabelled, the final ``word`` shown."""
+    return [(choice[: len(choice) - len(word)], None), (word, SHOWN)]
+
+
+def _around(choice: str, named: str) -> list[tuple[str, str | None]]:
+    """``", then a red star appears"`` -> ``named`` ("red star") shown, the rest unlabelled."""
+    i = choice.index(named)
+    return [(choice[:i], None), (named, SHOWN), (choice[i + len(named):], None)]
+
+
 def _sentence(spec: ClipSpec, rng: np.random.Generator, *, redundant_p: float = 0.5,
-              drop_colour_p: float = 0.0, prefix: bool = True) -> str:
-    colour = "" if rng.random() < drop_colour_p else spec.colour + " "
-    size = rng.choice(["", "", "big ", "large "])
-    verb = rng.choice(MOTION_PHRASES[spec.motion])
-    text = f"a {size}{colour}{spec.shape} {verb}"
+              drop_colour_p: float = 0.0, prefix: bool = True) -> Caption:
+    # the draws and their order are the corpus: labelling must not add, drop or reorder one
+    keep_colour = not rng.random() < drop_colour_p
+    size = str(rng.choice(["", "", "big ", "large "]))
+    verb = str(rng.choice(MOTION_PHRASES[spec.motion]))
+    parts: list[tuple[str, str | None]] = [("a ", None), (size, None)]
+    if keep_colour:
+        parts += [(spec.colour, SHOWN), (" ", None)]
+    parts += [(spec.shape, SHOWN), (" ", None), (verb, SHOWN)]
     if spec.colour2:
-        text += str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"]))
+        parts += _ending(str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"])),
+                         spec.colour2)
     if spec.second:
         c, s = spec.second
-        text += str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"]))
+        parts += _around(str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"])),
+                         f"{c} {s}")
     if rng.random() < redundant_p:
-        text += str(rng.choice([" ", ", "])) + str(rng.choice(REDUNDANT))
-    lead = rng.choice(["", "", "in this video ", "in the clip "]) if prefix else ""
-    return f"{lead}{text}"
+        parts += [(str(rng.choice([" ", ", "])), None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE)]
+    lead = str(rng.choice(["", "", "in this video ", "in the clip "])) if prefix else ""
+    return Caption.of([(lead, None), *parts])
 
 
-def _captions(spec: ClipSpec, rng: np.random.Generator, n: int, **kw) -> list[str]:
+def _captions(spec: ClipSpec, rng: np.random.Generator, n: int, **kw) -> list[Caption]:
     return [_sentence(spec, rng, **kw) for _ in range(n)]
 
 
-def _paragraph(spec: ClipSpec, rng: np.random.Generator) -> list[str]:
+def _paragraph(spec: ClipSpec, rng: np.random.Generator) -> list[Caption]:
     """DiDeMo: one sentence per temporal moment (2-4), some with commas inside."""
-    sents = [f"a {spec.colour} {spec.shape} {rng.choice(MOTION_PHRASES[spec.motion])}."]
+    sents = [Caption.of([("a ", None), (spec.colour, SHOWN), (" ", None), (spec.shape, SHOWN), (" ", None),
+                         (str(rng.choice(MOTION_PHRASES[spec.motion])), SHOWN), (".", None)])]
     if spec.colour2:
-        sents.append(f"the {spec.shape}, now in the middle, turns {spec.colour2}.")
+        sents.append(Caption.of([("the ", None), (spec.shape, SHOWN), (", now in the middle, turns ", None),
+                                 (spec.colour2, SHOWN), (".", None)]))
     if spec.second:
         c, s = spec.second
-        sents.append(f"a {c} {s} appears in the second half.")
+        sents.append(Caption.of([("a ", None), (f"{c} {s}", SHOWN), (" appears in the second half.", None)]))
     if len(sents) < 4 and rng.random() < 0.6:
-        sents.append(f"the camera stays still, {rng.choice(REDUNDANT)}.")
+        sents.append(Caption.of([("the camera stays still, ", None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE),
+                                 (".", None)]))
     return sents
 
 
@@ -196,24 +259,42 @@ def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, l
     return img.astype(np.float32), clutter
 
 
-def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
-    """uint8 (T, H, W, 3) frames of a clip (``static``: one frame, object at rest)."""
+@dataclass(frozen=True)
+class Drawn:
+    """One shape painted on one frame, in paint order (later ones cover earlier ones).
+    ``role``: "object" (the captioned main object), "second" (the captioned second object) or
+    "clutter" (never captioned: visual redundancy)."""
+    role: str
+    shape: str
+    rgb: tuple[int, int, int] | np.ndarray
+    cx: float
+    cy: float
+    r: float
+
+
+def scene(spec: ClipSpec, static: bool = False) -> tuple[np.ndarray, list[list[Drawn]]]:
+    """The clip's background (float32 (H, W, 3)) and, per frame, the shapes painted on it.
+
+    Every random draw of the clip happens here, in one fixed order from ``spec.seed``, so the
+    frames (:func:`render`) and the ground truth (:func:`ground_truth`) describe the same clip.
+    Positions keep the types the arithmetic gave them (numpy float64 scalars or Python floats):
+    under NumPy 2's promotion rules that decides whether a mask is computed in float32 or
+    float64, and so which boundary pixels it covers -- the corpus bytes depend on it."""
     rng = np.random.default_rng(spec.seed)
     w, h = spec.width, spec.height
     m = min(w, h)
     bg, clutter = _background(rng, w, h)
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r0 = 0.22 * m
     oy, ox = rng.uniform(-0.06, 0.06, size=2) * m
     sx, sy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h  # second object's place
     n = 1 if static else spec.frames
-    frames = np.empty((n, h, w, 3), np.uint8)
+    frames: list[list[Drawn]] = []
     for t in range(n):
         a = 0.5 if static else t / max(1, n - 1)
-        img = bg.copy()
+        drawn = []
         for shape, col, cx, cy, r in clutter:
             jx, jy = rng.integers(-1, 2, size=2)  # clutter jitters a little: still never captioned
-            img[_mask(shape, xx, yy, cx + jx, cy + jy, r)] = col
+            drawn.append(Drawn("clutter", shape, col, cx + jx, cy + jy, r))
         cx, cy, r = w / 2 + ox, h / 2 + oy, r0
         if not static:
             if spec.motion == "left":
@@ -229,10 +310,24 @@ def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
             elif spec.motion == "shrink":
                 r = r0 * (1.3 - 0.85 * a)
         colour = spec.colour2 if (spec.colour2 and a >= 0.5 and not static) else spec.colour
-        img[_mask(spec.shape, xx, yy, cx, cy, r)] = COLOURS[colour]
+        drawn.append(Drawn("object", spec.shape, COLOURS[colour], cx, cy, r))
         if spec.second and (static or a >= 0.5):
             c2, s2 = spec.second
-            img[_mask(s2, xx, yy, sx, sy, 0.13 * m)] = COLOURS[c2]
+            drawn.append(Drawn("second", s2, COLOURS[c2], sx, sy, 0.13 * m))
+        frames.append(drawn)
+    return bg, frames
+
+
+def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
+    """uint8 (T, H, W, 3) frames of a clip (``static``: one frame, object at rest)."""
+    bg, per_frame = scene(spec, static)
+    h, w = bg.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    frames = np.empty((len(per_frame), h, w, 3), np.uint8)
+    for t, drawn in enumerate(per_frame):
+        img = bg.copy()
+        for d in drawn:
+            img[_mask(d.shape, xx, yy, d.cx, d.cy, d.r)] = d.rgb
         frames[t] = np.clip(img, 0, 255).astype(np.uint8)
     return frames
 
@@ -246,8 +341,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int = FPS, gop: int | None 
         s = c.add_stream("libx264", rate=fps)
         s.width, s.height = frames.shape[2], frames.shape[1]
         s.pix_fmt = "yuv420p"
-        s.options = {"preset": "veryfast", "crf": "18"}
-        s.codec_context.thread_count = 1  # bit-identical output for a given seed
+        s.options = dict(X264_OPTIONS)
+        s.codec_context.thread_count = 1  # x264's frame threads reorder decisions between runs
         if gop:
             s.codec_context.gop_size = gop
         for f in frames:
@@ -263,6 +358,26 @@ def write_image(path: Path, frame: np.ndarray) -> None:
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
     Image.fromarray(frame).save(tmp, format="JPEG", quality=92)
     tmp.replace(path)
+
+
+def ground_truth(video: str, spec: ClipSpec, captions: list[Caption], *, static: bool = False) -> dict:
+    """One line of ``ground_truth.jsonl`` (format: docs/DESIGN.md, "Ground truth of the
+    embedded corpus"): the shapes painted on every frame, in paint order, as
+    ``[role, shape, cx, cy, r]`` in source pixels (2 decimals), and each caption's spans."""
+    _, per_frame = scene(spec, static)
+    return {"video": video, "width": spec.width, "height": spec.height, "fps": None if static else FPS,
+            "frames": [[[d.role, d.shape, round(float(d.cx), 2), round(float(d.cy), 2), round(float(d.r), 2)]
+                        for d in drawn] for drawn in per_frame],
+            "captions": [{"text": c.text, "spans": [list(span) for span in c.spans]} for c in captions]}
+
+
+def _write_truth(raw: Path, entries: list[dict]) -> None:
+    """The sidecar beside the publisher-format files (which it never changes)."""
+    tmp = raw / (GROUND_TRUTH + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for e in entries:
+            f.write(json.dumps(e, separators=(",", ":")) + "\n")
+    tmp.replace(raw / GROUND_TRUTH)
 
 
 # ---------------------------------------------------------------------------------------
@@ -282,16 +397,17 @@ def _clips(specs: list[ClipSpec], paths: list[Path], desc: str) -> None:
 def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     n = _count(240, scale)
     specs = _specs(rng, n, unique=False, size=(96, 64))
-    rows, paths = [], []
+    rows, paths, truth = [], [], []
     for i, spec in enumerate(specs):
         vid = f"{int(rng.integers(10**6, 10**8))}{i:04d}"  # numeric like WebVid's; suffix keeps it unique
         page = f"{(i // 50) * 50 + 1:06d}_{(i // 50 + 1) * 50:06d}"
-        cap = _sentence(spec, rng, redundant_p=0.6)
-        cap = cap[0].upper() + cap[1:] + "."
+        cap = _sentence(spec, rng, redundant_p=0.6).wrap(tail=".", capitalise=True)
         rows.append({"videoid": vid, "contentUrl": f"https://example.invalid/webvid/{vid}.mp4",
-                     "duration": f"PT00H00M{spec.frames // FPS:02d}S", "page_dir": page, "name": cap})
+                     "duration": f"PT00H00M{spec.frames // FPS:02d}S", "page_dir": page, "name": cap.text})
         paths.append(raw / "videos" / page / f"{vid}.mp4")
+        truth.append(ground_truth(f"videos/{page}/{vid}.mp4", spec, [cap]))
     _clips(specs, paths, "webvid")
+    _write_truth(raw, truth)
     with (raw / "results_2M_train.csv").open("w", newline="", encoding="utf-8") as f:
         wr = csv.DictWriter(f, fieldnames=list(rows[0]))
         wr.writeheader()
@@ -302,17 +418,20 @@ def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
 def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     n = _count(160, scale)
     specs = _specs(rng, n, unique=False, size=(80, 80), change_p=0.0, second_p=0.4)
-    items = []
+    items, truth = [], []
     for i, spec in enumerate(tqdm(specs, desc="cc3m", unit="img", leave=False)):
         name = f"images/{i:08d}.jpg"
         write_image(raw / name, render(spec, static=True)[0])
-        text = f"a {spec.colour} {spec.shape}"
+        parts = [("a ", None), (spec.colour, SHOWN), (" ", None), (spec.shape, SHOWN)]
         if spec.second:
-            text += f" and a small {spec.second[0]} {spec.second[1]}"
+            parts += [(" and a small ", None), (f"{spec.second[0]} {spec.second[1]}", SHOWN)]
         if rng.random() < 0.6:
-            text += " " + str(rng.choice(REDUNDANT))
-        items.append({"image": name, "caption": text})
+            parts += [(" ", None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE)]
+        cap = Caption.of(parts)
+        items.append({"image": name, "caption": cap.text})
+        truth.append(ground_truth(name, spec, [cap], static=True))
     (raw / "cc3m_train.json").write_text(json.dumps(items, indent=0), encoding="utf-8")
+    _write_truth(raw, truth)
     return {"images": n, "captions": n}
 
 
@@ -322,7 +441,7 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     train = _specs(rng, n9, unique=False, size=(64, 64))
     test = _specs(rng, nt, unique=True, size=(64, 64))
     videos, sentences, sen_id = [], [], 0
-    test_rows = []
+    test_rows, truth = [], []
     ids = {}
     for i, spec in enumerate(train + test):
         vid = f"video{i}"
@@ -333,10 +452,11 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         if split == "test":
             caps[0] = _sentence(spec, rng)  # the one 1k-A query always names colour + shape
             test_rows.append({"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid,
-                              "sentence": caps[0]})
+                              "sentence": caps[0].text})
         for c in caps:
-            sentences.append({"caption": c, "video_id": vid, "sen_id": sen_id})
+            sentences.append({"caption": c.text, "video_id": vid, "sen_id": sen_id})
             sen_id += 1
+        truth.append(ground_truth(f"videos/all/{vid}.mp4", spec, caps))
     _clips(train + test, [raw / "videos" / "all" / f"{ids[i]}.mp4" for i in range(n9 + nt)], "msrvtt")
     (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}),
                                           encoding="utf-8")
@@ -354,6 +474,7 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         wr = csv.DictWriter(f, fieldnames=["key", "vid_key", "video_id", "sentence"])
         wr.writeheader()
         wr.writerows(test_rows)
+    _write_truth(raw, truth)
     return {"videos": n9 + nt, "captions": len(sentences)}
 
 
@@ -365,6 +486,7 @@ def _flickr_name(rng: np.random.Generator, i: int) -> str:
 def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     counts = {"train": _count(80, scale), "val": _count(20, scale), "test": _count(30, scale)}
     n_caps, n_vid, ann = 0, 0, 0
+    truth: list[dict] = []
     for split, n in counts.items():
         specs = _specs(rng, n, unique=split != "train", size=(96, 72), at_least_one_event=True)
         items, paths = [], []
@@ -374,13 +496,15 @@ def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
             sents = _paragraph(spec, rng)
             for j, s in enumerate(sents):  # one entry per moment, as LocalizingMoments does
                 t0 = min(5, j * 6 // len(sents))
-                items.append({"video": name, "description": s, "times": [[t0, t0]], "annotation_id": ann,
+                items.append({"video": name, "description": s.text, "times": [[t0, t0]], "annotation_id": ann,
                               "num_segments": 6})
                 ann += 1
             n_caps += len(sents)
             paths.append(raw / "videos" / name)
+            truth.append(ground_truth(f"videos/{name}", spec, sents))
         _clips(specs, paths, f"didemo-{split}")
         (raw / f"{split}_data.json").write_text(json.dumps(items), encoding="utf-8")
+    _write_truth(raw, truth)
     return {"videos": n_vid, "captions": n_caps}
 
 
@@ -393,17 +517,20 @@ def _youtube_id(rng: np.random.Generator) -> str:
 def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     counts = {"train": _count(60, scale), "val": _count(10, scale), "test": _count(30, scale)}
     captions: dict[str, list[list[str]]] = {}
+    truth: list[dict] = []
     for split, n in counts.items():
         specs = _specs(rng, n, unique=split != "train", size=(80, 64))
         ids = [_youtube_id(rng) for _ in specs]
         for vid, spec in zip(ids, specs):
             k = int(rng.integers(8, 13))
             caps = _captions(spec, rng, k, redundant_p=0.3)
-            captions[vid] = [c.split() for c in caps]  # CLIP4Clip's raw-captions.pkl: token lists
+            captions[vid] = [c.text.split() for c in caps]  # CLIP4Clip's raw-captions.pkl: token lists
+            truth.append(ground_truth(f"YouTubeClips/{vid}.avi", spec, caps))
         _clips(specs, [raw / "YouTubeClips" / f"{v}.avi" for v in ids], f"msvd-{split}")
         (raw / f"{split}_list.txt").write_text("".join(v + "\n" for v in ids), encoding="utf-8")
     with (raw / "raw-captions.pkl").open("wb") as f:
         pickle.dump(captions, f, protocol=4)
+    _write_truth(raw, truth)
     return {"videos": len(captions), "captions": sum(len(v) for v in captions.values())}
 
 
@@ -412,6 +539,7 @@ def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
              "test": "LSMDC16_challenge_1000_publictect.csv"}
     counts = {"train": _count(100, scale), "val": _count(20, scale), "test": _count(30, scale)}
     total = 0
+    truth: list[dict] = []
     for m_i, (split, n) in enumerate(counts.items()):
         specs = _specs(rng, n, unique=split != "train", size=(112, 64))
         movie = f"{m_i + 1:04d}_Synthetic_Shapes_{split.capitalize()}"
@@ -421,12 +549,14 @@ def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
             start, end = t, t + spec.frames / FPS
             t = end + float(rng.uniform(0.5, 5))
             clip = f"{movie}_{_ts(start)}-{_ts(end)}"
-            sent = "SOMEONE watches as " + _sentence(spec, rng, redundant_p=0.4, prefix=False) + "."
-            lines.append("\t".join([clip, _ts(start), _ts(end), _ts(start), _ts(end), sent]))
+            sent = _sentence(spec, rng, redundant_p=0.4, prefix=False).wrap("SOMEONE watches as ", ".")
+            lines.append("\t".join([clip, _ts(start), _ts(end), _ts(start), _ts(end), sent.text]))
             paths.append(raw / "avi" / movie / f"{clip}.avi")
+            truth.append(ground_truth(f"avi/{movie}/{clip}.avi", spec, [sent]))
         _clips(specs, paths, f"lsmdc-{split}")
         (raw / files[split]).write_text("\n".join(lines) + "\n", encoding="utf-8")
         total += n
+    _write_truth(raw, truth)
     return {"videos": total, "captions": total}
 
 
@@ -455,7 +585,7 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
         raise ValueError(f"scale must be > 0, got {scale}")
     raw = Path(raw_dir)
     marker = raw / MARKER
-    want = {"seed": seed, "scale": scale}
+    want = {"seed": seed, "scale": scale, "ground_truth": GROUND_TRUTH_VERSION}
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if {k: done.get(k) for k in want} == want:

@@ -39,7 +39,6 @@ import json
 import logging
 import math
 import platform
-import random
 import resource
 import signal
 import sys
@@ -50,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -66,6 +64,7 @@ from rap.errors import RapError
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import resume as resume_rules
 from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
+from rap.training.determinism import seed_everything  # re-exported: pretrain/finetune import it here
 from rap.training.optim import build_optimizer, build_scheduler
 
 __all__ = [
@@ -191,13 +190,8 @@ def distill_alpha(loss: LossConfig, epoch_float: float) -> float:
     return loss.distill_alpha * min(1.0, epoch_float / loss.distill_ramp_epochs)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
 BF16_NATIVE_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; before it bf16 is emulated
+
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:

@@ -54,9 +54,8 @@ PACKAGE = Path(__file__).resolve().parents[1]
 # Parameters that never change the weights a run produces (flat keys, or prefixes ending in ".").
 _NEUTRAL_PARAMS = ("pretrain.optim.log_every", "pretrain.optim.checkpoint_every", "finetune.optim.log_every",
                    "finetune.optim.checkpoint_every", "data.num_workers", "data.root", "data.check_sizes",
-                   "datasets", "ablations", "finetune.tasks", "evaluate.zero_shot", "pretrain.nodes",
-                   "finetune.nodes", "pretrain.gpus_per_node", "finetune.gpus_per_node",
-                   "pretrain.cpu_procs_per_node", "finetune.cpu_procs_per_node")
+                   "datasets", "ablations", "finetune.tasks", "evaluate.zero_shot")
+# (the process layout is not neutral: the world size decides each rank's share of every batch)
 # ... and those that belong to another stage.
 _OTHER_STAGE_PARAMS = {
     "pretrain": ("finetune.", "evaluate.", "data.frames_eval", "data.sampling_eval"),

@@ -1,0 +1,61 @@
+"""The one place a run's randomness and kernel choice are fixed (docs/DESIGN.md, "Reproducibility").
+
+Pre-training and fine-tuning call :func:`seed_everything` before building the model (the same
+seed on every rank: identical initial weights) and again with ``seed + rank`` before training
+(per-rank streams: dropout, MAC masks, ITM hard negatives). The data order does not depend on
+these generators: :class:`rap.data.datasets.TrainLoader` derives it from (seed, epoch, step,
+rank) alone.
+
+What this buys, measured by tests/test_reproducible.py: on the CPU, for a given machine kind,
+code, params and torch thread count, the checkpoint file and every metric come out
+byte-identical run to run. A different thread count changes the reduction order of the CPU
+kernels and so the low bits of the weights; on CUDA, deterministic algorithms remove the
+run-to-run variation of the kernels PyTorch knows about, but nothing promises equality with the
+CPU or across GPU models, drivers or library versions.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["CUBLAS_WORKSPACE", "MODES", "deterministic_mode", "seed_everything"]
+
+# cuBLAS is only deterministic with a fixed workspace per stream (CUDA docs, "Results
+# reproducibility"); it reads the variable when its handle is created, so it must be set before
+# the first CUDA matmul: seed_everything runs before the model is built.
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+# RAP_DETERMINISTIC: "1" (default) an op without a deterministic kernel raises; "warn" it warns
+# and runs anyway (a GPU run that would otherwise stop on such an op); "0" leaves torch's settings
+# alone (seeding only).
+MODES = ("1", "warn", "0")
+
+
+def deterministic_mode() -> str:
+    """The ``RAP_DETERMINISTIC`` setting; a value outside ``MODES`` is an error naming it."""
+    mode = os.environ.get("RAP_DETERMINISTIC", "1").strip().lower()
+    if mode not in MODES:
+        raise ValueError(f"RAP_DETERMINISTIC={mode!r}: expected one of {MODES}")
+    return mode
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (every CUDA device too) with ``seed`` and make torch use
+    deterministic kernels (``RAP_DETERMINISTIC``): an op without a deterministic implementation
+    raises instead of silently varying, and cuDNN neither benchmarks nor picks
+    non-deterministic algorithms."""
+    mode = deterministic_mode()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    if mode == "0":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.use_deterministic_algorithms(True, warn_only=mode == "warn")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
