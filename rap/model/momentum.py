@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rap.distributed import all_gather_no_grad
+from rap.distributed import GatherCache, all_gather_no_grad
 from rap.model.features import project_text, project_video
 from rap.model.text import TextEncoder
 from rap.model.video import VideoEncoder
@@ -86,11 +86,14 @@ class MomentumEncoders(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, video_m: torch.Tensor, text_m: torch.Tensor, video_ids: torch.Tensor | None,
-                gather: bool) -> None:
-        """FIFO ring buffer; with ``gather`` every rank enqueues the global batch (BLIP)."""
+                gather: bool | GatherCache) -> None:
+        """FIFO ring buffer; with ``gather`` every rank enqueues the global batch (BLIP). A
+        :class:`GatherCache` reuses the ids the losses gathered already."""
         if video_ids is None:
             video_ids = torch.full((video_m.shape[0],), -1, dtype=torch.long, device=video_m.device)
-        if gather:
+        if isinstance(gather, GatherCache):
+            video_m, text_m, video_ids = (gather.no_grad(x) for x in (video_m, text_m, video_ids))
+        elif gather:
             video_m, text_m, video_ids = (all_gather_no_grad(x) for x in (video_m, text_m, video_ids))
         q = self.video_queue.shape[0]
         k = min(video_m.shape[0], q)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rap.config import LossConfig, ModelConfig
+from rap.distributed import GatherCache
 from rap.losses import itc_loss, racl_function, racl_terms
 from rap.model.features import TextFeatures, VideoFeatures, project_text, project_video
 from rap.model.masking import mask_text
@@ -112,14 +113,19 @@ class RaPModel(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def forward(self, batch: Mapping[str, torch.Tensor], *, alpha: float = 0.0, stage: Stage = "pretrain",
-                gather: bool = False, training_stage: Stage | None = None) -> dict[str, torch.Tensor]:
+                gather: bool = False, check_gather_shapes: bool = True,
+                training_stage: Stage | None = None) -> dict[str, torch.Tensor]:
         """Loss terms of eq. (10) for one batch (keys: see module docstring and DESIGN.md).
 
         ``batch``: video (B,K,3,H,W), input_ids/attention_mask (B,L), optional video_index (B,)
         (same-video samples are never negatives), video_aug (needed for intra_video).
         ``alpha``: momentum-distillation weight (only with ``loss.momentum``).
         ``stage`` (alias ``training_stage``, DESIGN.md's name): MAC masking only in "pretrain".
-        ``gather``: contrastive candidates all-gathered across ranks (see rap.losses).
+        ``gather``: contrastive candidates all-gathered across ranks (see rap.losses); each
+        tensor travels once per call (one :class:`GatherCache` per forward: the ids and the
+        global embeddings serve every term). ``check_gather_shapes=False`` skips the shape
+        all-gather before each gather (and its host sync): only for callers that guarantee
+        equal shapes on every rank (equal local batch, text padded to one length).
         """
         stage = training_stage or stage
         if stage not in ("pretrain", "finetune"):
@@ -138,6 +144,7 @@ class RaPModel(nn.Module):
         t_ids, t_mask = self.mask_text_input(input_ids, attention_mask, r_t)
         t = project_text(self.text, self.text_proj, t_ids, t_mask)
         tau = self.temperature
+        shared: GatherCache | bool = GatherCache(check_shapes=check_gather_shapes) if gather else False
 
         out: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=v.emb.device)
@@ -148,9 +155,9 @@ class RaPModel(nn.Module):
                 v_m, t_m = self.momentum.embed(batch["video"], t_ids, t_mask, r_v)
                 l_v2t, l_t2v = self.momentum.distilled_itc(v.emb, t.emb, v_m, t_m, tau, alpha, video_ids)
                 if self.training:
-                    self.momentum.enqueue(v_m, t_m, video_ids, gather)
+                    self.momentum.enqueue(v_m, t_m, video_ids, shared)
             else:
-                l_v2t, l_t2v = itc_loss(v.emb, t.emb, tau, video_ids=video_ids, gather=gather)
+                l_v2t, l_t2v = itc_loss(v.emb, t.emb, tau, video_ids=video_ids, gather=shared)
             out["itc"] = (l_v2t + l_t2v) / 2
             total = total + lc.itc_weight * out["itc"]
         if lc.racl != "none" and lc.racl_lambda > 0:
@@ -158,7 +165,7 @@ class RaPModel(nn.Module):
                 v.emb, v.patches, t.emb, t.tokens, t.token_mask, tau, patch_mask=v.patch_mask,
                 weight_grad=lc.racl_weight_grad, weight_floor=lc.racl_weight_floor, video_ids=video_ids,
                 # the released code's local loss sees the per-GPU batch only
-                gather=gather and lc.racl_variant == "paper")
+                gather=shared if lc.racl_variant == "paper" else False)
             terms = racl_terms(lc.racl, r_v2t, r_t2v)
             out.update(terms)
             total = total + lc.racl_lambda * sum(terms.values())
@@ -172,13 +179,13 @@ class RaPModel(nn.Module):
             if "video_aug" not in batch:
                 raise KeyError("loss.intra_video_weight > 0 needs batch['video_aug'] (a second augmented view)")
             v_aug = self.encode_video(batch["video_aug"], r_v)
-            a, b = itc_loss(v.emb, v_aug.emb, tau, video_ids=video_ids, gather=gather)
+            a, b = itc_loss(v.emb, v_aug.emb, tau, video_ids=video_ids, gather=shared)
             out["intra_video"] = (a + b) / 2
             total = total + lc.intra_video_weight * out["intra_video"]
         if lc.intra_text_weight > 0:
             # SimCSE: a second pass over the same (masked) ids; only dropout differs.
             t_aug = project_text(self.text, self.text_proj, t_ids, t_mask)
-            a, b = itc_loss(t.emb, t_aug.emb, tau, video_ids=video_ids, gather=gather)
+            a, b = itc_loss(t.emb, t_aug.emb, tau, video_ids=video_ids, gather=shared)
             out["intra_text"] = (a + b) / 2
             total = total + lc.intra_text_weight * out["intra_text"]
         if not out:
