@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "init_distributed",
@@ -46,6 +47,7 @@ __all__ = [
     "GatherCache",
     "CollectiveCounter",
     "count_collectives",
+    "StepTerms",
 ]
 
 def _env_int(name: str, default: int) -> int:
@@ -266,9 +268,9 @@ class GatherCache:
 class CollectiveCounter:
     """What a region issued: collectives by kind (``counts``), the bytes each rank contributed
     and received through them (``bytes``; all-gather: the gathered output, all-reduce: the
-    tensor), and host reads of tensor values (``host_syncs``: ``.item()``, ``.tolist()``,
-    ``bool()``/``int()``/``float()`` of a tensor, each a device-to-host sync on a GPU; on CUDA
-    the driver's own sync reports are counted instead, which also catch e.g. boolean indexing).
+    tensor), and host syncs (``host_syncs``: reads of tensor values and data-dependent output
+    sizes, each a device-to-host sync on a GPU, see :class:`_SyncingOps`; on CUDA the driver's
+    own sync reports are counted instead).
     Collectives made by DDP's C++ reducer (gradient buckets) are not seen."""
 
     counts: dict[str, int] = field(default_factory=dict)
@@ -287,7 +289,7 @@ class CollectiveCounter:
 _ACTIVE: list[CollectiveCounter] = []
 _TORCH_COLLECTIVES = ("all_gather", "all_reduce", "all_gather_object", "broadcast", "reduce_scatter",
                       "all_to_all", "barrier", "all_gather_into_tensor", "reduce_scatter_tensor")
-_HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__")
+_HOST_READS = ("tolist",)  # reads that bypass the dispatcher on a CPU tensor
 
 
 def _count(kind: str, nbytes: int) -> None:
@@ -319,6 +321,26 @@ def _counting_collective(name: str, fn: Callable) -> Callable:
             _count(name, _tensor_bytes(name, args))
         return fn(*args, **kwargs)
     return wrapper
+
+
+class _SyncingOps(TorchDispatchMode):
+    """Counts the operators that make a GPU wait for the host: reading a value (``.item()``,
+    ``bool(t)``, ``int(t)``: ``_local_scalar_dense``), or an output whose size depends on the
+    data (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``)."""
+
+    _ALWAYS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+               "equal", "is_nonzero"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self._ALWAYS or (name == "index" and _has_bool_index(args)):
+            _count_host_read()
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_index(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
 
 
 def _counting_read(fn: Callable) -> Callable:
@@ -361,7 +383,8 @@ def count_collectives(device: torch.device | None = None) -> Iterator[Collective
                     torch.cuda.set_sync_debug_mode(previous)
             counter.host_syncs += sum("synchroniz" in str(w.message) for w in caught)
         else:
-            yield counter
+            with _SyncingOps():
+                yield counter
     finally:
         for name, fn in saved_dist.items():
             setattr(dist, name, fn)
@@ -371,3 +394,62 @@ def count_collectives(device: torch.device | None = None) -> Iterator[Collective
             else:
                 setattr(torch.Tensor, name, fn)
         _ACTIVE.remove(counter)
+
+
+# --------------------------------------------------------------------------------------
+# One host sync per optimiser step: loss terms accumulated on the device
+# --------------------------------------------------------------------------------------
+
+
+class StepTerms:
+    """The scalar loss terms of one optimiser step's micro-batches, kept on the device.
+
+    :meth:`add` (per micro-batch) neither communicates nor reads a value on the host;
+    :meth:`reduce` (once per step, before the optimiser steps) does one all-reduce and one host
+    read for everything: the rank-mean of each term, extra per-step scalars (the gradient norm)
+    and which terms were non-finite on any rank, so every rank can raise together. Non-finite
+    values are counted as flags and left out of the sums (a NaN would hide the other terms).
+    """
+
+    def __init__(self) -> None:
+        self._names: tuple[str, ...] | None = None
+        self._values: torch.Tensor | None = None
+        self._flags: torch.Tensor | None = None
+
+    def add(self, terms: Mapping[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Accumulate ``weight * term`` (weight = 1 / micro-batches gives the step mean)."""
+        names = tuple(terms)
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"StepTerms: micro-batch terms {names} differ from the step's first {self._names}")
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+        bad = ~torch.isfinite(values)
+        values = torch.where(bad, torch.zeros_like(values), values) * weight
+        self._values = values if self._values is None else self._values + values
+        self._flags = bad.float() if self._flags is None else self._flags + bad.float()
+
+    def reduce(self, extra: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, float], list[str]]:
+        """``(means, bad)``: rank-means of the accumulated terms and of ``extra`` (scalars), and
+        the names non-finite on at least one rank. One collective and one host read."""
+        if self._values is None or self._flags is None or self._names is None:
+            raise ValueError("StepTerms.reduce: no micro-batch was added")
+        extra = dict(extra or {})
+        names = self._names + tuple(extra)
+        device = self._values.device
+        extra_values = [e.detach().float().reshape(()).to(device) for e in extra.values()]
+        values = torch.cat([self._values, torch.stack(extra_values)]) if extra_values else self._values
+        extra_bad = ~torch.isfinite(values[len(self._names):])
+        flags = torch.cat([self._flags, extra_bad.float()])
+        values = torch.where(flags > 0, torch.zeros_like(values), values)
+        both = torch.cat([values, flags])
+        if is_distributed():
+            _count("all_reduce", both.numel() * both.element_size())
+            dist.all_reduce(both, op=dist.ReduceOp.SUM)
+            both[: len(names)] /= dist.get_world_size()
+        host = both.cpu().tolist()  # the step's one host sync
+        means = dict(zip(names, host[: len(names)]))
+        bad = [name for name, f in zip(names, host[len(names):]) if f > 0]
+        for name in bad:
+            means[name] = float("nan")
+        return means, bad

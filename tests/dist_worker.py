@@ -120,6 +120,42 @@ def racl_traffic(rank: int, world: int, n_patch: int, n_tok: int, local_gather: 
     return {"collectives": counter.collectives, "bytes": counter.total_bytes, "host_syncs": counter.host_syncs}
 
 
+def check_step_terms(rank: int, world: int) -> dict[str, object]:
+    """StepTerms: rank 1's second micro-batch has a NaN term; every rank must see it, the
+    finite term averaged over micro-batches and ranks, with one host sync per step."""
+    terms = [{"loss": torch.tensor(1.0 + rank), "itc": torch.tensor(2.0)},
+             {"loss": torch.tensor(3.0 + rank), "itc": torch.tensor(float("nan") if rank == 1 else 4.0)}]
+    acc = rd.StepTerms()
+    with rd.count_collectives() as adding:
+        for t in terms:
+            acc.add(t, 0.5)
+    with rd.count_collectives() as reducing:
+        means, bad = acc.reduce({"grad_norm": torch.tensor(5.0)})
+    want_loss = sum(0.5 * (1.0 + r) + 0.5 * (3.0 + r) for r in range(world)) / world
+    return {"bad": bad, "loss_error": abs(means["loss"] - want_loss), "grad_norm": means["grad_norm"],
+            "add_syncs": adding.host_syncs + adding.collectives, "reduce_syncs": reducing.host_syncs,
+            "reduce_collectives": reducing.collectives}
+
+
+def check_model_collectives() -> dict[str, object]:
+    """Collectives of one RaPModel forward + backward with every term on (tiny encoders)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_model import _batch, _cfgs  # the embedded-scale model of the unit tests
+
+    from rap.model import RaPModel
+    model_cfg, loss_cfg = _cfgs()
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).train()
+    batch = _batch(model, b=3)
+    batch["video_index"] = torch.arange(3)
+    out = {}
+    for checked in (True, False):
+        with rd.count_collectives() as c:
+            model(batch, gather=True, check_gather_shapes=checked)["loss"].backward()
+        out[f"checked_{checked}"] = {"counts": c.counts, "host_syncs": c.host_syncs}
+    return out
+
+
 def check_unequal_batches(rank: int) -> str:
     batch = global_batch(2)
     size = B if rank == 0 else B - 1
@@ -146,6 +182,8 @@ def main() -> None:
     report["traffic"] = {f"{mode}_{size}": racl_traffic(rank, world, n, l, mode) for mode in ("anchors", "features")
                          for size, (n, l) in {"small": (N, L), "big": (4 * N, 3 * L)}.items()}
     report["unequal_error"] = check_unequal_batches(rank)
+    report["step_terms"] = check_step_terms(rank, world)
+    report["model_collectives"] = check_model_collectives()
     rd.barrier()
     (out / f"rank{rank}.json").write_text(json.dumps(report, indent=1))
     rd.cleanup()

@@ -77,6 +77,25 @@ def test_racl_moves_no_local_features(worker_reports):
         assert t["features_big"]["bytes"] > t["features_small"]["bytes"] > t["anchors_small"]["bytes"]
 
 
+def test_step_terms_one_sync_per_step_and_every_rank_sees_a_nan(worker_reports):
+    for rep in worker_reports:
+        st = rep["step_terms"]
+        assert st["bad"] == ["itc"] and st["loss_error"] < 1e-6 and st["grad_norm"] == 5.0
+        assert st["add_syncs"] == 0 and st["reduce_syncs"] == 1 and st["reduce_collectives"] == 1
+
+
+def test_model_forward_gathers_each_tensor_once(worker_reports):
+    """Every term on (ITC, RaCL, ITM, LM, intra-video, intra-text), with video ids: forward
+    gathers = ids once + video/text embeddings + their augmented views + RaCL's two partial
+    log-sum-exps = 7; backward = one all-reduce per gradient-carrying gather = 6. Without shape
+    checks there is no host sync at all; with them one shape gather (and sync) per gather."""
+    for rep in worker_reports:
+        fast = rep["model_collectives"]["checked_False"]
+        assert fast["counts"] == {"all_gather": 7, "all_reduce": 6} and fast["host_syncs"] == 0
+        checked = rep["model_collectives"]["checked_True"]
+        assert checked["counts"] == {"all_gather": 14, "all_reduce": 6} and checked["host_syncs"] == 7
+
+
 def test_unequal_local_batches_raise_a_clear_error(worker_reports):
     for rep in worker_reports:
         assert "same shape" in rep["unequal_error"] and "equal local batch size" in rep["unequal_error"]

@@ -70,6 +70,27 @@ class RaPModel(nn.Module):
         return {name for name, p in self.named_parameters()
                 if p.requires_grad and (p.ndim <= 1 or name.endswith(_NO_DECAY_SUFFIXES))}
 
+    def unused_parameter_names(self) -> set[str]:
+        """Trainable parameters no switched-on loss term reaches (so they never get a gradient).
+
+        DDP needs ``find_unused_parameters=True`` (an extra graph traversal every step) only
+        when this is non-empty; with every term of eq. (10) on, it is empty."""
+        lc = self.loss_cfg
+        uses_lm, uses_itm = lc.lm_weight > 0, lc.itm_weight > 0
+        uses_embeddings = (lc.itc_weight > 0 or (lc.racl != "none" and lc.racl_lambda > 0)
+                           or lc.intra_video_weight > 0 or lc.intra_text_weight > 0)
+        prefixes = []
+        if not uses_lm:
+            prefixes += ["text.dec_self_attn.", "text.lm_transform.", "text.lm_bias"]
+        if not uses_itm:
+            prefixes += ["itm_head."]
+        if not uses_lm and not uses_itm:
+            prefixes += ["text.cross_attn."]
+        if not uses_embeddings:
+            prefixes += ["vision_proj.", "text_proj.", "temp"]
+        return {name for name, p in self.named_parameters()
+                if p.requires_grad and name.startswith(tuple(prefixes))} if prefixes else set()
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision.set_grad_checkpointing(enable)
         self.text.grad_checkpointing = enable
@@ -217,13 +238,18 @@ class RaPModel(nn.Module):
             neg_text, has_neg_text = _sample_rows(w_v2t)
             neg_video, has_neg_video = _sample_rows(w_t2v)
         rows = torch.arange(b, device=dev)
-        vid_idx = torch.cat([rows, neg_video[has_neg_video], rows[has_neg_text]])
-        txt_idx = torch.cat([rows, rows[has_neg_video], neg_text[has_neg_text]])
+        # Always 3B pairs (positives, a negative text per video, a negative video per text) so
+        # that no size depends on the data (boolean indexing would make the GPU wait for the
+        # host); a pair without a negative is computed but weighs 0 in the mean.
+        vid_idx = torch.cat([rows, neg_video, rows])
+        txt_idx = torch.cat([rows, rows, neg_text])
         labels = torch.cat([torch.ones(b, dtype=torch.long, device=dev),
-                            torch.zeros(len(vid_idx) - b, dtype=torch.long, device=dev)])
+                            torch.zeros(2 * b, dtype=torch.long, device=dev)])
+        used = torch.cat([torch.ones(b, dtype=torch.bool, device=dev), has_neg_video, has_neg_text])
         logits = self._itm_logits(v.hidden[vid_idx], v.hidden_mask[vid_idx], input_ids[txt_idx],
                                   attention_mask[txt_idx])
-        return F.cross_entropy(logits.float(), labels)
+        per_pair = F.cross_entropy(logits.float(), labels, reduction="none")
+        return torch.where(used, per_pair, torch.zeros_like(per_pair)).sum() / used.sum()
 
     def _lm_loss(self, v: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Video-grounded captioning (A.1): [DEC] as BOS, predict every following real token
