@@ -335,3 +335,25 @@ def test_unused_parameter_names_are_exactly_those_without_gradient(changes):
     no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
     assert model.unused_parameter_names() == no_grad
     assert bool(no_grad) == bool(changes)
+
+
+def test_itm_scores_with_per_video_keys_values_equal_per_pair(model: RaPModel):
+    """Re-ranking computes each video's cross-attention keys/values once (``video_rows``); the
+    scores equal the per-pair computation, and the injected cross-attention equals stock
+    BertAttention on the video tokens."""
+    model.eval()
+    batch = _batch(model, b=3, seed=5)
+    with torch.no_grad():
+        v = model.encode_video(batch["video"])
+        rows = torch.tensor([2, 0, 2, 1, 2, 0])  # video 2 paired with three texts
+        texts = torch.tensor([0, 1, 2, 0, 1, 2])
+        ids, mask = batch["input_ids"][texts], batch["attention_mask"][texts]
+        per_pair = model.itm_scores(v.index(rows), ids, mask)
+        cached = model.itm_scores(v, ids, mask, video_rows=rows)
+        torch.testing.assert_close(cached, per_pair, rtol=1e-5, atol=1e-5)
+        h = torch.randn(3, 5, model.text.width)
+        cross_mask = model.text._mask(v.hidden_mask[:, None, None, :].expand(3, 1, 5, -1), h.dtype)
+        stock = model.text.cross_attn[0](h, None, v.hidden, cross_mask)[0]
+        ours = model.text._cross_attend(0, h, model.text._layer_kv(0, v.hidden), cross_mask)
+        torch.testing.assert_close(ours, stock, rtol=0, atol=0)
+    model.train()

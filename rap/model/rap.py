@@ -25,7 +25,7 @@ from rap.losses import itc_loss, racl_function, racl_terms
 from rap.model.features import TextFeatures, VideoFeatures, project_text, project_video
 from rap.model.masking import mask_text
 from rap.model.momentum import MomentumEncoders
-from rap.model.text import TextEncoder, with_prompt
+from rap.model.text import TextEncoder, VideoKV, with_prompt
 from rap.model.tokenizer import SpecialIds, build_tokenizer
 from rap.model.video import VideoEncoder
 
@@ -115,21 +115,28 @@ class RaPModel(nn.Module):
         input_ids, attention_mask = self.mask_text_input(input_ids, attention_mask, mask_ratio)
         return project_text(self.text, self.text_proj, input_ids, attention_mask)
 
-    def _itm_logits(self, video_hidden: torch.Tensor, video_mask: torch.Tensor, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor) -> torch.Tensor:
+    def _itm_logits(self, video_hidden: torch.Tensor | None, video_mask: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, video_kv: VideoKV | None = None) -> torch.Tensor:
         """(B, 2) no-match / match logits from the [ENC] output of the video-grounded encoder."""
         h = self.text(with_prompt(input_ids, self.special.enc), attention_mask, video_hidden=video_hidden,
-                      video_mask=video_mask)
+                      video_mask=video_mask, video_kv=video_kv)
         return self.itm_head(h[:, 0])
 
-    def itm_scores(self, video_feats: VideoFeatures, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
-        """Match logit log(p_match / p_no_match), (B,), for pair i = (video i, text i).
+    def itm_scores(self, video_feats: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   video_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Match logit log(p_match / p_no_match), (P,), for pair p = (video p, text p), or with
+        ``video_rows`` (P,) for pair p = (video ``video_rows[p]`` of ``video_feats``, text p):
+        each video's cross-attention keys and values are then computed once, however many of
+        the P texts it is paired with (ITM re-ranking), and gathered per pair.
 
         Uses the frame-averaged video tokens exactly as in training (the release trains on
         averaged tokens but evaluates on concatenated frames; we do not).
         """
-        logits = self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
+        if video_rows is None:
+            logits = self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
+        else:
+            kv = [(k[video_rows], v[video_rows]) for k, v in self.text.video_kv(video_feats.hidden)]
+            logits = self._itm_logits(None, video_feats.hidden_mask[video_rows], input_ids, attention_mask, kv)
         return logits[:, 1] - logits[:, 0]
 
     # ------------------------------------------------------------------ losses
