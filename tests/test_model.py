@@ -357,3 +357,24 @@ def test_itm_scores_with_per_video_keys_values_equal_per_pair(model: RaPModel):
         ours = model.text._cross_attend(0, h, model.text._layer_kv(0, v.hidden), cross_mask)
         torch.testing.assert_close(ours, stock, rtol=0, atol=0)
     model.train()
+
+
+def test_second_view_through_the_momentum_video_encoder():
+    """intra_video_view: momentum encodes video_aug with an EMA copy of the video tower only
+    (no text tower, no queue, no gradient), updated every training step; the loss trains."""
+    model_cfg, loss_cfg = _cfgs(intra_video_view="momentum")
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).train()
+    assert model.momentum is not None and not hasattr(model.momentum, "text")
+    out = model(_batch(model))
+    before = next(model.momentum.vision.parameters()).clone()
+    out["loss"].backward()
+    assert torch.isfinite(out["intra_video"]) and "intra_video" in out
+    assert all(p.grad is None for p in model.momentum.parameters())
+    assert model.unused_parameter_names() == set()  # DDP can run without find_unused_parameters
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("momentum."):
+                p.add_(0.1)
+    model(_batch(model))  # the EMA step pulls the copy towards the moved online weights
+    torch.testing.assert_close(next(model.momentum.vision.parameters()), before + 0.1 * (1 - loss_cfg.momentum_m))

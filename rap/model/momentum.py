@@ -25,15 +25,17 @@ class MomentumEncoders(nn.Module):
     """EMA copies + queues. Attribute names mirror :class:`rap.model.rap.RaPModel` so that
     :meth:`update` can pair parameters by name."""
 
-    def __init__(self, vision: VideoEncoder, text: TextEncoder, vision_proj: nn.Linear, text_proj: nn.Linear,
-                 *, queue_size: int, m: float) -> None:
+    def __init__(self, vision: VideoEncoder, text: TextEncoder | None, vision_proj: nn.Linear,
+                 text_proj: nn.Linear | None, *, queue_size: int, m: float) -> None:
+        """``text=None``: a video-only copy (the intra-video second view), no text tower."""
         super().__init__()
         self.vision = copy.deepcopy(vision)
-        self.text = copy.deepcopy(text)
-        # The momentum text tower only runs the unimodal pass: drop the ITM/LM parts.
-        del self.text.cross_attn, self.text.dec_self_attn, self.text.lm_transform, self.text.lm_bias
         self.vision_proj = copy.deepcopy(vision_proj)
-        self.text_proj = copy.deepcopy(text_proj)
+        if text is not None and text_proj is not None:
+            self.text = copy.deepcopy(text)
+            # The momentum text tower only runs the unimodal pass: drop the ITM/LM parts.
+            del self.text.cross_attn, self.text.dec_self_attn, self.text.lm_transform, self.text.lm_bias
+            self.text_proj = copy.deepcopy(text_proj)
         for p in self.parameters():
             p.requires_grad_(False)
         self.m = m
@@ -50,6 +52,11 @@ class MomentumEncoders(nn.Module):
         params = dict(online.named_parameters())
         for name, p_m in self.named_parameters():
             p_m.mul_(self.m).add_(params[name].detach(), alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def embed_video(self, video: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """Momentum global video embeddings (B, D): forward only, no activations kept."""
+        return project_video(self.vision, self.vision_proj, video, mask_ratio).emb
 
     @torch.no_grad()
     def embed(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -53,6 +53,10 @@ class RaPModel(nn.Module):
         if loss_cfg.momentum:
             self.momentum = MomentumEncoders(self.vision, self.text, self.vision_proj, self.text_proj,
                                              queue_size=loss_cfg.queue_size, m=loss_cfg.momentum_m)
+        elif loss_cfg.intra_video_view == "momentum" and loss_cfg.intra_video_weight > 0:
+            # Only the video tower is needed for the second view; no queues.
+            self.momentum = MomentumEncoders(self.vision, None, self.vision_proj, None, queue_size=1,
+                                             m=loss_cfg.momentum_m)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -176,10 +180,10 @@ class RaPModel(nn.Module):
 
         out: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=v.emb.device)
+        if self.momentum is not None and self.training:
+            self.momentum.update(self)
         if lc.itc_weight > 0:
-            if self.momentum is not None:
-                if self.training:
-                    self.momentum.update(self)
+            if lc.momentum and self.momentum is not None:
                 v_m, t_m = self.momentum.embed(batch["video"], t_ids, t_mask, r_v)
                 l_v2t, l_t2v = self.momentum.distilled_itc(v.emb, t.emb, v_m, t_m, tau, alpha, video_ids)
                 if self.training:
@@ -206,8 +210,8 @@ class RaPModel(nn.Module):
         if lc.intra_video_weight > 0:
             if "video_aug" not in batch:
                 raise KeyError("loss.intra_video_weight > 0 needs batch['video_aug'] (a second augmented view)")
-            v_aug = self.encode_video(batch["video_aug"], r_v)
-            a, b = itc_loss(v.emb, v_aug.emb, tau, video_ids=video_ids, gather=shared)
+            v_aug = self._second_view(batch["video_aug"], r_v)
+            a, b = itc_loss(v.emb, v_aug, tau, video_ids=video_ids, gather=shared)
             out["intra_video"] = (a + b) / 2
             total = total + lc.intra_video_weight * out["intra_video"]
         if lc.intra_text_weight > 0:
@@ -220,6 +224,16 @@ class RaPModel(nn.Module):
             raise ValueError("no loss term is switched on: every loss weight is 0 and racl is 'none' or lambda 0")
         out["loss"] = total
         return out
+
+    def _second_view(self, video_aug: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """Global embeddings (B, D) of the augmented view for intra-video (A.1), by the encoder
+        ``loss.intra_video_view`` names: the online one (gradient through both views) or its
+        momentum copy (forward only; gradient through the first view, as in TCL)."""
+        if self.loss_cfg.intra_video_view == "momentum":
+            if self.momentum is None:
+                raise ValueError("loss.intra_video_view 'momentum' needs the momentum video encoder")
+            return self.momentum.embed_video(video_aug, mask_ratio)
+        return self.encode_video(video_aug, mask_ratio).emb
 
     def _itm_loss(self, v: VideoFeatures, t: TextFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   video_ids: torch.Tensor | None) -> torch.Tensor:
