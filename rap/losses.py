@@ -88,7 +88,11 @@ def _acc_dtype(*xs: Tensor) -> torch.dtype:
 
 @contextlib.contextmanager
 def _no_autocast(device: torch.device) -> Iterator[None]:
-    """Under AMP, einsum/matmul would be cast back to half precision: keep the scores fp32."""
+    """Under AMP, einsum/matmul would be cast back to half precision: keep the scores fp32.
+    (The meta device, where benchmarks count FLOPs, has no autocast.)"""
+    if device.type == "meta":
+        yield
+        return
     with torch.autocast(device_type=device.type, enabled=False):
         yield
 
