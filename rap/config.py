@@ -28,6 +28,7 @@ from rap.errors import RapError
 
 RaclDirection = Literal["both", "v2t", "t2v", "none"]
 RaclVariant = Literal["paper", "official"]
+IntraVideoView = Literal["online", "momentum"]
 Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
@@ -112,6 +113,10 @@ class LossConfig:
     lm_weight: float = 1.0
     intra_video_weight: float = 1.0
     intra_text_weight: float = 1.0
+    # Encoder of intra-video's second augmented view (A.1 does not say): "online" (with
+    # gradient, two ViT passes with backward per clip) or "momentum" (an EMA copy, forward only,
+    # as TCL, which A.1 follows, and the release do). See DESIGN.md "Second view".
+    intra_video_view: IntraVideoView = "online"
     momentum: bool = False  # BLIP-style momentum encoders + queues + distillation (code option)
     momentum_m: float = 0.995
     queue_size: int = 57600

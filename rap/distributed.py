@@ -9,15 +9,29 @@ The contrastive losses (paper eqs. 2-3 and 7-8) compare each local anchor agains
 candidates of the *global* batch, as the paper's 64-GPU pre-training does:
 :func:`all_gather_with_grad` concatenates a tensor over ranks and routes the gradient of
 every rank's loss back to the rank that owns each slice.
+
+Traffic: :class:`GatherCache` gathers each tensor of one forward pass once (the same-video ids
+and the global embeddings serve every loss), and ``check_shapes=False`` drops the shape
+all-gather (a collective plus a host read) where the caller guarantees equal shapes (the
+training loop pads text to a fixed length and drops ragged batches). :func:`check_equal_shapes`
+validates many tensors in one collective, for a caller that checks once (first step) instead of
+before every gather. :class:`CollectiveCounter` counts collectives, their bytes, and host reads
+of tensor values (each a GPU sync) over a region, for the benchmarks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import warnings
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
+from torch.utils._python_dispatch import TorchDispatchMode
 
 __all__ = [
     "init_distributed",
@@ -29,6 +43,11 @@ __all__ = [
     "all_reduce_mean",
     "all_gather_with_grad",
     "all_gather_no_grad",
+    "check_equal_shapes",
+    "GatherCache",
+    "CollectiveCounter",
+    "count_collectives",
+    "StepTerms",
 ]
 
 def _env_int(name: str, default: int) -> int:
@@ -111,19 +130,40 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_SHAPE_SLOTS = 9  # dim + up to 8 sizes per tensor
+
+
+def _shape_rows(tensors: Mapping[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """(T, 9) long: ``[dim, *shape]`` of each tensor, padded with -1 (tensors of different
+    rank can still be gathered in one collective)."""
+    rows = torch.full((len(tensors), _SHAPE_SLOTS), -1, dtype=torch.long)
+    for row, x in zip(rows, tensors.values()):
+        desc = [x.dim(), *x.shape][:_SHAPE_SLOTS]
+        row[: len(desc)] = torch.tensor(desc, dtype=torch.long)
+    return rows.to(device)
+
+
+def check_equal_shapes(tensors: Mapping[str, torch.Tensor], what: str = "all_gather") -> None:
+    """Raise on every rank if the ranks disagree on the shape of any of ``tensors`` (one
+    all-gather and one host read for all of them). all_gather needs equal shapes, and the
+    losses locate each rank's positives at offset ``rank * B``. No-op in one process."""
+    if not is_distributed() or not tensors:
+        return
+    device = next(iter(tensors.values())).device
+    rows = _shape_rows(tensors, device)
+    gathered = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+    _count("all_gather", rows.numel() * rows.element_size() * dist.get_world_size())
+    dist.all_gather(gathered, rows)
+    per_rank = torch.stack(gathered).cpu().tolist()  # the host read (a sync on a GPU)
+    for i, name in enumerate(tensors):
+        shapes = [tuple(r[i][1: 1 + r[i][0]]) for r in per_rank]
+        if any(s != shapes[0] for s in shapes):
+            raise ValueError(f"{what} ({name}): every rank must pass the same shape (equal local batch size), "
+                             f"got {dict(enumerate(shapes))}")
+
+
 def _check_equal_shapes(x: torch.Tensor, what: str) -> None:
-    """Raise on every rank if the ranks disagree on ``x.shape`` (all_gather needs equal
-    shapes, and the losses locate each rank's positives at offset ``rank * B``)."""
-    shape = torch.tensor([x.dim(), *x.shape], dtype=torch.long, device=x.device)
-    # Pad to a fixed length so that tensors of different rank can still be gathered.
-    fixed = torch.full((9,), -1, dtype=torch.long, device=x.device)
-    fixed[: min(9, shape.numel())] = shape[:9]
-    gathered = [torch.empty_like(fixed) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, fixed)
-    shapes = [tuple(int(v) for v in g[1: 1 + int(g[0])]) for g in gathered]
-    if any(s != shapes[0] for s in shapes):
-        raise ValueError(f"{what}: every rank must pass the same shape (equal local batch size), "
-                         f"got {dict(enumerate(shapes))}")
+    check_equal_shapes({"tensor": x}, what)
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -140,6 +180,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         x = x.contiguous()
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        _count("all_gather", x.numel() * x.element_size() * dist.get_world_size())
         dist.all_gather(parts, x)
         ctx.rank = dist.get_rank()
         ctx.batch = x.shape[0]
@@ -148,34 +189,270 @@ class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         grad = grad.contiguous().clone()
+        _count("all_reduce", grad.numel() * grad.element_size())
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         return grad[ctx.rank * ctx.batch: (ctx.rank + 1) * ctx.batch]
 
 
-def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+def all_gather_with_grad(x: torch.Tensor, *, check_shapes: bool = True) -> torch.Tensor:
     """``(B, ...)`` on each rank -> ``(world * B, ...)``, rank r's slice at ``[r*B:(r+1)*B]``,
     differentiable w.r.t. every rank's ``x``. Identity outside a multi-rank process group.
-    All ranks must call it with the same shape (checked, ValueError otherwise)."""
+    All ranks must call it with the same shape: checked (ValueError otherwise) unless
+    ``check_shapes=False``, which saves a collective and a host read when the caller knows."""
     if not is_distributed():
         return x
-    _check_equal_shapes(x, "all_gather_with_grad")
+    if check_shapes:
+        _check_equal_shapes(x, "all_gather_with_grad")
     return _AllGatherWithGrad.apply(x)
 
 
-def all_gather_no_grad(x: torch.Tensor) -> torch.Tensor:
+def all_gather_no_grad(x: torch.Tensor, *, check_shapes: bool = True) -> torch.Tensor:
     """Like :func:`all_gather_with_grad` but detached (masks, ids, momentum features). Bool
     tensors are supported (sent as uint8, which every backend handles)."""
     if not is_distributed():
         return x.detach()
-    _check_equal_shapes(x, "all_gather_no_grad")
+    if check_shapes:
+        _check_equal_shapes(x, "all_gather_no_grad")
     send = x.detach().contiguous()
     is_bool = send.dtype == torch.bool
     if is_bool:
         send = send.to(torch.uint8)
     parts = [torch.empty_like(send) for _ in range(dist.get_world_size())]
+    _count("all_gather", send.numel() * send.element_size() * dist.get_world_size())
     dist.all_gather(parts, send)
     out = torch.cat(parts, dim=0)
     return out.bool() if is_bool else out
+
+
+class GatherCache:
+    """The all-gathers of one forward pass, each done once.
+
+    Several losses of eq. (10) need the same global tensors (ITC, RaCL and the intra-modal
+    terms all use the global embeddings; every one of them the same-video ids): the first
+    request gathers, later ones reuse the result (and its autograd node, so the backward
+    all-reduce also happens once). Keys are the identity of the local tensor and the dtype it
+    is gathered in; the cache holds a reference to each source, so an identity is never
+    reused while cached. Create one per forward pass (never across micro-batches).
+    """
+
+    def __init__(self, *, check_shapes: bool = True) -> None:
+        self.check_shapes = check_shapes
+        self._memo: dict[tuple[int, torch.dtype | None, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _get(self, x: torch.Tensor, dtype: torch.dtype | None, grad: bool) -> torch.Tensor:
+        key = (id(x), dtype, grad)
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is x:
+            return hit[1]
+        send = x if dtype is None else x.to(dtype)
+        gather = all_gather_with_grad if grad else all_gather_no_grad
+        out = gather(send, check_shapes=self.check_shapes)
+        self._memo[key] = (x, out)
+        return out
+
+    def with_grad(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """:func:`all_gather_with_grad` of ``x`` (cast to ``dtype`` first), once per cache."""
+        return self._get(x, dtype, True)
+
+    def no_grad(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`all_gather_no_grad` of ``x``, once per cache."""
+        return self._get(x, None, False)
+
+
+# --------------------------------------------------------------------------------------
+# Counting collectives and host reads (benchmarks)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class CollectiveCounter:
+    """What a region issued: collectives by kind (``counts``), the bytes each rank contributed
+    and received through them (``bytes``; all-gather: the gathered output, all-reduce: the
+    tensor), and host syncs (``host_syncs``: reads of tensor values and data-dependent output
+    sizes, each a device-to-host sync on a GPU, see :class:`_SyncingOps`; on CUDA the driver's
+    own sync reports are counted instead).
+    Collectives made by DDP's C++ reducer (gradient buckets) are not seen."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    bytes: dict[str, int] = field(default_factory=dict)
+    host_syncs: int = 0
+
+    @property
+    def collectives(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+
+_ACTIVE: list[CollectiveCounter] = []
+_TORCH_COLLECTIVES = ("all_gather", "all_reduce", "all_gather_object", "broadcast", "reduce_scatter",
+                      "all_to_all", "barrier", "all_gather_into_tensor", "reduce_scatter_tensor")
+_HOST_READS = ("tolist",)  # reads that bypass the dispatcher on a CPU tensor
+
+
+def _count(kind: str, nbytes: int) -> None:
+    for c in _ACTIVE:
+        c.counts[kind] = c.counts.get(kind, 0) + 1
+        c.bytes[kind] = c.bytes.get(kind, 0) + nbytes
+
+
+def _count_host_read() -> None:
+    for c in _ACTIVE:
+        c.host_syncs += 1
+
+
+def _tensor_bytes(name: str, args: tuple) -> int:
+    """Bytes of the first tensor argument (of the output list for all_gather: the gathered size)."""
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            return arg.numel() * arg.element_size() * (dist.get_world_size() if name == "all_gather" else 1)
+        if isinstance(arg, list) and arg and isinstance(arg[0], torch.Tensor):
+            return sum(t.numel() * t.element_size() for t in arg)
+    return 0
+
+
+def _counting_collective(name: str, fn: Callable) -> Callable:
+    """Count calls from outside this module (rap.distributed counts its own, exact bytes)."""
+    def wrapper(*args, **kwargs):
+        caller = sys._getframe(1)
+        if caller.f_globals.get("__name__") != __name__:
+            _count(name, _tensor_bytes(name, args))
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+class _SyncingOps(TorchDispatchMode):
+    """Counts the operators that make a GPU wait for the host: reading a value (``.item()``,
+    ``bool(t)``, ``int(t)``: ``_local_scalar_dense``), or an output whose size depends on the
+    data (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``)."""
+
+    _ALWAYS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+               "equal", "is_nonzero"}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in self._ALWAYS or (name == "index" and _has_bool_index(args)):
+            _count_host_read()
+        return func(*args, **(kwargs or {}))
+
+
+def _has_bool_index(args: tuple) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices or ())
+
+
+def _counting_read(fn: Callable) -> Callable:
+    def wrapper(self, *args, **kwargs):
+        _count_host_read()
+        return fn(self, *args, **kwargs)
+    return wrapper
+
+
+@contextlib.contextmanager
+def count_collectives(device: torch.device | None = None) -> Iterator[CollectiveCounter]:
+    """Count the collectives and host syncs of the enclosed region (see :class:`CollectiveCounter`).
+
+    Collectives issued outside rap.distributed (``torch.distributed.*`` called by other code)
+    are counted too, by wrapping the torch functions for the duration. Host reads: on a CUDA
+    ``device`` the CUDA sync debug mode reports every synchronising call (counted through its
+    warnings); elsewhere the tensor methods that read a value on the host are wrapped.
+    Not thread-safe; for benchmarks and tests, not for production runs.
+    """
+    counter = CollectiveCounter()
+    _ACTIVE.append(counter)
+    saved_dist = {name: getattr(dist, name) for name in _TORCH_COLLECTIVES if hasattr(dist, name)}
+    cuda = device is not None and device.type == "cuda"
+    # torch.Tensor.__dict__ (not getattr): methods inherited from the C base are restored by
+    # deleting the wrapper, leaving the class exactly as it was.
+    saved_reads = {} if cuda else {name: torch.Tensor.__dict__.get(name) for name in _HOST_READS}
+    try:
+        for name, fn in saved_dist.items():
+            setattr(dist, name, _counting_collective(name, fn))
+        for name in saved_reads:
+            setattr(torch.Tensor, name, _counting_read(getattr(torch.Tensor, name)))
+        if cuda:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                previous = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode(1)
+                try:
+                    yield counter
+                finally:
+                    torch.cuda.set_sync_debug_mode(previous)
+            counter.host_syncs += sum("synchroniz" in str(w.message) for w in caught)
+        else:
+            with _SyncingOps():
+                yield counter
+    finally:
+        for name, fn in saved_dist.items():
+            setattr(dist, name, fn)
+        for name, fn in saved_reads.items():
+            if fn is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, fn)
+        _ACTIVE.remove(counter)
+
+
+# --------------------------------------------------------------------------------------
+# One host sync per optimiser step: loss terms accumulated on the device
+# --------------------------------------------------------------------------------------
+
+
+class StepTerms:
+    """The scalar loss terms of one optimiser step's micro-batches, kept on the device.
+
+    :meth:`add` (per micro-batch) neither communicates nor reads a value on the host;
+    :meth:`reduce` (once per step, before the optimiser steps) does one all-reduce and one host
+    read for everything: the rank-mean of each term, extra per-step scalars (the gradient norm)
+    and which terms were non-finite on any rank, so every rank can raise together. Non-finite
+    values are counted as flags and left out of the sums (a NaN would hide the other terms).
+    """
+
+    def __init__(self) -> None:
+        self._names: tuple[str, ...] | None = None
+        self._values: torch.Tensor | None = None
+        self._flags: torch.Tensor | None = None
+
+    def add(self, terms: Mapping[str, torch.Tensor], weight: float = 1.0) -> None:
+        """Accumulate ``weight * term`` (weight = 1 / micro-batches gives the step mean)."""
+        names = tuple(terms)
+        if self._names is None:
+            self._names = names
+        elif names != self._names:
+            raise ValueError(f"StepTerms: micro-batch terms {names} differ from the step's first {self._names}")
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+        bad = ~torch.isfinite(values)
+        values = torch.where(bad, torch.zeros_like(values), values) * weight
+        self._values = values if self._values is None else self._values + values
+        self._flags = bad.float() if self._flags is None else self._flags + bad.float()
+
+    def reduce(self, extra: Mapping[str, torch.Tensor] | None = None) -> tuple[dict[str, float], list[str]]:
+        """``(means, bad)``: rank-means of the accumulated terms and of ``extra`` (scalars), and
+        the names non-finite on at least one rank. One collective and one host read."""
+        if self._values is None or self._flags is None or self._names is None:
+            raise ValueError("StepTerms.reduce: no micro-batch was added")
+        extra = dict(extra or {})
+        names = self._names + tuple(extra)
+        device = self._values.device
+        extra_values = [e.detach().float().reshape(()).to(device) for e in extra.values()]
+        values = torch.cat([self._values, torch.stack(extra_values)]) if extra_values else self._values
+        extra_bad = ~torch.isfinite(values[len(self._names):])
+        flags = torch.cat([self._flags, extra_bad.float()])
+        values = torch.where(flags > 0, torch.zeros_like(values), values)
+        both = torch.cat([values, flags])
+        if is_distributed():
+            _count("all_reduce", both.numel() * both.element_size())
+            dist.all_reduce(both, op=dist.ReduceOp.SUM)
+            both[: len(names)] /= dist.get_world_size()
+        host = both.cpu().tolist()  # the step's one host sync
+        means = dict(zip(names, host[: len(names)]))
+        bad = [name for name, f in zip(names, host[len(names):]) if f > 0]
+        for name in bad:
+            means[name] = float("nan")
+        return means, bad
 
 
 def shard_range(n: int, rank: int | None = None, world: int | None = None) -> range:

@@ -18,11 +18,19 @@ Conventions shared by every function here:
 * Precision: all arithmetic runs in float32 (float64 when the inputs are float64, which lets
   ``torch.autograd.gradcheck`` run), with autocast switched off inside; losses are returned as
   float32 (float64) scalars whatever the input dtype (bf16, fp16, fp32).
-* ``gather=True`` inside a multi-rank process group: anchors are this rank's B samples,
-  candidates (texts, tokens, videos, patches) are all-gathered with gradient from all ranks,
-  and this rank's positives sit at offset ``rank * B``. The per-rank loss is a mean over the
-  local anchors, so the mean over ranks equals the one-process loss on the global batch and
-  DDP's gradient averaging reproduces the one-process gradient. Ranks need equal B.
+* ``gather=True`` (or a :class:`rap.distributed.GatherCache`, which makes every tensor of one
+  forward pass travel once and can skip the shape checks) inside a multi-rank process group:
+  anchors are this rank's B samples, the candidates are those of the global batch, and this
+  rank's positives sit at offset ``rank * B``. The per-rank loss is a mean over the local
+  anchors, so the mean over ranks equals the one-process loss on the global batch and DDP's
+  gradient averaging reproduces the one-process gradient. Ranks need equal B.
+* What travels: ITC gathers the global embeddings ``(B, D)``. RaCL (eqs. 7-8) does *not*
+  gather the local features (``(B, N, D)`` patches, ``(B, L, D)`` tokens): each rank gathers the
+  anchors ``(B', D)`` (the same global embeddings ITC gathers), computes for every anchor of
+  the global batch the log-sum-exp over its *own* candidates' local features, and the ranks
+  exchange these partial log-sum-exps ``(B',)``; ``logsumexp`` over ranks is the full
+  denominator, exactly (about 250x less traffic than the features at the paper's scale, and
+  the same FLOPs). ``local_gather="features"`` restores the feature gather (benchmarks).
 * ``video_ids (B,)``: which video each sample comes from (fine-tuning sets with several
   captions per video). Samples sharing a video are never treated as negatives of each other.
 * Logsumexp everywhere; nothing of size ``(B, L, B*L)`` is ever built: the largest tensors are
@@ -37,7 +45,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import Tensor
 
-from rap.distributed import all_gather_no_grad, all_gather_with_grad, get_rank, is_distributed
+from rap.distributed import GatherCache, all_gather_no_grad, all_gather_with_grad, get_rank, is_distributed
 
 __all__ = [
     "itc_loss",
@@ -57,6 +65,9 @@ RACL_DIRECTIONS = ("both", "v2t", "t2v", "none")
 INVALID_REDUNDANCY = 1.0
 
 Temperature = float | Tensor
+Gather = bool | GatherCache  # False: this rank's batch only; True / a cache: the global batch
+LocalGather = Literal["anchors", "features"]
+LOCAL_GATHERS = ("anchors", "features")
 
 
 def _masked_value(dtype: torch.dtype) -> float:
@@ -77,7 +88,11 @@ def _acc_dtype(*xs: Tensor) -> torch.dtype:
 
 @contextlib.contextmanager
 def _no_autocast(device: torch.device) -> Iterator[None]:
-    """Under AMP, einsum/matmul would be cast back to half precision: keep the scores fp32."""
+    """Under AMP, einsum/matmul would be cast back to half precision: keep the scores fp32.
+    (The meta device, where benchmarks count FLOPs, has no autocast.)"""
+    if device.type == "meta":
+        yield
+        return
     with torch.autocast(device_type=device.type, enabled=False):
         yield
 
@@ -114,38 +129,44 @@ def _check_video_ids(video_ids: Tensor | None, batch: int) -> None:
     _check_shape(video_ids, "video_ids", (batch,))
 
 
-def _use_gather(gather: bool) -> bool:
-    return gather and is_distributed()
+def _use_gather(gather: Gather) -> bool:
+    return bool(gather) and is_distributed()
 
 
-def _candidates(x: Tensor, gather: bool) -> Tensor:
-    """The global batch of candidates (with gradient), or ``x`` itself in one process."""
-    return all_gather_with_grad(x) if _use_gather(gather) else x
+def _global(x: Tensor, gather: Gather, *, grad: bool = True, dtype: torch.dtype | None = None) -> Tensor:
+    """The global batch of ``x`` (cast to ``dtype``; with gradient unless ``grad=False``), or
+    ``x`` itself in one process. A :class:`GatherCache` gathers each tensor once per forward."""
+    if not _use_gather(gather):
+        return x if dtype is None else x.to(dtype)
+    if isinstance(gather, GatherCache):
+        return gather.with_grad(x, dtype) if grad else gather.no_grad(x)
+    send = x if dtype is None else x.to(dtype)
+    return all_gather_with_grad(send) if grad else all_gather_no_grad(send)
 
 
-def _offset(batch: int, gather: bool) -> int:
+def _offset(batch: int, gather: Gather) -> int:
     """Index of this rank's first sample in the global batch."""
     return get_rank() * batch if _use_gather(gather) else 0
 
 
-def _own(batch: int, n_cand: int, offset: int, device: torch.device) -> Tensor:
-    """(B, B') bool: candidate j is anchor i's own partner."""
-    own = torch.zeros(batch, n_cand, dtype=torch.bool, device=device)
-    idx = torch.arange(batch, device=device)
-    own[idx, idx + offset] = True
-    return own
+def _global_ids(video_ids: Tensor | None, device: torch.device, gather: Gather) -> Tensor | None:
+    return None if video_ids is None else _global(video_ids.to(device), gather, grad=False)
 
 
-def _same_video(video_ids: Tensor | None, batch: int, n_cand: int, gather: bool,
-                device: torch.device) -> Tensor | None:
-    """(B, B') bool: candidate j comes from the same video as anchor i (own partner included)."""
-    if video_ids is None:
+def _own(n_rows: int, n_cols: int, row_offset: int, col_offset: int, device: torch.device) -> Tensor:
+    """(R, C) bool: row sample and column sample are the same sample of the global batch."""
+    rows = torch.arange(n_rows, device=device) + row_offset
+    cols = torch.arange(n_cols, device=device) + col_offset
+    return rows[:, None] == cols[None, :]
+
+
+def _same_ids(row_ids: Tensor | None, col_ids: Tensor | None, n_cols: int) -> Tensor | None:
+    """(R, C) bool: same video (own partner included), or None without ids."""
+    if row_ids is None or col_ids is None:
         return None
-    ids = video_ids.to(device)
-    all_ids = all_gather_no_grad(ids) if _use_gather(gather) else ids
-    if all_ids.shape[0] != n_cand:
-        raise ValueError(f"video_ids gathered to {all_ids.shape[0]} entries for {n_cand} candidates")
-    return ids[:, None] == all_ids[None, :]
+    if col_ids.shape[0] != n_cols:
+        raise ValueError(f"video_ids gathered to {col_ids.shape[0]} entries for {n_cols} candidates")
+    return row_ids[:, None] == col_ids[None, :]
 
 
 def _zero_invalid(feats: Tensor, mask: Tensor) -> Tensor:
@@ -166,7 +187,7 @@ def _soft_target_ce(logits: Tensor, positives: Tensor) -> Tensor:
 
 
 def itc_loss(video_emb: Tensor, text_emb: Tensor, temperature: Temperature, *,
-             video_ids: Tensor | None = None, gather: bool = False) -> tuple[Tensor, Tensor]:
+             video_ids: Tensor | None = None, gather: Gather = False) -> tuple[Tensor, Tensor]:
     """Video-text contrastive loss, paper eqs. (2) (video-to-text) and (3) (text-to-video).
 
     ``L_v2t^i = -log exp(s(P_cls^i, T_cls^i)/tau) / sum_j exp(s(P_cls^i, T_cls^j)/tau)`` and
@@ -186,10 +207,11 @@ def itc_loss(video_emb: Tensor, text_emb: Tensor, temperature: Temperature, *,
     with _no_autocast(device):
         tau = _temperature(temperature, dtype, device)
         v, t = video_emb.to(dtype), text_emb.to(dtype)
-        all_v, all_t = _candidates(v, gather), _candidates(t, gather)
+        all_v, all_t = _global(video_emb, gather, dtype=dtype), _global(text_emb, gather, dtype=dtype)
         n_cand = all_t.shape[0]
-        positives = _own(batch, n_cand, _offset(batch, gather), device)
-        same = _same_video(video_ids, batch, n_cand, gather, device)
+        positives = _own(batch, n_cand, _offset(batch, gather), 0, device)
+        ids = None if video_ids is None else video_ids.to(device)
+        same = _same_ids(ids, _global_ids(video_ids, device, gather), n_cand)
         if same is not None:
             positives = positives | same
         loss_v2t = _soft_target_ce(v @ all_t.T / tau, positives)  # eq. (2)
@@ -276,24 +298,68 @@ class _Prepared:
         self.patches = (patch_feats.to(self.dtype) if patch_mask is None
                         else _zero_invalid(patch_feats.to(self.dtype), self.patch_mask))
         self.tokens = _zero_invalid(token_feats.to(self.dtype), self.token_mask)
-        self.video_ids = video_ids
+        self.video_ids = None if video_ids is None else video_ids.to(self.device)
+        # The uncast embeddings: gathers are keyed on them, so RaCL reuses ITC's gathers.
+        self.video_src, self.text_src = video_emb, text_emb
 
 
-def _scores(anchor: Tensor, locals_: Tensor, local_mask: Tensor, tau: Tensor, gather: bool
-            ) -> tuple[Tensor, Tensor, int]:
-    """``S[i, j, m] = s(anchor_i, local_m of candidate j) / tau`` over the global batch of
-    candidates, (B, B', M); also the gathered validity mask (B', M) and this rank's offset."""
-    all_locals = _candidates(locals_, gather)
-    all_mask = all_gather_no_grad(local_mask) if _use_gather(gather) else local_mask
-    n_cand, n_local, dim = all_locals.shape
-    # (B' M, D) @ (D, B) rather than an einsum: the gradient w.r.t. the (large) local features
-    # comes out contiguous, and 1/tau is applied to the (B, D) anchors, not to (B, B', M).
-    scores = (all_locals.reshape(n_cand * n_local, dim) @ (anchor / tau).T).T
-    return scores.reshape(anchor.shape[0], n_cand, n_local), all_mask, _offset(anchor.shape[0], gather)
+def _own_scores(anchor: Tensor, locals_: Tensor, tau: Tensor) -> Tensor:
+    """(B, M): ``s(anchor_i, local_m of sample i) / tau``, the matched partner's local features."""
+    return torch.bmm(locals_, (anchor / tau)[:, :, None]).squeeze(2)
 
 
-def _weighted_local_nce(anchor: Tensor, locals_: Tensor, local_mask: Tensor, log_w: Tensor, tau: Tensor,
-                        video_ids: Tensor | None, gather: bool) -> Tensor:
+def _partial_lse(anchors: Tensor, anchor_ids: Tensor | None, anchor_offset: int, locals_: Tensor,
+                 local_mask: Tensor, local_ids: Tensor | None, local_offset: int, tau: Tensor,
+                 drop_own: bool) -> Tensor:
+    """(A,): ``logsumexp_{j, m} s(anchor_a, local_m of candidate j) / tau`` over the valid local
+    features of the C candidates given, for each of the A anchors given.
+
+    Offsets place anchors and candidates in the global batch. Candidates of the anchor's video
+    (``anchor_ids == local_ids``) are left out, the anchor's own partner too with ``drop_own``
+    (the official variant's negatives) or kept without (eqs. 7-8's denominators). The (A, C, M)
+    score tensor is the largest thing built."""
+    n_anchor = anchors.shape[0]
+    n_cand, n_local, dim = locals_.shape
+    # (C M, D) @ (D, A) rather than an einsum: the gradient w.r.t. the (large) local features
+    # comes out contiguous, and 1/tau is applied to the (A, D) anchors, not to (A, C, M).
+    scores = (locals_.reshape(n_cand * n_local, dim) @ (anchors / tau).T).T.reshape(n_anchor, n_cand, n_local)
+    masked = _masked_value(scores.dtype)
+    scores = scores.masked_fill(~local_mask[None, :, :], masked)  # broadcast: no (A, C, M) mask
+    own = _own(n_anchor, n_cand, anchor_offset, local_offset, anchors.device)
+    same = _same_ids(anchor_ids, local_ids, n_cand)
+    drop = (own | same if same is not None else own) if drop_own else (None if same is None else same & ~own)
+    if drop is not None:
+        scores = scores.masked_fill(drop[:, :, None], masked)
+    return torch.logsumexp(scores.reshape(n_anchor, -1), dim=1)
+
+
+def _global_lse(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask: Tensor, tau: Tensor,
+                video_ids: Tensor | None, gather: Gather, drop_own: bool, local_gather: LocalGather) -> Tensor:
+    """(B,): the denominator of eqs. (7)/(8) (or the official negatives) for this rank's anchors,
+    over the local features of every candidate of the global batch.
+
+    Across ranks (``local_gather="anchors"``): every rank gathers the anchors of the global
+    batch (``anchor_src``, shared with ITC through a cache), computes their log-sum-exps over
+    its own candidates, and the ranks gather these partial results: logsumexp over ranks of
+    per-rank logsumexps is the logsumexp over the union, exactly, in loss and gradient.
+    ``"features"`` gathers the candidates' local features instead (the traffic of the naive way).
+    """
+    batch = anchor.shape[0]
+    if not _use_gather(gather):
+        return _partial_lse(anchor, video_ids, 0, locals_, local_mask, video_ids, 0, tau, drop_own)
+    offset = _offset(batch, gather)
+    all_ids = _global_ids(video_ids, anchor.device, gather)
+    if local_gather == "features":
+        return _partial_lse(anchor, video_ids, offset, _global(locals_, gather),
+                            _global(local_mask, gather, grad=False), all_ids, 0, tau, drop_own)
+    all_anchors = _global(anchor_src, gather, dtype=anchor.dtype)
+    partial = _partial_lse(all_anchors, all_ids, 0, locals_, local_mask, video_ids, offset, tau, drop_own)
+    per_rank = _global(partial[None, :], gather)  # (world, B'): every rank's partial sums
+    return torch.logsumexp(per_rank[:, offset: offset + batch], dim=0)
+
+
+def _weighted_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask: Tensor, log_w: Tensor,
+                        tau: Tensor, video_ids: Tensor | None, gather: Gather, local_gather: LocalGather) -> Tensor:
     """One direction of eqs. (7)/(8), averaged over the anchors:
 
     ``-log sum_m w_m exp(s(a_i, x_m^i)/tau) / sum_j sum_m exp(s(a_i, x_m^j)/tau)``
@@ -301,22 +367,20 @@ def _weighted_local_nce(anchor: Tensor, locals_: Tensor, local_mask: Tensor, log
     as ``logsumexp_{j,m}(S) - logsumexp_m(log w_m + S_i,i,m)`` over valid m only. Candidates j
     of the anchor's video other than its own partner are dropped from the denominator.
     """
-    batch = anchor.shape[0]
-    scores, all_mask, offset = _scores(anchor, locals_, local_mask, tau, gather)
-    n_cand = scores.shape[1]
-    idx = torch.arange(batch, device=anchor.device)
-    pos = scores[idx, idx + offset]  # (B, M): the matched partner's local features
-    masked = _masked_value(scores.dtype)
-    numer = (log_w + pos).masked_fill(~local_mask, masked)
-    denom = scores.masked_fill(~all_mask[None, :, :], masked)  # broadcast: no (B, B', M) mask
-    same = _same_video(video_ids, batch, n_cand, gather, anchor.device)
-    if same is not None:
-        denom = denom.masked_fill((same & ~_own(batch, n_cand, offset, anchor.device))[:, :, None], masked)
-    per_sample = torch.logsumexp(denom.reshape(batch, -1), dim=1) - torch.logsumexp(numer, dim=1)
+    masked = _masked_value(anchor.dtype)
+    numer = (log_w + _own_scores(anchor, locals_, tau)).masked_fill(~local_mask, masked)
+    denom = _global_lse(anchor, anchor_src, locals_, local_mask, tau, video_ids, gather, drop_own=False,
+                        local_gather=local_gather)
+    per_sample = denom - torch.logsumexp(numer, dim=1)
     # A sample without a single valid local feature has no positive: its term is defined as 0
     # (still counted in the mean so that per-rank means average to the global mean).
     has = local_mask.any(1)
     return torch.where(has, per_sample, torch.zeros_like(per_sample)).mean()
+
+
+def _check_local_gather(local_gather: str) -> None:
+    if local_gather not in LOCAL_GATHERS:
+        raise ValueError(f"local_gather must be one of {LOCAL_GATHERS}, got {local_gather!r}")
 
 
 def _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask, temperature,
@@ -333,7 +397,7 @@ def _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, toke
 def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_feats: Tensor,
               token_mask: Tensor, temperature: Temperature, *, patch_mask: Tensor | None = None,
               weight_grad: bool = True, weight_floor: float = 1e-4, video_ids: Tensor | None = None,
-              gather: bool = False) -> tuple[Tensor, Tensor]:
+              gather: Gather = False, local_gather: LocalGather = "anchors") -> tuple[Tensor, Tensor]:
     """Redundancy-aware contrastive loss, paper eqs. (7) (v2t) and (8) (t2v).
 
     v2t, anchor ``P_cls^i``: the positives are the matched text's valid tokens ``T_l^i``
@@ -355,7 +419,10 @@ def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_fe
     * ``video_ids``: the other samples of the anchor's video are removed from the denominator
       (the anchor's own partner stays).
     * A sample with no valid token (or patch) contributes 0 to its direction's mean.
+    * ``gather``: the denominators run over the global batch without moving any local
+      feature between ranks (module docstring); ``local_gather="features"`` moves them.
     """
+    _check_local_gather(local_gather)
     with _no_autocast(video_emb.device):
         x, vr, tr = _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask,
                                              temperature, patch_mask, video_ids, weight_floor)
@@ -364,10 +431,10 @@ def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_fe
             w_tok, w_patch = w_tok.detach(), w_patch.detach()
         log_w_tok = w_tok.clamp_min(weight_floor).log()
         log_w_patch = w_patch.clamp_min(weight_floor).log()
-        loss_v2t = _weighted_local_nce(x.video, x.tokens, x.token_mask, log_w_tok, x.tau, x.video_ids,
-                                       gather)  # eq. (7)
-        loss_t2v = _weighted_local_nce(x.text, x.patches, x.patch_mask, log_w_patch, x.tau, x.video_ids,
-                                       gather)  # eq. (8)
+        loss_v2t = _weighted_local_nce(x.video, x.video_src, x.tokens, x.token_mask, log_w_tok, x.tau,
+                                       x.video_ids, gather, local_gather)  # eq. (7)
+        loss_t2v = _weighted_local_nce(x.text, x.text_src, x.patches, x.patch_mask, log_w_patch, x.tau,
+                                       x.video_ids, gather, local_gather)  # eq. (8)
     return loss_v2t, loss_t2v
 
 
@@ -385,27 +452,19 @@ def _softmax_weights(max_sim: Tensor, mask: Tensor, tau: Tensor) -> Tensor:
     return torch.where(has & mask, torch.softmax(logits, dim=1), torch.zeros_like(logits))
 
 
-def _global_to_local_nce(anchor: Tensor, locals_: Tensor, local_mask: Tensor, weights: Tensor, tau: Tensor,
-                         video_ids: Tensor | None, gather: bool, double_normalise: bool) -> Tensor:
+def _global_to_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask: Tensor,
+                         weights: Tensor, tau: Tensor, video_ids: Tensor | None, gather: Gather,
+                         double_normalise: bool, local_gather: LocalGather) -> Tensor:
     """TCL's global-to-local InfoNCE, weighted per local feature, averaged over the anchors.
 
     For anchor i and each valid local feature m of its partner: positive ``S_i,i,m``, negatives
     the valid local features of every other candidate (not of the anchor's partner, nor of its
     video); ``l_im = -log e^pos / (e^pos + sum e^neg)`` = ``logaddexp(pos, lse(neg)) - pos``.
     """
-    batch = anchor.shape[0]
-    scores, all_mask, offset = _scores(anchor, locals_, local_mask, tau, gather)
-    n_cand = scores.shape[1]
-    idx = torch.arange(batch, device=anchor.device)
-    pos = scores[idx, idx + offset]  # (B, M)
-    not_neg = _own(batch, n_cand, offset, anchor.device)
-    same = _same_video(video_ids, batch, n_cand, gather, anchor.device)
-    if same is not None:
-        not_neg = not_neg | same
-    masked = _masked_value(scores.dtype)
-    neg = scores.masked_fill(~all_mask[None, :, :], masked).masked_fill(not_neg[:, :, None], masked)
+    pos = _own_scores(anchor, locals_, tau)  # (B, M)
     # Without any negative lse_neg ~ lowest finite value and l = logaddexp(pos, lse_neg) - pos = 0.
-    lse_neg = torch.logsumexp(neg.reshape(batch, -1), dim=1, keepdim=True)
+    lse_neg = _global_lse(anchor, anchor_src, locals_, local_mask, tau, video_ids, gather, drop_own=True,
+                          local_gather=local_gather)[:, None]
     per_local = torch.logaddexp(pos, lse_neg) - pos
     per_local = torch.where(local_mask, per_local, torch.zeros_like(per_local))
     per_sample = (weights * per_local).sum(1)
@@ -417,7 +476,8 @@ def _global_to_local_nce(anchor: Tensor, locals_: Tensor, local_mask: Tensor, we
 def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_feats: Tensor,
                        token_mask: Tensor, temperature: Temperature, *, patch_mask: Tensor | None = None,
                        weight_grad: bool = True, weight_floor: float = 1e-4, video_ids: Tensor | None = None,
-                       gather: bool = False, double_normalise: bool = False) -> tuple[Tensor, Tensor]:
+                       gather: Gather = False, double_normalise: bool = False,
+                       local_gather: LocalGather = "anchors") -> tuple[Tensor, Tensor]:
     """RaCL as weighted in the authors' released code (``racl_variant: official``).
 
     Departs from eqs. (7)-(8) the way the release does:
@@ -448,7 +508,9 @@ def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor,
     ``weight_floor`` exists for signature compatibility with :func:`racl_loss` and is only
     validated: softmax weights are strictly positive and never enter a log, so no floor is
     needed. Returns ``(loss_v2t, loss_t2v)``, float32 (float64 for float64 inputs) scalars.
+    ``gather``/``local_gather`` as in :func:`racl_loss` (no local feature moves between ranks).
     """
+    _check_local_gather(local_gather)
     with _no_autocast(video_emb.device):
         x, vr, tr = _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask,
                                              temperature, patch_mask, video_ids, weight_floor)
@@ -456,10 +518,10 @@ def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor,
         w_patch = _softmax_weights(1.0 - vr, x.patch_mask, x.tau)
         if not weight_grad:
             w_tok, w_patch = w_tok.detach(), w_patch.detach()
-        loss_v2t = _global_to_local_nce(x.video, x.tokens, x.token_mask, w_tok, x.tau, x.video_ids, gather,
-                                        double_normalise)
-        loss_t2v = _global_to_local_nce(x.text, x.patches, x.patch_mask, w_patch, x.tau, x.video_ids, gather,
-                                        double_normalise)
+        loss_v2t = _global_to_local_nce(x.video, x.video_src, x.tokens, x.token_mask, w_tok, x.tau, x.video_ids,
+                                        gather, double_normalise, local_gather)
+        loss_t2v = _global_to_local_nce(x.text, x.text_src, x.patches, x.patch_mask, w_patch, x.tau, x.video_ids,
+                                        gather, double_normalise, local_gather)
     return loss_v2t, loss_t2v
 
 

@@ -42,8 +42,10 @@ RECALL_KS = (1, 5, 10)
 def _as_matrix(sim: Any) -> np.ndarray:
     """2-D float64 numpy copy of a torch tensor / numpy array / nested list."""
     if isinstance(sim, torch.Tensor):
-        # float() first: bfloat16 has no numpy dtype. float32 -> float64 is exact, so no new ties.
-        sim = sim.detach().to("cpu", torch.float32).numpy()
+        # float64 keeps float64 scores (the ITM re-rank) apart: a float32 cast would merge
+        # near-equal scores into ties, counted against the model. bfloat16/float16 have no or
+        # an odd numpy dtype; widening them (and float32) to float64 is exact, so no new ties.
+        sim = sim.detach().to("cpu", torch.float64).numpy()
     arr = np.asarray(sim)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.number):
         raise ValueError(f"similarity matrix must be numeric, got dtype {arr.dtype}")

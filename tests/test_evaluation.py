@@ -81,9 +81,12 @@ class StubModel(nn.Module):
         return TextFeatures(emb=self.t[ids], tokens=torch.zeros(b, 1, 1), token_mask=attention_mask[:, 1:].bool(),
                             hidden=torch.zeros(b, input_ids.shape[1], 1))
 
-    def itm_scores(self, video_feats, input_ids, attention_mask):
+    def itm_scores(self, video_feats, input_ids, attention_mask, video_rows=None):
         assert torch.is_inference_mode_enabled()
         v = video_feats.hidden[:, 0, 0].long()
+        if video_rows is not None:
+            assert len(torch.unique(v)) == len(v), "a video sent twice in one batch"
+            v = v[video_rows]
         t = input_ids[:, 1] - TEXT_OFFSET
         # padding trimmed to the batch's longest text, and the mask travels with the ids
         assert attention_mask.shape == input_ids.shape and bool(attention_mask[:, -1].any())

@@ -143,3 +143,13 @@ def test_t2v_v2t_bad_inputs():
         t2v_v2t_metrics(np.zeros((2, 2)), [0, 2])
     with pytest.raises(ValueError, match="sim_v2t"):
         t2v_v2t_metrics(np.zeros((2, 2)), [0, 1], np.zeros((2, 3)))
+
+
+def test_near_equal_float64_scores_do_not_tie():
+    """Re-ranked scores are float64 (ITC + ITM + an offset): two that differ by less than a
+    float32 ulp must still rank apart (a float32 cast would tie them, pessimistically)."""
+    base = 101.25  # an offset-sized score: the float32 ulp here is ~8e-6
+    sim = torch.tensor([[base + 1e-9, base, 0.0]], dtype=torch.float64)
+    assert torch.tensor(base + 1e-9, dtype=torch.float32) == torch.tensor(base, dtype=torch.float32)
+    assert retrieval_ranks(sim, [0]).tolist() == [1]
+    assert retrieval_ranks(sim, [1]).tolist() == [2]

@@ -278,3 +278,103 @@ def test_bad_config_values_raise_clear_errors():
     with pytest.raises(ValueError, match="tiny"):
         RaPModel(tiny_pretrained, loss_cfg)
     assert math.isfinite(ModelConfig().temp_init)
+
+
+def test_momentum_itc_masks_empty_queue_slots_like_slicing():
+    """The sync-free distilled ITC (whole queue, empty slots masked) equals the loss on the
+    filled part of the queue only (ALBEF eq. 6 against [batch; queue])."""
+    import torch.nn.functional as F
+
+    model_cfg, loss_cfg = _cfgs(momentum=True, queue_size=8)
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg)
+    mom = model.momentum
+    g = torch.Generator().manual_seed(3)
+    unit = lambda n: F.normalize(torch.randn(n, model_cfg.embed_dim, generator=g), dim=-1)  # noqa: E731
+    ids_q = torch.tensor([7, 8, 9])
+    mom.enqueue(unit(3), unit(3), ids_q, gather=False)
+    v, t, v_m, t_m = unit(2), unit(2), unit(2), unit(2)
+    ids = torch.tensor([7, 1])
+    tau, alpha = torch.tensor(0.07), 0.4
+    got = mom.distilled_itc(v, t, v_m, t_m, tau, alpha, ids)
+    text_all, video_all = torch.cat([t_m, mom.text_queue[:3]]), torch.cat([v_m, mom.video_queue[:3]])
+    pos = (ids[:, None] == torch.cat([ids, ids_q])[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    want = []
+    for a, a_m, others in ((v, v_m, text_all), (t, t_m, video_all)):
+        soft = alpha * F.softmax(a_m @ others.T / tau, dim=1) + (1 - alpha) * target
+        want.append(-(F.log_softmax(a @ others.T / tau, dim=1) * soft).sum(1).mean())
+    torch.testing.assert_close(torch.stack(got), torch.stack(want))
+
+
+def test_itm_loss_is_the_mean_over_pairs_with_a_negative():
+    """ITM keeps 3B pairs (no data-dependent sizes); pairs without a negative (every sample of
+    one video) weigh 0: with one video only, the loss is the positives' loss alone."""
+    model_cfg, loss_cfg = _cfgs()
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).eval()
+    batch = _batch(model, b=3)
+    v = model.encode_video(batch["video"])
+    t = model.encode_text(batch["input_ids"], batch["attention_mask"])
+    same_video = torch.zeros(3, dtype=torch.long)
+    loss = model._itm_loss(v, t, batch["input_ids"], batch["attention_mask"], same_video)
+    logits = model._itm_logits(v.hidden, v.hidden_mask, batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, torch.ones(3, dtype=torch.long)))
+
+
+@pytest.mark.parametrize("changes", [{}, {"lm_weight": 0.0}, {"itm_weight": 0.0, "lm_weight": 0.0},
+                                     {"itc_weight": 0.0, "racl": "none", "intra_video_weight": 0.0,
+                                      "intra_text_weight": 0.0}])
+def test_unused_parameter_names_are_exactly_those_without_gradient(changes):
+    """What the trainer needs to decide DDP's find_unused_parameters: predicted from the loss
+    config, checked against a real backward pass."""
+    model_cfg, loss_cfg = _cfgs(**changes)
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).train()
+    model(_batch(model))["loss"].backward()
+    no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    assert model.unused_parameter_names() == no_grad
+    assert bool(no_grad) == bool(changes)
+
+
+def test_itm_scores_with_per_video_keys_values_equal_per_pair(model: RaPModel):
+    """Re-ranking computes each video's cross-attention keys/values once (``video_rows``); the
+    scores equal the per-pair computation, and the injected cross-attention equals stock
+    BertAttention on the video tokens."""
+    model.eval()
+    batch = _batch(model, b=3, seed=5)
+    with torch.no_grad():
+        v = model.encode_video(batch["video"])
+        rows = torch.tensor([2, 0, 2, 1, 2, 0])  # video 2 paired with three texts
+        texts = torch.tensor([0, 1, 2, 0, 1, 2])
+        ids, mask = batch["input_ids"][texts], batch["attention_mask"][texts]
+        per_pair = model.itm_scores(v.index(rows), ids, mask)
+        cached = model.itm_scores(v, ids, mask, video_rows=rows)
+        torch.testing.assert_close(cached, per_pair, rtol=1e-5, atol=1e-5)
+        h = torch.randn(3, 5, model.text.width)
+        cross_mask = model.text._mask(v.hidden_mask[:, None, None, :].expand(3, 1, 5, -1), h.dtype)
+        stock = model.text.cross_attn[0](h, None, v.hidden, cross_mask)[0]
+        ours = model.text._cross_attend(0, h, model.text._layer_kv(0, v.hidden), cross_mask)
+        torch.testing.assert_close(ours, stock, rtol=0, atol=0)
+    model.train()
+
+
+def test_second_view_through_the_momentum_video_encoder():
+    """intra_video_view: momentum encodes video_aug with an EMA copy of the video tower only
+    (no text tower, no queue, no gradient), updated every training step; the loss trains."""
+    model_cfg, loss_cfg = _cfgs(intra_video_view="momentum")
+    torch.manual_seed(0)
+    model = RaPModel(model_cfg, loss_cfg).train()
+    assert model.momentum is not None and not hasattr(model.momentum, "text")
+    out = model(_batch(model))
+    before = next(model.momentum.vision.parameters()).clone()
+    out["loss"].backward()
+    assert torch.isfinite(out["intra_video"]) and "intra_video" in out
+    assert all(p.grad is None for p in model.momentum.parameters())
+    assert model.unused_parameter_names() == set()  # DDP can run without find_unused_parameters
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not name.startswith("momentum."):
+                p.add_(0.1)
+    model(_batch(model))  # the EMA step pulls the copy towards the moved online weights
+    torch.testing.assert_close(next(model.momentum.vision.parameters()), before + 0.1 * (1 - loss_cfg.momentum_m))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rap.distributed import all_gather_no_grad
+from rap.distributed import GatherCache, all_gather_no_grad
 from rap.model.features import project_text, project_video
 from rap.model.text import TextEncoder
 from rap.model.video import VideoEncoder
@@ -25,15 +25,17 @@ class MomentumEncoders(nn.Module):
     """EMA copies + queues. Attribute names mirror :class:`rap.model.rap.RaPModel` so that
     :meth:`update` can pair parameters by name."""
 
-    def __init__(self, vision: VideoEncoder, text: TextEncoder, vision_proj: nn.Linear, text_proj: nn.Linear,
-                 *, queue_size: int, m: float) -> None:
+    def __init__(self, vision: VideoEncoder, text: TextEncoder | None, vision_proj: nn.Linear,
+                 text_proj: nn.Linear | None, *, queue_size: int, m: float) -> None:
+        """``text=None``: a video-only copy (the intra-video second view), no text tower."""
         super().__init__()
         self.vision = copy.deepcopy(vision)
-        self.text = copy.deepcopy(text)
-        # The momentum text tower only runs the unimodal pass: drop the ITM/LM parts.
-        del self.text.cross_attn, self.text.dec_self_attn, self.text.lm_transform, self.text.lm_bias
         self.vision_proj = copy.deepcopy(vision_proj)
-        self.text_proj = copy.deepcopy(text_proj)
+        if text is not None and text_proj is not None:
+            self.text = copy.deepcopy(text)
+            # The momentum text tower only runs the unimodal pass: drop the ITM/LM parts.
+            del self.text.cross_attn, self.text.dec_self_attn, self.text.lm_transform, self.text.lm_bias
+            self.text_proj = copy.deepcopy(text_proj)
         for p in self.parameters():
             p.requires_grad_(False)
         self.m = m
@@ -52,6 +54,11 @@ class MomentumEncoders(nn.Module):
             p_m.mul_(self.m).add_(params[name].detach(), alpha=1.0 - self.m)
 
     @torch.no_grad()
+    def embed_video(self, video: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """Momentum global video embeddings (B, D): forward only, no activations kept."""
+        return project_video(self.vision, self.vision_proj, video, mask_ratio).emb
+
+    @torch.no_grad()
     def embed(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
               mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum global embeddings (B, D) of the same inputs (same MAC ratio, own mask)."""
@@ -62,35 +69,46 @@ class MomentumEncoders(nn.Module):
     def distilled_itc(self, video_emb: torch.Tensor, text_emb: torch.Tensor, video_m: torch.Tensor,
                       text_m: torch.Tensor, temperature: torch.Tensor, alpha: float,
                       video_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """ITC (eqs. 2-3) against [momentum batch; queue] with distilled soft targets."""
-        n = int(self.filled)
-        video_all = torch.cat([video_m, self.video_queue[:n]])
-        text_all = torch.cat([text_m, self.text_queue[:n]])
-        b = video_emb.shape[0]
+        """ITC (eqs. 2-3) against [momentum batch; queue] with distilled soft targets.
+
+        The whole queue takes part, its empty slots masked out (their logits at the lowest
+        finite value, exp = 0): the same loss as slicing the filled part, without reading the
+        fill level on the host (a GPU sync per step)."""
+        video_all = torch.cat([video_m, self.video_queue])
+        text_all = torch.cat([text_m, self.text_queue])
+        b, q = video_emb.shape[0], self.video_queue.shape[0]
+        slot = torch.arange(q, device=self.filled.device)
+        valid = torch.cat([torch.ones(b, dtype=torch.bool, device=video_emb.device),
+                           (slot < self.filled).to(video_emb.device)])
         with torch.no_grad():
             if video_ids is None:
-                positives = torch.zeros(b, b + n, device=video_emb.device)
+                positives = torch.zeros(b, b + q, device=video_emb.device)
                 positives[:, :b] = torch.eye(b, device=video_emb.device)
             else:
-                ids_all = torch.cat([video_ids, self.id_queue[:n]])
-                positives = (video_ids[:, None] == ids_all[None, :]).float()
+                ids_all = torch.cat([video_ids, self.id_queue])
+                positives = ((video_ids[:, None] == ids_all[None, :]) & valid[None, :]).float()
             targets = positives / positives.sum(dim=1, keepdim=True)
             tau = temperature.detach()
-            soft_v2t = F.softmax(video_m @ text_all.T / tau, dim=1)
-            soft_t2v = F.softmax(text_m @ video_all.T / tau, dim=1)
+            soft_v2t = F.softmax(_mask_empty(video_m @ text_all.T / tau, valid), dim=1)
+            soft_t2v = F.softmax(_mask_empty(text_m @ video_all.T / tau, valid), dim=1)
             target_v2t = alpha * soft_v2t + (1 - alpha) * targets
             target_t2v = alpha * soft_t2v + (1 - alpha) * targets
-        loss_v2t = -(F.log_softmax(video_emb @ text_all.T / temperature, dim=1) * target_v2t).sum(1).mean()
-        loss_t2v = -(F.log_softmax(text_emb @ video_all.T / temperature, dim=1) * target_t2v).sum(1).mean()
+        log_p_v2t = F.log_softmax(_mask_empty(video_emb @ text_all.T / temperature, valid), dim=1)
+        log_p_t2v = F.log_softmax(_mask_empty(text_emb @ video_all.T / temperature, valid), dim=1)
+        loss_v2t = -(log_p_v2t * target_v2t).sum(1).mean()
+        loss_t2v = -(log_p_t2v * target_t2v).sum(1).mean()
         return loss_v2t, loss_t2v
 
     @torch.no_grad()
     def enqueue(self, video_m: torch.Tensor, text_m: torch.Tensor, video_ids: torch.Tensor | None,
-                gather: bool) -> None:
-        """FIFO ring buffer; with ``gather`` every rank enqueues the global batch (BLIP)."""
+                gather: bool | GatherCache) -> None:
+        """FIFO ring buffer; with ``gather`` every rank enqueues the global batch (BLIP). A
+        :class:`GatherCache` reuses the ids the losses gathered already."""
         if video_ids is None:
             video_ids = torch.full((video_m.shape[0],), -1, dtype=torch.long, device=video_m.device)
-        if gather:
+        if isinstance(gather, GatherCache):
+            video_m, text_m, video_ids = (gather.no_grad(x) for x in (video_m, text_m, video_ids))
+        elif gather:
             video_m, text_m, video_ids = (all_gather_no_grad(x) for x in (video_m, text_m, video_ids))
         q = self.video_queue.shape[0]
         k = min(video_m.shape[0], q)
@@ -100,3 +118,9 @@ class MomentumEncoders(nn.Module):
         self.id_queue[slots] = video_ids[-k:]
         self.ptr.copy_((self.ptr + k) % q)
         self.filled.copy_(torch.clamp(self.filled + k, max=q))
+
+
+def _mask_empty(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Empty queue slots get the lowest finite logit: exp() = 0 and 0 * log p stays 0 (with
+    -inf it would be 0 * -inf = NaN in the target-weighted sum)."""
+    return logits.masked_fill(~valid[None, :], torch.finfo(logits.dtype).min)

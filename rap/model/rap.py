@@ -20,11 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from rap.config import LossConfig, ModelConfig
+from rap.distributed import GatherCache
 from rap.losses import itc_loss, racl_function, racl_terms
 from rap.model.features import TextFeatures, VideoFeatures, project_text, project_video
 from rap.model.masking import mask_text
 from rap.model.momentum import MomentumEncoders
-from rap.model.text import TextEncoder, with_prompt
+from rap.model.text import TextEncoder, VideoKV, with_prompt
 from rap.model.tokenizer import SpecialIds, build_tokenizer
 from rap.model.video import VideoEncoder
 
@@ -52,6 +53,10 @@ class RaPModel(nn.Module):
         if loss_cfg.momentum:
             self.momentum = MomentumEncoders(self.vision, self.text, self.vision_proj, self.text_proj,
                                              queue_size=loss_cfg.queue_size, m=loss_cfg.momentum_m)
+        elif loss_cfg.intra_video_view == "momentum" and loss_cfg.intra_video_weight > 0:
+            # Only the video tower is needed for the second view; no queues.
+            self.momentum = MomentumEncoders(self.vision, None, self.vision_proj, None, queue_size=1,
+                                             m=loss_cfg.momentum_m)
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -68,6 +73,27 @@ class RaPModel(nn.Module):
         """Trainable parameters AdamW should not decay: norms, biases, tau, position/[CLS] embeddings."""
         return {name for name, p in self.named_parameters()
                 if p.requires_grad and (p.ndim <= 1 or name.endswith(_NO_DECAY_SUFFIXES))}
+
+    def unused_parameter_names(self) -> set[str]:
+        """Trainable parameters no switched-on loss term reaches (so they never get a gradient).
+
+        DDP needs ``find_unused_parameters=True`` (an extra graph traversal every step) only
+        when this is non-empty; with every term of eq. (10) on, it is empty."""
+        lc = self.loss_cfg
+        uses_lm, uses_itm = lc.lm_weight > 0, lc.itm_weight > 0
+        uses_embeddings = (lc.itc_weight > 0 or (lc.racl != "none" and lc.racl_lambda > 0)
+                           or lc.intra_video_weight > 0 or lc.intra_text_weight > 0)
+        prefixes = []
+        if not uses_lm:
+            prefixes += ["text.dec_self_attn.", "text.lm_transform.", "text.lm_bias"]
+        if not uses_itm:
+            prefixes += ["itm_head."]
+        if not uses_lm and not uses_itm:
+            prefixes += ["text.cross_attn."]
+        if not uses_embeddings:
+            prefixes += ["vision_proj.", "text_proj.", "temp"]
+        return {name for name, p in self.named_parameters()
+                if p.requires_grad and name.startswith(tuple(prefixes))} if prefixes else set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision.set_grad_checkpointing(enable)
@@ -93,33 +119,45 @@ class RaPModel(nn.Module):
         input_ids, attention_mask = self.mask_text_input(input_ids, attention_mask, mask_ratio)
         return project_text(self.text, self.text_proj, input_ids, attention_mask)
 
-    def _itm_logits(self, video_hidden: torch.Tensor, video_mask: torch.Tensor, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor) -> torch.Tensor:
+    def _itm_logits(self, video_hidden: torch.Tensor | None, video_mask: torch.Tensor, input_ids: torch.Tensor,
+                    attention_mask: torch.Tensor, video_kv: VideoKV | None = None) -> torch.Tensor:
         """(B, 2) no-match / match logits from the [ENC] output of the video-grounded encoder."""
         h = self.text(with_prompt(input_ids, self.special.enc), attention_mask, video_hidden=video_hidden,
-                      video_mask=video_mask)
+                      video_mask=video_mask, video_kv=video_kv)
         return self.itm_head(h[:, 0])
 
-    def itm_scores(self, video_feats: VideoFeatures, input_ids: torch.Tensor,
-                   attention_mask: torch.Tensor) -> torch.Tensor:
-        """Match logit log(p_match / p_no_match), (B,), for pair i = (video i, text i).
+    def itm_scores(self, video_feats: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   video_rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Match logit log(p_match / p_no_match), (P,), for pair p = (video p, text p), or with
+        ``video_rows`` (P,) for pair p = (video ``video_rows[p]`` of ``video_feats``, text p):
+        each video's cross-attention keys and values are then computed once, however many of
+        the P texts it is paired with (ITM re-ranking), and gathered per pair.
 
         Uses the frame-averaged video tokens exactly as in training (the release trains on
         averaged tokens but evaluates on concatenated frames; we do not).
         """
-        logits = self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
+        if video_rows is None:
+            logits = self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
+        else:
+            kv = [(k[video_rows], v[video_rows]) for k, v in self.text.video_kv(video_feats.hidden)]
+            logits = self._itm_logits(None, video_feats.hidden_mask[video_rows], input_ids, attention_mask, kv)
         return logits[:, 1] - logits[:, 0]
 
     # ------------------------------------------------------------------ losses
     def forward(self, batch: Mapping[str, torch.Tensor], *, alpha: float = 0.0, stage: Stage = "pretrain",
-                gather: bool = False, training_stage: Stage | None = None) -> dict[str, torch.Tensor]:
+                gather: bool = False, check_gather_shapes: bool = True,
+                training_stage: Stage | None = None) -> dict[str, torch.Tensor]:
         """Loss terms of eq. (10) for one batch (keys: see module docstring and DESIGN.md).
 
         ``batch``: video (B,K,3,H,W), input_ids/attention_mask (B,L), optional video_index (B,)
         (same-video samples are never negatives), video_aug (needed for intra_video).
         ``alpha``: momentum-distillation weight (only with ``loss.momentum``).
         ``stage`` (alias ``training_stage``, DESIGN.md's name): MAC masking only in "pretrain".
-        ``gather``: contrastive candidates all-gathered across ranks (see rap.losses).
+        ``gather``: contrastive candidates all-gathered across ranks (see rap.losses); each
+        tensor travels once per call (one :class:`GatherCache` per forward: the ids and the
+        global embeddings serve every term). ``check_gather_shapes=False`` skips the shape
+        all-gather before each gather (and its host sync): only for callers that guarantee
+        equal shapes on every rank (equal local batch, text padded to one length).
         """
         stage = training_stage or stage
         if stage not in ("pretrain", "finetune"):
@@ -138,19 +176,20 @@ class RaPModel(nn.Module):
         t_ids, t_mask = self.mask_text_input(input_ids, attention_mask, r_t)
         t = project_text(self.text, self.text_proj, t_ids, t_mask)
         tau = self.temperature
+        shared: GatherCache | bool = GatherCache(check_shapes=check_gather_shapes) if gather else False
 
         out: dict[str, torch.Tensor] = {}
         total = torch.zeros((), device=v.emb.device)
+        if self.momentum is not None and self.training:
+            self.momentum.update(self)
         if lc.itc_weight > 0:
-            if self.momentum is not None:
-                if self.training:
-                    self.momentum.update(self)
+            if lc.momentum and self.momentum is not None:
                 v_m, t_m = self.momentum.embed(batch["video"], t_ids, t_mask, r_v)
                 l_v2t, l_t2v = self.momentum.distilled_itc(v.emb, t.emb, v_m, t_m, tau, alpha, video_ids)
                 if self.training:
-                    self.momentum.enqueue(v_m, t_m, video_ids, gather)
+                    self.momentum.enqueue(v_m, t_m, video_ids, shared)
             else:
-                l_v2t, l_t2v = itc_loss(v.emb, t.emb, tau, video_ids=video_ids, gather=gather)
+                l_v2t, l_t2v = itc_loss(v.emb, t.emb, tau, video_ids=video_ids, gather=shared)
             out["itc"] = (l_v2t + l_t2v) / 2
             total = total + lc.itc_weight * out["itc"]
         if lc.racl != "none" and lc.racl_lambda > 0:
@@ -158,7 +197,7 @@ class RaPModel(nn.Module):
                 v.emb, v.patches, t.emb, t.tokens, t.token_mask, tau, patch_mask=v.patch_mask,
                 weight_grad=lc.racl_weight_grad, weight_floor=lc.racl_weight_floor, video_ids=video_ids,
                 # the released code's local loss sees the per-GPU batch only
-                gather=gather and lc.racl_variant == "paper")
+                gather=shared if lc.racl_variant == "paper" else False)
             terms = racl_terms(lc.racl, r_v2t, r_t2v)
             out.update(terms)
             total = total + lc.racl_lambda * sum(terms.values())
@@ -171,20 +210,30 @@ class RaPModel(nn.Module):
         if lc.intra_video_weight > 0:
             if "video_aug" not in batch:
                 raise KeyError("loss.intra_video_weight > 0 needs batch['video_aug'] (a second augmented view)")
-            v_aug = self.encode_video(batch["video_aug"], r_v)
-            a, b = itc_loss(v.emb, v_aug.emb, tau, video_ids=video_ids, gather=gather)
+            v_aug = self._second_view(batch["video_aug"], r_v)
+            a, b = itc_loss(v.emb, v_aug, tau, video_ids=video_ids, gather=shared)
             out["intra_video"] = (a + b) / 2
             total = total + lc.intra_video_weight * out["intra_video"]
         if lc.intra_text_weight > 0:
             # SimCSE: a second pass over the same (masked) ids; only dropout differs.
             t_aug = project_text(self.text, self.text_proj, t_ids, t_mask)
-            a, b = itc_loss(t.emb, t_aug.emb, tau, video_ids=video_ids, gather=gather)
+            a, b = itc_loss(t.emb, t_aug.emb, tau, video_ids=video_ids, gather=shared)
             out["intra_text"] = (a + b) / 2
             total = total + lc.intra_text_weight * out["intra_text"]
         if not out:
             raise ValueError("no loss term is switched on: every loss weight is 0 and racl is 'none' or lambda 0")
         out["loss"] = total
         return out
+
+    def _second_view(self, video_aug: torch.Tensor, mask_ratio: float) -> torch.Tensor:
+        """Global embeddings (B, D) of the augmented view for intra-video (A.1), by the encoder
+        ``loss.intra_video_view`` names: the online one (gradient through both views) or its
+        momentum copy (forward only; gradient through the first view, as in TCL)."""
+        if self.loss_cfg.intra_video_view == "momentum":
+            if self.momentum is None:
+                raise ValueError("loss.intra_video_view 'momentum' needs the momentum video encoder")
+            return self.momentum.embed_video(video_aug, mask_ratio)
+        return self.encode_video(video_aug, mask_ratio).emb
 
     def _itm_loss(self, v: VideoFeatures, t: TextFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   video_ids: torch.Tensor | None) -> torch.Tensor:
@@ -210,13 +259,18 @@ class RaPModel(nn.Module):
             neg_text, has_neg_text = _sample_rows(w_v2t)
             neg_video, has_neg_video = _sample_rows(w_t2v)
         rows = torch.arange(b, device=dev)
-        vid_idx = torch.cat([rows, neg_video[has_neg_video], rows[has_neg_text]])
-        txt_idx = torch.cat([rows, rows[has_neg_video], neg_text[has_neg_text]])
+        # Always 3B pairs (positives, a negative text per video, a negative video per text) so
+        # that no size depends on the data (boolean indexing would make the GPU wait for the
+        # host); a pair without a negative is computed but weighs 0 in the mean.
+        vid_idx = torch.cat([rows, neg_video, rows])
+        txt_idx = torch.cat([rows, rows, neg_text])
         labels = torch.cat([torch.ones(b, dtype=torch.long, device=dev),
-                            torch.zeros(len(vid_idx) - b, dtype=torch.long, device=dev)])
+                            torch.zeros(2 * b, dtype=torch.long, device=dev)])
+        used = torch.cat([torch.ones(b, dtype=torch.bool, device=dev), has_neg_video, has_neg_text])
         logits = self._itm_logits(v.hidden[vid_idx], v.hidden_mask[vid_idx], input_ids[txt_idx],
                                   attention_mask[txt_idx])
-        return F.cross_entropy(logits.float(), labels)
+        per_pair = F.cross_entropy(logits.float(), labels, reduction="none")
+        return torch.where(used, per_pair, torch.zeros_like(per_pair)).sum() / used.sum()
 
     def _lm_loss(self, v: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Video-grounded captioning (A.1): [DEC] as BOS, predict every following real token

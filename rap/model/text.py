@@ -25,10 +25,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import BertConfig, BertModel
-from transformers.models.bert.modeling_bert import BertAttention, BertPredictionHeadTransform
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.bert.modeling_bert import BertAttention, BertPredictionHeadTransform, eager_attention_forward
 
 from rap.config import ConfigError, TextConfig
 from rap.model.weights import load_bert
+
+# Keys and values of every cross-attention layer: [(K, V)] with K, V (B, heads, M, head_dim).
+VideoKV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class TextEncoder(nn.Module):
@@ -93,16 +97,43 @@ class TextEncoder(nn.Module):
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
 
+    def video_kv(self, video_hidden: torch.Tensor) -> VideoKV:
+        """Keys and values of every cross-attention layer for these videos (B, M, W).
+
+        They depend on the video only: ITM re-ranking computes them once per video and
+        reuses them for each of the video's candidate texts (``forward(video_kv=...)``)."""
+        return [self._layer_kv(i, video_hidden) for i in range(len(self.cross_attn))]
+
+    def _layer_kv(self, i: int, video_hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sa = self.cross_attn[i].self
+        shape = (*video_hidden.shape[:-1], -1, sa.attention_head_size)
+        return sa.key(video_hidden).view(shape).transpose(1, 2), sa.value(video_hidden).view(shape).transpose(1, 2)
+
+    def _cross_attend(self, i: int, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
+                      mask: torch.Tensor | None) -> torch.Tensor:
+        """Layer i's injected cross-attention on precomputed keys/values: what
+        ``BertAttention(h, None, video_hidden, mask)`` computes (same attention backend)."""
+        attn = self.cross_attn[i]
+        sa = attn.self
+        query = sa.query(h).view(*h.shape[:-1], -1, sa.attention_head_size).transpose(1, 2)
+        attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager_attention_forward)
+        out, _ = attend(sa, query, kv[0], kv[1], mask, dropout=sa.dropout.p if sa.training else 0.0,
+                        scaling=sa.scaling)
+        return attn.output(out.reshape(*h.shape[:-1], -1).contiguous(), h)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                 video_hidden: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
+                causal: bool = False, video_kv: VideoKV | None = None) -> torch.Tensor:
         """Last hidden states (B, L, H).
 
         ``video_hidden`` (B, M, W) switches the injected cross-attention on (ITM/LM);
-        ``causal`` uses the decoder's causal self-attention layers (LM).
+        ``video_kv`` (from :meth:`video_kv`, B rows) does too, with the keys and values given
+        (``video_mask`` then describes their M positions); ``causal`` uses the decoder's causal
+        self-attention layers (LM).
         """
-        if causal and video_hidden is None:
+        if causal and video_hidden is None and video_kv is None:
             raise ValueError("the LM decoder is video-grounded: pass video_hidden")
+        grounded = video_hidden is not None or video_kv is not None
         h = self.bert.embeddings(input_ids=input_ids)
         b, n = input_ids.shape
         keys = attention_mask.bool()[:, None, None, :]  # (B, 1, 1, L)
@@ -111,17 +142,21 @@ class TextEncoder(nn.Module):
             keys = keys & tri[None, None]
         self_mask = self._mask(keys.expand(b, 1, n, n), h.dtype)
         cross_mask = None
-        if video_hidden is not None:
+        if grounded:
+            n_video = video_kv[0][0].shape[2] if video_kv is not None else video_hidden.shape[1]
             vm = (video_mask if video_mask is not None
-                  else torch.ones(video_hidden.shape[:2], dtype=torch.bool, device=h.device))
+                  else torch.ones(b, n_video, dtype=torch.bool, device=h.device))
             cross_mask = self._mask(vm.bool()[:, None, None, :].expand(b, 1, n, vm.shape[1]), h.dtype)
 
         for i, layer in enumerate(self.bert.encoder.layer):
             def block(h: torch.Tensor, i: int = i, layer: nn.Module = layer) -> torch.Tensor:
                 attn = self.dec_self_attn[i] if causal else layer.attention
                 h = attn(h, self_mask)[0]
-                if video_hidden is not None:
-                    h = self.cross_attn[i](h, None, video_hidden, cross_mask)[0]
+                if grounded:
+                    # Without a cache, keys/values are computed inside the block, so gradient
+                    # checkpointing recomputes them rather than keeping them for the backward.
+                    kv = video_kv[i] if video_kv is not None else self._layer_kv(i, video_hidden)
+                    h = self._cross_attend(i, h, kv, cross_mask)
                 return layer.feed_forward_chunk(h)  # intermediate + output (FFN, residual, LN)
 
             if self.grad_checkpointing and self.training:
