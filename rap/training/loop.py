@@ -365,30 +365,6 @@ class _StopSignals:
             signal.signal(s, handler)
 
 
-def _agree(terms: dict[str, torch.Tensor], stop_signal: int, ctx: DistContext, step: int, epoch: int
-           ) -> tuple[dict[str, float], int]:
-    """The step's one collective and one host sync: the mean of every loss term over ranks,
-    whether any rank saw a NaN/inf (raises :class:`NonFiniteLossError` on every rank, so none
-    is left waiting in a later collective) and whether any rank caught a stop signal (returns
-    that signal, or SIGTERM for a rank told by another; 0: none)."""
-    values = torch.stack([t.detach().float() for t in terms.values()])
-    local_bad = ~torch.isfinite(values)
-    packed = torch.cat([torch.where(local_bad, torch.zeros_like(values), values), local_bad.float(),
-                        torch.tensor([1.0 if stop_signal else 0.0], device=values.device)])
-    if ctx.world > 1 and rdist.is_distributed():
-        dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-        packed[: len(terms)] /= ctx.world
-    host = packed.tolist()
-    n = len(terms)
-    bad = [name for name, f in zip(terms, host[n:2 * n]) if f > 0]
-    if bad:
-        shown = ", ".join(f"{name}={terms[name].item()}" for name in bad)
-        raise NonFiniteLossError(f"non-finite loss at optimiser step {step + 1} (epoch {epoch}): "
-                                 f"term(s) {bad} not finite on at least one rank (this rank: {shown})")
-    stop = (stop_signal or int(signal.SIGTERM)) if host[-1] > 0 else 0
-    return dict(zip(terms, host[:n])), stop
-
-
 def _machine() -> str:
     return f"{platform.node()} ({platform.machine()}, {torch.get_num_threads()} torch threads)"
 
@@ -503,7 +479,7 @@ class _Run:
         clips, skipped clips, grad norm, stop signal agreed by the ranks)."""
         device, distributed = self.ctx.device, self.ctx.world > 1 and rdist.is_distributed()
         clips = skipped = 0
-        summed: dict[str, torch.Tensor] = {}
+        step_terms = rdist.StepTerms()  # on the device: no host sync per micro-batch
         # FLOPs of one optimiser step (forward + backward, this rank), counted on the first step
         # only: FlopCounterMode observes the real step, it adds no compute.
         counting = self.extra["flops_per_step"] is None
@@ -520,20 +496,30 @@ class _Run:
                                         enabled=self.amp_dtype != torch.float32):
                         out = self.net(batch, **kwargs)
                     terms = _loss_terms(out)
-                    for k, v in terms.items():
-                        summed[k] = summed.get(k, 0.0) + v.detach() / n_micro
+                    step_terms.add(terms, 1.0 / n_micro)
                     self.scaler.scale(terms["loss"] / n_micro).backward()
         if counting:
             self.extra["flops_per_step"] = counter.get_total_flops()
-        # A NaN loss leaves NaN gradients, never NaN weights: the agreement comes before the update.
-        step_terms, stop_signal = _agree(summed, stop.signum, self.ctx, self.pos.global_step, self.pos.epoch)
         self.scaler.unscale_(self.optimizer)
         with_grad = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         max_norm = self.optim_cfg.clip_grad if self.optim_cfg.clip_grad > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+        norm = torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
+        # The step's one collective and one host read: the rank-mean of every term, which ranks
+        # saw a NaN/inf (every rank raises together: none is left waiting in a collective) and
+        # whether any rank caught a stop signal. A NaN loss leaves NaN gradients, never NaN
+        # weights: this comes before the update.
+        means, bad = step_terms.reduce({"grad_norm": norm,
+                                        "stop": torch.tensor(1.0 if stop.signum else 0.0, device=device)})
+        grad_norm, stop_any = means.pop("grad_norm"), means.pop("stop") > 0
+        bad_terms = [name for name in bad if name not in ("grad_norm", "stop")]
+        if bad_terms:
+            raise NonFiniteLossError(f"non-finite loss at optimiser step {self.pos.global_step + 1} (epoch "
+                                     f"{self.pos.epoch}): term(s) {bad_terms} not finite on at least one rank")
+        if "grad_norm" in bad and not self.scaler.is_enabled():
             raise NonFiniteLossError(f"non-finite gradient norm at optimiser step {self.pos.global_step + 1} "
-                                     f"(epoch {self.pos.epoch}): grad-norm={grad_norm}; loss terms {step_terms}")
+                                     f"(epoch {self.pos.epoch}); loss terms {means}")
+        step_terms_host = means
+        stop_signal = (stop.signum or int(signal.SIGTERM)) if stop_any else 0
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
@@ -546,8 +532,8 @@ class _Run:
             self.model.clamp_temperature()
         self.pos.global_step += 1
         self.pos.step_in_epoch += 1
-        self.extra["final_loss_terms"] = step_terms
-        return step_terms, clips, skipped, grad_norm, stop_signal
+        self.extra["final_loss_terms"] = step_terms_host
+        return step_terms_host, clips, skipped, grad_norm, stop_signal
 
     # ---- outputs ---------------------------------------------------------------------------
 
@@ -600,9 +586,11 @@ def _resume_mode(resume: bool | str) -> resume_rules.ResumeMode:
 def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     if not (ctx.world > 1 and rdist.is_distributed()):
         return model
-    # find_unused_parameters: heads switched off by a zero loss weight get no gradient.
+    # DDP's search for unused parameters costs a graph walk every step: only where a head is
+    # switched off (a zero loss weight) and its parameters get no gradient.
+    unused = model.unused_parameter_names() if hasattr(model, "unused_parameter_names") else {"unknown"}
     return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                   find_unused_parameters=True)
+                                   find_unused_parameters=bool(unused))
 
 
 def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConfig, epochs: int,
@@ -676,6 +664,10 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
             while pos.step_in_epoch < steps_per_epoch and pos.global_step < stop_at:
                 n_micro = min(accum, micro_per_epoch - micro_done)
                 kwargs = {**fwd_extra(pos.global_step / steps_per_epoch), "gather": distributed}
+                if distributed and text_pad is not None:
+                    # equal shapes on every rank by construction (fixed text length, equal
+                    # batches): the losses' gathers need no shape exchange and host sync
+                    kwargs["check_gather_shapes"] = False
                 lr_used = optimizer.param_groups[0]["lr"]
                 terms, clips, skipped, grad_norm, stop_signal = run.optimizer_step(batches, n_micro, kwargs,
                                                                                     text_pad, stop)

@@ -73,14 +73,32 @@ def closure(*entry_modules: str) -> set[str]:
     return {str(p.relative_to(REPO)) for p in seen}
 
 
-def cli_closure(*stage_modules: str) -> set[str]:
-    """What ``rap <subcommand>`` runs: rap/cli.py with its module-level imports, plus the
-    subcommand's own modules (the CLI imports those lazily, one subcommand at a time)."""
+def _function_imports(tree: ast.Module, name: str, seen: set[str] | None = None) -> set[str]:
+    """Modules imported inside cli.py's function ``name`` and the cli.py functions it calls."""
+    seen = set() if seen is None else seen
+    seen.add(name)
+    funcs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    mods: set[str] = set()
+    for node in ast.walk(funcs[name]):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            mods.add(node.module)
+            mods.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            mods.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in funcs and node.func.id not in seen:
+                mods |= _function_imports(tree, node.func.id, seen)
+    return mods
+
+
+def cli_closure(subcommand: str) -> set[str]:
+    """What ``rap <subcommand>`` runs: rap/cli.py with its module-level imports, plus what its
+    ``cmd_<subcommand>`` function (and the cli.py helpers it calls) imports, lazily."""
     cli = PACKAGE / "cli.py"
     tree = ast.parse(cli.read_text(encoding="utf-8"))
     top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
     top |= {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     files = {"rap/cli.py", "rap/__init__.py"}
-    for mod in top:
+    for mod in top | _function_imports(tree, f"cmd_{subcommand}"):
         files |= closure(mod)
-    return files | closure(*stage_modules)
+    return files
