@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test repro bench clean-venv
+.PHONY: setup test test-fast repro bench clean-venv
 
 setup: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Everything: what CI and the README run.
 test: setup
 	$(BIN)/python -m pytest -q --timeout=900
+
+# The edit-run loop: no dvc repro, Snakemake or SLURM runs (tests marked slow).
+test-fast: setup
+	$(BIN)/python -m pytest -q --timeout=900 -m "not slow"
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro

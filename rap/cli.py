@@ -104,26 +104,26 @@ def cmd_extract(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     extra = ablation_overrides(args.ablation) if args.ablation else None
     params = _params(args, extra)
+    _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")  # checks the layout first
     _check_weights(params)
     from rap.training.pretrain import run
-    _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")
-    run(params, Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
+    run(params, Path(args.out), resume=args.resume, max_steps=args.max_steps)
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     params = _params(args)
+    _relaunch_under_torchrun(params.cfg.finetune, "finetune")
     _check_weights(params)
     from rap.training.finetune import run
-    _relaunch_under_torchrun(params.cfg.finetune, "finetune")
-    run(params, args.task, Path(args.checkpoint), Path(args.out), resume=_resume_mode(args.resume), max_steps=args.max_steps)
+    run(params, args.task, Path(args.checkpoint), Path(args.out), resume=args.resume, max_steps=args.max_steps)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     params = _params(args)
-    _check_weights(params)
-    from rap.evaluation import run_evaluation
     # fine-tuning's layout: every rank takes a share of the videos, texts and re-ranked pairs
     _relaunch_under_torchrun(params.cfg.finetune, "evaluate")
+    _check_weights(params)
+    from rap.evaluation import run_evaluation
     metrics = run_evaluation(params, args.dataset, args.split, Path(args.checkpoint), Path(args.out))
     t2v = metrics["t2v"]
     print(f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "
@@ -155,10 +155,6 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
                         "this command's; start a new one when that run had finished; otherwise stop and say "
                         "what changed. force: continue whatever changed. no: start afresh. An earlier run's "
                         "files are moved to <out>/set-aside/, never deleted (rap.training.resume)")
-
-
-def _resume_mode(value: str) -> str:
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
         assert all(p.poll() is not None for p in cluster.procs.values())
 
 
+@pytest.mark.slow
 def test_workflow_on_slurm_two_process_pretraining(slurm_cluster: Cluster, tmp_path: Path):
     params_file = tiny_params(tmp_path, {"pretrain.cpu_procs_per_node": 2})
     proc = run_snakemake(

@@ -219,6 +219,7 @@ def test_lint_is_clean(tmp_path):
     assert proc.returncode == 0 and "workflow is in a good condition" in out and "Lints for" not in out, out
 
 
+@pytest.mark.slow
 def test_workflow_runs_for_real(tmp_path):
     """Every job runs its real `rap` command, each declared output is written (no
     MissingOutputException), and a second invocation finds nothing to do."""
