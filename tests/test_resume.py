@@ -196,6 +196,7 @@ def _start_and_wait_for(cmd, env, path: Path, timeout: float = 300.0) -> subproc
     return proc
 
 
+@pytest.mark.slow
 def test_sigkill_then_an_edit_to_reports_then_the_same_command_resumes(corpus_root, package_copy, cli_straight,
                                                                        tmp_path):
     out = tmp_path / "killed"
@@ -213,6 +214,7 @@ def test_sigkill_then_an_edit_to_reports_then_the_same_command_resumes(corpus_ro
     _assert_same(_weights(out / "checkpoint.pt"), _weights(cli_straight / "checkpoint.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGURG])  # preemption; the SLURM profile's --signal
 def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes(signum, corpus_root, package_copy, cli_straight,
                                                               tmp_path):

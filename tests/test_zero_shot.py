@@ -21,6 +21,7 @@ from rap.training import pretrain
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a minute of real pre-training
 def test_zero_shot_retrieval_beats_chance_after_short_pretraining(tmp_path, monkeypatch):
     monkeypatch.setenv("RAP_TRACKING", "0")
     root = tmp_path / "data"
