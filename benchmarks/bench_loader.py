@@ -89,7 +89,8 @@ def main() -> None:
         tmp = Path(tmp)
         t = time.perf_counter()
         paths = make_clips(tmp, args.clips, args.seconds)
-        print(f"generated {len(paths)} clips of {args.seconds:.0f} s at {SRC_W}x{SRC_H} in {time.perf_counter() - t:.1f} s")
+        took = time.perf_counter() - t
+        print(f"generated {len(paths)} clips of {args.seconds:.0f} s at {SRC_W}x{SRC_H} in {took:.1f} s")
         t = time.perf_counter()
         live, stored = [], {"npy": [], "jpeg": []}
         for i, p in enumerate(paths):
@@ -101,27 +102,39 @@ def main() -> None:
                 sp = tmp / "frames" / f"{i}{store.FORMATS[fmt]}"
                 store.write_clip(sp, frames, quality=args.quality)
                 clips.append(Clip(rec, info, sp))
-        print(f"store extraction (npy + jpeg q{args.quality}) at {args.store_fps:g} fps: "
-              f"{time.perf_counter() - t:.1f} s, {len(frames)} frames per clip")
+        print(
+            f"store extraction (npy + jpeg q{args.quality}) at {args.store_fps:g} fps: "
+            f"{time.perf_counter() - t:.1f} s, {len(frames)} frames per clip"
+        )
         size = {"video": np.mean([p.stat().st_size for p in paths])}
         size.update({fmt: np.mean([c.store.stat().st_size for c in clips]) for fmt, clips in stored.items()})
         kw = dict(frames=K, sampling="rand", image_size=SIZE, two_views=False)
         rates = {"live": rate(ClipTextDataset(live, **kw), args.passes)}
         rates.update({fmt: rate(ClipTextDataset(clips, **kw), args.passes) for fmt, clips in stored.items()})
         rates["plain"] = plain_decord(paths, args.passes)
-    names = {"live": "on-the-fly decode (rap.data)", "npy": "npy frame store (rap.data)",
-             "jpeg": f"jpeg q{args.quality} store (rap.data)", "plain": "plain decord loop (no transform)"}
+    names = {
+        "live": "on-the-fly decode (rap.data)",
+        "npy": "npy frame store (rap.data)",
+        "jpeg": f"jpeg q{args.quality} store (rap.data)",
+        "plain": "plain decord loop (no transform)",
+    }
     per_clip = {"live": size["video"], "npy": size["npy"], "jpeg": size["jpeg"], "plain": size["video"]}
     print(f"{'mode':<34}{'clips/s/worker':>15}{'KiB/clip':>10}")
     for k, name in names.items():
         print(f"{name:<34}{rates[k]:>15.1f}{per_clip[k] / 2**10:>10.1f}")
     r = rates
-    print(f"npy / on-the-fly = {r['npy'] / r['live']:.1f}x; jpeg / on-the-fly = {r['jpeg'] / r['live']:.1f}x; "
-          f"jpeg / npy = {r['jpeg'] / r['npy']:.2f}x")
-    print(f"npy / plain decord = {r['npy'] / r['plain']:.1f}x; jpeg / plain decord = {r['jpeg'] / r['plain']:.1f}x; "
-          f"on-the-fly / plain decord = {r['live'] / r['plain']:.2f}x")
-    print(f"bytes per clip: npy / jpeg = {size['npy'] / size['jpeg']:.1f}x smaller; "
-          f"jpeg / source h264 = {size['jpeg'] / size['video']:.2f}x")
+    print(
+        f"npy / on-the-fly = {r['npy'] / r['live']:.1f}x; jpeg / on-the-fly = {r['jpeg'] / r['live']:.1f}x; "
+        f"jpeg / npy = {r['jpeg'] / r['npy']:.2f}x"
+    )
+    print(
+        f"npy / plain decord = {r['npy'] / r['plain']:.1f}x; jpeg / plain decord = {r['jpeg'] / r['plain']:.1f}x; "
+        f"on-the-fly / plain decord = {r['live'] / r['plain']:.2f}x"
+    )
+    print(
+        f"bytes per clip: npy / jpeg = {size['npy'] / size['jpeg']:.1f}x smaller; "
+        f"jpeg / source h264 = {size['jpeg'] / size['video']:.2f}x"
+    )
     for fmt in ("npy", "jpeg"):
         print(f"{fmt} store >= 5x on-the-fly: {'yes' if r[fmt] >= 5 * r['live'] else 'NO'}")
 

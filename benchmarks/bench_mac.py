@@ -39,24 +39,55 @@ def configs(which: str) -> tuple[ModelConfig, LossConfig, int, int]:
     """(model cfg, loss cfg, batch, image size)."""
     params = load_params(ROOT / "params.yaml")
     if which == "small":
-        return (params.cfg.model, params.cfg.pretrain.loss, params.cfg.pretrain.optim.batch_size,
-                params.cfg.model.vision.img_size)
+        return (
+            params.cfg.model,
+            params.cfg.pretrain.loss,
+            params.cfg.pretrain.optim.batch_size,
+            params.cfg.model.vision.img_size,
+        )
     model = dataclasses.replace(
-        params.cfg.model, embed_dim=256,
+        params.cfg.model,
+        embed_dim=256,
         vision=VisionConfig(timm_name="vit_base_patch16_224", pretrained=False, img_size=256, patch_size=16),
-        text=TextConfig(name="bert-base", pretrained=False, tokenizer="builtin", hidden_size=768, num_layers=12,
-                        num_heads=12, intermediate_size=3072))
-    loss = dataclasses.replace(params.cfg.pretrain.loss, itm_weight=0.0, lm_weight=0.0, intra_video_weight=0.0,
-                               intra_text_weight=0.0, momentum=False)
+        text=TextConfig(
+            name="bert-base",
+            pretrained=False,
+            tokenizer="builtin",
+            hidden_size=768,
+            num_layers=12,
+            num_heads=12,
+            intermediate_size=3072,
+        ),
+    )
+    loss = dataclasses.replace(
+        params.cfg.pretrain.loss,
+        itm_weight=0.0,
+        lm_weight=0.0,
+        intra_video_weight=0.0,
+        intra_text_weight=0.0,
+        momentum=False,
+    )
     return model, loss, 2, 256
 
 
 def make_batch(model: RaPModel, batch: int, frames: int, size: int, device: torch.device) -> dict:
-    tok = model.tokenizer([CAPTION] * batch, padding="max_length", truncation=True,
-                          max_length=model.cfg.text.max_len_train, return_tensors="pt")
+    tok = model.tokenizer(
+        [CAPTION] * batch,
+        padding="max_length",
+        truncation=True,
+        max_length=model.cfg.text.max_len_train,
+        return_tensors="pt",
+    )
     video = torch.randn(batch, frames, 3, size, size)
-    return {k: v.to(device) for k, v in {"video": video, "video_aug": torch.randn_like(video),
-                                         "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}.items()}
+    return {
+        k: v.to(device)
+        for k, v in {
+            "video": video,
+            "video_aug": torch.randn_like(video),
+            "input_ids": tok["input_ids"],
+            "attention_mask": tok["attention_mask"],
+        }.items()
+    }
 
 
 def step(model: RaPModel, opt: torch.optim.Optimizer, batch: dict) -> list[str]:
@@ -118,8 +149,7 @@ def main() -> None:
     print(f"device={device} torch={torch.__version__} threads={torch.get_num_threads()}")
     for which in args.which:
         start = time.perf_counter()
-        res = measure(which, (0.0, 0.75), max(1, args.warmup), args.base_reps if which == "base" else args.reps,
-                      device)
+        res = measure(which, (0.0, 0.75), max(1, args.warmup), args.base_reps if which == "base" else args.reps, device)
         full, masked = res["by_ratio"][0.0], res["by_ratio"][0.75]
         t_ratio = masked["step_s"] / full["step_s"]
         f_ratio = masked["gflops"] / full["gflops"]
@@ -127,8 +157,10 @@ def main() -> None:
         print(f"  r_v=0.00: step {full['step_s'] * 1e3:9.1f} ms   fwd+bwd {full['gflops']:9.1f} GFLOP")
         print(f"  r_v=0.75: step {masked['step_s'] * 1e3:9.1f} ms   fwd+bwd {masked['gflops']:9.1f} GFLOP")
         print(f"  ratio masked/unmasked: time {t_ratio:.3f}x  FLOPs {f_ratio:.3f}x")
-        print(f"  'r_v=0.75 step time <= 0.45x unmasked': {'holds' if t_ratio <= 0.45 else 'does NOT hold'}"
-              f"  ({time.perf_counter() - start:.0f} s)")
+        print(
+            f"  'r_v=0.75 step time <= 0.45x unmasked': {'holds' if t_ratio <= 0.45 else 'does NOT hold'}"
+            f"  ({time.perf_counter() - start:.0f} s)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -72,8 +72,9 @@ class PeakTensorMemory(TorchDispatchMode):
         return out
 
 
-def make_inputs(batch: int, patches: int, tokens: int, dim: int, device: torch.device, dtype: torch.dtype,
-                seed: int = 0) -> dict[str, torch.Tensor]:
+def make_inputs(
+    batch: int, patches: int, tokens: int, dim: int, device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
 
     def unit(*shape: int) -> torch.Tensor:
@@ -83,9 +84,14 @@ def make_inputs(batch: int, patches: int, tokens: int, dim: int, device: torch.d
     # Ragged captions (WebVid captions are mostly shorter than the 30-token cap).
     lengths = torch.randint(tokens // 3, tokens + 1, (batch,), generator=gen)
     token_mask = (torch.arange(tokens)[None, :] < lengths[:, None]).to(device)
-    return dict(video_emb=unit(batch, dim), patch_feats=unit(batch, patches, dim), text_emb=unit(batch, dim),
-                token_feats=unit(batch, tokens, dim), token_mask=token_mask,
-                tau=torch.tensor(0.07, device=device, requires_grad=True))
+    return dict(
+        video_emb=unit(batch, dim),
+        patch_feats=unit(batch, patches, dim),
+        text_emb=unit(batch, dim),
+        token_feats=unit(batch, tokens, dim),
+        token_mask=token_mask,
+        tau=torch.tensor(0.07, device=device, requires_grad=True),
+    )
 
 
 def losses(x: dict[str, torch.Tensor]) -> dict[str, Callable[[], torch.Tensor]]:
@@ -103,8 +109,9 @@ def step(fn: Callable[[], torch.Tensor], x: dict[str, torch.Tensor]) -> None:
     fn().backward()
 
 
-def time_all(fns: dict[str, Callable[[], torch.Tensor]], x: dict[str, torch.Tensor], device: torch.device,
-             warmup: int, reps: int) -> dict[str, list[float]]:
+def time_all(
+    fns: dict[str, Callable[[], torch.Tensor]], x: dict[str, torch.Tensor], device: torch.device, warmup: int, reps: int
+) -> dict[str, list[float]]:
     """ms of forward + backward per repetition. The losses take turns within each repetition,
     so that load from other processes on a shared machine hits all of them alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -191,47 +198,76 @@ def main(argv: list[str] | None = None) -> int:
     itc_ms, itc_mib = results["itc"]
     input_mib = sum(t.numel() * t.element_size() for t in x.values()) / 2**20
 
-    print(f"RaCL vs ITC, forward + backward: B={args.batch} N={args.patches} L={args.tokens} D={args.dim} "
-          f"{args.dtype} on {device} ({torch.get_num_threads()} threads), median of {args.reps} after "
-          f"{args.warmup} warm-up")
+    print(
+        f"RaCL vs ITC, forward + backward: B={args.batch} N={args.patches} L={args.tokens} D={args.dim} "
+        f"{args.dtype} on {device} ({torch.get_num_threads()} threads), median of {args.reps} after "
+        f"{args.warmup} warm-up"
+    )
     itc_min = min(times["itc"])
     print(f"{'loss':<15}{'median ms':>10}{'x ITC':>8}{'min ms':>9}{'x ITC':>8}{'peak MiB':>10}{'x ITC':>8}")
     for name, (ms, mib) in results.items():
         best = min(times[name])
-        print(f"{name:<15}{ms:>10.3f}{ms / itc_ms:>8.1f}{best:>9.3f}{best / itc_min:>8.1f}{mib:>10.3f}"
-              f"{mib / max(itc_mib, 1e-9):>8.1f}")
-    print(f"(inputs: {input_mib:.2f} MiB, of which patch features {x['patch_feats'].numel() * 4 / 2**20:.2f}; "
-          "any loss on patch features needs at least their gradient, which ITC never touches)")
+        print(
+            f"{name:<15}{ms:>10.3f}{ms / itc_ms:>8.1f}{best:>9.3f}{best / itc_min:>8.1f}{mib:>10.3f}"
+            f"{mib / max(itc_mib, 1e-9):>8.1f}"
+        )
+    print(
+        f"(inputs: {input_mib:.2f} MiB, of which patch features {x['patch_feats'].numel() * 4 / 2**20:.2f}; "
+        "any loss on patch features needs at least their gradient, which ITC never touches)"
+    )
     racl_ms, racl_mib = results["racl"]
     b, n, l, d = args.batch, args.patches, args.tokens, args.dim
     itc_macs = 2 * b * b * d  # eqs. (2)-(3), forward
     racl_macs = b * n * l * d + b * b * (n + l) * d  # eq. (4) matrix + eqs. (7)-(8) scores, forward
-    print(f"forward multiply-adds: ITC {itc_macs / 1e6:.2f} M, RaCL {racl_macs / 1e6:.1f} M "
-          f"({racl_macs / itc_macs:.0f}x): a loss that reads every patch and token cannot stay within a small "
-          "multiple of one over the [CLS] embeddings; ITC's time is mostly per-op overhead.")
+    print(
+        f"forward multiply-adds: ITC {itc_macs / 1e6:.2f} M, RaCL {racl_macs / 1e6:.1f} M "
+        f"({racl_macs / itc_macs:.0f}x): a loss that reads every patch and token cannot stay within a small "
+        "multiple of one over the [CLS] embeddings; ITC's time is mostly per-op overhead."
+    )
     racl_flops = measured_flops(fns["racl"])
-    enc_flops = encoder_flops(args.batch, 4, 16 * int(args.patches ** 0.5), args.tokens)
-    print(f"FLOPs forward + backward: RaCL {racl_flops / 1e9:.2f} G vs the encoders (ViT-B/16 on {args.batch}x4 "
-          f"frames + BERT-base) {enc_flops / 1e12:.2f} T: RaCL = {racl_flops / enc_flops:.2e} of the encoders' step")
+    enc_flops = encoder_flops(args.batch, 4, 16 * int(args.patches**0.5), args.tokens)
+    print(
+        f"FLOPs forward + backward: RaCL {racl_flops / 1e9:.2f} G vs the encoders (ViT-B/16 on {args.batch}x4 "
+        f"frames + BERT-base) {enc_flops / 1e12:.2f} T: RaCL = {racl_flops / enc_flops:.2e} of the encoders' step"
+    )
     time_ok, mem_ok = racl_ms <= 3 * itc_ms, racl_mib <= 3 * itc_mib
-    print(f"target RaCL <= 3x ITC: time {racl_ms / itc_ms:.1f}x -> {'holds' if time_ok else 'NOT met'}; "
-          f"memory {racl_mib / max(itc_mib, 1e-9):.1f}x -> {'holds' if mem_ok else 'NOT met'}")
-    print(f"absolute: RaCL adds {racl_ms - itc_ms:.2f} ms and {racl_mib - itc_mib:.2f} MiB per step; "
-          "negligible next to the ViT-B/16 + BERT-base encoders (seconds per step on this CPU).")
+    print(
+        f"target RaCL <= 3x ITC: time {racl_ms / itc_ms:.1f}x -> {'holds' if time_ok else 'NOT met'}; "
+        f"memory {racl_mib / max(itc_mib, 1e-9):.1f}x -> {'holds' if mem_ok else 'NOT met'}"
+    )
+    print(
+        f"absolute: RaCL adds {racl_ms - itc_ms:.2f} ms and {racl_mib - itc_mib:.2f} MiB per step; "
+        "negligible next to the ViT-B/16 + BERT-base encoders (seconds per step on this CPU)."
+    )
     # With gather=True the largest tensor is the t2v score matrix (B, world*B, N) (fp32) and its grad.
     gathered = args.batch * args.world * args.batch * args.patches * 4 / 2**20
-    print(f"gathered over {args.world} ranks: t2v scores (B, {args.world}*B, N) = {gathered:.1f} MiB fp32 per rank "
-          f"(x2-3 with gradients and masks), v2t {gathered * args.tokens / args.patches:.1f} MiB.")
+    print(
+        f"gathered over {args.world} ranks: t2v scores (B, {args.world}*B, N) = {gathered:.1f} MiB fp32 per rank "
+        f"(x2-3 with gradients and masks), v2t {gathered * args.tokens / args.patches:.1f} MiB."
+    )
     if args.json:
-        args.json.write_text(json.dumps({
-            "shape": {"B": args.batch, "N": args.patches, "L": args.tokens, "D": args.dim},
-            "device": str(device), "dtype": args.dtype,
-            "ms_median": {k: v[0] for k, v in results.items()}, "ms_min": {k: min(v) for k, v in times.items()},
-            "peak_mib": {k: v[1] for k, v in results.items()}, "input_mib": input_mib,
-            "racl_flops": racl_flops, "encoder_flops": enc_flops,
-            "time_ratio_racl_itc": racl_ms / itc_ms, "time_ratio_min_racl_itc": min(times["racl"]) / itc_min,
-            "forward_macs": {"itc": itc_macs, "racl": racl_macs}, "mem_ratio_racl_itc": racl_mib / max(itc_mib, 1e-9),
-            "target_3x_time_holds": time_ok, "target_3x_memory_holds": mem_ok}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "shape": {"B": args.batch, "N": args.patches, "L": args.tokens, "D": args.dim},
+                    "device": str(device),
+                    "dtype": args.dtype,
+                    "ms_median": {k: v[0] for k, v in results.items()},
+                    "ms_min": {k: min(v) for k, v in times.items()},
+                    "peak_mib": {k: v[1] for k, v in results.items()},
+                    "input_mib": input_mib,
+                    "racl_flops": racl_flops,
+                    "encoder_flops": enc_flops,
+                    "time_ratio_racl_itc": racl_ms / itc_ms,
+                    "time_ratio_min_racl_itc": min(times["racl"]) / itc_min,
+                    "forward_macs": {"itc": itc_macs, "racl": racl_macs},
+                    "mem_ratio_racl_itc": racl_mib / max(itc_mib, 1e-9),
+                    "target_3x_time_holds": time_ok,
+                    "target_3x_memory_holds": mem_ok,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

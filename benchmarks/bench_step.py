@@ -68,22 +68,30 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 def _paper_model_cfg(vision_width: int | None = None, text_width: int | None = None):
     from rap.config import ModelConfig, TextConfig, VisionConfig
+
     vis = VisionConfig(timm_name="deit_base_patch16_224", pretrained=False, img_size=SIZE, patch_size=16)
-    txt = TextConfig(name="bert-base-uncased", pretrained=False, tokenizer="builtin", max_len_train=L,
-                     max_len_eval=64)
+    txt = TextConfig(name="bert-base-uncased", pretrained=False, tokenizer="builtin", max_len_train=L, max_len_eval=64)
     if vision_width is not None:  # narrow encoders for the collective counts
         vis = dataclasses.replace(vis, embed_dim=vision_width, depth=1, num_heads=1)
-        txt = dataclasses.replace(txt, name="tiny", hidden_size=text_width, num_layers=1, num_heads=1,
-                                  intermediate_size=2 * text_width)
+        txt = dataclasses.replace(
+            txt, name="tiny", hidden_size=text_width, num_layers=1, num_heads=1, intermediate_size=2 * text_width
+        )
     return ModelConfig(vision=vis, text=txt, embed_dim=EMBED)
 
 
 def _step_variants():
     from rap.config import LossConfig
+
     today = LossConfig()  # every term, second view online
     after = dataclasses.replace(today, intra_video_view="momentum")
-    release = dataclasses.replace(today, momentum=True, queue_size=57600, intra_video_view="momentum",
-                                  racl_variant="official", intra_text_weight=0.0)
+    release = dataclasses.replace(
+        today,
+        momentum=True,
+        queue_size=57600,
+        intra_video_view="momentum",
+        racl_variant="official",
+        intra_text_weight=0.0,
+    )
     return {"today": (today, True), "after": (after, False), "release": (release, False)}
 
 
@@ -96,14 +104,19 @@ def _batch(device: torch.device | str, vocab: int, rank: int = 0, seed: int = 0)
         rand = lambda *s: torch.randn(*s, generator=g).to(device)  # noqa: E731
         ids = torch.randint(5, vocab, (B, L), generator=g).to(device)
         ids[:, 0] = 2  # a [CLS]-like first token (with_prompt replaces it)
-    return {"video": rand(B, K, 3, SIZE, SIZE), "video_aug": rand(B, K, 3, SIZE, SIZE), "input_ids": ids,
-            "attention_mask": torch.ones(B, L, dtype=torch.long, device=device),
-            "video_index": (torch.arange(B) + rank * B).to(device)}
+    return {
+        "video": rand(B, K, 3, SIZE, SIZE),
+        "video_aug": rand(B, K, 3, SIZE, SIZE),
+        "input_ids": ids,
+        "attention_mask": torch.ones(B, L, dtype=torch.long, device=device),
+        "video_index": (torch.arange(B) + rank * B).to(device),
+    }
 
 
 def count_flops() -> dict[str, dict[str, float]]:
     """FLOPs of forward + backward of one step per rank, and parameter counts, per variant."""
     from rap.model import RaPModel
+
     out = {}
     for name, (loss_cfg, checkpointing) in _step_variants().items():
         with torch.device("meta"):
@@ -115,8 +128,11 @@ def count_flops() -> dict[str, dict[str, float]]:
         with FlopCounterMode(display=False) as counter:
             model(batch, alpha=0.4)["loss"].backward()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        out[name] = {"flops": float(counter.get_total_flops()), "trainable_params": float(trainable),
-                     "vocab": float(len(model.tokenizer))}
+        out[name] = {
+            "flops": float(counter.get_total_flops()),
+            "trainable_params": float(trainable),
+            "vocab": float(len(model.tokenizer)),
+        }
     return out
 
 
@@ -143,6 +159,7 @@ def worker(out_path: Path, counter_path: Path) -> None:
     from rap.config import LossConfig
     from rap.distributed import init_distributed
     from rap.model import RaPModel
+
     torch.set_num_threads(1)
     rank, world, _, device = init_distributed()
     counting = _load_counter(counter_path)
@@ -157,8 +174,17 @@ def worker(out_path: Path, counter_path: Path) -> None:
     with counting.count_collectives() as c:
         model(batch, **kwargs)["loss"].backward()
     trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    out_path.write_text(json.dumps({"world": world, "counts": c.counts, "bytes": c.bytes,
-                                    "host_syncs": c.host_syncs, "grad_bytes_narrow": trainable}))
+    out_path.write_text(
+        json.dumps(
+            {
+                "world": world,
+                "counts": c.counts,
+                "bytes": c.bytes,
+                "host_syncs": c.host_syncs,
+                "grad_bytes_narrow": trainable,
+            }
+        )
+    )
     dist.barrier()
     dist.destroy_process_group()
 
@@ -169,8 +195,9 @@ def _baseline_tree(ref: str, into: Path) -> Path:
         raise SystemExit("bench_step: git is needed to extract the baseline code")
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "rap"], capture_output=True)
     if archive.returncode != 0:
-        raise SystemExit(f"bench_step: cannot read --baseline-ref {ref!r} from {ROOT}: "
-                         f"{archive.stderr.decode().strip()}")
+        raise SystemExit(
+            f"bench_step: cannot read --baseline-ref {ref!r} from {ROOT}: {archive.stderr.decode().strip()}"
+        )
     into.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return into
@@ -178,11 +205,24 @@ def _baseline_tree(ref: str, into: Path) -> Path:
 
 def _run_ranks(world: int, code_root: Path, tmp: Path) -> dict:
     out = tmp / f"w{world}-{code_root.name}.json"
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    }
     env.update(PYTHONPATH=str(code_root), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
-           str(Path(__file__).resolve()), "--worker", str(out), "--counter", str(ROOT / "rap" / "distributed.py")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={world}",
+        str(Path(__file__).resolve()),
+        "--worker",
+        str(out),
+        "--counter",
+        str(ROOT / "rap" / "distributed.py"),
+    ]
     proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"bench_step: {world}-rank run of {code_root} failed:\n{proc.stderr[-3000:]}")
@@ -206,12 +246,17 @@ def count_traffic(baseline_ref: str) -> dict[str, dict]:
             runs = {w: _run_ranks(w, code, tmp) for w in (*FIT_WORLDS, CHECK_WORLD)}
             total = {w: sum(r["bytes"].values()) for w, r in runs.items()}
             a, b = _fit(total)
-            predicted = a * CHECK_WORLD + b * CHECK_WORLD ** 2
-            out[label] = {"counts": runs[2]["counts"], "collectives": sum(runs[2]["counts"].values()),
-                          "host_syncs": runs[2]["host_syncs"], "bytes_by_world": total,
-                          "check_world": CHECK_WORLD, "check_predicted": predicted,
-                          "check_measured": total[CHECK_WORLD],
-                          "bytes_64": a * PAPER_RANKS + b * PAPER_RANKS ** 2}
+            predicted = a * CHECK_WORLD + b * CHECK_WORLD**2
+            out[label] = {
+                "counts": runs[2]["counts"],
+                "collectives": sum(runs[2]["counts"].values()),
+                "host_syncs": runs[2]["host_syncs"],
+                "bytes_by_world": total,
+                "check_world": CHECK_WORLD,
+                "check_predicted": predicted,
+                "check_measured": total[CHECK_WORLD],
+                "bytes_64": a * PAPER_RANKS + b * PAPER_RANKS**2,
+            }
     return out
 
 
@@ -228,6 +273,7 @@ def gpu_figures(flops_after: float, steps: int) -> dict[str, float] | None:
     if not torch.cuda.is_available():
         return None
     from rap.model import RaPModel
+
     device = torch.device("cuda")
     loss_cfg, _ = _step_variants()["after"]
     torch.manual_seed(0)
@@ -271,8 +317,10 @@ def _itm_throughput(model, device: torch.device, videos: int = 8, texts_per_vide
     with torch.autocast("cuda", dtype=torch.bfloat16):
         feats = model.encode_video(video)
         timings = {}
-        for label, call in (("itm_pairs_per_s_cached", lambda: model.itm_scores(feats, ids, mask, video_rows=rows)),
-                            ("itm_pairs_per_s_per_pair", lambda: model.itm_scores(feats.index(rows), ids, mask))):
+        for label, call in (
+            ("itm_pairs_per_s_cached", lambda: model.itm_scores(feats, ids, mask, video_rows=rows)),
+            ("itm_pairs_per_s_per_pair", lambda: model.itm_scores(feats.index(rows), ids, mask)),
+        ):
             call()
             torch.cuda.synchronize()
             start = time.perf_counter()
@@ -295,19 +343,30 @@ def _row(label: str, today: float, after: float, unit: str = "") -> str:
 
 
 def report(flops: dict, traffic: dict, gpu: dict | None) -> str:
-    lines = ["Paper-scale step (ViT-B/16 256 px, 4 frames, bert-base, 30 clips/rank, every term of eq. 10)",
-             f"  {'':<44} {'today':>14} {'after':>14}"]
+    lines = [
+        "Paper-scale step (ViT-B/16 256 px, 4 frames, bert-base, 30 clips/rank, every term of eq. 10)",
+        f"  {'':<44} {'today':>14} {'after':>14}",
+    ]
     lines.append(_row("TFLOPs per step per rank", flops["today"]["flops"] / 1e12, flops["after"]["flops"] / 1e12))
     rel = flops["release"]["flops"]
-    lines.append(f"  release-equivalent step: {rel / 1e12:.4g} TFLOPs; after/release = "
-                 f"{flops['after']['flops'] / rel:.3f}x, today/release = {flops['today']['flops'] / rel:.3f}x "
-                 f"(vocabulary {int(flops['after']['vocab'])} words: the builtin tokenizer, not bert's 30,522)")
+    lines.append(
+        f"  release-equivalent step: {rel / 1e12:.4g} TFLOPs; after/release = "
+        f"{flops['after']['flops'] / rel:.3f}x, today/release = {flops['today']['flops'] / rel:.3f}x "
+        f"(vocabulary {int(flops['after']['vocab'])} words: the builtin tokenizer, not bert's 30,522)"
+    )
     t, a = traffic["today"], traffic["after"]
-    lines.append(_row(f"MB moved by collectives per micro-batch, {PAPER_RANKS} ranks", t["bytes_64"] / 1e6,
-                      a["bytes_64"] / 1e6, "MB"))
+    lines.append(
+        _row(
+            f"MB moved by collectives per micro-batch, {PAPER_RANKS} ranks",
+            t["bytes_64"] / 1e6,
+            a["bytes_64"] / 1e6,
+            "MB",
+        )
+    )
     for w in sorted(t["bytes_by_world"]):
-        lines.append(_row(f"  measured on {w} gloo ranks", t["bytes_by_world"][w] / 1e6,
-                          a["bytes_by_world"][w] / 1e6, "MB"))
+        lines.append(
+            _row(f"  measured on {w} gloo ranks", t["bytes_by_world"][w] / 1e6, a["bytes_by_world"][w] / 1e6, "MB")
+        )
     for label, x in (("today", t), ("after", a)):
         err = abs(x["check_predicted"] - x["check_measured"]) / max(1.0, x["check_measured"])
         lines.append(f"  {label}: a W + b W^2 fit on {FIT_WORLDS} predicts {CHECK_WORLD} ranks to {err:.1e} (relative)")
@@ -316,15 +375,19 @@ def report(flops: dict, traffic: dict, gpu: dict | None) -> str:
     lines.append(_row("host syncs per micro-batch (model fwd+bwd)", t["host_syncs"], max(a["host_syncs"], 0)))
     grad_mb = flops["after"]["trainable_params"] * 4 / 1e6
     lines.append(f"  DDP gradient all-reduce (unchanged, once per optimiser step): {grad_mb:,.0f} MB of fp32 gradients")
-    lines.append("  trainer (rap/training/loop.py, not measured here): today +1 all-reduce and +1 host sync per "
-                 "micro-batch (non-finite check) and +1 sync per step (grad norm); with rap.distributed.StepTerms "
-                 "1 all-reduce + 1 host sync per step for both")
+    lines.append(
+        "  trainer (rap/training/loop.py, not measured here): today +1 all-reduce and +1 host sync per "
+        "micro-batch (non-finite check) and +1 sync per step (grad norm); with rap.distributed.StepTerms "
+        "1 all-reduce + 1 host sync per step for both"
+    )
     if gpu is None:
-        lines.append("GPU figures (clips/s, MFU in bf16, ITM re-rank throughput): no CUDA device in this run, "
-                     "not measured")
+        lines.append(
+            "GPU figures (clips/s, MFU in bf16, ITM re-rank throughput): no CUDA device in this run, not measured"
+        )
     else:
-        lines.append("GPU (after step, bf16 autocast, one device, no DDP): " + ", ".join(
-            f"{k}={v:.4g}" for k, v in gpu.items()))
+        lines.append(
+            "GPU (after step, bf16 autocast, one device, no DDP): " + ", ".join(f"{k}={v:.4g}" for k, v in gpu.items())
+        )
     return "\n".join(lines)
 
 

@@ -61,18 +61,28 @@ def load_model_weights(model: nn.Module, path: Path, *, strict: bool = False) ->
     mismatch or an empty overlap is always an error."""
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-           for k, v in state.items() if k in own and own[k].shape != v.shape]
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     if bad:
-        raise RuntimeError(f"{path}: {len(bad)} tensor(s) do not fit the model "
-                           f"(was it trained with another model config?): {bad[:5]}")
+        raise RuntimeError(
+            f"{path}: {len(bad)} tensor(s) do not fit the model (was it trained with another model config?): {bad[:5]}"
+        )
     if not set(state) & set(own):
         raise RuntimeError(f"{path}: no parameter name in common with {type(model).__name__}")
     result = model.load_state_dict(state, strict=strict)
     missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     if missing or unexpected:
-        log.info("loaded %s: %d missing key(s) %s, %d unused key(s) %s", path, len(missing), missing[:5],
-                 len(unexpected), unexpected[:5])
+        log.info(
+            "loaded %s: %d missing key(s) %s, %d unused key(s) %s",
+            path,
+            len(missing),
+            missing[:5],
+            len(unexpected),
+            unexpected[:5],
+        )
     return {"missing": missing, "unexpected": unexpected}
 
 

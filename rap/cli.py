@@ -18,8 +18,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from rap.config import (ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ProcessLayout, ablation_overrides,
-                        load_params)
+from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ProcessLayout, ablation_overrides, load_params
 from rap.errors import RapError
 
 log = logging.getLogger("rap")
@@ -74,12 +73,14 @@ def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Pa
 def _check_weights(params: Params) -> None:
     """Every pretrained weight the model needs is on disk, before any other work (weights.py)."""
     from rap.model.weights import check_pretrained_weights
+
     check_pretrained_weights(params.cfg.model)
 
 
 def cmd_download(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.data.download import download
+
     datasets = ALL_DATASETS if args.dataset == "synthetic" else (args.dataset,)
     if args.dataset == "synthetic" and params.cfg.data.source != "synthetic":
         raise ConfigError("`rap download synthetic` needs data.source: synthetic (the embedded scale)")
@@ -97,6 +98,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 def cmd_extract(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.data.extract import extract
+
     summary = extract(args.dataset, params.cfg.data)
     print(summary)
 
@@ -107,6 +109,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")  # checks the layout first
     _check_weights(params)
     from rap.training.pretrain import run
+
     run(params, Path(args.out), resume=args.resume, max_steps=args.max_steps)
 
 
@@ -115,6 +118,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     _relaunch_under_torchrun(params.cfg.finetune, "finetune")
     _check_weights(params)
     from rap.training.finetune import run
+
     run(params, args.task, Path(args.checkpoint), Path(args.out), resume=args.resume, max_steps=args.max_steps)
 
 
@@ -124,15 +128,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _relaunch_under_torchrun(params.cfg.finetune, "evaluate")
     _check_weights(params)
     from rap.evaluation import run_evaluation
+
     metrics = run_evaluation(params, args.dataset, args.split, Path(args.checkpoint), Path(args.out))
     t2v = metrics["t2v"]
-    print(f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "
-          f"R@10 {t2v['R@10']:.1f} MdR {t2v['MdR']:.1f}  -> {args.out}")
+    print(
+        f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "
+        f"R@10 {t2v['R@10']:.1f} MdR {t2v['MdR']:.1f}  -> {args.out}"
+    )
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.reports.tables import write_tables
+
     for path in write_tables(params, Path(args.runs), Path(args.out)):
         print(path)
 
@@ -140,6 +148,7 @@ def cmd_tables(args: argparse.Namespace) -> None:
 def cmd_figure(args: argparse.Namespace) -> None:
     params = _params(args)
     from rap.reports.figure import draw_figure
+
     out = draw_figure(params, Path(args.racl_checkpoint), Path(args.baseline_checkpoint), Path(args.out))
     print(out)
 
@@ -150,18 +159,27 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def _add_resume(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", default="auto", choices=("auto", "force", "no"),
-                   help="auto (default): continue the run in --out when its training settings and code are "
-                        "this command's; start a new one when that run had finished; otherwise stop and say "
-                        "what changed. force: continue whatever changed. no: start afresh. An earlier run's "
-                        "files are moved to <out>/set-aside/, never deleted (rap.training.resume)")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        choices=("auto", "force", "no"),
+        help="auto (default): continue the run in --out when its training settings and code are "
+        "this command's; start a new one when that run had finished; otherwise stop and say "
+        "what changed. force: continue whatever changed. no: start afresh. An earlier run's "
+        "files are moved to <out>/set-aside/, never deleted (rap.training.resume)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
-    common.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a top-level knob or a dotted key of the selected scale (repeatable)")
+    common.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a top-level knob or a dotted key of the selected scale (repeatable)",
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     parser = argparse.ArgumentParser(prog="rap", description=__doc__.splitlines()[0])
@@ -178,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", parents=[common], help="pre-train RaP (torchrun-aware)")
     p.add_argument("--out", default="runs/pretrain/main")
-    p.add_argument("--ablation", default=None,
-                   help="name of an ablation run (e.g. racl-none, frames-2, lambda-2.0, mask-0.75)")
+    p.add_argument(
+        "--ablation", default=None, help="name of an ablation run (e.g. racl-none, frames-2, lambda-2.0, mask-0.75)"
+    )
     _add_resume(p)
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps")
     p.set_defaults(func=cmd_pretrain)
@@ -214,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     try:
         args.func(args)
     except ConfigError as err:

@@ -67,8 +67,12 @@ class VisionConfig:
     weights: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.img_size > 0 and self.img_size % self.patch_size == 0, "model.vision.img_size",
-               self.img_size, f"must be a positive multiple of patch_size={self.patch_size}")
+        _check(
+            self.img_size > 0 and self.img_size % self.patch_size == 0,
+            "model.vision.img_size",
+            self.img_size,
+            f"must be a positive multiple of patch_size={self.patch_size}",
+        )
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,12 @@ class TextConfig:
     weights: str | None = None
 
     def __post_init__(self) -> None:
-        _check(self.hidden_size % self.num_heads == 0, "model.text.hidden_size", self.hidden_size,
-               f"must be divisible by num_heads={self.num_heads}")
+        _check(
+            self.hidden_size % self.num_heads == 0,
+            "model.text.hidden_size",
+            self.hidden_size,
+            f"must be divisible by num_heads={self.num_heads}",
+        )
         _check(self.max_len_train >= 4, "model.text.max_len_train", self.max_len_train, "must be >= 4")
 
 
@@ -146,8 +154,12 @@ class ModelConfig:
     itm_hard_negatives: bool = True
 
     def __post_init__(self) -> None:
-        _check(0 < self.temp_min <= self.temp_init <= self.temp_max, "model.temp_init", self.temp_init,
-               f"must lie in [temp_min={self.temp_min}, temp_max={self.temp_max}]")
+        _check(
+            0 < self.temp_min <= self.temp_init <= self.temp_max,
+            "model.temp_init",
+            self.temp_init,
+            f"must lie in [temp_min={self.temp_min}, temp_max={self.temp_max}]",
+        )
         _check(0 <= self.mask_video < 1, "mask_video", self.mask_video, "must be in [0, 1)")
         _check(0 <= self.mask_text < 1, "mask_text", self.mask_text, "must be in [0, 1)")
 
@@ -183,8 +195,12 @@ class DataConfig:
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
         _check(self.store_format in ("npy", "jpeg"), "data.store_format", self.store_format, "must be npy or jpeg")
-        _check(1 <= self.store_jpeg_quality <= 100, "data.store_jpeg_quality", self.store_jpeg_quality,
-               "must be in [1, 100]")
+        _check(
+            1 <= self.store_jpeg_quality <= 100,
+            "data.store_jpeg_quality",
+            self.store_jpeg_quality,
+            "must be in [1, 100]",
+        )
         _check(self.synthetic_scale > 0, "data.synthetic_scale", self.synthetic_scale, "must be > 0")
 
 
@@ -233,8 +249,12 @@ class ProcessLayout:
         _check(self.nodes >= 1, "nodes", self.nodes, "must be >= 1")
         _check(self.gpus_per_node >= 0, "gpus_per_node", self.gpus_per_node, "must be >= 0")
         _check(self.cpu_procs_per_node >= 1, "cpu_procs_per_node", self.cpu_procs_per_node, "must be >= 1")
-        _check(self.gpus_per_node == 0 or self.cpu_procs_per_node == 1, "cpu_procs_per_node",
-               self.cpu_procs_per_node, f"applies to CPU training only, but gpus_per_node={self.gpus_per_node}")
+        _check(
+            self.gpus_per_node == 0 or self.cpu_procs_per_node == 1,
+            "cpu_procs_per_node",
+            self.cpu_procs_per_node,
+            f"applies to CPU training only, but gpus_per_node={self.gpus_per_node}",
+        )
 
     @property
     def procs_per_node(self) -> int:
@@ -256,19 +276,26 @@ class PretrainConfig(ProcessLayout):
         super().__post_init__()
         for s in self.sources:
             _check(s in PRETRAIN_SOURCES, "pretrain.sources", s, f"must be one of {PRETRAIN_SOURCES}")
-        _check(len(self.source_weights) == len(self.sources), "pretrain.source_weights", self.source_weights,
-               "needs one weight per source")
+        _check(
+            len(self.source_weights) == len(self.sources),
+            "pretrain.source_weights",
+            self.source_weights,
+            "needs one weight per source",
+        )
 
 
 @dataclass(frozen=True)
 class FinetuneConfig(ProcessLayout):
     tasks: tuple[str, ...] = FINETUNE_TASKS
-    epochs: Mapping[str, int] = field(default_factory=lambda: {
-        "msrvtt-7k": 30, "msrvtt-9k": 10, "didemo": 30, "msvd": 30, "lsmdc": 30})
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(
-        lr=1e-5, warmup_steps=0, schedule="cosine", batch_size=15, precision="fp32"))
-    loss: LossConfig = field(default_factory=lambda: LossConfig(lm_weight=0.0, intra_video_weight=0.0,
-                                                                intra_text_weight=0.0))
+    epochs: Mapping[str, int] = field(
+        default_factory=lambda: {"msrvtt-7k": 30, "msrvtt-9k": 10, "didemo": 30, "msvd": 30, "lsmdc": 30}
+    )
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-5, warmup_steps=0, schedule="cosine", batch_size=15, precision="fp32")
+    )
+    loss: LossConfig = field(
+        default_factory=lambda: LossConfig(lm_weight=0.0, intra_video_weight=0.0, intra_text_weight=0.0)
+    )
     # Training text length per task, overriding model.text.max_len_train (30, for one-sentence
     # captions). DiDeMo trains on whole paragraphs: 30 tokens would cut ~60 % of them (median
     # 34 WordPiece tokens on the authors' val/test files), 64 cuts ~1 %, and 64 is what the
@@ -309,8 +336,12 @@ class ScaleConfig:
         for d in self.evaluate.zero_shot:
             _check(d in self.datasets, "evaluate.zero_shot", d, f"is not in datasets={list(self.datasets)}")
         for t in self.finetune.tasks:
-            _check(t.split("-")[0] in self.datasets, "finetune.tasks", t,
-                   f"needs dataset {t.split('-')[0]!r} in datasets={list(self.datasets)}")
+            _check(
+                t.split("-")[0] in self.datasets,
+                "finetune.tasks",
+                t,
+                f"needs dataset {t.split('-')[0]!r} in datasets={list(self.datasets)}",
+            )
 
 
 def finetune_text_len(cfg: ScaleConfig, task: str) -> int:
@@ -321,11 +352,23 @@ def finetune_text_len(cfg: ScaleConfig, task: str) -> int:
 
 # The paper's main setting (section 5.4): every ablation run changes exactly one of these.
 REFERENCE_KNOBS: Mapping[str, Any] = types.MappingProxyType(
-    {"lambda": 1.0, "frames": 4, "racl": "both", "mask_video": 0.0, "mask_text": 0.0})
+    {"lambda": 1.0, "frames": 4, "racl": "both", "mask_video": 0.0, "mask_text": 0.0}
+)
 # Ablation run names are "<knob>-<value>"; the knob names used in run names:
 ABLATION_KNOBS = {"racl": "racl", "frames": "frames", "lambda": "lambda", "mask": "mask_video"}
-DEFAULT_ABLATIONS = ("racl-none", "racl-v2t", "racl-t2v", "frames-1", "frames-2", "frames-8",
-                     "lambda-0.5", "lambda-2.0", "lambda-4.0", "mask-0.5", "mask-0.75")
+DEFAULT_ABLATIONS = (
+    "racl-none",
+    "racl-v2t",
+    "racl-t2v",
+    "frames-1",
+    "frames-2",
+    "frames-8",
+    "lambda-0.5",
+    "lambda-2.0",
+    "lambda-4.0",
+    "mask-0.5",
+    "mask-0.75",
+)
 
 
 def ablation_overrides(name: str) -> dict[str, Any]:
@@ -336,15 +379,18 @@ def ablation_overrides(name: str) -> dict[str, Any]:
     """
     prefix, sep, raw_value = name.partition("-")
     if not sep or prefix not in ABLATION_KNOBS:
-        raise ConfigError(f"invalid ablation run name {name!r}: expected <knob>-<value> with knob in "
-                          f"{sorted(ABLATION_KNOBS)}")
+        raise ConfigError(
+            f"invalid ablation run name {name!r}: expected <knob>-<value> with knob in {sorted(ABLATION_KNOBS)}"
+        )
     knob = ABLATION_KNOBS[prefix]
     value = yaml.safe_load(raw_value)
     hint = {"racl": RaclDirection, "frames": int, "lambda": float, "mask_video": float}[knob]
     value = _coerce(value, hint, f"ablations[{name}]", "ablation")
     if value == REFERENCE_KNOBS[knob]:
-        raise ConfigError(f"ablation run {name!r} equals the paper's main setting; its row is read "
-                          "from the main run, so leave it out of `ablations`")
+        raise ConfigError(
+            f"ablation run {name!r} equals the paper's main setting; its row is read "
+            "from the main run, so leave it out of `ablations`"
+        )
     return {**REFERENCE_KNOBS, knob: value}
 
 
@@ -400,13 +446,13 @@ def load_params(path: str | Path = "params.yaml", overrides: Mapping[str, Any] |
     return params_from_dict(raw, overrides, source=str(path))
 
 
-def params_from_dict(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None,
-                     source: str = "params") -> Params:
+def params_from_dict(
+    raw: Mapping[str, Any], overrides: Mapping[str, Any] | None = None, source: str = "params"
+) -> Params:
     raw = _deep_copy(raw)
     for key in raw:
         if key not in TOP_LEVEL_KNOBS + SCALES:
-            raise ConfigError(f"{source}: unknown top-level key {key!r}; expected one of "
-                              f"{TOP_LEVEL_KNOBS + SCALES}")
+            raise ConfigError(f"{source}: unknown top-level key {key!r}; expected one of {TOP_LEVEL_KNOBS + SCALES}")
     for key, value in (overrides or {}).items():
         if key in TOP_LEVEL_KNOBS:
             raw[key] = value
@@ -421,16 +467,28 @@ def params_from_dict(raw: Mapping[str, Any], overrides: Mapping[str, Any] | None
     cfg = _build(ScaleConfig, block, prefix=scale, source=source)
     cfg = _apply_knobs(cfg, raw, source)
     seed = raw.get("seed", 0)
-    _check(isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0, "seed", seed,
-           "must be a non-negative integer")
+    _check(
+        isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
+        "seed",
+        seed,
+        "must be a non-negative integer",
+    )
     ablations = _coerce(raw.get("ablations", list(DEFAULT_ABLATIONS)), tuple[str, ...], "ablations", source)
     for name in ablations:
         ablation_overrides(name)  # validates the name
-    _check("racl-none" in ablations, "ablations", list(ablations),
-           "must include racl-none: Table 5 and Figure 3 compare with the model trained without RaCL")
-    knobs = {"lambda": cfg.pretrain.loss.racl_lambda, "frames": cfg.data.frames_train,
-             "racl": cfg.pretrain.loss.racl, "mask_video": cfg.model.mask_video,
-             "mask_text": cfg.model.mask_text}
+    _check(
+        "racl-none" in ablations,
+        "ablations",
+        list(ablations),
+        "must include racl-none: Table 5 and Figure 3 compare with the model trained without RaCL",
+    )
+    knobs = {
+        "lambda": cfg.pretrain.loss.racl_lambda,
+        "frames": cfg.data.frames_train,
+        "racl": cfg.pretrain.loss.racl,
+        "mask_video": cfg.model.mask_video,
+        "mask_text": cfg.model.mask_text,
+    }
     return Params(scale=scale, seed=seed, cfg=cfg, knobs=types.MappingProxyType(knobs), ablations=ablations)
 
 
@@ -450,8 +508,9 @@ def _apply_knobs(cfg: ScaleConfig, raw: Mapping[str, Any], source: str) -> Scale
         data = dataclasses.replace(data, frames_train=_coerce(raw["frames"], int, "frames", source))
     pretrain = dataclasses.replace(cfg.pretrain, loss=loss)
     # Fine-tuning keeps the RaCL direction and weight of the pre-trained model it starts from.
-    ft_loss = dataclasses.replace(cfg.finetune.loss, racl_lambda=loss.racl_lambda, racl=loss.racl,
-                                  racl_variant=loss.racl_variant)
+    ft_loss = dataclasses.replace(
+        cfg.finetune.loss, racl_lambda=loss.racl_lambda, racl=loss.racl, racl_variant=loss.racl_variant
+    )
     finetune = dataclasses.replace(cfg.finetune, loss=ft_loss)
     return dataclasses.replace(cfg, pretrain=pretrain, finetune=finetune, model=model, data=data)
 

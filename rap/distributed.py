@@ -50,6 +50,7 @@ __all__ = [
     "StepTerms",
 ]
 
+
 def _env_int(name: str, default: int) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -91,8 +92,14 @@ def init_distributed(timeout_s: float = 1800.0) -> tuple[int, int, int, torch.de
     if not dist.is_initialized():
         backend = "nccl" if use_cuda else "gloo"
         kwargs = {"device_id": device} if use_cuda else {}
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group(
+            backend=backend,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+            **kwargs,
+        )
     return dist.get_rank(), dist.get_world_size(), local_rank, device
 
 
@@ -156,10 +163,12 @@ def check_equal_shapes(tensors: Mapping[str, torch.Tensor], what: str = "all_gat
     dist.all_gather(gathered, rows)
     per_rank = torch.stack(gathered).cpu().tolist()  # the host read (a sync on a GPU)
     for i, name in enumerate(tensors):
-        shapes = [tuple(r[i][1: 1 + r[i][0]]) for r in per_rank]
+        shapes = [tuple(r[i][1 : 1 + r[i][0]]) for r in per_rank]
         if any(s != shapes[0] for s in shapes):
-            raise ValueError(f"{what} ({name}): every rank must pass the same shape (equal local batch size), "
-                             f"got {dict(enumerate(shapes))}")
+            raise ValueError(
+                f"{what} ({name}): every rank must pass the same shape (equal local batch size), "
+                f"got {dict(enumerate(shapes))}"
+            )
 
 
 def _check_equal_shapes(x: torch.Tensor, what: str) -> None:
@@ -191,7 +200,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous().clone()
         _count("all_reduce", grad.numel() * grad.element_size())
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        return grad[ctx.rank * ctx.batch: (ctx.rank + 1) * ctx.batch]
+        return grad[ctx.rank * ctx.batch : (ctx.rank + 1) * ctx.batch]
 
 
 def all_gather_with_grad(x: torch.Tensor, *, check_shapes: bool = True) -> torch.Tensor:
@@ -287,8 +296,17 @@ class CollectiveCounter:
 
 
 _ACTIVE: list[CollectiveCounter] = []
-_TORCH_COLLECTIVES = ("all_gather", "all_reduce", "all_gather_object", "broadcast", "reduce_scatter",
-                      "all_to_all", "barrier", "all_gather_into_tensor", "reduce_scatter_tensor")
+_TORCH_COLLECTIVES = (
+    "all_gather",
+    "all_reduce",
+    "all_gather_object",
+    "broadcast",
+    "reduce_scatter",
+    "all_to_all",
+    "barrier",
+    "all_gather_into_tensor",
+    "reduce_scatter_tensor",
+)
 _HOST_READS = ("tolist",)  # reads that bypass the dispatcher on a CPU tensor
 
 
@@ -315,11 +333,13 @@ def _tensor_bytes(name: str, args: tuple) -> int:
 
 def _counting_collective(name: str, fn: Callable) -> Callable:
     """Count calls from outside this module (rap.distributed counts its own, exact bytes)."""
+
     def wrapper(*args, **kwargs):
         caller = sys._getframe(1)
         if caller.f_globals.get("__name__") != __name__:
             _count(name, _tensor_bytes(name, args))
         return fn(*args, **kwargs)
+
     return wrapper
 
 
@@ -328,8 +348,16 @@ class _SyncingOps(TorchDispatchMode):
     ``bool(t)``, ``int(t)``: ``_local_scalar_dense``), or an output whose size depends on the
     data (``nonzero``, boolean-mask indexing, ``masked_select``, ``unique``)."""
 
-    _ALWAYS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
-               "equal", "is_nonzero"}
+    _ALWAYS = {
+        "_local_scalar_dense",
+        "nonzero",
+        "masked_select",
+        "_unique2",
+        "unique_dim",
+        "unique_consecutive",
+        "equal",
+        "is_nonzero",
+    }
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
@@ -347,6 +375,7 @@ def _counting_read(fn: Callable) -> Callable:
     def wrapper(self, *args, **kwargs):
         _count_host_read()
         return fn(self, *args, **kwargs)
+
     return wrapper
 
 
@@ -439,7 +468,7 @@ class StepTerms:
         device = self._values.device
         extra_values = [e.detach().float().reshape(()).to(device) for e in extra.values()]
         values = torch.cat([self._values, torch.stack(extra_values)]) if extra_values else self._values
-        extra_bad = ~torch.isfinite(values[len(self._names):])
+        extra_bad = ~torch.isfinite(values[len(self._names) :])
         flags = torch.cat([self._flags, extra_bad.float()])
         values = torch.where(flags > 0, torch.zeros_like(values), values)
         both = torch.cat([values, flags])
@@ -449,7 +478,7 @@ class StepTerms:
             both[: len(names)] /= dist.get_world_size()
         host = both.cpu().tolist()  # the step's one host sync
         means = dict(zip(names, host[: len(names)]))
-        bad = [name for name, f in zip(names, host[len(names):]) if f > 0]
+        bad = [name for name, f in zip(names, host[len(names) :]) if f > 0]
         for name in bad:
             means[name] = float("nan")
         return means, bad

@@ -55,8 +55,16 @@ if TYPE_CHECKING:
     from rap.config import Params
     from rap.data.datasets import EvalSet
 
-__all__ = ["EvalScores", "encode_eval_set", "rerank_scores", "itm_pair_scores", "score_matrices", "evaluate",
-           "run_evaluation", "write_json_atomic"]
+__all__ = [
+    "EvalScores",
+    "encode_eval_set",
+    "rerank_scores",
+    "itm_pair_scores",
+    "score_matrices",
+    "evaluate",
+    "run_evaluation",
+    "write_json_atomic",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +110,7 @@ def _map_fields(feats: Any, fn) -> Any:
 
 def _cat_fields(chunks: list[Any]) -> Any:
     first = chunks[0]
-    return type(first)(**{f.name: torch.cat([getattr(c, f.name) for c in chunks])
-                          for f in dataclasses.fields(first)})
+    return type(first)(**{f.name: torch.cat([getattr(c, f.name) for c in chunks]) for f in dataclasses.fields(first)})
 
 
 def _autocast(device: torch.device):
@@ -117,9 +124,16 @@ def _autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def encode_eval_set(model, eval_set: EvalSet, tokens: dict[str, torch.Tensor], batch_size: int,
-                    device: torch.device, *, keep_video_features: bool, num_workers: int = 0
-                    ) -> tuple[Any, torch.Tensor, torch.Tensor]:
+def encode_eval_set(
+    model,
+    eval_set: EvalSet,
+    tokens: dict[str, torch.Tensor],
+    batch_size: int,
+    device: torch.device,
+    *,
+    keep_video_features: bool,
+    num_workers: int = 0,
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Encode every video and text once (this rank: its share of each).
 
     Returns ``(video_feats, video_emb (V, D), text_emb (T, D))`` on the CPU, the embeddings of
@@ -130,14 +144,17 @@ def encode_eval_set(model, eval_set: EvalSet, tokens: dict[str, torch.Tensor], b
     n_videos = len(eval_set.videos)
     mine = rdist.shard_range(n_videos)
     video_chunks, emb_chunks = [], []
-    bar = tqdm(total=len(mine), desc=f"{eval_set.dataset} videos", unit="video", leave=False,
-               disable=rdist.get_rank() != 0)
+    bar = tqdm(
+        total=len(mine), desc=f"{eval_set.dataset} videos", unit="video", leave=False, disable=rdist.get_rank() != 0
+    )
     expected = mine.start
     for batch in eval_set.iter_videos(batch_size, num_workers, indices=mine):
         index = batch["video_index"]
         if not torch.equal(index, torch.arange(expected, expected + len(index))):
-            raise RuntimeError(f"{eval_set.dataset}: video loader returned indices {index.tolist()[:5]}..., "
-                               f"expected {expected}...: the evaluation loader must not shuffle")
+            raise RuntimeError(
+                f"{eval_set.dataset}: video loader returned indices {index.tolist()[:5]}..., "
+                f"expected {expected}...: the evaluation loader must not shuffle"
+            )
         expected += len(index)
         with _autocast(device):
             feats = model.encode_video(batch["video"].to(device, non_blocking=True))
@@ -156,8 +173,13 @@ def encode_eval_set(model, eval_set: EvalSet, tokens: dict[str, torch.Tensor], b
     ids, mask = tokens["input_ids"], tokens["attention_mask"]
     texts = rdist.shard_range(len(ids))
     text_chunks = []
-    for start in tqdm(range(texts.start, texts.stop, batch_size), desc=f"{eval_set.dataset} texts",
-                      unit="batch", leave=False, disable=rdist.get_rank() != 0):
+    for start in tqdm(
+        range(texts.start, texts.stop, batch_size),
+        desc=f"{eval_set.dataset} texts",
+        unit="batch",
+        leave=False,
+        disable=rdist.get_rank() != 0,
+    ):
         sl = slice(start, min(start + batch_size, texts.stop))
         with _autocast(device):
             feats = model.encode_text(ids[sl].to(device), mask[sl].to(device))
@@ -186,8 +208,10 @@ def rerank_scores(itc: torch.Tensor, topk_index: torch.Tensor, itm: torch.Tensor
     the ITC differences exact next to the offset.
     """
     if itc.ndim != 2 or topk_index.shape != itm.shape or topk_index.shape[0] != itc.shape[0]:
-        raise ValueError(f"rerank_scores: itc {tuple(itc.shape)}, topk_index {tuple(topk_index.shape)} and "
-                         f"itm {tuple(itm.shape)} do not fit (need (Q, C), (Q, k), (Q, k))")
+        raise ValueError(
+            f"rerank_scores: itc {tuple(itc.shape)}, topk_index {tuple(topk_index.shape)} and "
+            f"itm {tuple(itm.shape)} do not fit (need (Q, C), (Q, k), (Q, k))"
+        )
     if not torch.isfinite(itm).all():
         raise ValueError(f"ITM scores hold {int((~torch.isfinite(itm)).sum())} non-finite value(s)")
     final = itc.double().clone()
@@ -209,9 +233,16 @@ def _itm_autocast(device: torch.device):
 
 
 @torch.inference_mode()
-def itm_pair_scores(model, video_feats: Any, tokens: dict[str, torch.Tensor], video_idx: torch.Tensor,
-                    text_idx: torch.Tensor, batch_size: int, device: torch.device, desc: str = "ITM"
-                    ) -> torch.Tensor:
+def itm_pair_scores(
+    model,
+    video_feats: Any,
+    tokens: dict[str, torch.Tensor],
+    video_idx: torch.Tensor,
+    text_idx: torch.Tensor,
+    batch_size: int,
+    device: torch.device,
+    desc: str = "ITM",
+) -> torch.Tensor:
     """``model.itm_scores`` of the pairs (video_idx[p], text_idx[p]), in batches; (P,) float CPU.
 
     Pairs are taken in video order, so a batch holds few videos with many texts each: each
@@ -221,24 +252,33 @@ def itm_pair_scores(model, video_feats: Any, tokens: dict[str, torch.Tensor], vi
     order = torch.argsort(video_idx, stable=True)
     out = torch.zeros(len(video_idx))
     for start in tqdm(range(0, len(video_idx), batch_size), desc=desc, unit="batch", leave=False):
-        sel = order[start:start + batch_size]
+        sel = order[start : start + batch_size]
         videos, rows = torch.unique(video_idx[sel], return_inverse=True)
         t = text_idx[sel]
         m = mask[t]
         length = max(int(m.sum(1).max()), 1)  # drop the padding columns no pair of this batch uses
         vf = _map_fields(video_feats, lambda x: x[videos].to(device, non_blocking=True))
         with _itm_autocast(device):
-            scores = model.itm_scores(vf, ids[t, :length].to(device), m[:, :length].to(device),
-                                      video_rows=rows.to(device))
+            scores = model.itm_scores(
+                vf, ids[t, :length].to(device), m[:, :length].to(device), video_rows=rows.to(device)
+            )
         if scores.shape != (len(sel),):
-            raise RuntimeError(f"model.itm_scores returned shape {tuple(scores.shape)} for {len(sel)} pairs, "
-                               f"expected ({len(sel)},)")
+            raise RuntimeError(
+                f"model.itm_scores returned shape {tuple(scores.shape)} for {len(sel)} pairs, expected ({len(sel)},)"
+            )
         out[sel] = scores.float().cpu()
     return out
 
 
-def _rerank_both(model, video_feats: Any, tokens: dict[str, torch.Tensor], itc: torch.Tensor, k: int,
-                 batch_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _rerank_both(
+    model,
+    video_feats: Any,
+    tokens: dict[str, torch.Tensor],
+    itc: torch.Tensor,
+    k: int,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Re-ranked (t2v (T, V), v2t (V, T)) score matrices. Each rank scores the pairs whose
     video is in its share (its ``video_feats``); the scores are gathered in rank order."""
     num_texts, num_videos = itc.shape
@@ -256,12 +296,23 @@ def _rerank_both(model, video_feats: Any, tokens: dict[str, torch.Tensor], itc: 
     mine = shares[rdist.get_rank()]
     start = sum(counts[: rdist.get_rank()])
     sl = slice(start, start + counts[rdist.get_rank()])
-    local = (itm_pair_scores(model, video_feats, tokens, pair_video[sl] - mine.start, pair_text[sl], batch_size,
-                             device, desc=f"ITM re-rank top {k}")
-             if counts[rdist.get_rank()] else torch.zeros(0))
+    local = (
+        itm_pair_scores(
+            model,
+            video_feats,
+            tokens,
+            pair_video[sl] - mine.start,
+            pair_text[sl],
+            batch_size,
+            device,
+            desc=f"ITM re-rank top {k}",
+        )
+        if counts[rdist.get_rank()]
+        else torch.zeros(0)
+    )
     itm_all = rdist.gather_shards(local, counts)[inverse]
     itm_t2v = itm_all[: len(pairs_t2v)].view(num_texts, k_t2v)
-    itm_v2t = itm_all[len(pairs_t2v):].view(num_videos, k_v2t)
+    itm_v2t = itm_all[len(pairs_t2v) :].view(num_videos, k_v2t)
     return rerank_scores(itc, top_t2v, itm_t2v), rerank_scores(itc.t(), top_v2t, itm_v2t)
 
 
@@ -270,8 +321,16 @@ def _rerank_both(model, video_feats: Any, tokens: dict[str, torch.Tensor], itc: 
 # --------------------------------------------------------------------------------------
 
 
-def score_matrices(model, tokenizer, eval_set: EvalSet, eval_cfg: EvalConfig, device: torch.device | str, *,
-                   max_len: int | None = None, num_workers: int = 0) -> EvalScores:
+def score_matrices(
+    model,
+    tokenizer,
+    eval_set: EvalSet,
+    eval_cfg: EvalConfig,
+    device: torch.device | str,
+    *,
+    max_len: int | None = None,
+    num_workers: int = 0,
+) -> EvalScores:
     """ITC (and, with ``eval_cfg.itm_rerank_k > 0``, ITM re-ranked) scores of an eval set.
 
     ``max_len`` defaults to the model's ``cfg.text.max_len_eval`` (64). The model is moved
@@ -287,16 +346,18 @@ def score_matrices(model, tokenizer, eval_set: EvalSet, eval_cfg: EvalConfig, de
         text_cfg = getattr(getattr(model, "cfg", None), "text", None)
         max_len = getattr(text_cfg, "max_len_eval", DEFAULT_MAX_LEN)
     if not eval_set.texts or len(eval_set.videos) == 0:
-        raise ValueError(f"{eval_set.dataset} {eval_set.split}: empty evaluation set "
-                         f"({len(eval_set.texts)} texts, {len(eval_set.videos)} videos)")
+        raise ValueError(
+            f"{eval_set.dataset} {eval_set.split}: empty evaluation set "
+            f"({len(eval_set.texts)} texts, {len(eval_set.videos)} videos)"
+        )
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.to(device).eval()
     try:
         tokens = eval_set.tokenize(tokenizer, max_len)
         video_feats, video_emb, text_emb = encode_eval_set(
-            model, eval_set, tokens, eval_cfg.batch_size, device, keep_video_features=k > 0,
-            num_workers=num_workers)
+            model, eval_set, tokens, eval_cfg.batch_size, device, keep_video_features=k > 0, num_workers=num_workers
+        )
         itc = text_emb @ video_emb.t()  # (T, V) cosine similarities
         if k > 0:
             t2v, v2t = _rerank_both(model, video_feats, tokens, itc, k, eval_cfg.batch_size, device)
@@ -305,16 +366,31 @@ def score_matrices(model, tokenizer, eval_set: EvalSet, eval_cfg: EvalConfig, de
     finally:
         if isinstance(model, torch.nn.Module):
             model.train(was_training)
-    return EvalScores(itc=itc, t2v=t2v, v2t=v2t, text_to_video=eval_set.gt, rerank_k=k,
-                      failed_videos=len(getattr(eval_set, "failed", [])))
+    return EvalScores(
+        itc=itc,
+        t2v=t2v,
+        v2t=v2t,
+        text_to_video=eval_set.gt,
+        rerank_k=k,
+        failed_videos=len(getattr(eval_set, "failed", [])),
+    )
 
 
-def evaluate(model, tokenizer, eval_set: EvalSet, eval_cfg: EvalConfig, device: torch.device | str, *,
-             max_len: int | None = None, num_workers: int = 0) -> dict[str, dict[str, float]]:
+def evaluate(
+    model,
+    tokenizer,
+    eval_set: EvalSet,
+    eval_cfg: EvalConfig,
+    device: torch.device | str,
+    *,
+    max_len: int | None = None,
+    num_workers: int = 0,
+) -> dict[str, dict[str, float]]:
     """``{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR"}, "v2t": {...}}`` of a (zero-shot or
     fine-tuned) model on an evaluation set (see the module docstring for the procedure)."""
-    return score_matrices(model, tokenizer, eval_set, eval_cfg, device, max_len=max_len,
-                          num_workers=num_workers).metrics()
+    return score_matrices(
+        model, tokenizer, eval_set, eval_cfg, device, max_len=max_len, num_workers=num_workers
+    ).metrics()
 
 
 def write_json_atomic(data: Any, path: Path) -> Path:
@@ -334,14 +410,25 @@ def _check_loaded(result: dict[str, list[str]], checkpoint: Path, rerank: bool) 
     required = _REQUIRED_PREFIXES + (("itm_head.",) if rerank else ())
     missing = [k for k in result.get("missing", []) if k.startswith(required)]
     if missing:
-        raise RuntimeError(f"{checkpoint}: {len(missing)} weight(s) evaluation needs are missing from the "
-                           f"checkpoint (was it trained with another model config?): {missing[:5]}")
+        raise RuntimeError(
+            f"{checkpoint}: {len(missing)} weight(s) evaluation needs are missing from the "
+            f"checkpoint (was it trained with another model config?): {missing[:5]}"
+        )
 
 
 # The knobs MLflow must show on an evaluation run to plot R@1 against each ablated setting:
 # the scored checkpoint's, not the evaluate command's (whose top-level knobs are the main run's).
-CHECKPOINT_KNOBS = ("lambda", "frames", "racl", "mask_video", "mask_text", "seed", "scale",
-                    "pretrain.loss.racl_variant", "pretrain.loss.racl_weight_grad")
+CHECKPOINT_KNOBS = (
+    "lambda",
+    "frames",
+    "racl",
+    "mask_video",
+    "mask_text",
+    "seed",
+    "scale",
+    "pretrain.loss.racl_variant",
+    "pretrain.loss.racl_weight_grad",
+)
 
 
 def evaluation_params(params: Params, checkpoint_params: dict[str, Any] | None) -> dict[str, Any]:
@@ -349,9 +436,11 @@ def evaluation_params(params: Params, checkpoint_params: dict[str, Any] | None) 
     trained with (every key, so the knobs come along), then this command's evaluation settings
     on top (``evaluate.*``, the test-time frames and text length), which are what it ran."""
     current = params.to_flat_dict()
-    evaluation = {k: v for k, v in current.items()
-                  if k.startswith("evaluate.") or k in ("data.frames_eval", "data.sampling_eval",
-                                                         "model.text.max_len_eval")}
+    evaluation = {
+        k: v
+        for k, v in current.items()
+        if k.startswith("evaluate.") or k in ("data.frames_eval", "data.sampling_eval", "model.text.max_len_eval")
+    }
     trained = dict(checkpoint_params or {})
     missing = [k for k in CHECKPOINT_KNOBS if k not in trained]
     if missing:
@@ -379,31 +468,56 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     _, _, _, device = rdist.init_distributed()
     digest = file_digest(checkpoint)
     trained_params = load_checkpoint(checkpoint).get("params")
-    tags = {"rap.dataset": dataset, "rap.split": split, "rap.checkpoint": str(checkpoint),
-            tracking.CHECKPOINT_DIGEST_TAG: digest}
+    tags = {
+        "rap.dataset": dataset,
+        "rap.split": split,
+        "rap.checkpoint": str(checkpoint),
+        tracking.CHECKPOINT_DIGEST_TAG: digest,
+    }
     trained_by = tracking.find_run_by_tag(tracking.CHECKPOINT_DIGEST_TAG, digest)
     if trained_by is not None:
         tags[tracking.TRAINED_BY_TAG] = trained_by
     try:
-        with tracking.stage_run("evaluate", params, tags=tags,
-                                param_values=evaluation_params(params, trained_params)):
+        with tracking.stage_run("evaluate", params, tags=tags, param_values=evaluation_params(params, trained_params)):
             torch.manual_seed(params.seed)
             model = RaPModel(cfg.model, cfg.pretrain.loss)
             tokenizer = getattr(model, "tokenizer", None) or build_tokenizer(cfg.model.text)
             _check_loaded(load_model_weights(model, checkpoint), checkpoint, cfg.evaluate.itm_rerank_k > 0)
             eval_set = build_eval_set(dataset, split, cfg)
-            log.info("evaluating %s on %s/%s: %d queries, %d videos, ITM re-rank k=%d on %s (%d rank(s))",
-                     checkpoint, dataset, split, len(eval_set.texts), len(eval_set.videos),
-                     cfg.evaluate.itm_rerank_k, device, rdist.get_world_size())
-            scores = score_matrices(model, tokenizer, eval_set, cfg.evaluate, device,
-                                    max_len=cfg.model.text.max_len_eval, num_workers=cfg.data.num_workers)
+            log.info(
+                "evaluating %s on %s/%s: %d queries, %d videos, ITM re-rank k=%d on %s (%d rank(s))",
+                checkpoint,
+                dataset,
+                split,
+                len(eval_set.texts),
+                len(eval_set.videos),
+                cfg.evaluate.itm_rerank_k,
+                device,
+                rdist.get_world_size(),
+            )
+            scores = score_matrices(
+                model,
+                tokenizer,
+                eval_set,
+                cfg.evaluate,
+                device,
+                max_len=cfg.model.text.max_len_eval,
+                num_workers=cfg.data.num_workers,
+            )
             result: dict[str, Any] = dict(scores.metrics())
             if scores.rerank_k > 0:
                 result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
-            info = {"dataset": dataset, "split": split, "checkpoint": str(checkpoint), "checkpoint_sha256": digest,
-                    "num_queries": len(eval_set.texts), "num_videos": len(eval_set.videos),
-                    "itm_rerank_k": scores.rerank_k, "failed_videos": scores.failed_videos,
-                    "world_size": rdist.get_world_size()}
+            info = {
+                "dataset": dataset,
+                "split": split,
+                "checkpoint": str(checkpoint),
+                "checkpoint_sha256": digest,
+                "num_queries": len(eval_set.texts),
+                "num_videos": len(eval_set.videos),
+                "itm_rerank_k": scores.rerank_k,
+                "failed_videos": scores.failed_videos,
+                "world_size": rdist.get_world_size(),
+            }
             if rdist.get_rank() == 0:
                 write_json_atomic(result, out_json)
                 write_json_atomic(info, run_info_path(out_json))

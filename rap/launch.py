@@ -61,8 +61,10 @@ def first_host(nodelist: str) -> str:
 def _slurm_int(env: Mapping[str, str], name: str) -> int:
     raw = env.get(name)
     if raw is None or not raw.strip().isdigit():
-        raise LaunchError(f"a multi-node run reads {name} from SLURM's environment, but it is {raw!r}: "
-                          "run it through workflow/profiles/slurm (srun, one task per node)")
+        raise LaunchError(
+            f"a multi-node run reads {name} from SLURM's environment, but it is {raw!r}: "
+            "run it through workflow/profiles/slurm (srun, one task per node)"
+        )
     return int(raw)
 
 
@@ -70,14 +72,21 @@ def slurm_rendezvous(layout: ProcessLayout, env: Mapping[str, str]) -> Rendezvou
     """The rendezvous of this node, from the environment srun gives each task."""
     nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
     if not nodelist:
-        raise LaunchError(f"nodes={layout.nodes} needs SLURM's environment (SLURM_JOB_NODELIST is unset): "
-                          "run it through workflow/profiles/slurm, or start torchrun on each node yourself")
+        raise LaunchError(
+            f"nodes={layout.nodes} needs SLURM's environment (SLURM_JOB_NODELIST is unset): "
+            "run it through workflow/profiles/slurm, or start torchrun on each node yourself"
+        )
     nnodes = _slurm_int(env, "SLURM_NNODES")
     if nnodes != layout.nodes:
         raise LaunchError(f"params ask for nodes={layout.nodes} but the SLURM job has SLURM_NNODES={nnodes}")
     job_id = _slurm_int(env, "SLURM_JOB_ID")
-    return Rendezvous(nnodes=nnodes, node_rank=_slurm_int(env, "SLURM_NODEID"), master_addr=first_host(nodelist),
-                      master_port=PORT_BASE + job_id % PORT_SPAN, run_id=str(job_id))
+    return Rendezvous(
+        nnodes=nnodes,
+        node_rank=_slurm_int(env, "SLURM_NODEID"),
+        master_addr=first_host(nodelist),
+        master_port=PORT_BASE + job_id % PORT_SPAN,
+        run_id=str(job_id),
+    )
 
 
 def torchrun_options(layout: ProcessLayout, env: Mapping[str, str]) -> list[str] | None:
@@ -88,12 +97,20 @@ def torchrun_options(layout: ProcessLayout, env: Mapping[str, str]) -> list[str]
     if layout.nodes == 1:
         return ["--standalone", per_node]
     rdzv = slurm_rendezvous(layout, env)
-    return [f"--nnodes={rdzv.nnodes}", f"--node_rank={rdzv.node_rank}", per_node, "--rdzv_backend=static",
-            f"--master_addr={rdzv.master_addr}", f"--master_port={rdzv.master_port}", f"--rdzv_id={rdzv.run_id}"]
+    return [
+        f"--nnodes={rdzv.nnodes}",
+        f"--node_rank={rdzv.node_rank}",
+        per_node,
+        "--rdzv_backend=static",
+        f"--master_addr={rdzv.master_addr}",
+        f"--master_port={rdzv.master_port}",
+        f"--rdzv_id={rdzv.run_id}",
+    ]
 
 
-def torchrun_argv(layout: ProcessLayout, rap_args: Sequence[str], env: Mapping[str, str],
-                  python: str = "python") -> list[str] | None:
+def torchrun_argv(
+    layout: ProcessLayout, rap_args: Sequence[str], env: Mapping[str, str], python: str = "python"
+) -> list[str] | None:
     """``python -m torch.distributed.run OPTIONS -m rap.cli RAP_ARGS`` (None for one process)."""
     options = torchrun_options(layout, env)
     if options is None:
@@ -144,5 +161,6 @@ def check_layout(layout: ProcessLayout, what: str) -> None:
 
         visible = torch.cuda.device_count()
         if visible < layout.gpus_per_node:
-            raise ConfigError(f"{what}.gpus_per_node={layout.gpus_per_node} but this node sees {visible} CUDA "
-                              "device(s)")
+            raise ConfigError(
+                f"{what}.gpus_per_node={layout.gpus_per_node} but this node sees {visible} CUDA device(s)"
+            )

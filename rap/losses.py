@@ -186,8 +186,14 @@ def _soft_target_ce(logits: Tensor, positives: Tensor) -> Tensor:
     return (lse - pos_mean).mean()
 
 
-def itc_loss(video_emb: Tensor, text_emb: Tensor, temperature: Temperature, *,
-             video_ids: Tensor | None = None, gather: Gather = False) -> tuple[Tensor, Tensor]:
+def itc_loss(
+    video_emb: Tensor,
+    text_emb: Tensor,
+    temperature: Temperature,
+    *,
+    video_ids: Tensor | None = None,
+    gather: Gather = False,
+) -> tuple[Tensor, Tensor]:
     """Video-text contrastive loss, paper eqs. (2) (video-to-text) and (3) (text-to-video).
 
     ``L_v2t^i = -log exp(s(P_cls^i, T_cls^i)/tau) / sum_j exp(s(P_cls^i, T_cls^j)/tau)`` and
@@ -224,8 +230,9 @@ def itc_loss(video_emb: Tensor, text_emb: Tensor, temperature: Temperature, *,
 # --------------------------------------------------------------------------------------
 
 
-def redundancy(patch_feats: Tensor, token_feats: Tensor, token_mask: Tensor, *,
-               patch_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def redundancy(
+    patch_feats: Tensor, token_feats: Tensor, token_mask: Tensor, *, patch_mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Visual and textual redundancy of each matched video-text pair, paper eqs. (4)-(6).
 
     ``d(P_n, T_l) = 1 - s(P_n, T_l)`` (eq. 4) over the non-[CLS] patches and tokens of the
@@ -244,8 +251,11 @@ def redundancy(patch_feats: Tensor, token_feats: Tensor, token_mask: Tensor, *,
     _check_shape(token_feats, "token_feats", (batch, None, dim))
     n_tok = token_feats.shape[1]
     token_mask = _check_mask(token_mask, "token_mask", (batch, n_tok))
-    patch_mask = (torch.ones(batch, n_patch, dtype=torch.bool, device=patch_feats.device) if patch_mask is None
-                  else _check_mask(patch_mask, "patch_mask", (batch, n_patch)))
+    patch_mask = (
+        torch.ones(batch, n_patch, dtype=torch.bool, device=patch_feats.device)
+        if patch_mask is None
+        else _check_mask(patch_mask, "patch_mask", (batch, n_patch))
+    )
     dtype, device = _acc_dtype(patch_feats, token_feats), patch_feats.device
     with _no_autocast(device):
         patches = _zero_invalid(patch_feats.to(dtype), patch_mask)
@@ -276,9 +286,17 @@ def _redundancy(patches: Tensor, tokens: Tensor, token_mask: Tensor, patch_mask:
 class _Prepared:
     """Validated, precision-cast, padding-zeroed inputs shared by both RaCL variants."""
 
-    def __init__(self, video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_feats: Tensor,
-                 token_mask: Tensor, temperature: Temperature, patch_mask: Tensor | None,
-                 video_ids: Tensor | None) -> None:
+    def __init__(
+        self,
+        video_emb: Tensor,
+        patch_feats: Tensor,
+        text_emb: Tensor,
+        token_feats: Tensor,
+        token_mask: Tensor,
+        temperature: Temperature,
+        patch_mask: Tensor | None,
+        video_ids: Tensor | None,
+    ) -> None:
         _check_shape(video_emb, "video_emb", (None, None))
         batch, dim = video_emb.shape
         _check_shape(text_emb, "text_emb", (batch, dim))
@@ -286,8 +304,11 @@ class _Prepared:
         _check_shape(token_feats, "token_feats", (batch, None, dim))
         n_patch, n_tok = patch_feats.shape[1], token_feats.shape[1]
         self.token_mask = _check_mask(token_mask, "token_mask", (batch, n_tok))
-        self.patch_mask = (torch.ones(batch, n_patch, dtype=torch.bool, device=patch_feats.device)
-                           if patch_mask is None else _check_mask(patch_mask, "patch_mask", (batch, n_patch)))
+        self.patch_mask = (
+            torch.ones(batch, n_patch, dtype=torch.bool, device=patch_feats.device)
+            if patch_mask is None
+            else _check_mask(patch_mask, "patch_mask", (batch, n_patch))
+        )
         _check_video_ids(video_ids, batch)
         self.batch, self.device = batch, video_emb.device
         self.dtype = _acc_dtype(video_emb, text_emb, patch_feats, token_feats)
@@ -295,8 +316,11 @@ class _Prepared:
         self.video = video_emb.to(self.dtype)
         self.text = text_emb.to(self.dtype)
         # Without a patch mask every patch is valid: skip a (B, N, D) copy and its backward.
-        self.patches = (patch_feats.to(self.dtype) if patch_mask is None
-                        else _zero_invalid(patch_feats.to(self.dtype), self.patch_mask))
+        self.patches = (
+            patch_feats.to(self.dtype)
+            if patch_mask is None
+            else _zero_invalid(patch_feats.to(self.dtype), self.patch_mask)
+        )
         self.tokens = _zero_invalid(token_feats.to(self.dtype), self.token_mask)
         self.video_ids = None if video_ids is None else video_ids.to(self.device)
         # The uncast embeddings: gathers are keyed on them, so RaCL reuses ITC's gathers.
@@ -308,9 +332,17 @@ def _own_scores(anchor: Tensor, locals_: Tensor, tau: Tensor) -> Tensor:
     return torch.bmm(locals_, (anchor / tau)[:, :, None]).squeeze(2)
 
 
-def _partial_lse(anchors: Tensor, anchor_ids: Tensor | None, anchor_offset: int, locals_: Tensor,
-                 local_mask: Tensor, local_ids: Tensor | None, local_offset: int, tau: Tensor,
-                 drop_own: bool) -> Tensor:
+def _partial_lse(
+    anchors: Tensor,
+    anchor_ids: Tensor | None,
+    anchor_offset: int,
+    locals_: Tensor,
+    local_mask: Tensor,
+    local_ids: Tensor | None,
+    local_offset: int,
+    tau: Tensor,
+    drop_own: bool,
+) -> Tensor:
     """(A,): ``logsumexp_{j, m} s(anchor_a, local_m of candidate j) / tau`` over the valid local
     features of the C candidates given, for each of the A anchors given.
 
@@ -333,8 +365,17 @@ def _partial_lse(anchors: Tensor, anchor_ids: Tensor | None, anchor_offset: int,
     return torch.logsumexp(scores.reshape(n_anchor, -1), dim=1)
 
 
-def _global_lse(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask: Tensor, tau: Tensor,
-                video_ids: Tensor | None, gather: Gather, drop_own: bool, local_gather: LocalGather) -> Tensor:
+def _global_lse(
+    anchor: Tensor,
+    anchor_src: Tensor,
+    locals_: Tensor,
+    local_mask: Tensor,
+    tau: Tensor,
+    video_ids: Tensor | None,
+    gather: Gather,
+    drop_own: bool,
+    local_gather: LocalGather,
+) -> Tensor:
     """(B,): the denominator of eqs. (7)/(8) (or the official negatives) for this rank's anchors,
     over the local features of every candidate of the global batch.
 
@@ -350,16 +391,34 @@ def _global_lse(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask:
     offset = _offset(batch, gather)
     all_ids = _global_ids(video_ids, anchor.device, gather)
     if local_gather == "features":
-        return _partial_lse(anchor, video_ids, offset, _global(locals_, gather),
-                            _global(local_mask, gather, grad=False), all_ids, 0, tau, drop_own)
+        return _partial_lse(
+            anchor,
+            video_ids,
+            offset,
+            _global(locals_, gather),
+            _global(local_mask, gather, grad=False),
+            all_ids,
+            0,
+            tau,
+            drop_own,
+        )
     all_anchors = _global(anchor_src, gather, dtype=anchor.dtype)
     partial = _partial_lse(all_anchors, all_ids, 0, locals_, local_mask, video_ids, offset, tau, drop_own)
     per_rank = _global(partial[None, :], gather)  # (world, B'): every rank's partial sums
-    return torch.logsumexp(per_rank[:, offset: offset + batch], dim=0)
+    return torch.logsumexp(per_rank[:, offset : offset + batch], dim=0)
 
 
-def _weighted_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask: Tensor, log_w: Tensor,
-                        tau: Tensor, video_ids: Tensor | None, gather: Gather, local_gather: LocalGather) -> Tensor:
+def _weighted_local_nce(
+    anchor: Tensor,
+    anchor_src: Tensor,
+    locals_: Tensor,
+    local_mask: Tensor,
+    log_w: Tensor,
+    tau: Tensor,
+    video_ids: Tensor | None,
+    gather: Gather,
+    local_gather: LocalGather,
+) -> Tensor:
     """One direction of eqs. (7)/(8), averaged over the anchors:
 
     ``-log sum_m w_m exp(s(a_i, x_m^i)/tau) / sum_j sum_m exp(s(a_i, x_m^j)/tau)``
@@ -369,8 +428,9 @@ def _weighted_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, loc
     """
     masked = _masked_value(anchor.dtype)
     numer = (log_w + _own_scores(anchor, locals_, tau)).masked_fill(~local_mask, masked)
-    denom = _global_lse(anchor, anchor_src, locals_, local_mask, tau, video_ids, gather, drop_own=False,
-                        local_gather=local_gather)
+    denom = _global_lse(
+        anchor, anchor_src, locals_, local_mask, tau, video_ids, gather, drop_own=False, local_gather=local_gather
+    )
     per_sample = denom - torch.logsumexp(numer, dim=1)
     # A sample without a single valid local feature has no positive: its term is defined as 0
     # (still counted in the mean so that per-rank means average to the global mean).
@@ -383,8 +443,9 @@ def _check_local_gather(local_gather: str) -> None:
         raise ValueError(f"local_gather must be one of {LOCAL_GATHERS}, got {local_gather!r}")
 
 
-def _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask, temperature,
-                             patch_mask, video_ids, weight_floor: float):
+def _prepare_with_redundancy(
+    video_emb, patch_feats, text_emb, token_feats, token_mask, temperature, patch_mask, video_ids, weight_floor: float
+):
     """What both RaCL variants start from: validated, masked fp32 inputs and the redundancies
     vr, tr of eqs. (4)-(6). Call inside ``_no_autocast``."""
     if not 0 < weight_floor < 1:
@@ -394,10 +455,21 @@ def _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, toke
     return x, vr, tr
 
 
-def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_feats: Tensor,
-              token_mask: Tensor, temperature: Temperature, *, patch_mask: Tensor | None = None,
-              weight_grad: bool = True, weight_floor: float = 1e-4, video_ids: Tensor | None = None,
-              gather: Gather = False, local_gather: LocalGather = "anchors") -> tuple[Tensor, Tensor]:
+def racl_loss(
+    video_emb: Tensor,
+    patch_feats: Tensor,
+    text_emb: Tensor,
+    token_feats: Tensor,
+    token_mask: Tensor,
+    temperature: Temperature,
+    *,
+    patch_mask: Tensor | None = None,
+    weight_grad: bool = True,
+    weight_floor: float = 1e-4,
+    video_ids: Tensor | None = None,
+    gather: Gather = False,
+    local_gather: LocalGather = "anchors",
+) -> tuple[Tensor, Tensor]:
     """Redundancy-aware contrastive loss, paper eqs. (7) (v2t) and (8) (t2v).
 
     v2t, anchor ``P_cls^i``: the positives are the matched text's valid tokens ``T_l^i``
@@ -424,17 +496,20 @@ def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_fe
     """
     _check_local_gather(local_gather)
     with _no_autocast(video_emb.device):
-        x, vr, tr = _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask,
-                                             temperature, patch_mask, video_ids, weight_floor)
+        x, vr, tr = _prepare_with_redundancy(
+            video_emb, patch_feats, text_emb, token_feats, token_mask, temperature, patch_mask, video_ids, weight_floor
+        )
         w_tok, w_patch = 1.0 - tr, 1.0 - vr  # the paper's w = 1 - redundancy
         if not weight_grad:
             w_tok, w_patch = w_tok.detach(), w_patch.detach()
         log_w_tok = w_tok.clamp_min(weight_floor).log()
         log_w_patch = w_patch.clamp_min(weight_floor).log()
-        loss_v2t = _weighted_local_nce(x.video, x.video_src, x.tokens, x.token_mask, log_w_tok, x.tau,
-                                       x.video_ids, gather, local_gather)  # eq. (7)
-        loss_t2v = _weighted_local_nce(x.text, x.text_src, x.patches, x.patch_mask, log_w_patch, x.tau,
-                                       x.video_ids, gather, local_gather)  # eq. (8)
+        loss_v2t = _weighted_local_nce(
+            x.video, x.video_src, x.tokens, x.token_mask, log_w_tok, x.tau, x.video_ids, gather, local_gather
+        )  # eq. (7)
+        loss_t2v = _weighted_local_nce(
+            x.text, x.text_src, x.patches, x.patch_mask, log_w_patch, x.tau, x.video_ids, gather, local_gather
+        )  # eq. (8)
     return loss_v2t, loss_t2v
 
 
@@ -445,16 +520,24 @@ def racl_loss(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_fe
 
 def _softmax_weights(max_sim: Tensor, mask: Tensor, tau: Tensor) -> Tensor:
     """softmax over the valid positions of max-similarity / tau; all-zero rows where none is valid."""
-    logits = torch.where(mask, max_sim / tau, torch.full((), float("-inf"), dtype=max_sim.dtype,
-                                                         device=max_sim.device))
+    logits = torch.where(mask, max_sim / tau, torch.full((), float("-inf"), dtype=max_sim.dtype, device=max_sim.device))
     has = mask.any(1, keepdim=True)
     logits = torch.where(has, logits, torch.zeros_like(logits))
     return torch.where(has & mask, torch.softmax(logits, dim=1), torch.zeros_like(logits))
 
 
-def _global_to_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, local_mask: Tensor,
-                         weights: Tensor, tau: Tensor, video_ids: Tensor | None, gather: Gather,
-                         double_normalise: bool, local_gather: LocalGather) -> Tensor:
+def _global_to_local_nce(
+    anchor: Tensor,
+    anchor_src: Tensor,
+    locals_: Tensor,
+    local_mask: Tensor,
+    weights: Tensor,
+    tau: Tensor,
+    video_ids: Tensor | None,
+    gather: Gather,
+    double_normalise: bool,
+    local_gather: LocalGather,
+) -> Tensor:
     """TCL's global-to-local InfoNCE, weighted per local feature, averaged over the anchors.
 
     For anchor i and each valid local feature m of its partner: positive ``S_i,i,m``, negatives
@@ -463,8 +546,9 @@ def _global_to_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, lo
     """
     pos = _own_scores(anchor, locals_, tau)  # (B, M)
     # Without any negative lse_neg ~ lowest finite value and l = logaddexp(pos, lse_neg) - pos = 0.
-    lse_neg = _global_lse(anchor, anchor_src, locals_, local_mask, tau, video_ids, gather, drop_own=True,
-                          local_gather=local_gather)[:, None]
+    lse_neg = _global_lse(
+        anchor, anchor_src, locals_, local_mask, tau, video_ids, gather, drop_own=True, local_gather=local_gather
+    )[:, None]
     per_local = torch.logaddexp(pos, lse_neg) - pos
     per_local = torch.where(local_mask, per_local, torch.zeros_like(per_local))
     per_sample = (weights * per_local).sum(1)
@@ -473,11 +557,22 @@ def _global_to_local_nce(anchor: Tensor, anchor_src: Tensor, locals_: Tensor, lo
     return per_sample.mean()
 
 
-def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor, token_feats: Tensor,
-                       token_mask: Tensor, temperature: Temperature, *, patch_mask: Tensor | None = None,
-                       weight_grad: bool = True, weight_floor: float = 1e-4, video_ids: Tensor | None = None,
-                       gather: Gather = False, double_normalise: bool = False,
-                       local_gather: LocalGather = "anchors") -> tuple[Tensor, Tensor]:
+def racl_loss_official(
+    video_emb: Tensor,
+    patch_feats: Tensor,
+    text_emb: Tensor,
+    token_feats: Tensor,
+    token_mask: Tensor,
+    temperature: Temperature,
+    *,
+    patch_mask: Tensor | None = None,
+    weight_grad: bool = True,
+    weight_floor: float = 1e-4,
+    video_ids: Tensor | None = None,
+    gather: Gather = False,
+    double_normalise: bool = False,
+    local_gather: LocalGather = "anchors",
+) -> tuple[Tensor, Tensor]:
     """RaCL as weighted in the authors' released code (``racl_variant: official``).
 
     Departs from eqs. (7)-(8) the way the release does:
@@ -512,16 +607,37 @@ def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor,
     """
     _check_local_gather(local_gather)
     with _no_autocast(video_emb.device):
-        x, vr, tr = _prepare_with_redundancy(video_emb, patch_feats, text_emb, token_feats, token_mask,
-                                             temperature, patch_mask, video_ids, weight_floor)
+        x, vr, tr = _prepare_with_redundancy(
+            video_emb, patch_feats, text_emb, token_feats, token_mask, temperature, patch_mask, video_ids, weight_floor
+        )
         w_tok = _softmax_weights(1.0 - tr, x.token_mask, x.tau)
         w_patch = _softmax_weights(1.0 - vr, x.patch_mask, x.tau)
         if not weight_grad:
             w_tok, w_patch = w_tok.detach(), w_patch.detach()
-        loss_v2t = _global_to_local_nce(x.video, x.video_src, x.tokens, x.token_mask, w_tok, x.tau, x.video_ids,
-                                        gather, double_normalise, local_gather)
-        loss_t2v = _global_to_local_nce(x.text, x.text_src, x.patches, x.patch_mask, w_patch, x.tau, x.video_ids,
-                                        gather, double_normalise, local_gather)
+        loss_v2t = _global_to_local_nce(
+            x.video,
+            x.video_src,
+            x.tokens,
+            x.token_mask,
+            w_tok,
+            x.tau,
+            x.video_ids,
+            gather,
+            double_normalise,
+            local_gather,
+        )
+        loss_t2v = _global_to_local_nce(
+            x.text,
+            x.text_src,
+            x.patches,
+            x.patch_mask,
+            w_patch,
+            x.tau,
+            x.video_ids,
+            gather,
+            double_normalise,
+            local_gather,
+        )
     return loss_v2t, loss_t2v
 
 
@@ -530,8 +646,9 @@ def racl_loss_official(video_emb: Tensor, patch_feats: Tensor, text_emb: Tensor,
 # --------------------------------------------------------------------------------------
 
 
-def racl_terms(direction: Literal["both", "v2t", "t2v", "none"], loss_v2t: Tensor, loss_t2v: Tensor
-               ) -> dict[str, Tensor]:
+def racl_terms(
+    direction: Literal["both", "v2t", "t2v", "none"], loss_v2t: Tensor, loss_t2v: Tensor
+) -> dict[str, Tensor]:
     """The eq. (9) terms switched on by the Table 5 ablation: ``{"racl_v2t": .., "racl_t2v": ..}``
     for ``both``, one of them for ``v2t``/``t2v``, ``{}`` for ``none``. Sum the values for
     L_RaCL (eq. 9) and scale by lambda for eq. (10)."""

@@ -66,8 +66,10 @@ def _gt_mask(gt: Any, num_queries: int, num_candidates: int) -> np.ndarray:
     shape = (num_queries, num_candidates)
     if gt is None:
         if num_queries != num_candidates:
-            raise ValueError(f"gt=None means the diagonal and needs a square similarity matrix, got {shape}; "
-                             "pass gt (one candidate index per query, lists of indices, or a boolean matrix)")
+            raise ValueError(
+                f"gt=None means the diagonal and needs a square similarity matrix, got {shape}; "
+                "pass gt (one candidate index per query, lists of indices, or a boolean matrix)"
+            )
         return np.eye(num_queries, dtype=bool)
     if isinstance(gt, torch.Tensor):
         gt = gt.detach().cpu().numpy()
@@ -78,8 +80,10 @@ def _gt_mask(gt: Any, num_queries: int, num_candidates: int) -> np.ndarray:
             mask = gt.copy()
         elif np.issubdtype(gt.dtype, np.integer):
             if gt.ndim != 1 or gt.shape[0] != num_queries:
-                raise ValueError(f"integer gt must be 1-D with one candidate index per query "
-                                 f"(length {num_queries}), got shape {gt.shape}")
+                raise ValueError(
+                    f"integer gt must be 1-D with one candidate index per query "
+                    f"(length {num_queries}), got shape {gt.shape}"
+                )
             _check_indices(gt, num_candidates, "gt")
             mask = np.zeros(shape, dtype=bool)
             mask[np.arange(num_queries), gt] = True
@@ -98,8 +102,10 @@ def _gt_mask(gt: Any, num_queries: int, num_candidates: int) -> np.ndarray:
             _check_indices(idx, num_candidates, f"gt[{i}]")
             mask[i, idx] = True
     else:
-        raise ValueError(f"unsupported gt of type {type(gt).__name__}: pass None, an index per query, "
-                         "a list of index lists, or a boolean (queries, candidates) matrix")
+        raise ValueError(
+            f"unsupported gt of type {type(gt).__name__}: pass None, an index per query, "
+            "a list of index lists, or a boolean (queries, candidates) matrix"
+        )
     empty = np.flatnonzero(~mask.any(axis=1))
     if empty.size:
         raise ValueError(f"query {empty[0]} has no correct candidate ({empty.size} such queries)")
@@ -108,8 +114,9 @@ def _gt_mask(gt: Any, num_queries: int, num_candidates: int) -> np.ndarray:
 
 def _check_indices(idx: np.ndarray, num_candidates: int, what: str) -> None:
     if idx.size and (idx.min() < 0 or idx.max() >= num_candidates):
-        raise ValueError(f"{what} holds candidate index out of range [0, {num_candidates}): "
-                         f"min {idx.min()}, max {idx.max()}")
+        raise ValueError(
+            f"{what} holds candidate index out of range [0, {num_candidates}): min {idx.min()}, max {idx.max()}"
+        )
 
 
 def retrieval_ranks(sim: Any, gt: Any = None) -> np.ndarray:
@@ -157,8 +164,10 @@ def t2v_v2t_metrics(sim_t2v: Any, text_to_video: Any, sim_v2t: Any = None) -> di
         text_to_video = text_to_video.detach().cpu().numpy()
     index = np.asarray(text_to_video)
     if index.shape != (num_texts,) or not np.issubdtype(index.dtype, np.integer) or index.dtype == bool:
-        raise ValueError(f"text_to_video must be an integer array of shape ({num_texts},), "
-                         f"got shape {index.shape} dtype {index.dtype}")
+        raise ValueError(
+            f"text_to_video must be an integer array of shape ({num_texts},), "
+            f"got shape {index.shape} dtype {index.dtype}"
+        )
     _check_indices(index, num_videos, "text_to_video")
     v2t = t2v.T if sim_v2t is None else _as_matrix(sim_v2t)
     if v2t.shape != (num_videos, num_texts):

@@ -47,7 +47,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
         j = i
         while j + 1 < s.size and sorted_s[j + 1] == sorted_s[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
@@ -72,8 +72,12 @@ def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float:
 def _scores(weights: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
     keep = positive | negative
     s, y = weights[keep], positive[keep]
-    return {"auc": roc_auc(s, y), "ap": average_precision(s, y), "positives": int(y.sum()),
-            "negatives": int((~y).sum())}
+    return {
+        "auc": roc_auc(s, y),
+        "ap": average_precision(s, y),
+        "positives": int(y.sum()),
+        "negatives": int((~y).sum()),
+    }
 
 
 def patch_separation(weights: np.ndarray, coverage: np.ndarray, *, object_min: float = OBJECT_MIN) -> dict[str, float]:

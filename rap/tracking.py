@@ -130,11 +130,10 @@ def repo_root() -> Path:
     away after the run, so its runs go to ``<repo>`` instead.
     """
     start = Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
-    root = next((d for d in (start, *start.parents) if (d / "dvc.yaml").is_file() or (d / ".git").exists()),
-                start)
+    root = next((d for d in (start, *start.parents) if (d / "dvc.yaml").is_file() or (d / ".git").exists()), start)
     parts = root.parts
     for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     return root
 
@@ -151,7 +150,7 @@ def _artifact_location(uri: str, name: str) -> str | None:
     """``mlartifacts/<experiment>/`` next to a SQLite database (runs then store theirs in
     ``<run id>/artifacts/``); a tracking server chooses its own location."""
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         folder = re.sub(r"[^\w.\-]", "_", name).lstrip(".") or "experiment"
         return (db.parent / "mlartifacts" / folder).resolve().as_uri()
     return None
@@ -218,8 +217,11 @@ def _context_tags(params: Params | None) -> dict[str, str]:
     tags = {"rap.git_rev": rev, "rap.git_dirty": "unknown" if dirty is None else str(dirty).lower()}
     if rev != "unknown":
         tags["mlflow.source.git.commit"] = rev  # shown by the MLflow UI
-    for env, tag in (("DVC_STAGE", "rap.dvc_stage"), ("DVC_EXP_NAME", "rap.dvc_exp_name"),
-                     ("DVC_EXP_BASELINE_REV", "rap.dvc_exp_baseline_rev")):
+    for env, tag in (
+        ("DVC_STAGE", "rap.dvc_stage"),
+        ("DVC_EXP_NAME", "rap.dvc_exp_name"),
+        ("DVC_EXP_BASELINE_REV", "rap.dvc_exp_baseline_rev"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     if params is not None:
@@ -295,15 +297,18 @@ def _experiment_id(client: Any, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri, name),
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(
+                name, artifact_location=_artifact_location(uri, name), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except MlflowException:  # another process created it in between
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
-        raise RuntimeError(f"MLflow experiment {name!r} is deleted in {uri}: restore it "
-                           "(mlflow experiments restore) or set MLFLOW_EXPERIMENT_NAME")
+        raise RuntimeError(
+            f"MLflow experiment {name!r} is deleted in {uri}: restore it "
+            "(mlflow experiments restore) or set MLFLOW_EXPERIMENT_NAME"
+        )
     if exp.tags.get(EXPERIMENT_KIND_TAG) is None:  # made by an older rap, or by hand
         client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return exp.experiment_id
@@ -316,10 +321,14 @@ def _quoted(value: str) -> str:
 
 
 def _find_parents(client: Any, experiment_id: str, key: str) -> list:
-    return list(client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{PIPELINE_KEY_TAG}` = {_quoted(key)} and tags.`{ROLE_TAG}` = 'pipeline'",
-        order_by=["attributes.start_time ASC"], max_results=10))
+    return list(
+        client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PIPELINE_KEY_TAG}` = {_quoted(key)} and tags.`{ROLE_TAG}` = 'pipeline'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10,
+        )
+    )
 
 
 def _parent_run_id(client: Any, experiment_id: str, params: Params | None) -> str:
@@ -347,7 +356,7 @@ def log_params(values: Mapping[str, Any]) -> None:
 
     items = [(metric_name(k), _param_value(v)) for k, v in values.items()]
     for i in range(0, len(items), PARAMS_PER_BATCH):
-        mlflow.log_params(dict(items[i:i + PARAMS_PER_BATCH]))
+        mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
@@ -371,22 +380,28 @@ def find_run_by_tag(tag: str, value: str) -> str | None:
     exp = client.get_experiment_by_name(experiment_name())
     if exp is None:
         return None
-    found = client.search_runs([exp.experiment_id], filter_string=f"tags.`{tag}` = {_quoted(value)}",
-                               order_by=["attributes.start_time DESC"], max_results=1)
+    found = client.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.`{tag}` = {_quoted(value)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     return found[0].info.run_id if found else None
 
 
 @contextlib.contextmanager
-def stage_run(stage: str, params: Params | None = None, *, tags: dict | None = None,
-              param_values: Mapping[str, Any] | None = None) -> Iterator[Any]:
+def stage_run(
+    stage: str, params: Params | None = None, *, tags: dict | None = None, param_values: Mapping[str, Any] | None = None
+) -> Iterator[Any]:
     """Open the nested MLflow run of one pipeline stage and make it the active run.
 
     ``stage``: the stage's name (the run is named after ``DVC_STAGE`` when DVC runs it, e.g.
     ``finetune@msrvtt-7k``); ``params``: the resolved config, logged as params unless
     ``param_values`` gives the params to log instead (an evaluation logs the knobs of the
-    checkpoint it scores, not the command's); ``tags``: extra tags. Yields the active :class:`mlflow.ActiveRun`, or a falsy no-op object when
-    tracking is disabled (``RAP_TRACKING=0``) or this is not rank 0. The run ends FINISHED,
-    or FAILED when the block raises; the parent's status follows.
+    checkpoint it scores, not the command's); ``tags``: extra tags. Yields the active
+    :class:`mlflow.ActiveRun`, or a falsy no-op object when tracking is disabled
+    (``RAP_TRACKING=0``) or this is not rank 0. The run ends FINISHED, or FAILED when the block
+    raises; the parent's status follows.
     """
     if not tracking_enabled():
         yield _NoRun()
@@ -405,8 +420,13 @@ def stage_run(stage: str, params: Params | None = None, *, tags: dict | None = N
     if parent_id is not None:
         run_tags[PIPELINE_KEY_TAG] = pipeline_key()
     run_tags.update({k: str(v)[:MAX_TAG_VALUE] for k, v in (tags or {}).items()})
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=os.environ.get("DVC_STAGE") or stage,
-                           nested=outer is not None, parent_run_id=parent_id, tags=run_tags)
+    run = mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=os.environ.get("DVC_STAGE") or stage,
+        nested=outer is not None,
+        parent_run_id=parent_id,
+        tags=run_tags,
+    )
     status = "FAILED"
     try:
         if parent_id is not None:

@@ -1,5 +1,5 @@
-"""Worker for tests/test_ddp_training.py, run as
-``python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_train_worker.py OVERRIDES_JSON OUT MAX_STEPS``:
+"""Worker for tests/test_ddp_training.py, run as ``python -m torch.distributed.run --standalone
+--nproc_per_node=2 tests/ddp_train_worker.py OVERRIDES_JSON OUT MAX_STEPS``:
 the real ``rap.training.pretrain.run`` (DDP, gloo, contrastive candidates gathered from both
 ranks), with dropout switched off (see the test's docstring for why)."""
 
@@ -13,10 +13,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from conftest import PARAMS_YAML, without_dropout  # noqa: E402
-
 from rap.config import load_params  # noqa: E402
 from rap.training import pretrain  # noqa: E402
+
+from conftest import PARAMS_YAML, without_dropout  # noqa: E402
 
 
 def main() -> None:

@@ -24,8 +24,9 @@ B, N, L, D = 3, 6, 5, 16
 KEYS = ("video_emb", "patch_feats", "text_emb", "token_feats", "tau")
 
 
-def global_batch(world: int, dtype: torch.dtype = torch.float32, n_patch: int = N,
-                 n_tok: int = L) -> dict[str, torch.Tensor]:
+def global_batch(
+    world: int, dtype: torch.dtype = torch.float32, n_patch: int = N, n_tok: int = L
+) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(1234)
     total, N, L = world * B, n_patch, n_tok
     unit = lambda *s: F.normalize(torch.randn(*s, generator=gen, dtype=torch.float64), dim=-1).to(dtype)  # noqa: E731
@@ -36,20 +37,38 @@ def global_batch(world: int, dtype: torch.dtype = torch.float32, n_patch: int = 
     # Sample 0 (rank 0) and sample B + 1 (rank 1) show the same video: a cross-rank duplicate.
     video_ids = torch.arange(total)
     video_ids[B + 1] = 0
-    return dict(video_emb=unit(total, D), patch_feats=unit(total, N, D), text_emb=unit(total, D),
-                token_feats=unit(total, L, D), token_mask=token_mask, patch_mask=patch_mask,
-                video_ids=video_ids, tau=torch.tensor(0.07, dtype=dtype))
+    return dict(
+        video_emb=unit(total, D),
+        patch_feats=unit(total, N, D),
+        text_emb=unit(total, D),
+        token_feats=unit(total, L, D),
+        token_mask=token_mask,
+        patch_mask=patch_mask,
+        video_ids=video_ids,
+        tau=torch.tensor(0.07, dtype=dtype),
+    )
 
 
-def run_loss(name: str, x: dict[str, torch.Tensor], use_ids: bool, gather: bool | rd.GatherCache,
-             local_gather: str = "anchors") -> torch.Tensor:
+def run_loss(
+    name: str, x: dict[str, torch.Tensor], use_ids: bool, gather: bool | rd.GatherCache, local_gather: str = "anchors"
+) -> torch.Tensor:
     ids = x["video_ids"] if use_ids else None
     if name == "itc":
         out = itc_loss(x["video_emb"], x["text_emb"], x["tau"], video_ids=ids, gather=gather)
     else:
         fn = racl_loss if name == "racl" else racl_loss_official
-        out = fn(x["video_emb"], x["patch_feats"], x["text_emb"], x["token_feats"], x["token_mask"], x["tau"],
-                 patch_mask=x["patch_mask"], video_ids=ids, gather=gather, local_gather=local_gather)
+        out = fn(
+            x["video_emb"],
+            x["patch_feats"],
+            x["text_emb"],
+            x["token_feats"],
+            x["token_mask"],
+            x["tau"],
+            patch_mask=x["patch_mask"],
+            video_ids=ids,
+            gather=gather,
+            local_gather=local_gather,
+        )
     return torch.stack(out)  # (v2t, t2v)
 
 
@@ -58,7 +77,7 @@ def leaves(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def local_slice(x: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
-    return {k: (v if k == "tau" else v[rank * B:(rank + 1) * B]) for k, v in x.items()}
+    return {k: (v if k == "tau" else v[rank * B : (rank + 1) * B]) for k, v in x.items()}
 
 
 def scaled_error(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -66,8 +85,15 @@ def scaled_error(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1.0))
 
 
-def compare(name: str, use_ids: bool, rank: int, world: int, dtype: torch.dtype = torch.float32,
-            local_gather: str = "anchors", cached: bool = False) -> dict[str, float]:
+def compare(
+    name: str,
+    use_ids: bool,
+    rank: int,
+    world: int,
+    dtype: torch.dtype = torch.float32,
+    local_gather: str = "anchors",
+    cached: bool = False,
+) -> dict[str, float]:
     batch = global_batch(world, dtype)
     # One process, whole batch.
     ref_in = leaves(batch)
@@ -103,7 +129,7 @@ def check_gather_primitives(rank: int, world: int) -> dict[str, float]:
     return {
         "gather_value": float((gathered.detach() - expected).abs().max()),
         "gather_grad": float((x.grad - world * (world + 1) / 2).abs().max()),
-        "gather_bool": float(masks.dtype != torch.bool or masks.tolist() != [True, False, False, True][:2 * world]),
+        "gather_bool": float(masks.dtype != torch.bool or masks.tolist() != [True, False, False, True][: 2 * world]),
         "rank_helpers": float(rd.get_rank() != rank or rd.get_world_size() != world or not rd.is_distributed()),
     }
 
@@ -113,9 +139,18 @@ def racl_traffic(rank: int, world: int, n_patch: int, n_tok: int, local_gather: 
     cache, as the model does), for local features of the given sizes."""
     x = leaves(local_slice(global_batch(world, n_patch=n_patch, n_tok=n_tok), rank))
     with rd.count_collectives() as counter:
-        out = racl_loss(x["video_emb"], x["patch_feats"], x["text_emb"], x["token_feats"], x["token_mask"],
-                        x["tau"], patch_mask=x["patch_mask"], video_ids=x["video_ids"],
-                        gather=rd.GatherCache(check_shapes=False), local_gather=local_gather)
+        out = racl_loss(
+            x["video_emb"],
+            x["patch_feats"],
+            x["text_emb"],
+            x["token_feats"],
+            x["token_mask"],
+            x["tau"],
+            patch_mask=x["patch_mask"],
+            video_ids=x["video_ids"],
+            gather=rd.GatherCache(check_shapes=False),
+            local_gather=local_gather,
+        )
         torch.stack(out).sum().backward()
     return {"collectives": counter.collectives, "bytes": counter.total_bytes, "host_syncs": counter.host_syncs}
 
@@ -123,8 +158,10 @@ def racl_traffic(rank: int, world: int, n_patch: int, n_tok: int, local_gather: 
 def check_step_terms(rank: int, world: int) -> dict[str, object]:
     """StepTerms: rank 1's second micro-batch has a NaN term; every rank must see it, the
     finite term averaged over micro-batches and ranks, with one host sync per step."""
-    terms = [{"loss": torch.tensor(1.0 + rank), "itc": torch.tensor(2.0)},
-             {"loss": torch.tensor(3.0 + rank), "itc": torch.tensor(float("nan") if rank == 1 else 4.0)}]
+    terms = [
+        {"loss": torch.tensor(1.0 + rank), "itc": torch.tensor(2.0)},
+        {"loss": torch.tensor(3.0 + rank), "itc": torch.tensor(float("nan") if rank == 1 else 4.0)},
+    ]
     acc = rd.StepTerms()
     with rd.count_collectives() as adding:
         for t in terms:
@@ -132,9 +169,14 @@ def check_step_terms(rank: int, world: int) -> dict[str, object]:
     with rd.count_collectives() as reducing:
         means, bad = acc.reduce({"grad_norm": torch.tensor(5.0)})
     want_loss = sum(0.5 * (1.0 + r) + 0.5 * (3.0 + r) for r in range(world)) / world
-    return {"bad": bad, "loss_error": abs(means["loss"] - want_loss), "grad_norm": means["grad_norm"],
-            "add_syncs": adding.host_syncs + adding.collectives, "reduce_syncs": reducing.host_syncs,
-            "reduce_collectives": reducing.collectives}
+    return {
+        "bad": bad,
+        "loss_error": abs(means["loss"] - want_loss),
+        "grad_norm": means["grad_norm"],
+        "add_syncs": adding.host_syncs + adding.collectives,
+        "reduce_syncs": reducing.host_syncs,
+        "reduce_collectives": reducing.collectives,
+    }
 
 
 def check_model_collectives() -> dict[str, object]:
@@ -143,6 +185,7 @@ def check_model_collectives() -> dict[str, object]:
     from test_model import _batch, _cfgs  # the embedded-scale model of the unit tests
 
     from rap.model import RaPModel
+
     model_cfg, loss_cfg = _cfgs()
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
@@ -179,8 +222,11 @@ def main() -> None:
             report[f"{key}_f64"] = compare(name, use_ids, rank, world, torch.float64, cached=True)
             if name != "itc":
                 report[f"{key}_features"] = compare(name, use_ids, rank, world, local_gather="features")
-    report["traffic"] = {f"{mode}_{size}": racl_traffic(rank, world, n, l, mode) for mode in ("anchors", "features")
-                         for size, (n, l) in {"small": (N, L), "big": (4 * N, 3 * L)}.items()}
+    report["traffic"] = {
+        f"{mode}_{size}": racl_traffic(rank, world, n, l, mode)
+        for mode in ("anchors", "features")
+        for size, (n, l) in {"small": (N, L), "big": (4 * N, 3 * L)}.items()
+    }
     report["unequal_error"] = check_unequal_batches(rank)
     report["step_terms"] = check_step_terms(rank, world)
     report["model_collectives"] = check_model_collectives()

@@ -42,11 +42,14 @@ def ensure_packages() -> None:
     if all(sbin(d) for d in DAEMONS):
         return
     if os.geteuid() != 0:
-        raise ClusterError(f"SLURM daemons {[d for d in DAEMONS if not sbin(d)]} are missing and the tests are not "
-                           f"root: install them with `apt-get install -y {' '.join(PACKAGES)}` (.ci/run does)")
+        raise ClusterError(
+            f"SLURM daemons {[d for d in DAEMONS if not sbin(d)]} are missing and the tests are not "
+            f"root: install them with `apt-get install -y {' '.join(PACKAGES)}` (.ci/run does)"
+        )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    proc = subprocess.run(["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True, env=env,
-                          timeout=900)
+    proc = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", *PACKAGES], capture_output=True, text=True, env=env, timeout=900
+    )
     if proc.returncode != 0 or not all(sbin(d) for d in DAEMONS):
         raise ClusterError(f"could not install {PACKAGES} with apt-get (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
 
@@ -79,35 +82,67 @@ class Cluster:
         key.chmod(0o400)
         r = self.root
         if self.conf.exists():
-            raise ClusterError(f"{self.conf} exists: this machine has a SLURM configuration of its own, which "
-                               "the test cluster will not replace")
+            raise ClusterError(
+                f"{self.conf} exists: this machine has a SLURM configuration of its own, which "
+                "the test cluster will not replace"
+            )
         self.conf.parent.mkdir(parents=True, exist_ok=True)
         self.wrote_conf = True
-        self.conf.write_text("\n".join([
-            "ClusterName=raptest", f"SlurmctldHost={self.host}", "SlurmUser=root", "SlurmdUser=root",
-            f"SlurmctldPort={free_port()}", f"SlurmdPort={free_port()}",
-            f"AuthInfo=socket={r}/munge/munge.sock",
-            f"StateSaveLocation={r}/state", f"SlurmdSpoolDir={r}/spool",
-            f"SlurmctldPidFile={r}/slurmctld.pid", f"SlurmdPidFile={r}/slurmd.pid",
-            f"SlurmctldLogFile={r}/log/slurmctld.log", f"SlurmdLogFile={r}/log/slurmd.log",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core", "AccountingStorageType=accounting_storage/none",
-            "JobAcctGatherType=jobacct_gather/none", "MpiDefault=none", "ReturnToService=2",
-            "SlurmdParameters=config_overrides", "SchedulerParameters=sched_interval=2",
-            f"NodeName={self.host} CPUs={cpus} RealMemory={NODE_MEMORY_MB} State=UNKNOWN",
-            f"PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
-            f"PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP",
-        ]) + "\n")
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=raptest",
+                    f"SlurmctldHost={self.host}",
+                    "SlurmUser=root",
+                    "SlurmdUser=root",
+                    f"SlurmctldPort={free_port()}",
+                    f"SlurmdPort={free_port()}",
+                    f"AuthInfo=socket={r}/munge/munge.sock",
+                    f"StateSaveLocation={r}/state",
+                    f"SlurmdSpoolDir={r}/spool",
+                    f"SlurmctldPidFile={r}/slurmctld.pid",
+                    f"SlurmdPidFile={r}/slurmd.pid",
+                    f"SlurmctldLogFile={r}/log/slurmctld.log",
+                    f"SlurmdLogFile={r}/log/slurmd.log",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "AccountingStorageType=accounting_storage/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "SlurmdParameters=config_overrides",
+                    "SchedulerParameters=sched_interval=2",
+                    f"NodeName={self.host} CPUs={cpus} RealMemory={NODE_MEMORY_MB} State=UNKNOWN",
+                    f"PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                    f"PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP",
+                ]
+            )
+            + "\n"
+        )
 
     def start(self, cpus: int) -> None:
         if os.geteuid() != 0:
-            raise ClusterError("the test cluster runs its daemons as root (SlurmUser=root) and writes "
-                               "/etc/slurm/slurm.conf: run the SLURM test as root, as CI does")
+            raise ClusterError(
+                "the test cluster runs its daemons as root (SlurmUser=root) and writes "
+                "/etc/slurm/slurm.conf: run the SLURM test as root, as CI does"
+            )
         self.write_config(cpus)
         m = self.root / "munge"
-        self._spawn("munged", [sbin("munged"), "--foreground", "--force", f"--key-file={m}/munge.key",
-                               f"--socket={m}/munge.sock", f"--pid-file={m}/munged.pid",
-                               f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed"])
+        self._spawn(
+            "munged",
+            [
+                sbin("munged"),
+                "--foreground",
+                "--force",
+                f"--key-file={m}/munge.key",
+                f"--socket={m}/munge.sock",
+                f"--pid-file={m}/munged.pid",
+                f"--log-file={m}/munged.log",
+                f"--seed-file={m}/munged.seed",
+            ],
+        )
         self._wait(lambda: (m / "munge.sock").exists(), "munged's socket", "munge/munged.log")
         self._spawn("slurmctld", [sbin("slurmctld"), "-D", "-f", str(self.conf)])
         self._spawn("slurmd", [sbin("slurmd"), "-D", "-f", str(self.conf)])
@@ -115,8 +150,9 @@ class Cluster:
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
         log = (self.root / "log" / f"{name}.out").open("w")
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                            start_new_session=True)
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
 
     def _node_idle(self) -> bool:
         proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True, env=self.env)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rap.config import (REFERENCE_KNOBS, ConfigError, ablation_overrides, load_params,
-                        params_from_dict)
+from rap.config import REFERENCE_KNOBS, ConfigError, ablation_overrides, load_params, params_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
@@ -28,7 +27,13 @@ def test_both_scales_load():
     assert paper.cfg.model.text.name == "bert-base-uncased"
     opt = paper.cfg.pretrain.optim
     assert (opt.lr, opt.warmup_lr, opt.warmup_steps, opt.weight_decay, opt.epochs, opt.batch_size) == (
-        3e-4, 1e-6, 3000, 0.05, 30, 30)
+        3e-4,
+        1e-6,
+        3000,
+        0.05,
+        30,
+        30,
+    )
     assert paper.cfg.finetune.optim.lr == 1e-5 and paper.cfg.finetune.epochs["msrvtt-9k"] == 10
     assert paper.cfg.data.frames_train == 4 and paper.cfg.data.frames_eval == 8
 
@@ -50,21 +55,24 @@ def test_dotted_override_inside_the_scale():
     assert p.cfg.pretrain.optim.epochs == 1 and p.cfg.model.vision.depth == 1
 
 
-@pytest.mark.parametrize("overrides, needle", [
-    ({"lambda": "two"}, "'lambda'"),
-    ({"lambda": -1.0}, "'lambda'"),
-    ({"racl": "sideways"}, "'racl'"),
-    ({"frames": 0}, "'frames'"),
-    ({"mask_video": 1.0}, "'mask_video'"),
-    ({"scale": "huge"}, "'scale'"),
-    ({"seed": -3}, "'seed'"),
-    ({"pretrain.optim.lrr": 1e-3}, "embedded.pretrain.optim.lrr"),
-    ({"pretrain.optim.epochs": 1.5}, "embedded.pretrain.optim.epochs"),
-    ({"data.sampling_train": "random"}, "embedded.data.sampling_train"),
-    ({"datasets": ["webvid", "youtube"]}, "'youtube'"),
-    ({"ablations": ["racl-none", "lambda-1.0"]}, "lambda-1.0"),
-    ({"ablations": ["racl-v2t"]}, "racl-none"),
-])
+@pytest.mark.parametrize(
+    "overrides, needle",
+    [
+        ({"lambda": "two"}, "'lambda'"),
+        ({"lambda": -1.0}, "'lambda'"),
+        ({"racl": "sideways"}, "'racl'"),
+        ({"frames": 0}, "'frames'"),
+        ({"mask_video": 1.0}, "'mask_video'"),
+        ({"scale": "huge"}, "'scale'"),
+        ({"seed": -3}, "'seed'"),
+        ({"pretrain.optim.lrr": 1e-3}, "embedded.pretrain.optim.lrr"),
+        ({"pretrain.optim.epochs": 1.5}, "embedded.pretrain.optim.epochs"),
+        ({"data.sampling_train": "random"}, "embedded.data.sampling_train"),
+        ({"datasets": ["webvid", "youtube"]}, "'youtube'"),
+        ({"ablations": ["racl-none", "lambda-1.0"]}, "lambda-1.0"),
+        ({"ablations": ["racl-v2t"]}, "racl-none"),
+    ],
+)
 def test_bad_values_are_rejected_naming_the_key(overrides, needle):
     with pytest.raises(ConfigError) as err:
         load_params(PARAMS, overrides)

@@ -23,7 +23,9 @@ def test_webvid_csv(tmp_path):
     (raw / "results_2M_train.csv").write_text(
         "videoid,contentUrl,duration,page_dir,name\n"
         '21179416,https://x/a.mp4,PT00H00M11S,006001_006050,"Aerial shot, of a lake"\n'
-        "5629,https://x/b.mp4,PT00H00M29S,000001_000050,Girl smiles\n", encoding="utf-8")
+        "5629,https://x/b.mp4,PT00H00M29S,000001_000050,Girl smiles\n",
+        encoding="utf-8",
+    )
     recs = load_records("webvid", tmp_path, "train")
     assert [r.video_id for r in recs] == ["21179416", "5629"]
     assert recs[0].path == raw / "videos" / "006001_006050" / "21179416.mp4"
@@ -38,8 +40,11 @@ def test_cc3m_json_is_image_kind(tmp_path):
 
 
 def _msrvtt(raw):
-    sents = [{"video_id": f"video{v}", "caption": f"caption {v}-{k}", "sen_id": v * 10 + k}
-             for v in range(4) for k in range(3)]
+    sents = [
+        {"video_id": f"video{v}", "caption": f"caption {v}-{k}", "sen_id": v * 10 + k}
+        for v in range(4)
+        for k in range(3)
+    ]
     (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sents}))
     (raw / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\nvideo1\nvideo2\n")
     (raw / "MSRVTT_train.7k.csv").write_text("video_id\nvideo0\nvideo1\n")
@@ -55,7 +60,8 @@ def test_msrvtt_splits(tmp_path):
     assert nine[0].path == raw / "videos" / "all" / "video0.mp4"
     assert len(load_records("msrvtt", tmp_path, "train-7k")) == 2  # from the JSFusion 7k csv
     (raw / "msrvtt_train_7k.jsonl").write_text(
-        '{"caption": "x", "clip_name": "video5", "sen_id": 1}\n{"caption": "y", "clip_name": "video5", "sen_id": 2}\n')
+        '{"caption": "x", "clip_name": "video5", "sen_id": 1}\n{"caption": "y", "clip_name": "video5", "sen_id": 2}\n'
+    )
     (r,) = load_records("msrvtt", tmp_path, "train-7k")  # the released JSON-lines file wins
     assert r.video_id == "video5" and r.captions == ("x", "y")
     (t,) = load_records("msrvtt", tmp_path, "test")
@@ -66,9 +72,16 @@ def test_didemo_paragraph_in_file_order_and_commas_kept(tmp_path):
     # File order, as the released DiDeMo TSVs and CLIP4Clip read it (not times[0], which is
     # one annotator's segment out of four or more).
     raw = _raw(tmp_path, "didemo")
-    items = [{"video": "a@N00_1_ff.mov", "description": "then, slowly, he sits down.", "times": [[3, 4]], "annotation_id": 2},
-             {"video": "a@N00_1_ff.mov", "description": "a man walks in,", "times": [[0, 1]], "annotation_id": 1},
-             {"video": "b@N00_2_ee.mp4", "description": "a dog barks", "times": [[1, 1]], "annotation_id": 3}]
+    items = [
+        {
+            "video": "a@N00_1_ff.mov",
+            "description": "then, slowly, he sits down.",
+            "times": [[3, 4]],
+            "annotation_id": 2,
+        },
+        {"video": "a@N00_1_ff.mov", "description": "a man walks in,", "times": [[0, 1]], "annotation_id": 1},
+        {"video": "b@N00_2_ee.mp4", "description": "a dog barks", "times": [[1, 1]], "annotation_id": 3},
+    ]
     (raw / "test_data.json").write_text(json.dumps(items))
     (raw / "videos").mkdir()
     (raw / "videos" / "a@N00_1_ff.mp4").write_bytes(b"x")  # mp4 re-encode of a .mov
@@ -103,7 +116,8 @@ def test_lsmdc_tsv(tmp_path):
     raw = _raw(tmp_path, "lsmdc")
     (raw / "LSMDC16_annos_val.csv").write_text(
         "0001_American_Beauty_00.00.51.926-00.00.54.129\t00.00.51.926\t00.00.54.129\t00.00.51.000\t00.00.55.000"
-        "\tSOMEONE looks up, surprised.\n")
+        "\tSOMEONE looks up, surprised.\n"
+    )
     (r,) = load_records("lsmdc", tmp_path, "val")
     assert r.path == raw / "avi" / "0001_American_Beauty" / "0001_American_Beauty_00.00.51.926-00.00.54.129.avi"
     assert r.captions == ("SOMEONE looks up, surprised.",)
@@ -120,15 +134,19 @@ def test_lsmdc_clip_with_several_sentences_is_one_video(tmp_path):
     clip_a, clip_b = "1010_TITANIC_00.41.32.072-00.41.40.196", "1010_TITANIC_00.41.41.000-00.41.45.000"
     (raw / "LSMDC16_annos_val.csv").write_text(
         f"{clip_a}\t0\t1\t0\t1\tSOMEONE runs.\n{clip_b}\t0\t1\t0\t1\tA door opens.\n"
-        f"{clip_a}\t0\t1\t0\t1\tSOMEONE stops.\n")
+        f"{clip_a}\t0\t1\t0\t1\tSOMEONE stops.\n"
+    )
     recs = load_records("lsmdc", tmp_path, "val")
-    assert [(r.video_id, r.captions) for r in recs] == [(clip_a, ("SOMEONE runs.", "SOMEONE stops.")),
-                                                        (clip_b, ("A door opens.",))]
+    assert [(r.video_id, r.captions) for r in recs] == [
+        (clip_a, ("SOMEONE runs.", "SOMEONE stops.")),
+        (clip_b, ("A door opens.",)),
+    ]
     data_cfg = DataConfig(root=str(tmp_path))
     es = build_eval_set("lsmdc", "val", data_cfg)
     assert len(es.videos) == 2 and es.text_to_video == [0, 0, 1]  # one candidate, two queries
-    ds = ClipTextDataset(load_clips("lsmdc", "val", data_cfg), frames=1, sampling="rand", image_size=8,
-                         two_views=False, per_caption=True)
+    ds = ClipTextDataset(
+        load_clips("lsmdc", "val", data_cfg), frames=1, sampling="rand", image_size=8, two_views=False, per_caption=True
+    )
     video_index = [c for c, _ in ds.items]  # what a fine-tuning batch carries as video_index
     assert video_index == [0, 0, 1]  # the two sentences of clip_a are positives, never negatives
 

@@ -155,7 +155,10 @@ def test_download_lsmdc_explains_where_to_get_it(tmp_path):
 
 def test_download_synthetic_generates_the_dataset(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(dl.synthetic, "generate",
-                        lambda d, raw, seed, scale: calls.append((d, Path(raw), seed, scale)) or {"dataset": d})
+    monkeypatch.setattr(
+        dl.synthetic,
+        "generate",
+        lambda d, raw, seed, scale: calls.append((d, Path(raw), seed, scale)) or {"dataset": d},
+    )
     s = download("msvd", DataConfig(root=str(tmp_path), source="synthetic", synthetic_seed=5, synthetic_scale=0.5))
     assert calls == [("msvd", tmp_path / "raw" / "msvd", 5, 0.5)] and s["source"] == "synthetic"

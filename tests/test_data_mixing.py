@@ -59,7 +59,7 @@ def test_oversampled_source_wraps_into_a_new_permutation():
     items = [i for b in _epoch(s) for _, i, _ in b]
     assert len(items) == 2 * s.steps_per_epoch == 104
     for c in range(0, 100, 4):
-        assert sorted(items[c:c + 4]) == [0, 1, 2, 3]  # every cycle is a full permutation
+        assert sorted(items[c : c + 4]) == [0, 1, 2, 3]  # every cycle is a full permutation
 
 
 def test_bad_arguments():

@@ -35,12 +35,20 @@ def corpus(tmp_path_factory):
 
 
 def _cfg(root, **data) -> ScaleConfig:
-    base = dict(root=str(root), source="synthetic", image_size=32, frames_eval=8, num_workers=0,
-                store_fps=8.0, max_bad_fraction=0.05)
+    base = dict(
+        root=str(root),
+        source="synthetic",
+        image_size=32,
+        frames_eval=8,
+        num_workers=0,
+        store_fps=8.0,
+        max_bad_fraction=0.05,
+    )
     base.update(data)
     s = ScaleConfig()
-    return dataclasses.replace(s, data=DataConfig(**base),
-                               pretrain=dataclasses.replace(s.pretrain, source_weights=(0.5, 0.5)))
+    return dataclasses.replace(
+        s, data=DataConfig(**base), pretrain=dataclasses.replace(s.pretrain, source_weights=(0.5, 0.5))
+    )
 
 
 def test_synthetic_corpus_is_read_by_the_adapters(corpus):
@@ -69,8 +77,9 @@ def test_synthetic_is_deterministic_and_captions_match_pixels(tmp_path):
     spec = synthetic._specs(rng, 1, unique=True, size=(64, 64), change_p=0.0, second_p=0.0)[0]
     synthetic.write_video(tmp_path / "c.mp4", synthetic.render(spec))
     frames = read_frames(tmp_path / "c.mp4", [0, spec.frames - 1]).astype(float)
-    share = {c: (np.linalg.norm(frames - np.array(rgb, float), axis=-1) < 40).mean()
-             for c, rgb in synthetic.COLOURS.items()}
+    share = {
+        c: (np.linalg.norm(frames - np.array(rgb, float), axis=-1) < 40).mean() for c, rgb in synthetic.COLOURS.items()
+    }
     assert max(share, key=share.get) == spec.colour and share[spec.colour] > 0.02
 
 
@@ -199,8 +208,9 @@ def test_loader_skips_and_counts_bad_files_without_crashing(damaged, tokenizer, 
 
 def test_loader_errors_past_max_bad_fraction(damaged, tokenizer):
     root, _, _ = damaged
-    loader = build_pretrain_loader(_cfg(root, frame_store=False, max_bad_fraction=0.01), tokenizer,
-                                   seed=0, batch_size=4)
+    loader = build_pretrain_loader(
+        _cfg(root, frame_store=False, max_bad_fraction=0.01), tokenizer, seed=0, batch_size=4
+    )
     with pytest.raises(DataError, match=r"unusable samples this epoch, more than data.max_bad_fraction=0.01"):
         for _ in loader:
             pass

@@ -71,10 +71,16 @@ def test_eval_view_centre_crop():
     frames[:, :, 40:80] = 255  # the centre square is white
     v = transforms.eval_view(frames, 20)
     assert v.shape == (2, 3, 20, 20)
-    assert np.allclose(v[:, :, :, 2:-2].numpy(), ((1 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD)[None, :, None, None], atol=1e-3)
+    assert np.allclose(
+        v[:, :, :, 2:-2].numpy(),
+        ((1 - transforms.IMAGENET_MEAN) / transforms.IMAGENET_STD)[None, :, None, None],
+        atol=1e-3,
+    )
 
 
 def test_swap_left_right():
-    assert transforms.swap_left_right("Left hand moves to the right, leftwards") == \
-        "Right hand moves to the left, rightwards"
+    assert (
+        transforms.swap_left_right("Left hand moves to the right, leftwards")
+        == "Right hand moves to the left, rightwards"
+    )
     assert transforms.swap_left_right("a bright light") == "a bright light"

@@ -90,9 +90,14 @@ def test_torn_and_corrupt_files_are_detected(tmp_path, frames):
         p.write_bytes(content)
         return p
 
-    for name, content in [("truncated", data[:-10]), ("empty", b""), ("header-only", data[:20]),
-                          ("bad-magic", b"XXXXXXXX" + data[8:]), ("extra-bytes", data + b"\0"),
-                          ("bad-eoi", data[:b - 2] + b"\0\0" + data[b:])]:
+    for name, content in [
+        ("truncated", data[:-10]),
+        ("empty", b""),
+        ("header-only", data[:20]),
+        ("bad-magic", b"XXXXXXXX" + data[8:]),
+        ("extra-bytes", data + b"\0"),
+        ("bad-eoi", data[: b - 2] + b"\0\0" + data[b:]),
+    ]:
         p = variant(name, content)
         assert not store.is_complete(p), name
     for name in ("truncated", "empty", "bad-magic"):
@@ -139,8 +144,16 @@ def test_extract_and_loaders_with_the_jpeg_store(tmp_path, caplog):
     tok = build_tokenizer(TextConfig(name="tiny", pretrained=False, tokenizer="builtin"))
 
     def cfg(fmt: str) -> ScaleConfig:
-        data = DataConfig(root=str(root), source="synthetic", image_size=64, frames_eval=8, num_workers=0,
-                          store_fps=8.0, max_bad_fraction=0.5, store_format=fmt)
+        data = DataConfig(
+            root=str(root),
+            source="synthetic",
+            image_size=64,
+            frames_eval=8,
+            num_workers=0,
+            store_fps=8.0,
+            max_bad_fraction=0.5,
+            store_format=fmt,
+        )
         return dataclasses.replace(ScaleConfig(), data=data)
 
     sizes, videos = {}, {}

@@ -27,11 +27,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, shrunk_overrides, torch_threads, without_dropout
 from rap.data.datasets import build_pretrain_loader
 from rap.model import RaPModel, build_tokenizer
 from rap.training.checkpoint import load_checkpoint
 from rap.training.loop import DistContext, seed_everything, train
+
+from conftest import REPO, shrunk_overrides, torch_threads, without_dropout
 
 STEPS = 3
 PER_RANK = 4
@@ -52,24 +53,42 @@ class UnionOfRanks:
         for parts in zip(*self.loaders):
             length = max(p["input_ids"].shape[1] for p in parts)
             pad = lambda x, v: torch.nn.functional.pad(x, (0, length - x.shape[1]), value=v)  # noqa: E731
-            yield {"video": torch.cat([p["video"] for p in parts]),
-                   "video_aug": torch.cat([p["video_aug"] for p in parts]),
-                   "input_ids": torch.cat([pad(p["input_ids"], self.pad_id) for p in parts]),
-                   "attention_mask": torch.cat([pad(p["attention_mask"], 0) for p in parts]),
-                   "video_index": torch.cat([p["video_index"] for p in parts])}
+            yield {
+                "video": torch.cat([p["video"] for p in parts]),
+                "video_aug": torch.cat([p["video_aug"] for p in parts]),
+                "input_ids": torch.cat([pad(p["input_ids"], self.pad_id) for p in parts]),
+                "attention_mask": torch.cat([pad(p["attention_mask"], 0) for p in parts]),
+                "video_index": torch.cat([p["video_index"] for p in parts]),
+            }
 
 
 def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_root, tmp_path, no_tracking):
-    overrides = {"pretrain.loss.itm_weight": 0.0, "pretrain.loss.lm_weight": 0.0,
-                 "pretrain.optim.batch_size": PER_RANK, "pretrain.optim.epochs": 1}
+    overrides = {
+        "pretrain.loss.itm_weight": 0.0,
+        "pretrain.loss.lm_weight": 0.0,
+        "pretrain.optim.batch_size": PER_RANK,
+        "pretrain.optim.epochs": 1,
+    }
     params = make_params(overrides)
 
     out = tmp_path / "ddp"
-    env = {**os.environ, "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "ddp_train_worker.py"),
-           json.dumps({**shrunk_overrides(corpus_root), **overrides}), str(out), str(STEPS)]
+    env = {
+        **os.environ,
+        "RAP_TRACKING": "0",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "tests" / "ddp_train_worker.py"),
+        json.dumps({**shrunk_overrides(corpus_root), **overrides}),
+        str(out),
+        str(STEPS),
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     ddp = load_checkpoint(out / "checkpoint.pt")
@@ -82,13 +101,23 @@ def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_
         seed_everything(params.seed)
         model = RaPModel(cfg.model, cfg.pretrain.loss)
         tokenizer = build_tokenizer(cfg.model.text)
-        loaders = [build_pretrain_loader(cfg, tokenizer, seed=params.seed, rank=r, world_size=2,
-                                         batch_size=PER_RANK) for r in range(2)]
+        loaders = [
+            build_pretrain_loader(cfg, tokenizer, seed=params.seed, rank=r, world_size=2, batch_size=PER_RANK)
+            for r in range(2)
+        ]
         ref_out = tmp_path / "one"
-        train(model=model, data=UnionOfRanks(loaders, tokenizer.pad_token_id), stage="pretrain",
-              optim_cfg=cfg.pretrain.optim, epochs=1, params=params, out_dir=ref_out,
-              ctx=DistContext(0, 1, 0, torch.device("cpu")), max_steps=STEPS,
-              forward_kwargs=lambda epoch: {"stage": "pretrain", "alpha": 0.0})
+        train(
+            model=model,
+            data=UnionOfRanks(loaders, tokenizer.pad_token_id),
+            stage="pretrain",
+            optim_cfg=cfg.pretrain.optim,
+            epochs=1,
+            params=params,
+            out_dir=ref_out,
+            ctx=DistContext(0, 1, 0, torch.device("cpu")),
+            max_steps=STEPS,
+            forward_kwargs=lambda epoch: {"stage": "pretrain", "alpha": 0.0},
+        )
     ref = load_checkpoint(ref_out / "checkpoint.pt")["model"]
 
     start = RaPModel(cfg.model, cfg.pretrain.loss).state_dict()  # any init: the runs must have moved

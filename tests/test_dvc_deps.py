@@ -12,9 +12,16 @@ from helpers.code_deps import REPO, cli_closure
 
 # the `rap` subcommand of each stage (rap/cli.py imports its modules inside the subcommand)
 STAGE_COMMANDS = {
-    "download": "download", "extract": "extract", "pretrain": "pretrain", "ablation": "pretrain",
-    "finetune": "finetune", "zeroshot": "evaluate", "finetuned": "evaluate", "ablation-zeroshot": "evaluate",
-    "tables": "tables", "figure": "figure",
+    "download": "download",
+    "extract": "extract",
+    "pretrain": "pretrain",
+    "ablation": "pretrain",
+    "finetune": "finetune",
+    "zeroshot": "evaluate",
+    "finetuned": "evaluate",
+    "ablation-zeroshot": "evaluate",
+    "tables": "tables",
+    "figure": "figure",
 }
 
 
@@ -28,9 +35,11 @@ def test_stage_lists_exactly_the_code_it_runs(name):
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     listed = {d for d in _stage_deps(stages[name]) if d.startswith("rap/")}
     runs = cli_closure(STAGE_COMMANDS[name])
-    assert listed == runs, (f"dvc.yaml stage {name!r}: listed but not run: {sorted(listed - runs)}; run but not "
-                            f"listed: {sorted(runs - listed)}. Its code deps should be:\n"
-                            + "\n".join(f"        - {d}" for d in sorted(runs)))
+    assert listed == runs, (
+        f"dvc.yaml stage {name!r}: listed but not run: {sorted(listed - runs)}; run but not "
+        f"listed: {sorted(runs - listed)}. Its code deps should be:\n"
+        + "\n".join(f"        - {d}" for d in sorted(runs))
+    )
 
 
 def test_no_stage_depends_on_the_other_scale():

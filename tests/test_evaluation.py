@@ -48,8 +48,8 @@ class StubTokenizer:
         for row, text in enumerate(texts):
             n = int(text.split()[1])
             toks = [1, n + TEXT_OFFSET, 2] + ([5] if n % 2 else [])  # odd texts are one token longer
-            ids[row, :len(toks)] = torch.tensor(toks)
-            mask[row, :len(toks)] = 1
+            ids[row, : len(toks)] = torch.tensor(toks)
+            mask[row, : len(toks)] = 1
         width = int(mask.sum(1).max())
         return {"input_ids": ids[:, :width], "attention_mask": mask[:, :width]}
 
@@ -70,16 +70,24 @@ class StubModel(nn.Module):
         ids = video[:, 0, 0, 0, 0].long()
         b, d = len(ids), self.v.shape[1]
         hidden = ids.float()[:, None, None].expand(b, 3, 1)  # the video's identity, for itm_scores
-        return VideoFeatures(emb=self.v[ids] * 3.0,  # not unit length: evaluation normalises
-                             patches=torch.zeros(b, 2, d), patch_mask=torch.ones(b, 2, dtype=torch.bool),
-                             hidden=hidden, hidden_mask=torch.ones(b, 3, dtype=torch.bool))
+        return VideoFeatures(
+            emb=self.v[ids] * 3.0,  # not unit length: evaluation normalises
+            patches=torch.zeros(b, 2, d),
+            patch_mask=torch.ones(b, 2, dtype=torch.bool),
+            hidden=hidden,
+            hidden_mask=torch.ones(b, 3, dtype=torch.bool),
+        )
 
     def encode_text(self, input_ids, attention_mask):
         assert torch.is_inference_mode_enabled() and not self.training
         ids = input_ids[:, 1] - TEXT_OFFSET
         b = len(ids)
-        return TextFeatures(emb=self.t[ids], tokens=torch.zeros(b, 1, 1), token_mask=attention_mask[:, 1:].bool(),
-                            hidden=torch.zeros(b, input_ids.shape[1], 1))
+        return TextFeatures(
+            emb=self.t[ids],
+            tokens=torch.zeros(b, 1, 1),
+            token_mask=attention_mask[:, 1:].bool(),
+            hidden=torch.zeros(b, input_ids.shape[1], 1),
+        )
 
     def itm_scores(self, video_feats, input_ids, attention_mask, video_rows=None):
         assert torch.is_inference_mode_enabled()
@@ -96,8 +104,14 @@ class StubModel(nn.Module):
 
 def _eval_set(text_to_video: list[int], num_videos: int) -> EvalSet:
     v2t = [[i for i, v in enumerate(text_to_video) if v == vid] for vid in range(num_videos)]
-    return EvalSet("stub", "test", StubVideos(num_videos), [f"text {i}" for i in range(len(text_to_video))],
-                   list(text_to_video), v2t)
+    return EvalSet(
+        "stub",
+        "test",
+        StubVideos(num_videos),
+        [f"text {i}" for i in range(len(text_to_video))],
+        list(text_to_video),
+        v2t,
+    )
 
 
 def _reference_ranks(itc: torch.Tensor, itm: torch.Tensor, correct: list[set[int]], k: int) -> list[int]:
@@ -164,8 +178,9 @@ def _random_setup(seed: int = 0):
 def test_evaluate_matches_brute_force_reference(k):
     text_to_video, num_videos, v, t, itm = _random_setup()
     model = StubModel(v, t, itm).train()
-    scores = score_matrices(model, StubTokenizer(), _eval_set(text_to_video, num_videos),
-                            EvalConfig(batch_size=4, itm_rerank_k=k), "cpu")
+    scores = score_matrices(
+        model, StubTokenizer(), _eval_set(text_to_video, num_videos), EvalConfig(batch_size=4, itm_rerank_k=k), "cpu"
+    )
     assert model.training  # restored
     assert model.video_calls == 2  # 7 videos in batches of 4: encoded once
     itc = torch.nn.functional.normalize(t, dim=-1) @ torch.nn.functional.normalize(v, dim=-1).t()
@@ -190,8 +205,13 @@ def test_evaluate_matches_brute_force_reference(k):
     assert len(model.pairs) == len(set(model.pairs))
     assert set(model.pairs) == expected_pairs
 
-    metrics = evaluate(StubModel(v, t, itm), StubTokenizer(), _eval_set(text_to_video, num_videos),
-                       EvalConfig(batch_size=4, itm_rerank_k=k), "cpu")
+    metrics = evaluate(
+        StubModel(v, t, itm),
+        StubTokenizer(),
+        _eval_set(text_to_video, num_videos),
+        EvalConfig(batch_size=4, itm_rerank_k=k),
+        "cpu",
+    )
     assert set(metrics) == {"t2v", "v2t"}
     assert metrics["t2v"]["MnR"] == pytest.approx(sum(want_t2v) / len(want_t2v))
     assert metrics["v2t"]["MnR"] == pytest.approx(sum(want_v2t) / len(want_v2t))
@@ -215,8 +235,9 @@ def test_collapsed_model_scores_no_better_than_chance():
     n = 6
     model = StubModel(torch.ones(n, 4), torch.ones(n, 4), torch.zeros(n, n))
     for k in (0, 3):
-        m = evaluate(model, StubTokenizer(), _eval_set(list(range(n)), n), EvalConfig(batch_size=4, itm_rerank_k=k),
-                     "cpu")
+        m = evaluate(
+            model, StubTokenizer(), _eval_set(list(range(n)), n), EvalConfig(batch_size=4, itm_rerank_k=k), "cpu"
+        )
         assert m["t2v"]["R@1"] <= 100 / n and m["v2t"]["R@1"] <= 100 / n
 
 
@@ -240,8 +261,9 @@ def msvd_params(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data")
     generate("msvd", root / "raw" / "msvd", seed=0, scale=0.05)
-    return load_params(REPO / "params.yaml", {"data.root": str(root), "evaluate.itm_rerank_k": 3,
-                                              "evaluate.batch_size": 8})
+    return load_params(
+        REPO / "params.yaml", {"data.root": str(root), "evaluate.itm_rerank_k": 3, "evaluate.batch_size": 8}
+    )
 
 
 def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):

@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PARAMS_YAML
 from rap.config import load_params
 from rap.data import ground_truth as gt
 from rap.data import synthetic
 from rap.model import build_tokenizer
 from rap.redundancy_metrics import average_precision, patch_separation, roc_auc, token_separation
+
+from conftest import PARAMS_YAML
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_patches_the_object_covers_are_marked() -> None:
     left = (spec.width - m) / 2
     i, j = int(obj.cy // (m / grid)), int((obj.cx - left) // (m / grid))
     assert cov[i, j] > 0.9
-    pixels = _object_pixels(spec, 0)[:, int(left):int(left) + m]  # the centred square (64 x 64)
+    pixels = _object_pixels(spec, 0)[:, int(left) : int(left) + m]  # the centred square (64 x 64)
     painted = pixels.reshape(grid, m // grid, grid, m // grid).mean(axis=(1, 3))
     assert np.abs(painted - cov).max() < 0.2 and (cov == 0).sum() > grid * grid // 2
     # averaged grid of the evaluated frames: K sampled frames, mean of their grids

@@ -12,8 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from rap.losses import (INVALID_REDUNDANCY, itc_loss, racl_function, racl_loss, racl_loss_official, racl_terms,
-                        redundancy)
+from rap.losses import (
+    INVALID_REDUNDANCY,
+    itc_loss,
+    racl_function,
+    racl_loss,
+    racl_loss_official,
+    racl_terms,
+    redundancy,
+)
 
 B, N, L, D = 4, 6, 5, 8
 TAU = 0.1
@@ -40,9 +47,14 @@ def make_batch(seed=0, dtype=torch.float64, with_patch_mask=True):
         patch_mask = torch.ones(B, N, dtype=torch.bool)
         patch_mask[0, [1, 4]] = False
         patch_mask[2, 0] = False
-    return dict(video_emb=_unit(B, D, gen=gen, dtype=dtype), patch_feats=_unit(B, N, D, gen=gen, dtype=dtype),
-                text_emb=_unit(B, D, gen=gen, dtype=dtype), token_feats=_unit(B, L, D, gen=gen, dtype=dtype),
-                token_mask=token_mask, patch_mask=patch_mask)
+    return dict(
+        video_emb=_unit(B, D, gen=gen, dtype=dtype),
+        patch_feats=_unit(B, N, D, gen=gen, dtype=dtype),
+        text_emb=_unit(B, D, gen=gen, dtype=dtype),
+        token_feats=_unit(B, L, D, gen=gen, dtype=dtype),
+        token_mask=token_mask,
+        patch_mask=patch_mask,
+    )
 
 
 def _valid(mask, i, k):
@@ -56,6 +68,7 @@ def _valid(mask, i, k):
 
 def ref_itc(v, t, tau, video_ids=None):
     """Eqs. (2)-(3); with video_ids the target is uniform over the same-video candidates."""
+
     def one_direction(a, c):
         losses = []
         for i in range(len(a)):
@@ -64,6 +77,7 @@ def ref_itc(v, t, tau, video_ids=None):
             pos = [j for j in range(len(c)) if j == i or (video_ids is not None and video_ids[j] == video_ids[i])]
             losses.append(log_z - sum(logits[j] for j in pos) / len(pos))
         return sum(losses) / len(losses)
+
     return one_direction(v, t), one_direction(t, v)
 
 
@@ -115,11 +129,18 @@ def ref_racl(v, P, t, T, token_mask, tau, patch_mask=None, floor=1e-4, video_ids
     def one_direction(anchor, locals_, mask, red):
         losses = []
         for i in range(b):
-            num = sum(weight(red[i][m]) * torch.exp(torch.dot(anchor[i], locals_[i, m]) / tau)
-                      for m in range(locals_.shape[1]) if _valid(mask, i, m))
-            den = sum(torch.exp(torch.dot(anchor[i], locals_[j, m]) / tau)
-                      for j in range(b) if not excluded(i, j)
-                      for m in range(locals_.shape[1]) if _valid(mask, j, m))
+            num = sum(
+                weight(red[i][m]) * torch.exp(torch.dot(anchor[i], locals_[i, m]) / tau)
+                for m in range(locals_.shape[1])
+                if _valid(mask, i, m)
+            )
+            den = sum(
+                torch.exp(torch.dot(anchor[i], locals_[j, m]) / tau)
+                for j in range(b)
+                if not excluded(i, j)
+                for m in range(locals_.shape[1])
+                if _valid(mask, j, m)
+            )
             losses.append(-torch.log(num / den))
         return sum(losses) / b
 
@@ -138,12 +159,20 @@ def ref_official(v, P, t, T, token_mask, tau, patch_mask=None, video_ids=None, d
         losses = []
         for i in range(b):
             valid = [m for m in range(locals_.shape[1]) if _valid(mask, i, m)]
-            max_sim = {m: max(torch.dot(locals_[i, m], others[i, k]) for k in range(others.shape[1])
-                              if _valid(other_mask, i, k)) for m in valid}
+            max_sim = {
+                m: max(
+                    torch.dot(locals_[i, m], others[i, k]) for k in range(others.shape[1]) if _valid(other_mask, i, k)
+                )
+                for m in valid
+            }
             z = sum(torch.exp(max_sim[m] / tau) for m in valid)
-            neg = [torch.exp(torch.dot(anchor[i], locals_[j, m]) / tau)
-                   for j in range(b) if is_negative(i, j)
-                   for m in range(locals_.shape[1]) if _valid(mask, j, m)]
+            neg = [
+                torch.exp(torch.dot(anchor[i], locals_[j, m]) / tau)
+                for j in range(b)
+                if is_negative(i, j)
+                for m in range(locals_.shape[1])
+                if _valid(mask, j, m)
+            ]
             total = 0
             for m in valid:
                 pos = torch.exp(torch.dot(anchor[i], locals_[i, m]) / tau)
@@ -176,8 +205,7 @@ def _assert_close_grads(ga, gb, **tol):
     for a, b in zip(ga, gb):
         a = torch.zeros(()) if a is None else a
         b = torch.zeros(()) if b is None else b
-        torch.testing.assert_close(a.expand_as(b) if a.dim() == 0 else a,
-                                   b.expand_as(a) if b.dim() == 0 else b, **tol)
+        torch.testing.assert_close(a.expand_as(b) if a.dim() == 0 else a, b.expand_as(a) if b.dim() == 0 else b, **tol)
 
 
 # --------------------------------------------------------------------------------------
@@ -237,11 +265,11 @@ def test_itc_temperature_tensor_gets_gradient():
 @pytest.mark.parametrize("with_patch_mask", [False, True])
 def test_redundancy_matches_loop(with_patch_mask):
     batch = make_batch(with_patch_mask=with_patch_mask)
-    vr, tr = redundancy(batch["patch_feats"], batch["token_feats"], batch["token_mask"],
-                        patch_mask=batch["patch_mask"])
+    vr, tr = redundancy(batch["patch_feats"], batch["token_feats"], batch["token_mask"], patch_mask=batch["patch_mask"])
     assert vr.shape == (B, N) and tr.shape == (B, L)
-    ref_vr, ref_tr = ref_redundancy(batch["patch_feats"], batch["token_feats"], batch["token_mask"],
-                                    batch["patch_mask"])
+    ref_vr, ref_tr = ref_redundancy(
+        batch["patch_feats"], batch["token_feats"], batch["token_mask"], batch["patch_mask"]
+    )
     torch.testing.assert_close(vr, ref_vr)
     torch.testing.assert_close(tr, ref_tr)
     assert torch.all(tr[~batch["token_mask"]] == INVALID_REDUNDANCY)
@@ -257,8 +285,9 @@ def test_redundancy_padding_is_never_the_argmin():
     patches = batch["patch_feats"].clone()
     patches[0, 1] = batch["token_feats"][0, 0]  # masked patch of sample 0
     vr, tr = redundancy(patches, tokens, batch["token_mask"], patch_mask=batch["patch_mask"])
-    ref_vr, ref_tr = ref_redundancy(batch["patch_feats"], batch["token_feats"], batch["token_mask"],
-                                    batch["patch_mask"])
+    ref_vr, ref_tr = ref_redundancy(
+        batch["patch_feats"], batch["token_feats"], batch["token_mask"], batch["patch_mask"]
+    )
     torch.testing.assert_close(vr, ref_vr)
     torch.testing.assert_close(tr, ref_tr)
     assert vr[1, 2] > 1e-3 and tr[0, 0] > 1e-3
@@ -275,10 +304,8 @@ def test_redundancy_padding_is_never_the_argmin():
 def test_racl_matches_loop_values_and_grads(video_ids, with_patch_mask, weight_grad):
     batch = _leaf(make_batch(seed=1, with_patch_mask=with_patch_mask))
     tau = torch.tensor(TAU, dtype=torch.float64, requires_grad=True)
-    got = racl_loss(*_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids,
-                    weight_grad=weight_grad)
-    want = ref_racl(*_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids,
-                    weight_grad=weight_grad)
+    got = racl_loss(*_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids, weight_grad=weight_grad)
+    want = ref_racl(*_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids, weight_grad=weight_grad)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
         assert g.dtype == torch.float64 and g.dim() == 0
@@ -414,8 +441,7 @@ def test_masked_patch_column_equals_dropping_it():
     keep = [n for n in range(N) if n != 3]
     dropped = dict(batch, patch_feats=batch["patch_feats"][:, keep])
     for fn in (racl_loss, racl_loss_official):
-        torch.testing.assert_close(fn(*_args(masked), TAU, patch_mask=masked["patch_mask"]),
-                                   fn(*_args(dropped), TAU))
+        torch.testing.assert_close(fn(*_args(masked), TAU, patch_mask=masked["patch_mask"]), fn(*_args(dropped), TAU))
 
 
 # --------------------------------------------------------------------------------------
@@ -428,14 +454,18 @@ def test_masked_patch_column_equals_dropping_it():
 def test_official_matches_loop(video_ids, double_normalise):
     batch = _leaf(make_batch(seed=10))
     tau = torch.tensor(TAU, dtype=torch.float64, requires_grad=True)
-    got = racl_loss_official(*_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids,
-                             double_normalise=double_normalise)
-    want = ref_official(*_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids,
-                        double_normalise=double_normalise)
+    got = racl_loss_official(
+        *_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids, double_normalise=double_normalise
+    )
+    want = ref_official(
+        *_args(batch), tau, patch_mask=batch["patch_mask"], video_ids=video_ids, double_normalise=double_normalise
+    )
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w)
-        _assert_close_grads(_grads(g, batch) + torch.autograd.grad(g, tau, retain_graph=True),
-                            _grads(w, batch) + torch.autograd.grad(w, tau, retain_graph=True))
+        _assert_close_grads(
+            _grads(g, batch) + torch.autograd.grad(g, tau, retain_graph=True),
+            _grads(w, batch) + torch.autograd.grad(w, tau, retain_graph=True),
+        )
 
 
 def test_official_differs_from_paper_and_weight_grad_detaches():
@@ -463,8 +493,12 @@ def test_bad_shapes_and_masks_are_rejected():
     with pytest.raises(ValueError, match="token_mask"):
         racl_loss(*_args(batch)[:4], batch["token_mask"].double(), TAU)
     with pytest.raises(ValueError, match="patch_mask"):
-        redundancy(batch["patch_feats"], batch["token_feats"], batch["token_mask"],
-                   patch_mask=torch.ones(B, N + 1, dtype=torch.bool))
+        redundancy(
+            batch["patch_feats"],
+            batch["token_feats"],
+            batch["token_mask"],
+            patch_mask=torch.ones(B, N + 1, dtype=torch.bool),
+        )
     with pytest.raises(ValueError, match="video_ids"):
         itc_loss(batch["video_emb"], batch["text_emb"], TAU, video_ids=torch.zeros(B + 1, dtype=torch.long))
     with pytest.raises(ValueError, match="temperature"):
@@ -475,15 +509,16 @@ def test_bad_shapes_and_masks_are_rejected():
 def test_bf16_runs_and_is_close_to_fp32(fn):
     b32 = make_batch(seed=14, dtype=torch.float32)
     b16 = {k: (v.bfloat16() if v is not None and v.is_floating_point() else v) for k, v in b32.items()}
-    for got, want in ((fn(*_args(b16), 0.07, patch_mask=b16["patch_mask"]),
-                       fn(*_args(b32), 0.07, patch_mask=b32["patch_mask"])),
-                      (itc_loss(b16["video_emb"], b16["text_emb"], 0.07),
-                       itc_loss(b32["video_emb"], b32["text_emb"], 0.07))):
+    for got, want in (
+        (fn(*_args(b16), 0.07, patch_mask=b16["patch_mask"]), fn(*_args(b32), 0.07, patch_mask=b32["patch_mask"])),
+        (itc_loss(b16["video_emb"], b16["text_emb"], 0.07), itc_loss(b32["video_emb"], b32["text_emb"], 0.07)),
+    ):
         for g, w in zip(got, want):
             assert g.dtype == torch.float32 and torch.isfinite(g)
             torch.testing.assert_close(g, w, rtol=3e-2, atol=3e-2)
-    leaf = {k: (v.clone().requires_grad_(True) if v is not None and v.is_floating_point() else v)
-            for k, v in b16.items()}
+    leaf = {
+        k: (v.clone().requires_grad_(True) if v is not None and v.is_floating_point() else v) for k, v in b16.items()
+    }
     sum(fn(*_args(leaf), 0.07, patch_mask=leaf["patch_mask"])).backward()
     assert leaf["video_emb"].grad.dtype == torch.bfloat16 and torch.isfinite(leaf["video_emb"].grad).all()
 
@@ -499,28 +534,38 @@ def test_autocast_does_not_lower_the_loss_precision():
 def test_gradcheck_all_losses():
     gen = torch.Generator().manual_seed(16)
     b, n, l, d = 3, 4, 3, 5
-    v, t = torch.randn(b, d, generator=gen, dtype=torch.float64), torch.randn(b, d, generator=gen,
-                                                                               dtype=torch.float64)
-    p, k = torch.randn(b, n, d, generator=gen, dtype=torch.float64), torch.randn(b, l, d, generator=gen,
-                                                                                  dtype=torch.float64)
+    v, t = torch.randn(b, d, generator=gen, dtype=torch.float64), torch.randn(b, d, generator=gen, dtype=torch.float64)
+    p, k = (
+        torch.randn(b, n, d, generator=gen, dtype=torch.float64),
+        torch.randn(b, l, d, generator=gen, dtype=torch.float64),
+    )
     tm = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
     pm = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [0, 1, 1, 1]], dtype=torch.bool)
     tau = torch.tensor(0.5, dtype=torch.float64)
     inputs = [x.clone().requires_grad_(True) for x in (v, p, t, k, tau)]
     for fn in (racl_loss, racl_loss_official):
-        assert torch.autograd.gradcheck(lambda a, b_, c, e, f: sum(fn(a, b_, c, e, tm, f, patch_mask=pm)),
-                                        inputs, eps=1e-6, atol=1e-5)
-    assert torch.autograd.gradcheck(lambda a, c, f: sum(itc_loss(a, c, f, video_ids=torch.tensor([0, 1, 0]))),
-                                    [inputs[0], inputs[2], inputs[4]], eps=1e-6, atol=1e-5)
+        assert torch.autograd.gradcheck(
+            lambda a, b_, c, e, f: sum(fn(a, b_, c, e, tm, f, patch_mask=pm)), inputs, eps=1e-6, atol=1e-5
+        )
+    assert torch.autograd.gradcheck(
+        lambda a, c, f: sum(itc_loss(a, c, f, video_ids=torch.tensor([0, 1, 0]))),
+        [inputs[0], inputs[2], inputs[4]],
+        eps=1e-6,
+        atol=1e-5,
+    )
 
 
 def test_gather_flag_is_plain_in_a_single_process():
     batch = make_batch(seed=17)
     for fn in (racl_loss, racl_loss_official):
-        torch.testing.assert_close(fn(*_args(batch), TAU, patch_mask=batch["patch_mask"], gather=True),
-                                   fn(*_args(batch), TAU, patch_mask=batch["patch_mask"]))
-    torch.testing.assert_close(itc_loss(batch["video_emb"], batch["text_emb"], TAU, gather=True),
-                               itc_loss(batch["video_emb"], batch["text_emb"], TAU))
+        torch.testing.assert_close(
+            fn(*_args(batch), TAU, patch_mask=batch["patch_mask"], gather=True),
+            fn(*_args(batch), TAU, patch_mask=batch["patch_mask"]),
+        )
+    torch.testing.assert_close(
+        itc_loss(batch["video_emb"], batch["text_emb"], TAU, gather=True),
+        itc_loss(batch["video_emb"], batch["text_emb"], TAU),
+    )
 
 
 def test_racl_terms_and_variant_selection():

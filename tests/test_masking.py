@@ -63,8 +63,12 @@ def test_frame_average_counts_only_visible_frames():
 
 def test_mask_text_keeps_cls_sep_order_and_padding_structure():
     cls, sep, pad = 2, 3, 0
-    ids = torch.tensor([[cls, 10, 11, 12, 13, 14, 15, 16, 17, sep, pad, pad],
-                        [cls, 20, 21, sep, pad, pad, pad, pad, pad, pad, pad, pad]])
+    ids = torch.tensor(
+        [
+            [cls, 10, 11, 12, 13, 14, 15, 16, 17, sep, pad, pad],
+            [cls, 20, 21, sep, pad, pad, pad, pad, pad, pad, pad, pad],
+        ]
+    )
     am = (ids != pad).long()
     g = torch.Generator().manual_seed(0)
     new_ids, new_am = mask_text(ids, am, 0.5, sep_id=sep, pad_id=pad, generator=g)

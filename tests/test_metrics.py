@@ -12,9 +12,7 @@ from rap.metrics import retrieval_metrics, retrieval_ranks, t2v_v2t_metrics
 #   q0: 0.9 beats 0.1, 0.2                 -> rank 1
 #   q1: 0.5 is beaten by 0.8 and 0.7       -> rank 3
 #   q2: 0.4 is beaten by 0.6               -> rank 2
-SIM3 = np.array([[0.9, 0.1, 0.2],
-                 [0.8, 0.5, 0.7],
-                 [0.3, 0.6, 0.4]])
+SIM3 = np.array([[0.9, 0.1, 0.2], [0.8, 0.5, 0.7], [0.3, 0.6, 0.4]])
 
 
 def test_hand_computed_3x3():
@@ -69,8 +67,7 @@ def test_ties_match_worst_case_sort_reference():
 
 
 def test_gt_formats_agree():
-    sim = np.array([[0.1, 0.9, 0.3, 0.2],
-                    [0.7, 0.2, 0.1, 0.8]])  # 2 queries x 4 candidates
+    sim = np.array([[0.1, 0.9, 0.3, 0.2], [0.7, 0.2, 0.1, 0.8]])  # 2 queries x 4 candidates
     # q0 correct 2 (0.3, beaten by 0.9) -> 2; q1 correct 0 (0.7, beaten by 0.8) -> 2
     idx = [2, 0]
     bool_gt = np.zeros((2, 4), dtype=bool)
@@ -90,11 +87,15 @@ def test_non_square_and_bf16():
 
 def test_t2v_v2t_multi_caption():
     # 5 captions of 2 videos (MSVD-style): captions 0-2 -> video 0, captions 3-4 -> video 1.
-    sim = np.array([[0.9, 0.1],   # t0: video 0 first          -> t2v rank 1
-                    [0.2, 0.8],   # t1: video 1 beats video 0   -> 2
-                    [0.6, 0.5],   # t2                          -> 1
-                    [0.7, 0.3],   # t3: correct video 1 is 2nd  -> 2
-                    [0.4, 0.35]])  # t4: 0.35 < 0.4             -> 2
+    sim = np.array(
+        [
+            [0.9, 0.1],  # t0: video 0 first          -> t2v rank 1
+            [0.2, 0.8],  # t1: video 1 beats video 0   -> 2
+            [0.6, 0.5],  # t2                          -> 1
+            [0.7, 0.3],  # t3: correct video 1 is 2nd  -> 2
+            [0.4, 0.35],
+        ]
+    )  # t4: 0.35 < 0.4             -> 2
     out = t2v_v2t_metrics(sim, [0, 0, 0, 1, 1])
     assert out["t2v"] == pytest.approx({"R@1": 40.0, "R@5": 100.0, "R@10": 100.0, "MdR": 2.0, "MnR": 1.6})
     # v2t: video 0 scores the captions [0.9, 0.2, 0.6, 0.7, 0.4]: its caption t0 is first -> 1.
@@ -105,30 +106,37 @@ def test_t2v_v2t_multi_caption():
 
 def test_t2v_v2t_separate_v2t_scores():
     sim = np.eye(3)
-    sim_v2t = np.array([[0.0, 1.0, 0.5],   # video 0: its caption 0 is last -> 3
-                        [0.0, 1.0, 0.0],   # tie-free: caption 1 first -> 1
-                        [0.0, 0.0, 1.0]])  # -> 1
+    sim_v2t = np.array(
+        [
+            [0.0, 1.0, 0.5],  # video 0: its caption 0 is last -> 3
+            [0.0, 1.0, 0.0],  # tie-free: caption 1 first -> 1
+            [0.0, 0.0, 1.0],
+        ]
+    )  # -> 1
     out = t2v_v2t_metrics(torch.tensor(sim), torch.tensor([0, 1, 2]), sim_v2t)
     assert out["t2v"]["R@1"] == pytest.approx(100.0)
     assert out["v2t"]["MnR"] == pytest.approx(5 / 3)
 
 
-@pytest.mark.parametrize("sim, gt, match", [
-    (np.zeros(3), None, "2-D"),
-    (np.zeros((2, 2, 2)), None, "2-D"),
-    (np.zeros((0, 3)), [], "empty"),
-    (np.zeros((2, 3)), None, "square"),
-    (np.zeros((2, 3)), [0], "2 queries"),
-    (np.zeros((2, 3)), [0, 3], "out of range"),
-    (np.zeros((2, 3)), [0, -1], "out of range"),
-    (np.zeros((2, 3)), np.zeros((3, 3), dtype=bool), "shape"),
-    (np.zeros((2, 3)), np.array([[True, False, False], [False, False, False]]), "query 1 has no correct"),
-    (np.zeros((2, 3)), np.array([0.0, 1.0]), "dtype"),
-    (np.zeros((2, 3)), [[0], []], "query 1 has no correct"),
-    (np.zeros((2, 3)), [[0], ["a"]], "gt\\[1\\]"),
-    (np.array([[0.1, np.nan], [0.2, 0.3]]), None, "NaN"),
-    (np.array([["a", "b"], ["c", "d"]]), None, "numeric"),
-])
+@pytest.mark.parametrize(
+    "sim, gt, match",
+    [
+        (np.zeros(3), None, "2-D"),
+        (np.zeros((2, 2, 2)), None, "2-D"),
+        (np.zeros((0, 3)), [], "empty"),
+        (np.zeros((2, 3)), None, "square"),
+        (np.zeros((2, 3)), [0], "2 queries"),
+        (np.zeros((2, 3)), [0, 3], "out of range"),
+        (np.zeros((2, 3)), [0, -1], "out of range"),
+        (np.zeros((2, 3)), np.zeros((3, 3), dtype=bool), "shape"),
+        (np.zeros((2, 3)), np.array([[True, False, False], [False, False, False]]), "query 1 has no correct"),
+        (np.zeros((2, 3)), np.array([0.0, 1.0]), "dtype"),
+        (np.zeros((2, 3)), [[0], []], "query 1 has no correct"),
+        (np.zeros((2, 3)), [[0], ["a"]], "gt\\[1\\]"),
+        (np.array([[0.1, np.nan], [0.2, 0.3]]), None, "NaN"),
+        (np.array([["a", "b"], ["c", "d"]]), None, "numeric"),
+    ],
+)
 def test_bad_inputs_raise_clear_errors(sim, gt, match):
     with pytest.raises(ValueError, match=match):
         retrieval_metrics(sim, gt)

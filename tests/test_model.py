@@ -16,8 +16,10 @@ from rap.config import ModelConfig, TextConfig, load_params
 from rap.model import RaPModel, build_tokenizer
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-CAPTIONS = ["a red circle moves left then disappears",
-            "the small blue square spins in the top corner while a green star grows"]
+CAPTIONS = [
+    "a red circle moves left then disappears",
+    "the small blue square spins in the top corner while a green star grows",
+]
 
 
 def _cfgs(**loss_changes):
@@ -28,11 +30,19 @@ def _cfgs(**loss_changes):
 
 def _batch(model: RaPModel, b: int = 2, k: int = 4, size: int = 64, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    tok = model.tokenizer((CAPTIONS * b)[:b], padding="max_length", truncation=True,
-                          max_length=model.cfg.text.max_len_train, return_tensors="pt")
-    return {"video": torch.randn(b, k, 3, size, size, generator=g),
-            "video_aug": torch.randn(b, k, 3, size, size, generator=g),
-            "input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+    tok = model.tokenizer(
+        (CAPTIONS * b)[:b],
+        padding="max_length",
+        truncation=True,
+        max_length=model.cfg.text.max_len_train,
+        return_tensors="pt",
+    )
+    return {
+        "video": torch.randn(b, k, 3, size, size, generator=g),
+        "video_aug": torch.randn(b, k, 3, size, size, generator=g),
+        "input_ids": tok["input_ids"],
+        "attention_mask": tok["attention_mask"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +67,14 @@ def test_forward_backward_every_term(momentum: bool):
     assert set(out) == {"loss", "itc", "racl_v2t", "racl_t2v", "itm", "lm", "intra_video", "intra_text"}
     assert all(torch.isfinite(v) and v.ndim == 0 for v in out.values())
     lam = loss_cfg.racl_lambda
-    expected = (out["itc"] + out["itm"] + out["lm"] + out["intra_video"] + out["intra_text"]
-                + lam * (out["racl_v2t"] + out["racl_t2v"]))  # eq. (10), unit weights
+    expected = (
+        out["itc"]
+        + out["itm"]
+        + out["lm"]
+        + out["intra_video"]
+        + out["intra_text"]
+        + lam * (out["racl_v2t"] + out["racl_t2v"])
+    )  # eq. (10), unit weights
     torch.testing.assert_close(out["loss"], expected)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
@@ -75,8 +91,9 @@ def test_forward_backward_every_term(momentum: bool):
 
 
 def test_switched_off_terms_are_absent_and_not_computed():
-    model_cfg, loss_cfg = _cfgs(itm_weight=0.0, lm_weight=0.0, intra_video_weight=0.0, intra_text_weight=0.0,
-                                racl="v2t", racl_lambda=2.0)
+    model_cfg, loss_cfg = _cfgs(
+        itm_weight=0.0, lm_weight=0.0, intra_video_weight=0.0, intra_text_weight=0.0, racl="v2t", racl_lambda=2.0
+    )
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
     batch = _batch(model)
@@ -198,8 +215,13 @@ def _params_used(model: RaPModel, causal: bool) -> set[str]:
     model.zero_grad(set_to_none=True)
     batch = _batch(model)
     v = model.encode_video(batch["video"])
-    h = model.text(batch["input_ids"], batch["attention_mask"], video_hidden=v.hidden.detach(),
-                   video_mask=v.hidden_mask, causal=causal)
+    h = model.text(
+        batch["input_ids"],
+        batch["attention_mask"],
+        video_hidden=v.hidden.detach(),
+        video_mask=v.hidden_mask,
+        causal=causal,
+    )
     model.text.lm_logits(h).sum().backward()
     used = {n for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
@@ -212,8 +234,9 @@ def test_unimodal_pass_equals_stock_bert(model: RaPModel):
     batch = _batch(model)
     with torch.no_grad():
         ours = model.text(batch["input_ids"], batch["attention_mask"])
-        stock = BertModel.forward(model.text.bert, input_ids=batch["input_ids"],
-                                  attention_mask=batch["attention_mask"]).last_hidden_state
+        stock = BertModel.forward(
+            model.text.bert, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state
     real = batch["attention_mask"].bool()
     torch.testing.assert_close(ours[real], stock[real])
     model.train()
@@ -238,12 +261,21 @@ def test_decoder_is_causal(model: RaPModel):
 
 def test_no_weight_decay_names(model: RaPModel):
     names = model.no_weight_decay_names()
-    for n in ("temp", "vision.vit.pos_embed", "vision.vit.cls_token", "vision.vit.norm.weight",
-              "vision_proj.bias", "text.bert.embeddings.position_embeddings.weight",
-              "text.bert.embeddings.LayerNorm.weight"):
+    for n in (
+        "temp",
+        "vision.vit.pos_embed",
+        "vision.vit.cls_token",
+        "vision.vit.norm.weight",
+        "vision_proj.bias",
+        "text.bert.embeddings.position_embeddings.weight",
+        "text.bert.embeddings.LayerNorm.weight",
+    ):
         assert n in names
-    for n in ("vision_proj.weight", "text.bert.encoder.layer.0.attention.self.query.weight",
-              "text.bert.embeddings.word_embeddings.weight"):
+    for n in (
+        "vision_proj.weight",
+        "text.bert.encoder.layer.0.attention.self.query.weight",
+        "text.bert.embeddings.word_embeddings.weight",
+    ):
         assert n not in names
 
 
@@ -255,8 +287,10 @@ def test_builtin_tokenizer_offline_round_trip(monkeypatch: pytest.MonkeyPatch):
     tokens = tok.convert_ids_to_tokens(enc["input_ids"])
     assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]" and "[UNK]" not in tokens
     assert {"red", "circle", "moves", "purple", "corner"} <= set(tokens)
-    assert tok.decode(enc["input_ids"], skip_special_tokens=True) == \
-        "a red circle moves left, then the purple zigzag appears in the top - left corner."
+    assert (
+        tok.decode(enc["input_ids"], skip_special_tokens=True)
+        == "a red circle moves left, then the purple zigzag appears in the top - left corner."
+    )
     batch = tok([text * 5, "hi"], padding="max_length", truncation=True, max_length=12, return_tensors="pt")
     assert batch["input_ids"].shape == (2, 12)
     assert batch["input_ids"][0, -1] == tok.sep_token_id and batch["attention_mask"][1].sum() == 4
@@ -267,8 +301,9 @@ def test_builtin_tokenizer_offline_round_trip(monkeypatch: pytest.MonkeyPatch):
 
 def test_bad_config_values_raise_clear_errors():
     model_cfg, loss_cfg = _cfgs()
-    bad = dataclasses.replace(model_cfg, vision=dataclasses.replace(model_cfg.vision,
-                                                                     timm_name="vit_medium_patch16_reg1_gap_256"))
+    bad = dataclasses.replace(
+        model_cfg, vision=dataclasses.replace(model_cfg.vision, timm_name="vit_medium_patch16_reg1_gap_256")
+    )
     with pytest.raises(ValueError, match="timm_name.*register"):
         RaPModel(bad, loss_cfg)
     unknown = dataclasses.replace(model_cfg, vision=dataclasses.replace(model_cfg.vision, timm_name="no_such_vit"))
@@ -322,9 +357,15 @@ def test_itm_loss_is_the_mean_over_pairs_with_a_negative():
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, torch.ones(3, dtype=torch.long)))
 
 
-@pytest.mark.parametrize("changes", [{}, {"lm_weight": 0.0}, {"itm_weight": 0.0, "lm_weight": 0.0},
-                                     {"itc_weight": 0.0, "racl": "none", "intra_video_weight": 0.0,
-                                      "intra_text_weight": 0.0}])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},
+        {"lm_weight": 0.0},
+        {"itm_weight": 0.0, "lm_weight": 0.0},
+        {"itc_weight": 0.0, "racl": "none", "intra_video_weight": 0.0, "intra_text_weight": 0.0},
+    ],
+)
 def test_unused_parameter_names_are_exactly_those_without_gradient(changes):
     """What the trainer needs to decide DDP's find_unused_parameters: predicted from the loss
     config, checked against a real backward pass."""

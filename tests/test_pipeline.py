@@ -67,8 +67,9 @@ def _append_comment(text: str) -> str:
 
 
 def _check_status_after_edits(repo: Path, env: dict[str, str]) -> None:
-    other_scale = _stale_after(repo, env, "params.yaml",
-                               lambda t: t.replace("    embed_dim: 256", "    embed_dim: 512"))
+    other_scale = _stale_after(
+        repo, env, "params.yaml", lambda t: t.replace("    embed_dim: 256", "    embed_dim: 512")
+    )
     assert other_scale == set(), f"editing paper.* at scale embedded flagged {sorted(other_scale)}"
     assert _stale_after(repo, env, "rap/reports/tables.py", _append_comment) == {"tables"}
     assert _stale_after(repo, env, "rap/reports/layout.py", _append_comment) == {"tables", "figure"}
@@ -91,20 +92,26 @@ def _check_user_files_survive(repo: Path, env: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     dst = tmp_path_factory.mktemp("pipeline") / "rap"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
     for rel in files:
         src = REPO / rel
         if src.is_file() and not rel.startswith(("reports/", "data/", "runs/")):
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     _tiny_params(dst / "params.yaml")
-    env = {**os.environ,
-           "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}",
-           "GIT_AUTHOR_NAME": "rap test", "GIT_AUTHOR_EMAIL": "test@rap.invalid",
-           "GIT_COMMITTER_NAME": "rap test", "GIT_COMMITTER_EMAIL": "test@rap.invalid",
-           "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}",
+        "GIT_AUTHOR_NAME": "rap test",
+        "GIT_AUTHOR_EMAIL": "test@rap.invalid",
+        "GIT_COMMITTER_NAME": "rap test",
+        "GIT_COMMITTER_EMAIL": "test@rap.invalid",
+        "DVC_NO_ANALYTICS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     env.pop("DVC_STAGE", None)
     _run(["git", "init", "-q"], dst, env)
     _run(["git", "add", "-A"], dst, env)
@@ -131,10 +138,11 @@ def test_repro_then_noop_then_experiment(repo_copy):
     _run(["git", "commit", "-qm", "first repro"], repo, env)
     exp = _run(["dvc", "exp", "run", "-S", "lambda=2.0"], repo, env, timeout=1500)
     ran = _stages_run(exp)
-    expected = ({"pretrain", "tables", "figure"}
-                | {f"zeroshot@{d}" for d in ("msrvtt", "didemo", "msvd", "lsmdc")}
-                | {f"{s}@{t}" for s in ("finetune", "finetuned")
-                   for t in ("msrvtt-7k", "msrvtt-9k", "didemo", "msvd", "lsmdc")})
+    expected = (
+        {"pretrain", "tables", "figure"}
+        | {f"zeroshot@{d}" for d in ("msrvtt", "didemo", "msvd", "lsmdc")}
+        | {f"{s}@{t}" for s in ("finetune", "finetuned") for t in ("msrvtt-7k", "msrvtt-9k", "didemo", "msvd", "lsmdc")}
+    )
     assert ran == expected, f"unexpected stages: extra {ran - expected}, missing {expected - ran}"
     assert not any(s.startswith(("ablation", "download", "extract")) for s in ran)
 

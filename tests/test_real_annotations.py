@@ -65,8 +65,9 @@ def test_didemo_one_paragraph_per_flickr_video(tmp_path, split, moments, videos)
     assert all(len(r.captions) == 1 and r.captions[0] for r in recs)
     assert _eval_counts("didemo", split, root) == (videos, videos)
     # every moment's sentence is in its video's paragraph, none twice, none lost
-    assert sum(len(r.captions[0]) for r in recs) == sum(len(it["description"].strip()) for it in items) + \
-        sum(1 for it in items) - len(recs)
+    assert sum(len(r.captions[0]) for r in recs) == sum(len(it["description"].strip()) for it in items) + sum(
+        1 for it in items
+    ) - len(recs)
 
 
 def test_didemo_twins_sharing_a_dl_link_are_one_video_with_one_paragraph(tmp_path):
@@ -151,8 +152,11 @@ def test_msvd_pickle_in_any_standard_container(tmp_path, container, protocol):
     root = _root(tmp_path, "msvd", "test_list.txt")
     with (REAL / "msvd" / "raw-captions.pkl").open("rb") as f:
         real = pickle.load(f)  # our own fixture: trusted
-    made = {"dict": dict, "OrderedDict": collections.OrderedDict,
-            "defaultdict": lambda items: collections.defaultdict(list, items)}[container](real.items())
+    made = {
+        "dict": dict,
+        "OrderedDict": collections.OrderedDict,
+        "defaultdict": lambda items: collections.defaultdict(list, items),
+    }[container](real.items())
     with (root / "raw" / "msvd" / "raw-captions.pkl").open("wb") as f:
         pickle.dump(made, f, protocol=protocol)
     assert _eval_counts("msvd", "test", root) == (27_763, 670)
@@ -163,8 +167,7 @@ class _RunsCode:
         return (print, ("pwned",))
 
 
-@pytest.mark.parametrize("payload", [_RunsCode(), {"-4wsuPCjDBc_5_15": [_RunsCode()]},
-                                     collections.Counter({"a": 1})])
+@pytest.mark.parametrize("payload", [_RunsCode(), {"-4wsuPCjDBc_5_15": [_RunsCode()]}, collections.Counter({"a": 1})])
 def test_msvd_pickle_that_could_run_code_is_refused(tmp_path, payload, capsys):
     root = _root(tmp_path, "msvd", "test_list.txt")
     with (root / "raw" / "msvd" / "raw-captions.pkl").open("wb") as f:

@@ -71,10 +71,20 @@ def test_paper_rows_spot_checks():
     assert paper_rap_row(7, "Zero-shot", 2.0).values == (26.7, 48.7, 57.5, 6.0)
     # row counts per block as printed, and the RaP row (28.9 zero-shot MSRVTT) shared by Tables 1, 5, 6, 7
     counts = {(t, b): len(paper_rows(t, b)) for t in range(1, 8) for b in paper_blocks(t)}
-    assert counts == {(1, "Zero-shot"): 10, (1, "Fine-tuning on 7k training videos"): 11,
-                      (1, "Fine-tuning on 9k training videos"): 7, (2, "Zero-shot"): 6, (2, "Fine-tuning"): 9,
-                      (3, "Zero-shot"): 2, (3, "Fine-tuning"): 8, (4, "Zero-shot"): 1, (4, "Fine-tuning"): 13,
-                      (5, "Zero-shot"): 4, (6, "Zero-shot"): 4, (7, "Zero-shot"): 4}
+    assert counts == {
+        (1, "Zero-shot"): 10,
+        (1, "Fine-tuning on 7k training videos"): 11,
+        (1, "Fine-tuning on 9k training videos"): 7,
+        (2, "Zero-shot"): 6,
+        (2, "Fine-tuning"): 9,
+        (3, "Zero-shot"): 2,
+        (3, "Fine-tuning"): 8,
+        (4, "Zero-shot"): 1,
+        (4, "Fine-tuning"): 13,
+        (5, "Zero-shot"): 4,
+        (6, "Zero-shot"): 4,
+        (7, "Zero-shot"): 4,
+    }
     ours = [r for r in PAPER_ROWS if r.ours and r.table in (5, 6, 7)]
     assert {r.values for r in ours} == {paper_rap_row(1, "Zero-shot").values}
 
@@ -168,8 +178,12 @@ def test_write_tables_deterministic_and_embedded_has_no_differences(tmp_path):
     for sub in ("a", "b"):  # different roots, same metrics -> same bytes
         _fabricate(params, tmp_path / sub / "runs", seed=3)
         write_tables(params, tmp_path / sub / "runs", tmp_path / sub / "reports", run_id=RUN_ID)
-        texts.append([(tmp_path / sub / "reports" / f).read_bytes()
-                      for f in sorted(p.name for p in (tmp_path / sub / "reports").iterdir() if p.is_file())])
+        texts.append(
+            [
+                (tmp_path / sub / "reports" / f).read_bytes()
+                for f in sorted(p.name for p in (tmp_path / sub / "reports").iterdir() if p.is_file())
+            ]
+        )
     assert texts[0] == texts[1]
     t1 = (tmp_path / "a/reports/table1.md").read_text(encoding="utf-8")
     assert f"RaP (this run, embedded, {RUN_ID})" in t1 and "Δ" not in t1.split("## Zero-shot")[1]
@@ -225,8 +239,9 @@ def tiny_setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("fig")
     synthetic.generate("msrvtt", root / "data/raw/msrvtt", seed=0, scale=0.01)
-    params = _params(**{"data.root": str(root / "data"), "data.frames_eval": 2, "model.vision.depth": 1,
-                        "model.text.num_layers": 1})
+    params = _params(
+        **{"data.root": str(root / "data"), "data.frames_eval": 2, "model.vision.depth": 1, "model.text.num_layers": 1}
+    )
     ckpts = []
     for seed, name in enumerate(("racl", "baseline")):
         torch.manual_seed(seed)

@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import PARAMS_YAML, shrunk_overrides, torch_threads
 from rap.config import load_params
 from rap.data.extract import extract
 from rap.data.synthetic import generate
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import pretrain
+
+from conftest import PARAMS_YAML, shrunk_overrides, torch_threads
 
 # One video dataset and the image dataset (24 clips, 16 images: enough narrow clips that the
 # x264 run-to-run variation fixed in synthetic.X264_OPTIONS shows up in all but ~2 % of runs).
@@ -35,8 +36,11 @@ PATH_KEYS = ("checkpoint", "resumed_from")
 
 def _file_digests(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root``, by relative path."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _data_stages(root: Path) -> dict[str, str]:
@@ -57,8 +61,10 @@ def _data_stages(root: Path) -> dict[str, str]:
 def test_data_stages_write_identical_bytes_twice(tmp_path: Path) -> None:
     first, second = _data_stages(tmp_path / "a"), _data_stages(tmp_path / "b")
     videos = [k for k in first if k.endswith(".mp4")]
-    stores = {fmt: [k for k in first if k.startswith("frames/") and k.endswith(suffix)]
-              for fmt, suffix in (("npy", ".npy"), ("jpeg", ".jpgs"))}
+    stores = {
+        fmt: [k for k in first if k.startswith("frames/") and k.endswith(suffix)]
+        for fmt, suffix in (("npy", ".npy"), ("jpeg", ".jpgs"))
+    }
     assert len(videos) == 24 and any(k.endswith(".jpg") for k in first)
     assert len(stores["npy"]) == len(stores["jpeg"]) == 24 + 16
     assert first.keys() == second.keys()
@@ -80,8 +86,18 @@ def _cli_pretrain(corpus_root: Path, out: Path, seed: int) -> Path:
     """``rap pretrain --set seed=SEED`` on the test corpus in a fresh process (1 torch thread,
     as the in-process runs: the thread count changes the low bits, see DESIGN.md)."""
     sets = {**shrunk_overrides(corpus_root), **RUN_OVERRIDES, "seed": seed}
-    cmd = [sys.executable, "-m", "rap.cli", "pretrain", "--params", str(PARAMS_YAML), "--out", str(out),
-           "--max-steps", str(STEPS)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rap.cli",
+        "pretrain",
+        "--params",
+        str(PARAMS_YAML),
+        "--out",
+        str(out),
+        "--max-steps",
+        str(STEPS),
+    ]
     for key, value in sets.items():
         cmd += ["--set", f"{key}={json.dumps(value)}"]  # JSON is YAML: the CLI parses it back
     env = {**os.environ, "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1"}
@@ -99,17 +115,21 @@ def _inproc_pretrain(make_params, out: Path, seed: int) -> Path:
         return pretrain.run(make_params({**RUN_OVERRIDES, "seed": seed}), out, max_steps=STEPS)
 
 
-def test_pretraining_is_reproducible_and_seed_makes_a_different_run(make_params, corpus_root: Path,
-                                                                      tmp_path: Path, no_tracking) -> None:
+def test_pretraining_is_reproducible_and_seed_makes_a_different_run(
+    make_params, corpus_root: Path, tmp_path: Path, no_tracking
+) -> None:
     """Each seed runs twice from scratch: once in this process, once as ``rap pretrain --set
     seed=N`` in a fresh one; both runs of a seed write the same bytes, the seeds differ."""
     runs: dict[int, list[Path]] = {}
     for seed in (0, 1):
-        runs[seed] = [_inproc_pretrain(make_params, tmp_path / f"seed{seed}-inproc", seed),
-                      _cli_pretrain(corpus_root, tmp_path / f"seed{seed}-cli", seed)]
+        runs[seed] = [
+            _inproc_pretrain(make_params, tmp_path / f"seed{seed}-inproc", seed),
+            _cli_pretrain(corpus_root, tmp_path / f"seed{seed}-cli", seed),
+        ]
     outputs = {seed: [_run_outputs(ckpt.parent) for ckpt in ckpts] for seed, ckpts in runs.items()}
-    assert {"checkpoint.pt", "loss.csv", "checkpoints/step-00000001.pt",
-            "checkpoints/step-00000002.pt"} <= outputs[0][0]["files"].keys()
+    assert {"checkpoint.pt", "loss.csv", "checkpoints/step-00000001.pt", "checkpoints/step-00000002.pt"} <= outputs[0][
+        0
+    ]["files"].keys()
     for seed in (0, 1):
         first, second = outputs[seed]
         assert first == second  # every file's bytes (checkpoints, loss.csv) and the summary's results

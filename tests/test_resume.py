@@ -24,12 +24,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, shrunk_overrides
-from helpers.cli import rap_command, subprocess_env
 from rap.checkpoint_io import load_checkpoint
 from rap.model import RaPModel
 from rap.training import pretrain
 from rap.training.resume import SET_ASIDE_DIR, ResumeConflict, code_digests, shaping_params
+
+from conftest import REPO, shrunk_overrides
+from helpers.cli import rap_command, subprocess_env
 
 # 5 micro-batches per epoch, grad_accum 2 -> 3 optimiser steps per epoch (2 + 2 + 1), 2 epochs.
 OVERRIDES = {"pretrain.optim.epochs": 2, "pretrain.optim.grad_accum": 2, "pretrain.optim.checkpoint_every": 2}
@@ -69,8 +70,11 @@ def test_resume_after_stop_equals_uninterrupted_run(make_params, straight, tmp_p
     params = make_params(OVERRIDES)
     out = tmp_path / "stopped"
     pretrain.run(params, out, max_steps=2)  # stops inside epoch 0 (step 2 of 3)
-    assert load_checkpoint(out / "checkpoints" / "step-00000002.pt")["position"] == \
-        {"epoch": 0, "step_in_epoch": 2, "global_step": 2}
+    assert load_checkpoint(out / "checkpoints" / "step-00000002.pt")["position"] == {
+        "epoch": 0,
+        "step_in_epoch": 2,
+        "global_step": 2,
+    }
     final = pretrain.run(params, out, resume=True)
     _assert_same(_weights(final), straight[1])
     assert _losses(out) == _losses(straight[0])  # the logged curve is identical too
@@ -79,8 +83,9 @@ def test_resume_after_stop_equals_uninterrupted_run(make_params, straight, tmp_p
     assert "wall_time_s" in json.loads((out / "train_timings.json").read_text())
 
 
-def test_resume_after_crash_equals_uninterrupted_run(make_params, straight, tmp_path, monkeypatch, no_tracking,
-                                                      single_thread):
+def test_resume_after_crash_equals_uninterrupted_run(
+    make_params, straight, tmp_path, monkeypatch, no_tracking, single_thread
+):
     params = make_params(OVERRIDES)
     out = tmp_path / "crashed"
     forward, calls = RaPModel.forward, {"n": 0}
@@ -136,13 +141,30 @@ def test_what_shapes_training(make_params):
     """Logging cadence, workers, paths and other stages' blocks do not shape pre-training;
     the loss, data and schedule do; rap/reports and the CLI are not training code."""
     base = shaping_params(make_params(), "pretrain")
-    assert shaping_params(make_params({"pretrain.optim.log_every": 7, "data.num_workers": 3,
-                                       "finetune.optim.lr": 0.5, "evaluate.itm_rerank_k": 3}), "pretrain") == base
+    assert (
+        shaping_params(
+            make_params(
+                {
+                    "pretrain.optim.log_every": 7,
+                    "data.num_workers": 3,
+                    "finetune.optim.lr": 0.5,
+                    "evaluate.itm_rerank_k": 3,
+                }
+            ),
+            "pretrain",
+        )
+        == base
+    )
     assert shaping_params(make_params({"lambda": 2.0}), "pretrain") != base
     assert shaping_params(make_params({"pretrain.optim.lr": 0.5}), "pretrain") != base
     ft = shaping_params(make_params(), "finetune-msvd")
-    assert shaping_params(make_params({"pretrain.optim.lr": 0.5, "finetune.epochs": {
-        "msrvtt-7k": 9, "msrvtt-9k": 1, "msvd": 3}}), "finetune-msvd") == ft  # only its own task's epochs
+    assert (
+        shaping_params(
+            make_params({"pretrain.optim.lr": 0.5, "finetune.epochs": {"msrvtt-7k": 9, "msrvtt-9k": 1, "msvd": 3}}),
+            "finetune-msvd",
+        )
+        == ft
+    )  # only its own task's epochs
     assert shaping_params(make_params({"lambda": 2.0}), "finetune-msvd") != ft  # sets finetune.loss.racl_lambda
     code = code_digests("pretrain")
     assert "losses.py" in code and "data/transforms.py" in code and "training/loop.py" in code
@@ -154,8 +176,13 @@ def test_what_shapes_training(make_params):
 # The real command, killed
 # --------------------------------------------------------------------------------------
 
-CLI_OVERRIDES = {**OVERRIDES, "pretrain.optim.epochs": 2, "pretrain.optim.grad_accum": 1,
-                 "pretrain.optim.checkpoint_every": 2, "pretrain.optim.log_every": 1}  # 10 steps
+CLI_OVERRIDES = {
+    **OVERRIDES,
+    "pretrain.optim.epochs": 2,
+    "pretrain.optim.grad_accum": 1,
+    "pretrain.optim.checkpoint_every": 2,
+    "pretrain.optim.log_every": 1,
+}  # 10 steps
 
 
 def _command(corpus_root: Path, out: Path) -> list[str]:
@@ -177,8 +204,7 @@ def package_copy(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def cli_straight(corpus_root, package_copy, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli-straight")
-    subprocess.run(_command(corpus_root, out), env=_env(package_copy), check=True, capture_output=True,
-                   timeout=600)
+    subprocess.run(_command(corpus_root, out), env=_env(package_copy), check=True, capture_output=True, timeout=600)
     return out
 
 
@@ -187,8 +213,9 @@ def _start_and_wait_for(cmd, env, path: Path, timeout: float = 300.0) -> subproc
     deadline = time.monotonic() + timeout
     while not path.exists():
         if proc.poll() is not None:
-            raise AssertionError(f"the run ended ({proc.returncode}) before {path} appeared:\n"
-                                 f"{proc.stderr.read()[-3000:]}")
+            raise AssertionError(
+                f"the run ended ({proc.returncode}) before {path} appeared:\n{proc.stderr.read()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             proc.kill()
             raise AssertionError(f"{path} did not appear within {timeout} s")
@@ -197,8 +224,9 @@ def _start_and_wait_for(cmd, env, path: Path, timeout: float = 300.0) -> subproc
 
 
 @pytest.mark.slow
-def test_sigkill_then_an_edit_to_reports_then_the_same_command_resumes(corpus_root, package_copy, cli_straight,
-                                                                       tmp_path):
+def test_sigkill_then_an_edit_to_reports_then_the_same_command_resumes(
+    corpus_root, package_copy, cli_straight, tmp_path
+):
     out = tmp_path / "killed"
     cmd, env = _command(corpus_root, out), _env(package_copy)
     proc = _start_and_wait_for(cmd, env, out / "checkpoints" / "step-00000004.pt")
@@ -216,8 +244,9 @@ def test_sigkill_then_an_edit_to_reports_then_the_same_command_resumes(corpus_ro
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGURG])  # preemption; the SLURM profile's --signal
-def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes(signum, corpus_root, package_copy, cli_straight,
-                                                              tmp_path):
+def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes(
+    signum, corpus_root, package_copy, cli_straight, tmp_path
+):
     out = tmp_path / "preempted"
     cmd, env = _command(corpus_root, out), _env(package_copy)
     proc = _start_and_wait_for(cmd, env, out / "checkpoints" / "step-00000002.pt")

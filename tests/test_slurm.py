@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,10 +38,21 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
 def test_workflow_on_slurm_two_process_pretraining(slurm_cluster: Cluster, tmp_path: Path):
     params_file = tiny_params(tmp_path, {"pretrain.cpu_procs_per_node": 2})
     proc = run_snakemake(
-        tmp_path, "--workflow-profile", str(PROFILE), "--config", f"params={params_file.name}",
-        "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1",
-        "--seconds-between-status-checks", "2", TARGET,
-        env={"SLURM_CONF": str(slurm_cluster.conf)}, timeout=480)
+        tmp_path,
+        "--workflow-profile",
+        str(PROFILE),
+        "--config",
+        f"params={params_file.name}",
+        "--slurm-status-command",
+        "squeue",
+        "--slurm-init-seconds-before-status-checks",
+        "1",
+        "--seconds-between-status-checks",
+        "2",
+        TARGET,
+        env={"SLURM_CONF": str(slurm_cluster.conf)},
+        timeout=480,
+    )
     slurm_logs = sorted(tmp_path.glob("logs/slurm/**/*.log"))
     rap_logs = sorted(tmp_path.glob("logs/*/*.log"))
     dump = "\n".join(f"== {p}\n{p.read_text()[-1500:]}" for p in slurm_logs + rap_logs)

@@ -10,6 +10,8 @@ dvc.yaml's stages.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -17,29 +19,39 @@ import sys
 import tempfile
 from pathlib import Path
 
-import json
-import os
-
 import pytest
 import yaml
 
-from conftest import shrunk_overrides
 from rap.config import load_params
 from rap.reports import layout
+
+from conftest import shrunk_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake_dry_run(repo: Path, workdir: Path, *, params_file: Path | None = None,
-                      profile: Path | None = None) -> str:
+def snakemake_dry_run(
+    repo: Path, workdir: Path, *, params_file: Path | None = None, profile: Path | None = None
+) -> str:
     """Output of a forced dry run of ``repo``'s workflow executed in ``workdir``.
 
     ``params_file`` (default ``repo/params.yaml``) is copied into ``workdir`` (the Snakefile's
     ``configfile``), so the dry run leaves ``repo`` untouched."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(params_file or repo / "params.yaml", workdir / "params.yaml")
-    cmd = [sys.executable, "-m", "snakemake", "--dry-run", "--forceall", "--cores", "1",
-           "-s", str(repo / "workflow" / "Snakefile"), "--directory", str(workdir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--dry-run",
+        "--forceall",
+        "--cores",
+        "1",
+        "-s",
+        str(repo / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+    ]
     if profile is not None:
         cmd += ["--workflow-profile", str(profile)]
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=240)
@@ -102,8 +114,10 @@ def test_dry_run_jobs_match_params(tmp_path):
     # given the params file the DAG was built from
     assert "rap pretrain --out runs/pretrain/main --params params.yaml" in out and "srun" not in out
     assert "rap pretrain --ablation mask-0.75 --out runs/ablation/mask-0.75" in out
-    assert "rap evaluate msrvtt --checkpoint runs/finetune/msrvtt-9k/checkpoint.pt " \
-           "--out runs/eval/finetuned/msrvtt-9k.json" in out
+    assert (
+        "rap evaluate msrvtt --checkpoint runs/finetune/msrvtt-9k/checkpoint.pt "
+        "--out runs/eval/finetuned/msrvtt-9k.json" in out
+    )
     assert not any(tmp_path.joinpath("work", d).exists() for d in ("runs", "data", "reports"))  # dry
 
 
@@ -115,18 +129,24 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     params_file = tmp_path / "params-paper.yaml"
     params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     params = load_params(params_file)
-    out = snakemake_dry_run(REPO, tmp_path / "work", params_file=params_file,
-                            profile=REPO / "workflow" / "profiles" / "slurm")
+    out = snakemake_dry_run(
+        REPO, tmp_path / "work", params_file=params_file, profile=REPO / "workflow" / "profiles" / "slurm"
+    )
     jobs = parse_jobs(out)
     assert jobs == expected_jobs(params)
     assert "pretrain_ablation@lambda-0.5" not in jobs
     pre = params.cfg.pretrain
     assert (pre.nodes, pre.gpus_per_node) == (8, 8)  # the paper's 64 GPUs
     # several nodes: the job's own srun step starts one `rap pretrain` (one torchrun) per node
-    assert f"srun --nodes={pre.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 rap pretrain " \
-           "--out runs/pretrain/main --params params.yaml" in out
-    assert re.search(rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*nodes={pre.nodes}.*"
-                     rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}", out)
+    assert (
+        f"srun --nodes={pre.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 rap pretrain "
+        "--out runs/pretrain/main --params params.yaml" in out
+    )
+    assert re.search(
+        rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*nodes={pre.nodes}.*"
+        rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}",
+        out,
+    )
     # training jobs get SIGURG before their time limit (the profile's preemption set-up)
     assert re.search(r"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_extra=--signal=URG@120", out)
     # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
@@ -157,11 +177,18 @@ TINY_WORKFLOW = {
     "pretrain.optim.batch_size": 16,
     "data.synthetic_scale": 0.1,
 }
-TINY_OUTPUTS = ["data/index/webvid.jsonl", "data/index/cc3m.jsonl", "data/index/msrvtt.jsonl",
-                "runs/pretrain/main/checkpoint.pt", "runs/ablation/racl-none/checkpoint.pt",
-                "runs/finetune/msrvtt-7k/checkpoint.pt", "runs/eval/zeroshot/msrvtt.json",
-                "runs/eval/finetuned/msrvtt-7k.json", "runs/eval/ablation/racl-none.json",
-                "reports/figure3.png"] + [f"reports/table{i}.md" for i in range(1, 9)]
+TINY_OUTPUTS = [
+    "data/index/webvid.jsonl",
+    "data/index/cc3m.jsonl",
+    "data/index/msrvtt.jsonl",
+    "runs/pretrain/main/checkpoint.pt",
+    "runs/ablation/racl-none/checkpoint.pt",
+    "runs/finetune/msrvtt-7k/checkpoint.pt",
+    "runs/eval/zeroshot/msrvtt.json",
+    "runs/eval/finetuned/msrvtt-7k.json",
+    "runs/eval/ablation/racl-none.json",
+    "reports/figure3.png",
+] + [f"reports/table{i}.md" for i in range(1, 9)]
 
 
 def write_params(path: Path, overrides: dict, top_level: dict | None = None) -> Path:
@@ -192,12 +219,22 @@ def workflow_env() -> dict[str, str]:
     return {**os.environ, "PATH": path, "PYTHONPATH": str(REPO), "RAP_TRACKING": "0", "OMP_NUM_THREADS": "1"}
 
 
-def run_snakemake(workdir: Path, *args: str, timeout: int = 600,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "Snakefile"),
-           "--directory", str(workdir), *args]
-    return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                          env={**workflow_env(), **(env or {})})
+def run_snakemake(
+    workdir: Path, *args: str, timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "workflow" / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+    return subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env={**workflow_env(), **(env or {})}
+    )
 
 
 def assert_tiny_outputs(workdir: Path) -> None:

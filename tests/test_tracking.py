@@ -15,8 +15,17 @@ from rap import tracking
 from rap.config import load_params
 
 REPO = Path(__file__).resolve().parents[1]
-ENV_VARS = ("RAP_TRACKING", "RAP_PIPELINE_RUN_ID", "DVC_EXP_NAME", "DVC_EXP_BASELINE_REV", "DVC_STAGE",
-            "DVC_ROOT", "RANK", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID")
+ENV_VARS = (
+    "RAP_TRACKING",
+    "RAP_PIPELINE_RUN_ID",
+    "DVC_EXP_NAME",
+    "DVC_EXP_BASELINE_REV",
+    "DVC_STAGE",
+    "DVC_ROOT",
+    "RANK",
+    "MLFLOW_EXPERIMENT_NAME",
+    "MLFLOW_RUN_ID",
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +61,9 @@ def params():
 
 def _runs(uri: str):
     mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(experiment_names=[os.environ["MLFLOW_EXPERIMENT_NAME"]],
-                              order_by=["attributes.start_time ASC"])
+    return mlflow.search_runs(
+        experiment_names=[os.environ["MLFLOW_EXPERIMENT_NAME"]], order_by=["attributes.start_time ASC"]
+    )
 
 
 def test_parent_and_two_nested_stages(store, params, monkeypatch, tmp_path, db_dir):
@@ -200,7 +210,10 @@ def test_bad_tracking_flag(store, monkeypatch):
 
 def test_metric_names_are_sanitised():
     assert tracking.flatten_metrics({"t2v": {"R@1": 1, "MdR": 2.5}, "loss": 0.5}) == {
-        "t2v_R1": 1.0, "t2v_MdR": 2.5, "loss": 0.5}
+        "t2v_R1": 1.0,
+        "t2v_MdR": 2.5,
+        "loss": 0.5,
+    }
     assert tracking.metric_name("a:b c/d") == "a_b c/d"
     assert tracking.metric_name("//x//y/") == "x/y"
     assert tracking.metric_name("x/../y") == "x/_/y"
@@ -237,12 +250,14 @@ def test_pipeline_key_precedence(monkeypatch):
 def test_runner_ancestor_is_found(tmp_path):
     """A stage launched (through a shell) by a program called ``dvc`` sees it as its runner."""
     fake_dvc = tmp_path / "dvc"
-    fake_dvc.write_text(f"#!{sys.executable}\nimport subprocess, sys\n"
-                        "sys.exit(subprocess.run(['sh', '-c', sys.argv[1]]).returncode)\n")
+    fake_dvc.write_text(
+        f"#!{sys.executable}\nimport subprocess, sys\nsys.exit(subprocess.run(['sh', '-c', sys.argv[1]]).returncode)\n"
+    )
     fake_dvc.chmod(0o755)
     probe = f"{sys.executable} -c 'from rap.tracking import _runner_ancestor; print(_runner_ancestor())'"
-    out = subprocess.run([str(fake_dvc), probe], capture_output=True, text=True, check=True, cwd=REPO,
-                         timeout=60).stdout.strip()
+    out = subprocess.run(
+        [str(fake_dvc), probe], capture_output=True, text=True, check=True, cwd=REPO, timeout=60
+    ).stdout.strip()
     name, pid, start = out.split(":")
     assert name == "dvc" and int(pid) > 0 and int(start) > 0
 
@@ -265,8 +280,9 @@ def test_default_store_is_the_pipeline_repository(tmp_path, monkeypatch):
     assert tracking._artifact_location(tracking.tracking_uri(), "rap") == (repo / "mlartifacts" / "rap").as_uri()
 
 
-def test_ablation_evaluation_carries_the_checkpoints_knobs_and_its_training_run(store, make_params, tmp_path,
-                                                                                 single_thread):
+def test_ablation_evaluation_carries_the_checkpoints_knobs_and_its_training_run(
+    store, make_params, tmp_path, single_thread
+):
     """The run that scores runs/ablation/lambda-2.0/checkpoint.pt logs lambda = 2.0 (not the
     evaluate command's 1.0) and links to the training run that wrote the file, so MLflow's
     compare view can plot R@1 against lambda; the experiment opens in the model-training view."""

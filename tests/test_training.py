@@ -14,7 +14,7 @@ import torch
 from rap.config import OptimConfig
 from rap.model import RaPModel
 from rap.training import finetune, pretrain
-from rap.training.checkpoint import load_checkpoint, latest_checkpoint
+from rap.training.checkpoint import latest_checkpoint, load_checkpoint
 from rap.training.loop import NonFiniteLossError
 from rap.training.optim import LrSchedule, build_optimizer
 
@@ -43,15 +43,19 @@ def test_weight_decay_skips_norms_biases_and_temperature(make_params):
 
 
 def test_lr_schedule_warmup_step_and_cosine():
-    step = LrSchedule(OptimConfig(lr=1e-3, warmup_lr=1e-5, warmup_steps=10, schedule="step", decay_rate=0.5),
-                      steps_per_epoch=20, total_steps=100)
+    step = LrSchedule(
+        OptimConfig(lr=1e-3, warmup_lr=1e-5, warmup_steps=10, schedule="step", decay_rate=0.5),
+        steps_per_epoch=20,
+        total_steps=100,
+    )
     assert step.lr_at(0) == pytest.approx(1e-5)
     assert step.lr_at(5) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
     assert step.lr_at(10) == pytest.approx(1e-3)  # warm-up done, still epoch 0
     assert step.lr_at(20) == pytest.approx(5e-4)  # epoch 1: lr * 0.5**1
     assert step.lr_at(60) == pytest.approx(1.25e-4)
-    cos = LrSchedule(OptimConfig(lr=1e-3, warmup_steps=0, schedule="cosine", min_lr=1e-5),
-                     steps_per_epoch=10, total_steps=50)
+    cos = LrSchedule(
+        OptimConfig(lr=1e-3, warmup_steps=0, schedule="cosine", min_lr=1e-5), steps_per_epoch=10, total_steps=50
+    )
     assert cos.lr_at(0) == pytest.approx(1e-3)
     assert cos.lr_at(25) == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
     assert cos.lr_at(50) == pytest.approx(1e-5)
@@ -96,8 +100,15 @@ def test_pretraining_loss_falls_and_logs(make_params, tmp_path, monkeypatch, sin
     history = client.get_metric_history(runs.iloc[0].run_id, "train/loss")
     assert [m.step for m in history] == list(range(1, 16))
     logged = set(client.get_run(runs.iloc[0].run_id).data.metrics)
-    assert {"train/lr", "train/temperature", "train/clips_per_s", "train/peak_memory_mb",
-            "train/skipped_clips", "train/racl_t2v", "train/itm"} <= logged
+    assert {
+        "train/lr",
+        "train/temperature",
+        "train/clips_per_s",
+        "train/peak_memory_mb",
+        "train/skipped_clips",
+        "train/racl_t2v",
+        "train/itm",
+    } <= logged
 
 
 def test_non_finite_loss_names_step_and_term(make_params, tmp_path, monkeypatch, no_tracking, single_thread):
@@ -120,8 +131,9 @@ def test_non_finite_loss_names_step_and_term(make_params, tmp_path, monkeypatch,
 # ------------------------------------------------------------------ fine-tuning
 
 
-def test_finetune_selects_best_validation_epoch(make_params, pretrained_checkpoint, tmp_path, monkeypatch,
-                                                no_tracking, single_thread):
+def test_finetune_selects_best_validation_epoch(
+    make_params, pretrained_checkpoint, tmp_path, monkeypatch, no_tracking, single_thread
+):
     """MSVD has a validation split: checkpoint.pt must be the best epoch's weights. The real
     evaluation runs every epoch; its score is replaced by a scripted one (best: epoch 1) so
     that the test knows which epoch must win."""
@@ -151,8 +163,9 @@ def test_finetune_selects_best_validation_epoch(make_params, pretrained_checkpoi
     assert any(not torch.equal(chosen["model"][k], start[k]) for k in start)  # it did train
 
 
-def test_finetune_without_validation_split_keeps_last_epoch(make_params, pretrained_checkpoint, tmp_path,
-                                                            no_tracking, single_thread):
+def test_finetune_without_validation_split_keeps_last_epoch(
+    make_params, pretrained_checkpoint, tmp_path, no_tracking, single_thread
+):
     out = tmp_path / "msrvtt"
     final = finetune.run(make_params(), "msrvtt-7k", pretrained_checkpoint, out)
     summary = json.loads((out / "train_run.json").read_text())

@@ -25,10 +25,18 @@ REPO = Path(__file__).resolve().parents[1]
 def test_zero_shot_retrieval_beats_chance_after_short_pretraining(tmp_path, monkeypatch):
     monkeypatch.setenv("RAP_TRACKING", "0")
     root = tmp_path / "data"
-    params = load_params(REPO / "params.yaml", {
-        "data.root": str(root), "data.synthetic_scale": 0.5,
-        "datasets": ["webvid", "cc3m", "msrvtt"], "evaluate.zero_shot": ["msrvtt"],
-        "finetune.tasks": ["msrvtt-7k"], "pretrain.optim.epochs": 10, "evaluate.itm_rerank_k": 0})
+    params = load_params(
+        REPO / "params.yaml",
+        {
+            "data.root": str(root),
+            "data.synthetic_scale": 0.5,
+            "datasets": ["webvid", "cc3m", "msrvtt"],
+            "evaluate.zero_shot": ["msrvtt"],
+            "finetune.tasks": ["msrvtt-7k"],
+            "pretrain.optim.epochs": 10,
+            "evaluate.itm_rerank_k": 0,
+        },
+    )
     for dataset in ("webvid", "cc3m", "msrvtt"):
         generate(dataset, root / "raw" / dataset, seed=0, scale=params.cfg.data.synthetic_scale)
         extract(dataset, params.cfg.data)

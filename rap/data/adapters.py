@@ -50,9 +50,12 @@ from typing import Callable, Mapping
 from rap.data.records import ClipRecord, DataError
 
 SPLITS: dict[str, tuple[str, ...]] = {
-    "webvid": ("train",), "cc3m": ("train",),
+    "webvid": ("train",),
+    "cc3m": ("train",),
     "msrvtt": ("train-7k", "train-9k", "test"),
-    "didemo": ("train", "val", "test"), "msvd": ("train", "val", "test"), "lsmdc": ("train", "val", "test"),
+    "didemo": ("train", "val", "test"),
+    "msvd": ("train", "val", "test"),
+    "lsmdc": ("train", "val", "test"),
 }
 
 
@@ -88,14 +91,19 @@ PUBLISHED: dict[tuple[str, str], Published] = {
     ("lsmdc", "test"): Published(1_000, 1_000, source="RaP 5.3"),
 }
 
-LSMDC_FILES = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
-               "test": "LSMDC16_challenge_1000_publictect.csv"}
+LSMDC_FILES = {
+    "train": "LSMDC16_annos_training.csv",
+    "val": "LSMDC16_annos_val.csv",
+    "test": "LSMDC16_challenge_1000_publictect.csv",
+}
 
 
 def _need(path: Path, dataset: str, split: str) -> Path:
     if not path.is_file():
-        raise DataError(f"{path}: missing annotation file for {dataset} split {split!r} "
-                        f"(run `rap download {dataset}` or place it there by hand)")
+        raise DataError(
+            f"{path}: missing annotation file for {dataset} split {split!r} "
+            f"(run `rap download {dataset}` or place it there by hand)"
+        )
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty annotation file for {dataset} split {split!r} (incomplete download?)")
     return path
@@ -171,8 +179,10 @@ def _msrvtt(raw: Path, split: str) -> list[ClipRecord]:
     video = lambda vid: raw / "videos" / "all" / f"{vid}.mp4"  # noqa: E731
     if split == "test":
         path = _need(raw / "MSRVTT_JSFUSION_test.csv", "msrvtt", split)
-        return [ClipRecord(_col(r, "video_id", path, i), video(r["video_id"]), (_col(r, "sentence", path, i),), split)
-                for i, r in enumerate(_csv_rows(path), 2)]
+        return [
+            ClipRecord(_col(r, "video_id", path, i), video(r["video_id"]), (_col(r, "sentence", path, i),), split)
+            for i, r in enumerate(_csv_rows(path), 2)
+        ]
     jsonl = raw / "msrvtt_train_7k.jsonl"
     if split == "train-7k" and jsonl.is_file():
         caps: dict[str, list[str]] = {}
@@ -256,8 +266,10 @@ class _SafeUnpickler(pickle.Unpickler):
     code on load) is refused."""
 
     # (Python 2 pickles name the builtins ``__builtin__``.)
-    ALLOWED = frozenset({("collections", "OrderedDict"), ("collections", "defaultdict")}
-                        | {(m, n) for m in ("builtins", "__builtin__") for n in ("dict", "list", "tuple")})
+    ALLOWED = frozenset(
+        {("collections", "OrderedDict"), ("collections", "defaultdict")}
+        | {(m, n) for m in ("builtins", "__builtin__") for n in ("dict", "list", "tuple")}
+    )
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
@@ -311,15 +323,24 @@ def _lsmdc(raw: Path, split: str) -> list[ClipRecord]:
             continue
         parts = line.split("\t")
         if len(parts) < 6:
-            raise DataError(f"{path}:{n}: expected 6 tab-separated fields (clip, start, end, start, end, "
-                            f"sentence), got {len(parts)}")
+            raise DataError(
+                f"{path}:{n}: expected 6 tab-separated fields (clip, start, end, start, end, "
+                f"sentence), got {len(parts)}"
+            )
         sentences.setdefault(parts[0].strip(), []).append("\t".join(parts[5:]).strip())
-    return [ClipRecord(clip, raw / "avi" / clip.rsplit("_", 1)[0] / f"{clip}.avi", tuple(caps), split)
-            for clip, caps in sentences.items()]
+    return [
+        ClipRecord(clip, raw / "avi" / clip.rsplit("_", 1)[0] / f"{clip}.avi", tuple(caps), split)
+        for clip, caps in sentences.items()
+    ]
 
 
 READERS: dict[str, Callable[[Path, str], list[ClipRecord]]] = {
-    "webvid": _webvid, "cc3m": _cc3m, "msrvtt": _msrvtt, "didemo": _didemo, "msvd": _msvd, "lsmdc": _lsmdc,
+    "webvid": _webvid,
+    "cc3m": _cc3m,
+    "msrvtt": _msrvtt,
+    "didemo": _didemo,
+    "msvd": _msvd,
+    "lsmdc": _lsmdc,
 }
 
 
@@ -332,8 +353,10 @@ def verify_sizes(dataset: str, split: str, records: list[ClipRecord], raw: Path)
     else:
         n_videos, n_caps = len(records), sum(len(r.captions) for r in records)
     if pub.videos is not None and abs(n_videos - pub.videos) > pub.tol * pub.videos:
-        raise DataError(f"{raw}: {dataset} {split} has {n_videos} videos, published {pub.videos} "
-                        f"({pub.source}); incomplete or wrong annotation files?")
+        raise DataError(
+            f"{raw}: {dataset} {split} has {n_videos} videos, published {pub.videos} "
+            f"({pub.source}); incomplete or wrong annotation files?"
+        )
     if pub.captions is not None and n_caps != pub.captions:
         raise DataError(f"{raw}: {dataset} {split} has {n_caps} captions, published {pub.captions} ({pub.source})")
 

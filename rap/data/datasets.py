@@ -37,8 +37,13 @@ from rap.data.sampling import sample_indices
 
 log = logging.getLogger(__name__)
 
-FINETUNE_SPLITS = {"msrvtt-7k": ("msrvtt", "train-7k"), "msrvtt-9k": ("msrvtt", "train-9k"),
-                   "didemo": ("didemo", "train"), "msvd": ("msvd", "train"), "lsmdc": ("lsmdc", "train")}
+FINETUNE_SPLITS = {
+    "msrvtt-7k": ("msrvtt", "train-7k"),
+    "msrvtt-9k": ("msrvtt", "train-9k"),
+    "didemo": ("didemo", "train"),
+    "msvd": ("msvd", "train"),
+    "lsmdc": ("lsmdc", "train"),
+}
 MAX_SUBSTITUTES = 16  # consecutive bad items tried before a sample is given up as an error
 
 
@@ -76,8 +81,9 @@ def load_clips(dataset: str, split: str, data_cfg: DataConfig) -> list[Clip]:
     return clips
 
 
-def read_clip_frames(clip: Clip, k: int, mode: str, rng: np.random.Generator | None,
-                     short_side: int | None) -> np.ndarray:
+def read_clip_frames(
+    clip: Clip, k: int, mode: str, rng: np.random.Generator | None, short_side: int | None
+) -> np.ndarray:
     """K sampled frames, uint8 (K, H, W, 3). Raises DecodeError/OSError/ValueError on bad files."""
     if clip.store is not None:
         arr = store.read_clip(clip.store)
@@ -98,9 +104,19 @@ class ClipTextDataset(Dataset):
     ``(item, sample_seed)`` by :class:`MixedBatchSampler`; a plain int uses the item as seed.
     """
 
-    def __init__(self, clips: Sequence[Clip], *, frames: int, sampling: str, image_size: int,
-                 two_views: bool, hflip: bool = False, per_caption: bool = False, index_offset: int = 0,
-                 name: str = ""):
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        *,
+        frames: int,
+        sampling: str,
+        image_size: int,
+        two_views: bool,
+        hflip: bool = False,
+        per_caption: bool = False,
+        index_offset: int = 0,
+        name: str = "",
+    ):
         self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
         self.two_views, self.hflip, self.offset, self.name = two_views, hflip, index_offset, name
         if per_caption:
@@ -123,9 +139,11 @@ class ClipTextDataset(Dataset):
         caption = caption[0]
         frames = read_clip_frames(clip, self.frames, self.sampling, rng, self.size)
         flip = bool(self.hflip and rng.random() < 0.5)
-        out = {"video": transforms.train_view(frames, self.size, rng, flip=flip),
-               "caption": transforms.swap_left_right(caption) if flip else caption,
-               "video_index": self.offset + c}
+        out = {
+            "video": transforms.train_view(frames, self.size, rng, flip=flip),
+            "caption": transforms.swap_left_right(caption) if flip else caption,
+            "video_index": self.offset + c,
+        }
         if self.two_views:
             out["video_aug"] = transforms.train_view(frames, self.size, rng, flip=flip)
         return out
@@ -145,8 +163,9 @@ class ClipTextDataset(Dataset):
                 continue
             out["n_skipped"], out["skipped_files"] = len(skipped), skipped
             return out
-        raise DataError(f"{self.name}: {MAX_SUBSTITUTES} consecutive unusable samples from item {i}: "
-                        + " | ".join(skipped[:3]))
+        raise DataError(
+            f"{self.name}: {MAX_SUBSTITUTES} consecutive unusable samples from item {i}: " + " | ".join(skipped[:3])
+        )
 
 
 class MixedDataset(Dataset):
@@ -173,14 +192,16 @@ class Collate:
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         caps = [s["caption"] for s in samples]
-        tok = self.tokenizer(caps, padding="longest", truncation=True, max_length=self.max_len,
-                             return_tensors="pt")
-        out = {"video": torch.stack([s["video"] for s in samples]),
-               "input_ids": tok["input_ids"].long(), "attention_mask": tok["attention_mask"].long(),
-               "video_index": torch.tensor([s["video_index"] for s in samples], dtype=torch.long),
-               "captions": caps,
-               "n_skipped": sum(s.get("n_skipped", 0) for s in samples),
-               "skipped_files": [f for s in samples for f in s.get("skipped_files", [])]}
+        tok = self.tokenizer(caps, padding="longest", truncation=True, max_length=self.max_len, return_tensors="pt")
+        out = {
+            "video": torch.stack([s["video"] for s in samples]),
+            "input_ids": tok["input_ids"].long(),
+            "attention_mask": tok["attention_mask"].long(),
+            "video_index": torch.tensor([s["video_index"] for s in samples], dtype=torch.long),
+            "captions": caps,
+            "n_skipped": sum(s.get("n_skipped", 0) for s in samples),
+            "skipped_files": [f for s in samples for f in s.get("skipped_files", [])],
+        }
         if "video_aug" in samples[0]:
             out["video_aug"] = torch.stack([s["video_aug"] for s in samples])
         if "source" in samples[0]:
@@ -195,8 +216,16 @@ class TrainLoader:
     epoch the position moves to (epoch + 1, 0). ``skipped`` counts this epoch's bad samples.
     """
 
-    def __init__(self, dataset: Dataset, sampler: MixedBatchSampler, collate: Collate, *,
-                 num_workers: int, max_bad_fraction: float, name: str):
+    def __init__(
+        self,
+        dataset: Dataset,
+        sampler: MixedBatchSampler,
+        collate: Collate,
+        *,
+        num_workers: int,
+        max_bad_fraction: float,
+        name: str,
+    ):
         self.dataset, self.sampler, self.collate = dataset, sampler, collate
         self.num_workers, self.max_bad_fraction, self.name = num_workers, max_bad_fraction, name
         self.epoch, self.step, self.skipped = 0, 0, 0
@@ -221,58 +250,109 @@ class TrainLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         self.sampler.set_position(self.epoch, self.step)
-        loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=self.collate,
-                            num_workers=self.num_workers, persistent_workers=False)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+        )
         budget = self.max_bad_fraction * self.steps_per_epoch * self.sampler.batch_size
         for batch in loader:
             self.skipped += batch["n_skipped"]
             if self.skipped > budget:
-                raise DataError(f"{self.name}: {self.skipped} unusable samples this epoch, more than "
-                                f"data.max_bad_fraction={self.max_bad_fraction} of "
-                                f"{self.steps_per_epoch * self.sampler.batch_size}; latest: "
-                                + " | ".join(batch["skipped_files"][:3]))
+                raise DataError(
+                    f"{self.name}: {self.skipped} unusable samples this epoch, more than "
+                    f"data.max_bad_fraction={self.max_bad_fraction} of "
+                    f"{self.steps_per_epoch * self.sampler.batch_size}; latest: "
+                    + " | ".join(batch["skipped_files"][:3])
+                )
             self.step += 1
             yield batch
         self.epoch, self.step, self.skipped = self.epoch + 1, 0, 0
         self.sampler.set_position(self.epoch, 0)
 
 
-def build_pretrain_loader(cfg: ScaleConfig, tokenizer, *, seed: int, rank: int = 0, world_size: int = 1,
-                          batch_size: int | None = None) -> TrainLoader:
+def build_pretrain_loader(
+    cfg: ScaleConfig, tokenizer, *, seed: int, rank: int = 0, world_size: int = 1, batch_size: int | None = None
+) -> TrainLoader:
     """Pre-training mix of ``pretrain.sources`` (WebVid videos, CC3M images as static clips),
     one source per batch drawn with ``pretrain.source_weights``; two views per sample."""
     d, offset, sources = cfg.data, 0, []
     for name in cfg.pretrain.sources:
         clips = load_clips(name, "train", d)
-        sources.append(ClipTextDataset(clips, frames=d.frames_train, sampling=d.sampling_train,
-                                       image_size=d.image_size, two_views=True, hflip=d.hflip,
-                                       index_offset=offset, name=name))
+        sources.append(
+            ClipTextDataset(
+                clips,
+                frames=d.frames_train,
+                sampling=d.sampling_train,
+                image_size=d.image_size,
+                two_views=True,
+                hflip=d.hflip,
+                index_offset=offset,
+                name=name,
+            )
+        )
         offset += len(clips)
     ds = MixedDataset(sources, cfg.pretrain.sources)
-    sampler = MixedBatchSampler([len(s) for s in sources], cfg.pretrain.source_weights,
-                                batch_size or cfg.pretrain.optim.batch_size, seed=seed, rank=rank,
-                                world_size=world_size)
-    return TrainLoader(ds, sampler, Collate(tokenizer, cfg.model.text.max_len_train),
-                       num_workers=d.num_workers, max_bad_fraction=d.max_bad_fraction, name="pretrain")
+    sampler = MixedBatchSampler(
+        [len(s) for s in sources],
+        cfg.pretrain.source_weights,
+        batch_size or cfg.pretrain.optim.batch_size,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return TrainLoader(
+        ds,
+        sampler,
+        Collate(tokenizer, cfg.model.text.max_len_train),
+        num_workers=d.num_workers,
+        max_bad_fraction=d.max_bad_fraction,
+        name="pretrain",
+    )
 
 
-def build_finetune_loader(task: str, cfg: ScaleConfig, tokenizer, *, seed: int, rank: int = 0,
-                          world_size: int = 1, batch_size: int | None = None) -> TrainLoader:
+def build_finetune_loader(
+    task: str,
+    cfg: ScaleConfig,
+    tokenizer,
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    batch_size: int | None = None,
+) -> TrainLoader:
     """Fine-tuning on ``task`` (msrvtt-7k, msrvtt-9k, didemo, msvd, lsmdc): one item per
     caption; ``video_index`` marks captions of the same video."""
     if task not in FINETUNE_SPLITS:
         raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {tuple(FINETUNE_SPLITS)}")
     dataset, split = FINETUNE_SPLITS[task]
     d = cfg.data
-    ds = ClipTextDataset(load_clips(dataset, split, d), frames=d.frames_train, sampling=d.sampling_train,
-                         image_size=d.image_size, two_views=False, hflip=d.hflip, per_caption=True, name=task)
+    ds = ClipTextDataset(
+        load_clips(dataset, split, d),
+        frames=d.frames_train,
+        sampling=d.sampling_train,
+        image_size=d.image_size,
+        two_views=False,
+        hflip=d.hflip,
+        per_caption=True,
+        name=task,
+    )
     mixed = MixedDataset([ds], [dataset])
-    sampler = MixedBatchSampler([len(ds)], [1.0], batch_size or cfg.finetune.optim.batch_size, seed=seed,
-                                rank=rank, world_size=world_size)
+    sampler = MixedBatchSampler(
+        [len(ds)], [1.0], batch_size or cfg.finetune.optim.batch_size, seed=seed, rank=rank, world_size=world_size
+    )
     max_len = finetune_text_len(cfg, task)
     report_truncation([c for clip in ds.clips for c in clip.record.captions], tokenizer, max_len, task)
-    return TrainLoader(mixed, sampler, Collate(tokenizer, max_len),
-                       num_workers=d.num_workers, max_bad_fraction=d.max_bad_fraction, name=task)
+    return TrainLoader(
+        mixed,
+        sampler,
+        Collate(tokenizer, max_len),
+        num_workers=d.num_workers,
+        max_bad_fraction=d.max_bad_fraction,
+        name=task,
+    )
 
 
 def report_truncation(captions: Sequence[str], tokenizer, max_len: int, name: str) -> int:
@@ -281,9 +361,16 @@ def report_truncation(captions: Sequence[str], tokenizer, max_len: int, name: st
     lengths = [len(ids) for ids in tokenizer(list(captions), truncation=False)["input_ids"]] if captions else []
     cut = sum(n > max_len for n in lengths)
     if cut:
-        log.warning("%s: %d of %d training captions (%.1f %%) are longer than %d tokens and are truncated "
-                    "(longest %d; finetune.max_len_train sets the length per task)", name, cut, len(lengths),
-                    100.0 * cut / len(lengths), max_len, max(lengths))
+        log.warning(
+            "%s: %d of %d training captions (%.1f %%) are longer than %d tokens and are truncated "
+            "(longest %d; finetune.max_len_train sets the length per task)",
+            name,
+            cut,
+            len(lengths),
+            100.0 * cut / len(lengths),
+            max_len,
+            max(lengths),
+        )
     return cut
 
 
@@ -337,8 +424,9 @@ class EvalSet:
         videos = self.videos if indices is None else Subset(self.videos, indices)
         return DataLoader(videos, batch_size=batch_size, shuffle=False, num_workers=num_workers)
 
-    def iter_videos(self, batch_size: int, num_workers: int = 0, indices: range | None = None
-                    ) -> Iterator[dict[str, Any]]:
+    def iter_videos(
+        self, batch_size: int, num_workers: int = 0, indices: range | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Batches ``{"video", "video_index", "failed"}`` in order, of all videos or of
         ``indices`` (a rank's share); raises DataError as soon as more than
         ``max_bad_fraction`` of ALL the videos failed to decode here."""
@@ -353,8 +441,10 @@ class EvalSet:
         them all in ``failed``."""
         failed = [f for part in failed_per_rank for f in part]
         if len(failed) > self.max_bad_fraction * len(self.videos):
-            raise DataError(f"{self.dataset} {self.split}: {len(failed)} of {len(self.videos)} evaluation "
-                            f"videos unusable (> data.max_bad_fraction={self.max_bad_fraction}); e.g. {failed[0]}")
+            raise DataError(
+                f"{self.dataset} {self.split}: {len(failed)} of {len(self.videos)} evaluation "
+                f"videos unusable (> data.max_bad_fraction={self.max_bad_fraction}); e.g. {failed[0]}"
+            )
         self.failed = failed
 
     def tokenize(self, tokenizer, max_len: int) -> dict[str, torch.Tensor]:

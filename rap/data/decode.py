@@ -26,7 +26,7 @@ try:  # decord has no wheels for aarch64/macOS arm64: PyAV then does all the wor
 except ImportError:  # pragma: no cover - depends on the platform
     decord = None
 
-import av
+import av  # noqa: E402  (kept after the optional decord import: both bundle FFmpeg libraries)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 
@@ -140,8 +140,9 @@ def read_image(path: str | Path, short_side: int | None = None) -> np.ndarray:
         raise DecodeError(f"{path}: unreadable image ({err})") from None
 
 
-def read_frames(path: str | Path, indices: Sequence[int], short_side: int | None = None,
-                src_size: tuple[int, int] | None = None) -> np.ndarray:
+def read_frames(
+    path: str | Path, indices: Sequence[int], short_side: int | None = None, src_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Frames ``indices`` of a video as uint8 (len(indices), H, W, 3), resized on decode so the
     short side is ``short_side``. An image returns its one frame repeated (a static clip).
     ``src_size`` = (width, height) from the index saves decord a second open to learn it."""
@@ -162,8 +163,9 @@ def read_frames(path: str | Path, indices: Sequence[int], short_side: int | None
     raise DecodeError(f"{path}: cannot decode frames {list(indices)[:8]} ({'; '.join(errors)})")
 
 
-def _read_decord(path: Path, indices: Sequence[int], short_side: int | None,
-                 src_size: tuple[int, int] | None) -> np.ndarray:
+def _read_decord(
+    path: Path, indices: Sequence[int], short_side: int | None, src_size: tuple[int, int] | None
+) -> np.ndarray:
     kw = {}
     if short_side:
         if src_size is None:

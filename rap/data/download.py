@@ -93,8 +93,16 @@ def _verify(path: Path, size: int | None, sha256: str | None) -> str | None:
     return None
 
 
-def fetch(url: str, dest: str | Path, *, sha256: str | None = None, size: int | None = None,
-          retries: int = 4, backoff: float = 1.0, timeout: float = 60.0) -> str:
+def fetch(
+    url: str,
+    dest: str | Path,
+    *,
+    sha256: str | None = None,
+    size: int | None = None,
+    retries: int = 4,
+    backoff: float = 1.0,
+    timeout: float = 60.0,
+) -> str:
     """Download ``url`` to ``dest``; returns ``"skipped"`` (complete file present) or
     ``"downloaded"``. Raises :class:`DownloadError` after ``retries`` failed attempts."""
     dest = Path(dest)
@@ -117,8 +125,14 @@ def fetch(url: str, dest: str | Path, *, sha256: str | None = None, size: int | 
                 raise DownloadError(f"{url} -> {dest}: HTTP {err.code} {err.reason}") from None
             last = f"HTTP {err.code}"
             continue
-        except (urllib.error.URLError, http.client.HTTPException, socket.timeout, TimeoutError,
-                ConnectionError, _ShortBody) as err:
+        except (
+            urllib.error.URLError,
+            http.client.HTTPException,
+            socket.timeout,
+            TimeoutError,
+            ConnectionError,
+            _ShortBody,
+        ) as err:
             last = f"{type(err).__name__}: {err}"
             continue  # the .part file stays: the next attempt resumes it
         problem = _verify(part, size, sha256)
@@ -175,8 +189,9 @@ class Job:
     size: int | None = None
 
 
-def fetch_many(jobs: list[Job], desc: str, *, workers: int = 8, retries: int = 3,
-               backoff: float = 1.0) -> tuple[int, int, list[str]]:
+def fetch_many(
+    jobs: list[Job], desc: str, *, workers: int = 8, retries: int = 3, backoff: float = 1.0
+) -> tuple[int, int, list[str]]:
     """Fetch in parallel threads; failures are collected, not raised.
     Returns (downloaded, skipped, ["dest: reason", ...])."""
     done = skipped = 0
@@ -291,11 +306,11 @@ URLS = {
 }
 MANUAL = {
     "didemo": "DiDeMo videos: follow https://github.com/LisaAnne/LocalizingMoments (download_videos.py / "
-              "download_videos_AWS.py) and place them in raw/didemo/videos/ as saved (<video> or <video>.mp4) "
-              "or re-encoded as <video name up to its first dot>.mp4.",
+    "download_videos_AWS.py) and place them in raw/didemo/videos/ as saved (<video> or <video>.mp4) "
+    "or re-encoded as <video name up to its first dot>.mp4.",
     "lsmdc": "LSMDC is licence-gated: request access at https://sites.google.com/site/describingmovies/download "
-             f"(MPII/LSMDC), then place {', '.join(LSMDC_FILES.values())} in raw/lsmdc/ and the clips as "
-             "raw/lsmdc/avi/<movie>/<clip>.avi.",
+    f"(MPII/LSMDC), then place {', '.join(LSMDC_FILES.values())} in raw/lsmdc/ and the clips as "
+    "raw/lsmdc/avi/<movie>/<clip>.avi.",
 }
 
 
@@ -325,8 +340,9 @@ def _webvid(raw: Path, limit: int | None) -> dict:
 
 
 def _cc3m(raw: Path, limit: int | None) -> dict:
-    text = _annotation_text("cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv",
-                            "CC3M annotation (Google Conceptual Captions)", limit)
+    text = _annotation_text(
+        "cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv", "CC3M annotation (Google Conceptual Captions)", limit
+    )
     rows = [line.split("\t") for line in text.splitlines()]
     jobs, caps = [], []
     for i, row in enumerate(rows):
@@ -339,8 +355,9 @@ def _cc3m(raw: Path, limit: int | None) -> dict:
     return {"downloaded": done, "skipped": skipped, "missing": missing}
 
 
-def _archive_videos(raw: Path, dataset: str, url: str, archive_name: str, out_dir: Path,
-                    suffixes: tuple[str, ...], limit: int | None) -> int:
+def _archive_videos(
+    raw: Path, dataset: str, url: str, archive_name: str, out_dir: Path, suffixes: tuple[str, ...], limit: int | None
+) -> int:
     keep = None
     if limit:  # only the media of the (limited) annotation
         keep = {r.path.name for s in SPLITS[dataset] for r in load_records(dataset, raw.parent.parent, s)}
@@ -425,6 +442,14 @@ def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None) ->
         log.warning(msg)
     if failed:
         log.warning("%s: %d downloads failed, e.g. %s", dataset, len(failed), failed[:3])
-    return {"dataset": dataset, "source": "public", "limit": limit, "downloaded": result["downloaded"],
-            "skipped": result["skipped"], "failed": len(failed), "missing": len(missing),
-            "missing_files": missing[:50], "message": msg}
+    return {
+        "dataset": dataset,
+        "source": "public",
+        "limit": limit,
+        "downloaded": result["downloaded"],
+        "skipped": result["skipped"],
+        "failed": len(failed),
+        "missing": len(missing),
+        "missing_files": missing[:50],
+        "message": msg,
+    }

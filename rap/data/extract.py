@@ -45,8 +45,15 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
         return _Probed(info, None, None), 0
     # keyed by the clip's path as the index writes it (relative to data.root): the store's names,
     # and so its DVC hash, do not depend on where the data directory lives
-    rel = store.store_relpath(dataset, Path(index_relpath(rec.path, root)), rec.video_id, cfg.image_size, cfg.store_fps,
-                              fmt=cfg.store_format, quality=cfg.store_jpeg_quality)
+    rel = store.store_relpath(
+        dataset,
+        Path(index_relpath(rec.path, root)),
+        rec.video_id,
+        cfg.image_size,
+        cfg.store_fps,
+        fmt=cfg.store_format,
+        quality=cfg.store_jpeg_quality,
+    )
     dest = root / rel
     if store.is_complete(dest):
         return _Probed(info, rel, None), 0
@@ -102,21 +109,33 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
     _write_jsonl(bad_path, bad)
     bad_videos = {b["path"] for b in bad}
     frac = len(bad_videos) / max(1, len(unique))
-    summary = {"dataset": dataset, "records": len(records), "videos": len(unique), "usable": len(good),
-               "bad": len(bad), "bad_videos": len(bad_videos), "bad_fraction": round(frac, 4),
-               "captions_dropped": dropped, "per_split": dict(per_split),
-               "frame_store": data_cfg.frame_store, "store_format": data_cfg.store_format,
-               "store_bytes_written": written,
-               "index": str(index_path), "bad_index": str(bad_path)}
+    summary = {
+        "dataset": dataset,
+        "records": len(records),
+        "videos": len(unique),
+        "usable": len(good),
+        "bad": len(bad),
+        "bad_videos": len(bad_videos),
+        "bad_fraction": round(frac, 4),
+        "captions_dropped": dropped,
+        "per_split": dict(per_split),
+        "frame_store": data_cfg.frame_store,
+        "store_format": data_cfg.store_format,
+        "store_bytes_written": written,
+        "index": str(index_path),
+        "bad_index": str(bad_path),
+    }
     for b in bad[:20]:
         log.warning("unusable %s clip %s: %s", dataset, b["path"], b["reason"])
     if frac > data_cfg.max_bad_fraction:
         if index_path.exists():
             index_path.unlink()  # a stale index must not let training go on with this data
         reasons = Counter(b["reason"].split(": ", 1)[-1].split(" (")[0] for b in bad)
-        raise DataError(f"{dataset}: {len(bad_videos)}/{len(unique)} clips unusable ({frac:.1%} > "
-                        f"data.max_bad_fraction={data_cfg.max_bad_fraction:.1%}); see {bad_path}; "
-                        f"e.g. {bad[0]['path']}: {bad[0]['reason']}; reasons: {dict(reasons.most_common(3))}")
+        raise DataError(
+            f"{dataset}: {len(bad_videos)}/{len(unique)} clips unusable ({frac:.1%} > "
+            f"data.max_bad_fraction={data_cfg.max_bad_fraction:.1%}); see {bad_path}; "
+            f"e.g. {bad[0]['path']}: {bad[0]['reason']}; reasons: {dict(reasons.most_common(3))}"
+        )
     _write_jsonl(index_path, good)
     log.info("extract %s: %s", dataset, summary)
     return summary

@@ -37,8 +37,9 @@ def load_ground_truth(raw_dir: str | Path) -> dict[str, dict]:
     """``raw/<dataset>/ground_truth.jsonl`` by video path (relative to ``raw_dir``)."""
     path = Path(raw_dir) / GROUND_TRUTH
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ground truth (only the embedded corpus has one; "
-                                f"regenerate it with `rap download synthetic`)")
+        raise FileNotFoundError(
+            f"{path}: no ground truth (only the embedded corpus has one; regenerate it with `rap download synthetic`)"
+        )
     out = {}
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -55,8 +56,9 @@ def eval_source_frames(entry: dict, *, frames: int, store_fps: float) -> list[in
     n = len(entry["frames"])
     if entry["fps"] is None:  # an image: every sampled frame is frame 0
         return [0] * frames
-    kept = store_indices(ProbeInfo(n, float(entry["fps"]), n / entry["fps"], entry["width"], entry["height"]),
-                         store_fps)
+    kept = store_indices(
+        ProbeInfo(n, float(entry["fps"]), n / entry["fps"], entry["width"], entry["height"]), store_fps
+    )
     return [kept[i] for i in sample_indices(len(kept), frames, "uniform")]
 
 
@@ -87,8 +89,9 @@ def frame_coverage(entry: dict, frame: int, grid: int) -> dict[str, np.ndarray]:
     return {"captioned": captioned, "clutter": (owner == "clutter").mean(-1)}
 
 
-def patch_coverage(entry: dict, *, image_size: int, patch_size: int, frames: int,
-                   store_fps: float) -> dict[str, np.ndarray]:
+def patch_coverage(
+    entry: dict, *, image_size: int, patch_size: int, frames: int, store_fps: float
+) -> dict[str, np.ndarray]:
     """Captioned-object coverage per patch of the evaluated view: ``per_frame`` (K, G, G) for
     the K sampled frames and ``averaged`` (G, G), their mean -- the grid of the frame-averaged
     patch tokens RaCL weighs (paper eq. 4); ``clutter`` (G, G) likewise averaged."""
@@ -97,8 +100,11 @@ def patch_coverage(entry: dict, *, image_size: int, patch_size: int, frames: int
     grid = image_size // patch_size
     covs = [frame_coverage(entry, t, grid) for t in eval_source_frames(entry, frames=frames, store_fps=store_fps)]
     per_frame = np.stack([c["captioned"] for c in covs])
-    return {"per_frame": per_frame, "averaged": per_frame.mean(0),
-            "clutter": np.stack([c["clutter"] for c in covs]).mean(0)}
+    return {
+        "per_frame": per_frame,
+        "averaged": per_frame.mean(0),
+        "clutter": np.stack([c["clutter"] for c in covs]).mean(0),
+    }
 
 
 def token_labels(caption: dict, offsets: list[tuple[int, int]]) -> list[str | None]:
@@ -117,5 +123,14 @@ def token_labels(caption: dict, offsets: list[tuple[int, int]]) -> list[str | No
     return labels
 
 
-__all__ = ["CAPTIONED", "REDUNDANT_PHRASE", "SHOWN", "SUPERSAMPLE", "eval_source_frames", "frame_coverage",
-           "load_ground_truth", "patch_coverage", "token_labels"]
+__all__ = [
+    "CAPTIONED",
+    "REDUNDANT_PHRASE",
+    "SHOWN",
+    "SUPERSAMPLE",
+    "eval_source_frames",
+    "frame_coverage",
+    "load_ground_truth",
+    "patch_coverage",
+    "token_labels",
+]

@@ -25,8 +25,16 @@ SCHEDULE_KEY = 1_000_003  # keeps the schedule stream apart from the per-source 
 class MixedBatchSampler:
     """Yields lists of ``(source, item, sample_seed)`` for a ``DataLoader(batch_sampler=...)``."""
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], batch_size: int, *, seed: int,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(sizes) != len(weights) or not sizes:
             raise ValueError(f"need one weight per source, got sizes={list(sizes)} weights={list(weights)}")
         if any(n < 1 for n in sizes):
@@ -58,7 +66,7 @@ class MixedBatchSampler:
         perm = np.random.default_rng((self.seed, epoch, source, cycle)).permutation(n)
         total = self.shard_len[source] * self.world_size
         perm = np.resize(perm, total)  # wrap-around padding keeps every rank's shard equal
-        return perm[self.rank::self.world_size]
+        return perm[self.rank :: self.world_size]
 
     def batch(self, epoch: int, step: int, sched: np.ndarray | None = None) -> list[tuple[int, int, int]]:
         sched = self.schedule(epoch) if sched is None else sched

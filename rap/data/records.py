@@ -56,17 +56,30 @@ class IndexEntry:
 
     def to_json(self, root: Path) -> dict[str, Any]:
         r = self.record
-        return {"video_id": r.video_id, "path": _rel(r.path, root), "captions": list(r.captions),
-                "split": r.split, "kind": r.kind, "num_frames": self.info.num_frames,
-                "fps": self.info.fps, "duration": self.info.duration, "width": self.info.width,
-                "height": self.info.height, "store": self.store}
+        return {
+            "video_id": r.video_id,
+            "path": _rel(r.path, root),
+            "captions": list(r.captions),
+            "split": r.split,
+            "kind": r.kind,
+            "num_frames": self.info.num_frames,
+            "fps": self.info.fps,
+            "duration": self.info.duration,
+            "width": self.info.width,
+            "height": self.info.height,
+            "store": self.store,
+        }
 
     @staticmethod
     def from_json(d: dict[str, Any], root: Path) -> "IndexEntry":
-        rec = ClipRecord(video_id=str(d["video_id"]), path=_abs(d["path"], root),
-                         captions=tuple(d["captions"]), split=str(d["split"]), kind=d["kind"])
-        info = ProbeInfo(int(d["num_frames"]), float(d["fps"]), float(d["duration"]),
-                         int(d["width"]), int(d["height"]))
+        rec = ClipRecord(
+            video_id=str(d["video_id"]),
+            path=_abs(d["path"], root),
+            captions=tuple(d["captions"]),
+            split=str(d["split"]),
+            kind=d["kind"],
+        )
+        info = ProbeInfo(int(d["num_frames"]), float(d["fps"]), float(d["duration"]), int(d["width"]), int(d["height"]))
         return IndexEntry(rec, info, d.get("store"))
 
 

@@ -35,8 +35,9 @@ _MAGIC = b"RAPJPGS1"
 _HEAD = struct.Struct("<8s3I")  # magic, T, H, W
 
 
-def store_relpath(dataset: str, clip_path: Path, video_id: str, image_size: int, store_fps: float, *,
-                  fmt: str, quality: int) -> str:
+def store_relpath(
+    dataset: str, clip_path: Path, video_id: str, image_size: int, store_fps: float, *, fmt: str, quality: int
+) -> str:
     """``frames/<dataset>/<size>px-<fps>fps[-jpeg<q>]/<xx>/<id>-<hash>.<npy|jpgs>``: keyed by the
     clip's path (ids of different splits may repeat; extract passes it relative to the data root,
     so the names do not depend on where the tree lives) and by every store setting (changing the

@@ -46,8 +46,12 @@ from tqdm import tqdm
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
-    "red": (225, 40, 40), "green": (40, 190, 70), "blue": (45, 90, 240),
-    "yellow": (245, 225, 40), "purple": (165, 60, 215), "cyan": (40, 210, 220),
+    "red": (225, 40, 40),
+    "green": (40, 190, 70),
+    "blue": (45, 90, 240),
+    "yellow": (245, 225, 40),
+    "purple": (165, 60, 215),
+    "cyan": (40, 210, 220),
 }
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink")
 MOTION_PHRASES = {
@@ -59,9 +63,18 @@ MOTION_PHRASES = {
     "shrink": ("shrinks", "gets smaller", "contracts", "becomes smaller"),
 }
 # Textual redundancy: words no frame can show.
-REDUNDANT = ("on a sunny day", "while music plays", "in slow motion", "at a birthday party",
-             "late at night", "near the old town", "in high definition", "with a happy mood",
-             "as people cheer", "during the holidays")
+REDUNDANT = (
+    "on a sunny day",
+    "while music plays",
+    "in slow motion",
+    "at a birthday party",
+    "late at night",
+    "near the old town",
+    "in high definition",
+    "with a happy mood",
+    "as people cheer",
+    "during the holidays",
+)
 FPS = 8
 # x264 settings of every clip. ``asm=0`` runs x264's plain C code instead of the SIMD kernels
 # it picks for the CPU: (1) with its AVX-512 kernels and macroblock-tree rate control (on by
@@ -96,8 +109,16 @@ class ClipSpec:
 # ---------------------------------------------------------------------------------------
 
 
-def _specs(rng: np.random.Generator, n: int, *, unique: bool, size: tuple[int, int],
-           change_p: float = 0.25, second_p: float = 0.35, at_least_one_event: bool = False) -> list[ClipSpec]:
+def _specs(
+    rng: np.random.Generator,
+    n: int,
+    *,
+    unique: bool,
+    size: tuple[int, int],
+    change_p: float = 0.25,
+    second_p: float = 0.35,
+    at_least_one_event: bool = False,
+) -> list[ClipSpec]:
     """``n`` clip specs; ``unique`` gives every clip its own (colour, shape, motion), with
     distinct (colour, shape) as long as there are enough of them (test splits)."""
     colours = list(COLOURS)
@@ -132,8 +153,7 @@ def _specs(rng: np.random.Generator, n: int, *, unique: bool, size: tuple[int, i
             sc = colours[(colours.index(c) + 1 + rng.integers(5)) % 6]
             ss = SHAPES[(SHAPES.index(s) + 1 + rng.integers(5)) % 6]
             sec = (sc, ss)
-        out.append(ClipSpec(s, c, m, c2, sec, size[0], size[1], int(rng.integers(16, 33)),
-                            int(rng.integers(2**31))))
+        out.append(ClipSpec(s, c, m, c2, sec, size[0], size[1], int(rng.integers(16, 33)), int(rng.integers(2**31))))
     return out
 
 
@@ -145,6 +165,7 @@ class Caption:
     """A caption and its labelled character spans ``(start, end, label)``: ``shown`` for words
     naming what the frames show (colour, shape, motion, colour change, the second object),
     ``redundant`` for a phrase no frame shows (``REDUNDANT``); other words are unlabelled."""
+
     text: str
     spans: tuple[tuple[int, int, str], ...]
 
@@ -170,11 +191,17 @@ def _ending(choice: str, word: str) -> list[tuple[str, str | None]]:
 def _around(choice: str, named: str) -> list[tuple[str, str | None]]:
     """``", then a red star appears"`` -> ``named`` ("red star") shown, the rest unlabelled."""
     i = choice.index(named)
-    return [(choice[:i], None), (named, SHOWN), (choice[i + len(named):], None)]
+    return [(choice[:i], None), (named, SHOWN), (choice[i + len(named) :], None)]
 
 
-def _sentence(spec: ClipSpec, rng: np.random.Generator, *, redundant_p: float = 0.5,
-              drop_colour_p: float = 0.0, prefix: bool = True) -> Caption:
+def _sentence(
+    spec: ClipSpec,
+    rng: np.random.Generator,
+    *,
+    redundant_p: float = 0.5,
+    drop_colour_p: float = 0.0,
+    prefix: bool = True,
+) -> Caption:
     # the draws and their order are the corpus: labelling must not add, drop or reorder one
     keep_colour = not rng.random() < drop_colour_p
     size = str(rng.choice(["", "", "big ", "large "]))
@@ -184,12 +211,14 @@ def _sentence(spec: ClipSpec, rng: np.random.Generator, *, redundant_p: float = 
         parts += [(spec.colour, SHOWN), (" ", None)]
     parts += [(spec.shape, SHOWN), (" ", None), (verb, SHOWN)]
     if spec.colour2:
-        parts += _ending(str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"])),
-                         spec.colour2)
+        parts += _ending(
+            str(rng.choice([f" and turns {spec.colour2}", f" and changes colour to {spec.colour2}"])), spec.colour2
+        )
     if spec.second:
         c, s = spec.second
-        parts += _around(str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"])),
-                         f"{c} {s}")
+        parts += _around(
+            str(rng.choice([f", then a {c} {s} appears", f" before a small {c} {s} shows up"])), f"{c} {s}"
+        )
     if rng.random() < redundant_p:
         parts += [(str(rng.choice([" ", ", "])), None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE)]
     lead = str(rng.choice(["", "", "in this video ", "in the clip "])) if prefix else ""
@@ -202,17 +231,40 @@ def _captions(spec: ClipSpec, rng: np.random.Generator, n: int, **kw) -> list[Ca
 
 def _paragraph(spec: ClipSpec, rng: np.random.Generator) -> list[Caption]:
     """DiDeMo: one sentence per temporal moment (2-4), some with commas inside."""
-    sents = [Caption.of([("a ", None), (spec.colour, SHOWN), (" ", None), (spec.shape, SHOWN), (" ", None),
-                         (str(rng.choice(MOTION_PHRASES[spec.motion])), SHOWN), (".", None)])]
+    sents = [
+        Caption.of(
+            [
+                ("a ", None),
+                (spec.colour, SHOWN),
+                (" ", None),
+                (spec.shape, SHOWN),
+                (" ", None),
+                (str(rng.choice(MOTION_PHRASES[spec.motion])), SHOWN),
+                (".", None),
+            ]
+        )
+    ]
     if spec.colour2:
-        sents.append(Caption.of([("the ", None), (spec.shape, SHOWN), (", now in the middle, turns ", None),
-                                 (spec.colour2, SHOWN), (".", None)]))
+        sents.append(
+            Caption.of(
+                [
+                    ("the ", None),
+                    (spec.shape, SHOWN),
+                    (", now in the middle, turns ", None),
+                    (spec.colour2, SHOWN),
+                    (".", None),
+                ]
+            )
+        )
     if spec.second:
         c, s = spec.second
         sents.append(Caption.of([("a ", None), (f"{c} {s}", SHOWN), (" appears in the second half.", None)]))
     if len(sents) < 4 and rng.random() < 0.6:
-        sents.append(Caption.of([("the camera stays still, ", None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE),
-                                 (".", None)]))
+        sents.append(
+            Caption.of(
+                [("the camera stays still, ", None), (str(rng.choice(REDUNDANT)), REDUNDANT_PHRASE), (".", None)]
+            )
+        )
     return sents
 
 
@@ -254,8 +306,15 @@ def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, l
         c = np.array(COLOURS[list(COLOURS)[rng.integers(6)]], np.float32)
         grey = c.mean()
         dull = 0.3 * c + 0.7 * grey  # desaturated: clearly not one of the caption colours
-        clutter.append((SHAPES[rng.integers(6)], dull, rng.uniform(0.1, 0.9) * w,
-                        rng.uniform(0.1, 0.9) * h, rng.uniform(0.05, 0.08) * m))
+        clutter.append(
+            (
+                SHAPES[rng.integers(6)],
+                dull,
+                rng.uniform(0.1, 0.9) * w,
+                rng.uniform(0.1, 0.9) * h,
+                rng.uniform(0.05, 0.08) * m,
+            )
+        )
     return img.astype(np.float32), clutter
 
 
@@ -264,6 +323,7 @@ class Drawn:
     """One shape painted on one frame, in paint order (later ones cover earlier ones).
     ``role``: "object" (the captioned main object), "second" (the captioned second object) or
     "clutter" (never captioned: visual redundancy)."""
+
     role: str
     shape: str
     rgb: tuple[int, int, int] | np.ndarray
@@ -365,10 +425,17 @@ def ground_truth(video: str, spec: ClipSpec, captions: list[Caption], *, static:
     embedded corpus"): the shapes painted on every frame, in paint order, as
     ``[role, shape, cx, cy, r]`` in source pixels (2 decimals), and each caption's spans."""
     _, per_frame = scene(spec, static)
-    return {"video": video, "width": spec.width, "height": spec.height, "fps": None if static else FPS,
-            "frames": [[[d.role, d.shape, round(float(d.cx), 2), round(float(d.cy), 2), round(float(d.r), 2)]
-                        for d in drawn] for drawn in per_frame],
-            "captions": [{"text": c.text, "spans": [list(span) for span in c.spans]} for c in captions]}
+    return {
+        "video": video,
+        "width": spec.width,
+        "height": spec.height,
+        "fps": None if static else FPS,
+        "frames": [
+            [[d.role, d.shape, round(float(d.cx), 2), round(float(d.cy), 2), round(float(d.r), 2)] for d in drawn]
+            for drawn in per_frame
+        ],
+        "captions": [{"text": c.text, "spans": [list(span) for span in c.spans]} for c in captions],
+    }
 
 
 def _write_truth(raw: Path, entries: list[dict]) -> None:
@@ -402,8 +469,15 @@ def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         vid = f"{int(rng.integers(10**6, 10**8))}{i:04d}"  # numeric like WebVid's; suffix keeps it unique
         page = f"{(i // 50) * 50 + 1:06d}_{(i // 50 + 1) * 50:06d}"
         cap = _sentence(spec, rng, redundant_p=0.6).wrap(tail=".", capitalise=True)
-        rows.append({"videoid": vid, "contentUrl": f"https://example.invalid/webvid/{vid}.mp4",
-                     "duration": f"PT00H00M{spec.frames // FPS:02d}S", "page_dir": page, "name": cap.text})
+        rows.append(
+            {
+                "videoid": vid,
+                "contentUrl": f"https://example.invalid/webvid/{vid}.mp4",
+                "duration": f"PT00H00M{spec.frames // FPS:02d}S",
+                "page_dir": page,
+                "name": cap.text,
+            }
+        )
         paths.append(raw / "videos" / page / f"{vid}.mp4")
         truth.append(ground_truth(f"videos/{page}/{vid}.mp4", spec, [cap]))
     _clips(specs, paths, "webvid")
@@ -451,15 +525,15 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         caps = _captions(spec, rng, 5, drop_colour_p=0.15 if split == "train" else 0.0)
         if split == "test":
             caps[0] = _sentence(spec, rng)  # the one 1k-A query always names colour + shape
-            test_rows.append({"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid,
-                              "sentence": caps[0].text})
+            test_rows.append(
+                {"key": f"ret{len(test_rows)}", "vid_key": f"msr{i}", "video_id": vid, "sentence": caps[0].text}
+            )
         for c in caps:
             sentences.append({"caption": c.text, "video_id": vid, "sen_id": sen_id})
             sen_id += 1
         truth.append(ground_truth(f"videos/all/{vid}.mp4", spec, caps))
     _clips(train + test, [raw / "videos" / "all" / f"{ids[i]}.mp4" for i in range(n9 + nt)], "msrvtt")
-    (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}),
-                                          encoding="utf-8")
+    (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sentences}), encoding="utf-8")
     with (raw / "MSRVTT_train.9k.csv").open("w", newline="", encoding="utf-8") as f:
         f.write("video_id\n" + "".join(f"video{i}\n" for i in range(n9)))
     by_vid: dict[str, list] = {}
@@ -468,8 +542,7 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     with (raw / "msrvtt_train_7k.jsonl").open("w", encoding="utf-8") as f:
         for i in range(n7):
             for s in by_vid[f"video{i}"]:
-                f.write(json.dumps({"caption": s["caption"], "clip_name": s["video_id"],
-                                    "sen_id": s["sen_id"]}) + "\n")
+                f.write(json.dumps({"caption": s["caption"], "clip_name": s["video_id"], "sen_id": s["sen_id"]}) + "\n")
     with (raw / "MSRVTT_JSFUSION_test.csv").open("w", newline="", encoding="utf-8") as f:
         wr = csv.DictWriter(f, fieldnames=["key", "vid_key", "video_id", "sentence"])
         wr.writeheader()
@@ -496,8 +569,9 @@ def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
             sents = _paragraph(spec, rng)
             for j, s in enumerate(sents):  # one entry per moment, as LocalizingMoments does
                 t0 = min(5, j * 6 // len(sents))
-                items.append({"video": name, "description": s.text, "times": [[t0, t0]], "annotation_id": ann,
-                              "num_segments": 6})
+                items.append(
+                    {"video": name, "description": s.text, "times": [[t0, t0]], "annotation_id": ann, "num_segments": 6}
+                )
                 ann += 1
             n_caps += len(sents)
             paths.append(raw / "videos" / name)
@@ -535,8 +609,11 @@ def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
 
 
 def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
-    files = {"train": "LSMDC16_annos_training.csv", "val": "LSMDC16_annos_val.csv",
-             "test": "LSMDC16_challenge_1000_publictect.csv"}
+    files = {
+        "train": "LSMDC16_annos_training.csv",
+        "val": "LSMDC16_annos_val.csv",
+        "test": "LSMDC16_challenge_1000_publictect.csv",
+    }
     counts = {"train": _count(100, scale), "val": _count(20, scale), "test": _count(30, scale)}
     total = 0
     truth: list[dict] = []
@@ -567,8 +644,12 @@ def _ts(sec: float) -> str:
 
 
 GENERATORS: dict[str, Callable[[Path, np.random.Generator, float], dict]] = {
-    "webvid": _gen_webvid, "cc3m": _gen_cc3m, "msrvtt": _gen_msrvtt,
-    "didemo": _gen_didemo, "msvd": _gen_msvd, "lsmdc": _gen_lsmdc,
+    "webvid": _gen_webvid,
+    "cc3m": _gen_cc3m,
+    "msrvtt": _gen_msrvtt,
+    "didemo": _gen_didemo,
+    "msvd": _gen_msvd,
+    "lsmdc": _gen_lsmdc,
 }
 
 

@@ -52,7 +52,9 @@ def to_tensor(frames: np.ndarray, flip: bool = False) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def crop_params(h: int, w: int, rng: np.random.Generator, scale=CROP_SCALE, ratio=CROP_RATIO) -> tuple[int, int, int, int]:
+def crop_params(
+    h: int, w: int, rng: np.random.Generator, scale=CROP_SCALE, ratio=CROP_RATIO
+) -> tuple[int, int, int, int]:
     """(top, left, height, width) of a random resized crop (torchvision's algorithm:
     10 tries at a random area/aspect, else the centred largest crop of a legal aspect)."""
     area = h * w
@@ -89,14 +91,22 @@ def eval_view(frames: np.ndarray, size: int) -> torch.Tensor:
 
 
 _LR = re.compile(r"\b(left|right|leftwards|rightwards|leftward|rightward)\b", re.IGNORECASE)
-_SWAP = {"left": "right", "right": "left", "leftwards": "rightwards", "rightwards": "leftwards",
-         "leftward": "rightward", "rightward": "leftward"}
+_SWAP = {
+    "left": "right",
+    "right": "left",
+    "leftwards": "rightwards",
+    "rightwards": "leftwards",
+    "leftward": "rightward",
+    "rightward": "leftward",
+}
 
 
 def swap_left_right(caption: str) -> str:
     """The caption of a horizontally flipped video ("left" <-> "right", case kept)."""
+
     def sub(m: re.Match) -> str:
         w = m.group(0)
         out = _SWAP[w.lower()]
         return out.capitalize() if w[0].isupper() else out
+
     return _LR.sub(sub, caption)

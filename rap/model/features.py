@@ -32,8 +32,9 @@ class VideoFeatures:
 
     def index(self, idx: torch.Tensor | slice) -> "VideoFeatures":
         """Rows ``idx`` of every field (e.g. the top-k videos of a query for ITM re-ranking)."""
-        return VideoFeatures(self.emb[idx], self.patches[idx], self.patch_mask[idx], self.hidden[idx],
-                             self.hidden_mask[idx])
+        return VideoFeatures(
+            self.emb[idx], self.patches[idx], self.patch_mask[idx], self.hidden[idx], self.hidden_mask[idx]
+        )
 
 
 @dataclass
@@ -44,17 +45,28 @@ class TextFeatures:
     hidden: torch.Tensor  # (B, L, H) last BERT layer
 
 
-def project_video(vision: VideoEncoder, proj: nn.Linear, video: torch.Tensor, mask_ratio: float = 0.0,
-                  generator: torch.Generator | None = None) -> VideoFeatures:
+def project_video(
+    vision: VideoEncoder,
+    proj: nn.Linear,
+    video: torch.Tensor,
+    mask_ratio: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> VideoFeatures:
     hidden, patch_mask = vision(video, mask_ratio, generator)
     z = F.normalize(proj(hidden), dim=-1)
     cls_visible = torch.ones_like(patch_mask[:, :1])
-    return VideoFeatures(emb=z[:, 0], patches=z[:, 1:], patch_mask=patch_mask, hidden=hidden,
-                         hidden_mask=torch.cat([cls_visible, patch_mask], dim=1))
+    return VideoFeatures(
+        emb=z[:, 0],
+        patches=z[:, 1:],
+        patch_mask=patch_mask,
+        hidden=hidden,
+        hidden_mask=torch.cat([cls_visible, patch_mask], dim=1),
+    )
 
 
-def project_text(text: TextEncoder, proj: nn.Linear, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor) -> TextFeatures:
+def project_text(
+    text: TextEncoder, proj: nn.Linear, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> TextFeatures:
     hidden = text(input_ids, attention_mask)
     z = F.normalize(proj(hidden), dim=-1)
     return TextFeatures(emb=z[:, 0], tokens=z[:, 1:], token_mask=attention_mask[:, 1:].bool(), hidden=hidden)

@@ -24,8 +24,9 @@ def num_kept(num_tokens: int, ratio: float) -> int:
     return max(1, int(num_tokens * (1.0 - ratio)))
 
 
-def random_masking(x: torch.Tensor, ratio: float,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def random_masking(
+    x: torch.Tensor, ratio: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Keep a random subset of tokens of each row of ``x`` (B, T, C).
 
     Returns ``(visible (B, T_keep, C), keep_idx (B, T_keep))``; ``keep_idx`` holds the original
@@ -42,8 +43,9 @@ def random_masking(x: torch.Tensor, ratio: float,
     return visible, keep_idx
 
 
-def frame_average(tokens: torch.Tensor, keep_idx: torch.Tensor | None, num_frames: int,
-                  num_positions: int) -> tuple[torch.Tensor, torch.Tensor]:
+def frame_average(
+    tokens: torch.Tensor, keep_idx: torch.Tensor | None, num_frames: int, num_positions: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Average per-frame patch outputs position by position (paper 3.2, P_n = 1/K sum_k Pf_n^k).
 
     ``tokens`` (B*K, T, W) are the encoder outputs of the kept patches (no [CLS]), ``keep_idx``
@@ -60,14 +62,21 @@ def frame_average(tokens: torch.Tensor, keep_idx: torch.Tensor | None, num_frame
         return avg, torch.ones(b, t, dtype=torch.bool, device=tokens.device)
     idx = keep_idx.reshape(b, num_frames * t)
     sums = tokens.new_zeros(b, num_positions, w).scatter_add_(
-        1, idx.unsqueeze(-1).expand(b, num_frames * t, w), tokens.reshape(b, num_frames * t, w))
+        1, idx.unsqueeze(-1).expand(b, num_frames * t, w), tokens.reshape(b, num_frames * t, w)
+    )
     counts = tokens.new_zeros(b, num_positions).scatter_add_(1, idx, tokens.new_ones(b, num_frames * t))
     return sums / counts.clamp(min=1.0).unsqueeze(-1), counts > 0
 
 
-def mask_text(input_ids: torch.Tensor, attention_mask: torch.Tensor, ratio: float, *,
-              sep_id: int | None, pad_id: int = 0,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_text(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    ratio: float,
+    *,
+    sep_id: int | None,
+    pad_id: int = 0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop ``floor(n * ratio)`` of the n content tokens of each caption (MAC text masking).
 
     Content = real tokens other than position 0 ([CLS]) and ``sep_id`` ([SEP]). Survivors keep

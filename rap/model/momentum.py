@@ -25,8 +25,16 @@ class MomentumEncoders(nn.Module):
     """EMA copies + queues. Attribute names mirror :class:`rap.model.rap.RaPModel` so that
     :meth:`update` can pair parameters by name."""
 
-    def __init__(self, vision: VideoEncoder, text: TextEncoder | None, vision_proj: nn.Linear,
-                 text_proj: nn.Linear | None, *, queue_size: int, m: float) -> None:
+    def __init__(
+        self,
+        vision: VideoEncoder,
+        text: TextEncoder | None,
+        vision_proj: nn.Linear,
+        text_proj: nn.Linear | None,
+        *,
+        queue_size: int,
+        m: float,
+    ) -> None:
         """``text=None``: a video-only copy (the intra-video second view), no text tower."""
         super().__init__()
         self.vision = copy.deepcopy(vision)
@@ -59,16 +67,24 @@ class MomentumEncoders(nn.Module):
         return project_video(self.vision, self.vision_proj, video, mask_ratio).emb
 
     @torch.no_grad()
-    def embed(self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-              mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(
+        self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum global embeddings (B, D) of the same inputs (same MAC ratio, own mask)."""
         v = project_video(self.vision, self.vision_proj, video, mask_ratio).emb
         t = project_text(self.text, self.text_proj, input_ids, attention_mask).emb
         return v, t
 
-    def distilled_itc(self, video_emb: torch.Tensor, text_emb: torch.Tensor, video_m: torch.Tensor,
-                      text_m: torch.Tensor, temperature: torch.Tensor, alpha: float,
-                      video_ids: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def distilled_itc(
+        self,
+        video_emb: torch.Tensor,
+        text_emb: torch.Tensor,
+        video_m: torch.Tensor,
+        text_m: torch.Tensor,
+        temperature: torch.Tensor,
+        alpha: float,
+        video_ids: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """ITC (eqs. 2-3) against [momentum batch; queue] with distilled soft targets.
 
         The whole queue takes part, its empty slots masked out (their logits at the lowest
@@ -78,8 +94,9 @@ class MomentumEncoders(nn.Module):
         text_all = torch.cat([text_m, self.text_queue])
         b, q = video_emb.shape[0], self.video_queue.shape[0]
         slot = torch.arange(q, device=self.filled.device)
-        valid = torch.cat([torch.ones(b, dtype=torch.bool, device=video_emb.device),
-                           (slot < self.filled).to(video_emb.device)])
+        valid = torch.cat(
+            [torch.ones(b, dtype=torch.bool, device=video_emb.device), (slot < self.filled).to(video_emb.device)]
+        )
         with torch.no_grad():
             if video_ids is None:
                 positives = torch.zeros(b, b + q, device=video_emb.device)
@@ -100,8 +117,9 @@ class MomentumEncoders(nn.Module):
         return loss_v2t, loss_t2v
 
     @torch.no_grad()
-    def enqueue(self, video_m: torch.Tensor, text_m: torch.Tensor, video_ids: torch.Tensor | None,
-                gather: bool | GatherCache) -> None:
+    def enqueue(
+        self, video_m: torch.Tensor, text_m: torch.Tensor, video_ids: torch.Tensor | None, gather: bool | GatherCache
+    ) -> None:
         """FIFO ring buffer; with ``gather`` every rank enqueues the global batch (BLIP). A
         :class:`GatherCache` reuses the ids the losses gathered already."""
         if video_ids is None:

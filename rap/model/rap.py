@@ -31,8 +31,7 @@ from rap.model.video import VideoEncoder
 
 Stage = Literal["pretrain", "finetune"]
 # Parameters exempt from weight decay besides every 1-D tensor (norms, biases).
-_NO_DECAY_SUFFIXES = ("temp", "pos_embed", "cls_token", "position_embeddings.weight",
-                      "token_type_embeddings.weight")
+_NO_DECAY_SUFFIXES = ("temp", "pos_embed", "cls_token", "position_embeddings.weight", "token_type_embeddings.weight")
 
 
 class RaPModel(nn.Module):
@@ -51,12 +50,19 @@ class RaPModel(nn.Module):
         self.itm_head = nn.Linear(self.text.width, 2)
         self.momentum: MomentumEncoders | None = None
         if loss_cfg.momentum:
-            self.momentum = MomentumEncoders(self.vision, self.text, self.vision_proj, self.text_proj,
-                                             queue_size=loss_cfg.queue_size, m=loss_cfg.momentum_m)
+            self.momentum = MomentumEncoders(
+                self.vision,
+                self.text,
+                self.vision_proj,
+                self.text_proj,
+                queue_size=loss_cfg.queue_size,
+                m=loss_cfg.momentum_m,
+            )
         elif loss_cfg.intra_video_view == "momentum" and loss_cfg.intra_video_weight > 0:
             # Only the video tower is needed for the second view; no queues.
-            self.momentum = MomentumEncoders(self.vision, None, self.vision_proj, None, queue_size=1,
-                                             m=loss_cfg.momentum_m)
+            self.momentum = MomentumEncoders(
+                self.vision, None, self.vision_proj, None, queue_size=1, m=loss_cfg.momentum_m
+            )
 
     # ------------------------------------------------------------------ parameters
     @property
@@ -71,8 +77,11 @@ class RaPModel(nn.Module):
 
     def no_weight_decay_names(self) -> set[str]:
         """Trainable parameters AdamW should not decay: norms, biases, tau, position/[CLS] embeddings."""
-        return {name for name, p in self.named_parameters()
-                if p.requires_grad and (p.ndim <= 1 or name.endswith(_NO_DECAY_SUFFIXES))}
+        return {
+            name
+            for name, p in self.named_parameters()
+            if p.requires_grad and (p.ndim <= 1 or name.endswith(_NO_DECAY_SUFFIXES))
+        }
 
     def unused_parameter_names(self) -> set[str]:
         """Trainable parameters no switched-on loss term reaches (so they never get a gradient).
@@ -81,8 +90,12 @@ class RaPModel(nn.Module):
         when this is non-empty; with every term of eq. (10) on, it is empty."""
         lc = self.loss_cfg
         uses_lm, uses_itm = lc.lm_weight > 0, lc.itm_weight > 0
-        uses_embeddings = (lc.itc_weight > 0 or (lc.racl != "none" and lc.racl_lambda > 0)
-                           or lc.intra_video_weight > 0 or lc.intra_text_weight > 0)
+        uses_embeddings = (
+            lc.itc_weight > 0
+            or (lc.racl != "none" and lc.racl_lambda > 0)
+            or lc.intra_video_weight > 0
+            or lc.intra_text_weight > 0
+        )
         prefixes = []
         if not uses_lm:
             prefixes += ["text.dec_self_attn.", "text.lm_transform.", "text.lm_bias"]
@@ -92,42 +105,69 @@ class RaPModel(nn.Module):
             prefixes += ["text.cross_attn."]
         if not uses_embeddings:
             prefixes += ["vision_proj.", "text_proj.", "temp"]
-        return {name for name, p in self.named_parameters()
-                if p.requires_grad and name.startswith(tuple(prefixes))} if prefixes else set()
+        return (
+            {name for name, p in self.named_parameters() if p.requires_grad and name.startswith(tuple(prefixes))}
+            if prefixes
+            else set()
+        )
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vision.set_grad_checkpointing(enable)
         self.text.grad_checkpointing = enable
 
     # ------------------------------------------------------------------ encoders
-    def encode_video(self, video: torch.Tensor, mask_ratio: float = 0.0,
-                     generator: torch.Generator | None = None) -> VideoFeatures:
+    def encode_video(
+        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None
+    ) -> VideoFeatures:
         """(B, K, 3, H, W) -> :class:`VideoFeatures`; ``mask_ratio`` is ignored in eval mode."""
         return project_video(self.vision, self.vision_proj, video, mask_ratio, generator)
 
-    def mask_text_input(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float,
-                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mask_text_input(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mask_ratio: float,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """MAC text masking (training mode only), see :func:`rap.model.masking.mask_text`."""
         if not self.training or mask_ratio == 0.0:
             return input_ids, attention_mask
-        return mask_text(input_ids, attention_mask, mask_ratio, sep_id=self.special.sep, pad_id=self.special.pad,
-                         generator=generator)
+        return mask_text(
+            input_ids, attention_mask, mask_ratio, sep_id=self.special.sep, pad_id=self.special.pad, generator=generator
+        )
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    mask_ratio: float = 0.0) -> TextFeatures:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float = 0.0
+    ) -> TextFeatures:
         """(B, L) ids -> :class:`TextFeatures`; ``mask_ratio`` is ignored in eval mode."""
         input_ids, attention_mask = self.mask_text_input(input_ids, attention_mask, mask_ratio)
         return project_text(self.text, self.text_proj, input_ids, attention_mask)
 
-    def _itm_logits(self, video_hidden: torch.Tensor | None, video_mask: torch.Tensor, input_ids: torch.Tensor,
-                    attention_mask: torch.Tensor, video_kv: VideoKV | None = None) -> torch.Tensor:
+    def _itm_logits(
+        self,
+        video_hidden: torch.Tensor | None,
+        video_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_kv: VideoKV | None = None,
+    ) -> torch.Tensor:
         """(B, 2) no-match / match logits from the [ENC] output of the video-grounded encoder."""
-        h = self.text(with_prompt(input_ids, self.special.enc), attention_mask, video_hidden=video_hidden,
-                      video_mask=video_mask, video_kv=video_kv)
+        h = self.text(
+            with_prompt(input_ids, self.special.enc),
+            attention_mask,
+            video_hidden=video_hidden,
+            video_mask=video_mask,
+            video_kv=video_kv,
+        )
         return self.itm_head(h[:, 0])
 
-    def itm_scores(self, video_feats: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   video_rows: torch.Tensor | None = None) -> torch.Tensor:
+    def itm_scores(
+        self,
+        video_feats: VideoFeatures,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Match logit log(p_match / p_no_match), (P,), for pair p = (video p, text p), or with
         ``video_rows`` (P,) for pair p = (video ``video_rows[p]`` of ``video_feats``, text p):
         each video's cross-attention keys and values are then computed once, however many of
@@ -144,9 +184,16 @@ class RaPModel(nn.Module):
         return logits[:, 1] - logits[:, 0]
 
     # ------------------------------------------------------------------ losses
-    def forward(self, batch: Mapping[str, torch.Tensor], *, alpha: float = 0.0, stage: Stage = "pretrain",
-                gather: bool = False, check_gather_shapes: bool = True,
-                training_stage: Stage | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self,
+        batch: Mapping[str, torch.Tensor],
+        *,
+        alpha: float = 0.0,
+        stage: Stage = "pretrain",
+        gather: bool = False,
+        check_gather_shapes: bool = True,
+        training_stage: Stage | None = None,
+    ) -> dict[str, torch.Tensor]:
         """Loss terms of eq. (10) for one batch (keys: see module docstring and DESIGN.md).
 
         ``batch``: video (B,K,3,H,W), input_ids/attention_mask (B,L), optional video_index (B,)
@@ -194,10 +241,19 @@ class RaPModel(nn.Module):
             total = total + lc.itc_weight * out["itc"]
         if lc.racl != "none" and lc.racl_lambda > 0:
             r_v2t, r_t2v = racl_function(lc.racl_variant)(
-                v.emb, v.patches, t.emb, t.tokens, t.token_mask, tau, patch_mask=v.patch_mask,
-                weight_grad=lc.racl_weight_grad, weight_floor=lc.racl_weight_floor, video_ids=video_ids,
+                v.emb,
+                v.patches,
+                t.emb,
+                t.tokens,
+                t.token_mask,
+                tau,
+                patch_mask=v.patch_mask,
+                weight_grad=lc.racl_weight_grad,
+                weight_floor=lc.racl_weight_floor,
+                video_ids=video_ids,
                 # the released code's local loss sees the per-GPU batch only
-                gather=shared if lc.racl_variant == "paper" else False)
+                gather=shared if lc.racl_variant == "paper" else False,
+            )
             terms = racl_terms(lc.racl, r_v2t, r_t2v)
             out.update(terms)
             total = total + lc.racl_lambda * sum(terms.values())
@@ -235,8 +291,14 @@ class RaPModel(nn.Module):
             return self.momentum.embed_video(video_aug, mask_ratio)
         return self.encode_video(video_aug, mask_ratio).emb
 
-    def _itm_loss(self, v: VideoFeatures, t: TextFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                  video_ids: torch.Tensor | None) -> torch.Tensor:
+    def _itm_loss(
+        self,
+        v: VideoFeatures,
+        t: TextFeatures,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Video-text matching (A.1): positives + one hard negative per video and per text (BLIP).
 
         Negatives are drawn from softmax of the contrastive similarities with every entry of
@@ -264,23 +326,34 @@ class RaPModel(nn.Module):
         # host); a pair without a negative is computed but weighs 0 in the mean.
         vid_idx = torch.cat([rows, neg_video, rows])
         txt_idx = torch.cat([rows, rows, neg_text])
-        labels = torch.cat([torch.ones(b, dtype=torch.long, device=dev),
-                            torch.zeros(2 * b, dtype=torch.long, device=dev)])
+        labels = torch.cat(
+            [torch.ones(b, dtype=torch.long, device=dev), torch.zeros(2 * b, dtype=torch.long, device=dev)]
+        )
         used = torch.cat([torch.ones(b, dtype=torch.bool, device=dev), has_neg_video, has_neg_text])
-        logits = self._itm_logits(v.hidden[vid_idx], v.hidden_mask[vid_idx], input_ids[txt_idx],
-                                  attention_mask[txt_idx])
+        logits = self._itm_logits(
+            v.hidden[vid_idx], v.hidden_mask[vid_idx], input_ids[txt_idx], attention_mask[txt_idx]
+        )
         per_pair = F.cross_entropy(logits.float(), labels, reduction="none")
         return torch.where(used, per_pair, torch.zeros_like(per_pair)).sum() / used.sum()
 
     def _lm_loss(self, v: VideoFeatures, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Video-grounded captioning (A.1): [DEC] as BOS, predict every following real token
         ([SEP] acts as end of sequence), label smoothing ``loss.lm_label_smoothing``."""
-        h = self.text(with_prompt(input_ids, self.special.dec), attention_mask, video_hidden=v.hidden,
-                      video_mask=v.hidden_mask, causal=True)
+        h = self.text(
+            with_prompt(input_ids, self.special.dec),
+            attention_mask,
+            video_hidden=v.hidden,
+            video_mask=v.hidden_mask,
+            causal=True,
+        )
         logits = self.text.lm_logits(h[:, :-1])
         labels = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100,
-                               label_smoothing=self.loss_cfg.lm_label_smoothing)
+        return F.cross_entropy(
+            logits.flatten(0, 1).float(),
+            labels.flatten(),
+            ignore_index=-100,
+            label_smoothing=self.loss_cfg.lm_label_smoothing,
+        )
 
 
 def _sample_rows(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

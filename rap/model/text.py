@@ -47,15 +47,22 @@ class TextEncoder(nn.Module):
             self.bert, lm_head, _ = load_bert(cfg)  # every weight checked (rap/model/weights.py)
             self.bert.resize_token_embeddings(vocab_size)  # room for [ENC] / [DEC]
         else:
-            config = BertConfig(vocab_size=vocab_size, hidden_size=cfg.hidden_size,
-                                num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
-                                intermediate_size=cfg.intermediate_size, pad_token_id=pad_id,
-                                max_position_embeddings=max(512, cfg.max_len_eval))
+            config = BertConfig(
+                vocab_size=vocab_size,
+                hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.intermediate_size,
+                pad_token_id=pad_id,
+                max_position_embeddings=max(512, cfg.max_len_eval),
+            )
             self.bert = BertModel(config, add_pooling_layer=False)
         config = self.bert.config
         if cfg.max_len_eval > config.max_position_embeddings:
-            raise ConfigError(f"model.text.max_len_eval={cfg.max_len_eval} exceeds the "
-                              f"{config.max_position_embeddings} positions of {cfg.name!r}")
+            raise ConfigError(
+                f"model.text.max_len_eval={cfg.max_len_eval} exceeds the "
+                f"{config.max_position_embeddings} positions of {cfg.name!r}"
+            )
         self.width: int = config.hidden_size
         self.grad_checkpointing = False
         layers = self.bert.encoder.layer
@@ -81,9 +88,13 @@ class TextEncoder(nn.Module):
     def _init_lm_head(self, lm_head: dict[str, torch.Tensor]) -> None:
         """The LM head from the checkpoint's MLM head (``cls.predictions.transform`` / ``.bias``),
         as BLIP's decoder starts from BERT's; the two task tokens' biases stay 0."""
-        transform = {k.removeprefix("transform.").replace("LayerNorm.gamma", "LayerNorm.weight")
-                     .replace("LayerNorm.beta", "LayerNorm.bias"): v
-                     for k, v in lm_head.items() if k.startswith("transform.")}
+        transform = {
+            k.removeprefix("transform.")
+            .replace("LayerNorm.gamma", "LayerNorm.weight")
+            .replace("LayerNorm.beta", "LayerNorm.bias"): v
+            for k, v in lm_head.items()
+            if k.startswith("transform.")
+        }
         if transform:
             self.lm_transform.load_state_dict(transform)  # strict: all four tensors or an error
         if "bias" in lm_head:
@@ -95,7 +106,8 @@ class TextEncoder(nn.Module):
         if self.bert.config._attn_implementation == "sdpa":
             return allowed
         return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(
-            ~allowed, torch.finfo(dtype).min)
+            ~allowed, torch.finfo(dtype).min
+        )
 
     def video_kv(self, video_hidden: torch.Tensor) -> VideoKV:
         """Keys and values of every cross-attention layer for these videos (B, M, W).
@@ -109,21 +121,28 @@ class TextEncoder(nn.Module):
         shape = (*video_hidden.shape[:-1], -1, sa.attention_head_size)
         return sa.key(video_hidden).view(shape).transpose(1, 2), sa.value(video_hidden).view(shape).transpose(1, 2)
 
-    def _cross_attend(self, i: int, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor],
-                      mask: torch.Tensor | None) -> torch.Tensor:
+    def _cross_attend(
+        self, i: int, h: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None
+    ) -> torch.Tensor:
         """Layer i's injected cross-attention on precomputed keys/values: what
         ``BertAttention(h, None, video_hidden, mask)`` computes (same attention backend)."""
         attn = self.cross_attn[i]
         sa = attn.self
         query = sa.query(h).view(*h.shape[:-1], -1, sa.attention_head_size).transpose(1, 2)
         attend = ALL_ATTENTION_FUNCTIONS.get_interface(sa.config._attn_implementation, eager_attention_forward)
-        out, _ = attend(sa, query, kv[0], kv[1], mask, dropout=sa.dropout.p if sa.training else 0.0,
-                        scaling=sa.scaling)
+        out, _ = attend(sa, query, kv[0], kv[1], mask, dropout=sa.dropout.p if sa.training else 0.0, scaling=sa.scaling)
         return attn.output(out.reshape(*h.shape[:-1], -1).contiguous(), h)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                video_hidden: torch.Tensor | None = None, video_mask: torch.Tensor | None = None,
-                causal: bool = False, video_kv: VideoKV | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        video_hidden: torch.Tensor | None = None,
+        video_mask: torch.Tensor | None = None,
+        causal: bool = False,
+        video_kv: VideoKV | None = None,
+    ) -> torch.Tensor:
         """Last hidden states (B, L, H).
 
         ``video_hidden`` (B, M, W) switches the injected cross-attention on (ITM/LM);
@@ -144,11 +163,11 @@ class TextEncoder(nn.Module):
         cross_mask = None
         if grounded:
             n_video = video_kv[0][0].shape[2] if video_kv is not None else video_hidden.shape[1]
-            vm = (video_mask if video_mask is not None
-                  else torch.ones(b, n_video, dtype=torch.bool, device=h.device))
+            vm = video_mask if video_mask is not None else torch.ones(b, n_video, dtype=torch.bool, device=h.device)
             cross_mask = self._mask(vm.bool()[:, None, None, :].expand(b, 1, n, vm.shape[1]), h.dtype)
 
         for i, layer in enumerate(self.bert.encoder.layer):
+
             def block(h: torch.Tensor, i: int = i, layer: nn.Module = layer) -> torch.Tensor:
                 attn = self.dec_self_attn[i] if causal else layer.attention
                 h = attn(h, self_mask)[0]
@@ -167,8 +186,9 @@ class TextEncoder(nn.Module):
 
     def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Next-token logits (B, L, V); output weights tied to the word embeddings."""
-        return nn.functional.linear(self.lm_transform(hidden), self.bert.embeddings.word_embeddings.weight,
-                                    self.lm_bias)
+        return nn.functional.linear(
+            self.lm_transform(hidden), self.bert.embeddings.word_embeddings.weight, self.lm_bias
+        )
 
 
 def with_prompt(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:

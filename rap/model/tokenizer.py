@@ -26,18 +26,29 @@ def build_builtin_tokenizer(model_max_length: int = 512) -> PreTrainedTokenizerF
 
     vocab = {tok: i for i, tok in enumerate(vocabulary())}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                strip_accents=True, lowercase=True)
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
     tok.decoder = decoders.WordPiece(prefix="##")
     pad, unk, cls, sep, mask = SPECIAL_TOKENS
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token=unk, pad_token=pad, cls_token=cls, sep_token=sep, mask_token=mask,
-        additional_special_tokens=list(TASK_TOKENS), model_max_length=model_max_length,
-        padding_side="right", truncation_side="right")
+        tokenizer_object=tok,
+        unk_token=unk,
+        pad_token=pad,
+        cls_token=cls,
+        sep_token=sep,
+        mask_token=mask,
+        additional_special_tokens=list(TASK_TOKENS),
+        model_max_length=model_max_length,
+        padding_side="right",
+        truncation_side="right",
+    )
 
 
 def build_tokenizer(text_cfg: TextConfig) -> PreTrainedTokenizerFast:
@@ -48,15 +59,19 @@ def build_tokenizer(text_cfg: TextConfig) -> PreTrainedTokenizerFast:
     try:
         tok = AutoTokenizer.from_pretrained(source, use_fast=True, local_files_only=True)
     except OSError as err:
-        raise ConfigError(f"model.text.tokenizer: cannot load {text_cfg.tokenizer!r} ({err}); use 'builtin' "
-                          "offline or make the tokenizer available in the Hugging Face cache") from err
+        raise ConfigError(
+            f"model.text.tokenizer: cannot load {text_cfg.tokenizer!r} ({err}); use 'builtin' "
+            "offline or make the tokenizer available in the Hugging Face cache"
+        ) from err
     missing = [t for t in TASK_TOKENS if t not in tok.get_vocab()]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     for name in ("cls_token", "sep_token", "pad_token"):
         if getattr(tok, name) is None:
-            raise ConfigError(f"model.text.tokenizer: {text_cfg.tokenizer!r} has no {name}; a BERT-style "
-                              "tokenizer with [CLS]/[SEP]/[PAD] is required")
+            raise ConfigError(
+                f"model.text.tokenizer: {text_cfg.tokenizer!r} has no {name}; a BERT-style "
+                "tokenizer with [CLS]/[SEP]/[PAD] is required"
+            )
     return tok
 
 

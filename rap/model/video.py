@@ -24,12 +24,19 @@ class VideoEncoder(nn.Module):
 
     def __init__(self, cfg: VisionConfig) -> None:
         super().__init__()
-        overrides = {k: getattr(cfg, k) for k in ("patch_size", "embed_dim", "depth", "num_heads")
-                     if getattr(cfg, k) is not None}
+        overrides = {
+            k: getattr(cfg, k) for k in ("patch_size", "embed_dim", "depth", "num_heads") if getattr(cfg, k) is not None
+        }
         try:
-            self.vit = timm.create_model(cfg.timm_name, pretrained=False, img_size=cfg.img_size,
-                                         num_classes=0, dynamic_img_size=False,
-                                         drop_path_rate=cfg.drop_path_rate, **overrides)
+            self.vit = timm.create_model(
+                cfg.timm_name,
+                pretrained=False,
+                img_size=cfg.img_size,
+                num_classes=0,
+                dynamic_img_size=False,
+                drop_path_rate=cfg.drop_path_rate,
+                **overrides,
+            )
         except (RuntimeError, OSError) as err:
             raise ConfigError(f"model.vision.timm_name: cannot build timm model {cfg.timm_name!r}: {err}") from err
         if cfg.pretrained:
@@ -37,8 +44,10 @@ class VideoEncoder(nn.Module):
             # 224 px -> 16x16 at 256 px), every weight checked (rap/model/weights.py)
             load_timm_weights(self.vit, timm_weights_file(cfg))
         if getattr(self.vit, "cls_token", None) is None or self.vit.num_prefix_tokens != 1:
-            raise ConfigError(f"model.vision.timm_name: {cfg.timm_name!r} must be a ViT with exactly one "
-                              "[CLS] token and no register tokens (P_cls is the video embedding)")
+            raise ConfigError(
+                f"model.vision.timm_name: {cfg.timm_name!r} must be a ViT with exactly one "
+                "[CLS] token and no register tokens (P_cls is the video embedding)"
+            )
         self.width: int = self.vit.embed_dim
         self.num_patches: int = self.vit.patch_embed.num_patches
         self.img_size = cfg.img_size
@@ -46,8 +55,9 @@ class VideoEncoder(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vit.set_grad_checkpointing(enable)
 
-    def forward(self, video: torch.Tensor, mask_ratio: float = 0.0,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, video: torch.Tensor, mask_ratio: float = 0.0, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``hidden (B, 1+N, W)`` ([CLS] first) and ``patch_mask (B, N)`` bool.
 
         Masking only happens in training mode; evaluation always sees every patch.

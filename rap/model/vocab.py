@@ -71,7 +71,8 @@ about against among off out up down over again further just now very too so than
 sea beach mountain river lake forest park garden kitchen office stage music song game
 sport sports team football soccer basketball tennis news talk interview cartoon
 animation animated text words title logo
-as birthday cheer contracts definition drifts drops expands gets high holidays late leftwards rightwards mood motion party sinks someone town
+as birthday cheer contracts definition drifts drops expands gets high holidays late leftwards rightwards
+mood motion party sinks someone town
 """.split()
 
 

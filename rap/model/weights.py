@@ -43,13 +43,16 @@ class MissingWeightsError(ConfigError):
 
 def hub_offline() -> bool:
     """``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` as huggingface_hub reads them."""
-    return any(os.environ.get(k, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _hub_cache() -> str:
     """The cache directory, read from the environment now (huggingface_hub reads it at import)."""
     from huggingface_hub import constants
+
     if os.environ.get("HF_HUB_CACHE"):
         return os.environ["HF_HUB_CACHE"]
     if os.environ.get("HF_HOME"):
@@ -64,9 +67,11 @@ def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
 def _snapshot(repo_id: str, patterns: list[str]) -> Path | None:
     """The cache snapshot of ``repo_id`` (fetched first unless offline); None when unavailable."""
     from huggingface_hub import snapshot_download
+
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=_hub_cache(),
-                                      local_files_only=hub_offline()))
+        return Path(
+            snapshot_download(repo_id, allow_patterns=patterns, cache_dir=_hub_cache(), local_files_only=hub_offline())
+        )
     except Exception as err:  # noqa: BLE001 - hub errors (offline, 404, network) all mean "not here"
         log.debug("no snapshot of %s: %s", repo_id, err)
         return None
@@ -79,7 +84,8 @@ def _missing(what: str, key: str, repo_id: str, need: str) -> MissingWeightsErro
         f"    huggingface-cli download {repo_id}\n"
         f"(into the Hugging Face cache, {_hub_cache()}; HF_HOME/HF_HUB_CACHE move it), or with\n"
         f"    huggingface-cli download {repo_id} --local-dir DIR\n"
-        f"and set {key}: DIR in params.yaml.")
+        f"and set {key}: DIR in params.yaml."
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -93,11 +99,17 @@ def bert_dir(cfg: TextConfig) -> Path:
     if cfg.weights:
         folder = Path(cfg.weights).expanduser()
         if not (folder / "config.json").is_file() or _first(folder, BERT_WEIGHT_FILES) is None:
-            raise _missing(what, "model.text.weights", cfg.name,
-                           f"{folder}/config.json and {folder}/{' or '.join(BERT_WEIGHT_FILES)}")
+            raise _missing(
+                what,
+                "model.text.weights",
+                cfg.name,
+                f"{folder}/config.json and {folder}/{' or '.join(BERT_WEIGHT_FILES)}",
+            )
         return folder
-    folder = _snapshot(cfg.name, ["config.json", "model.safetensors", *TOKENIZER_FILES,
-                                  "tokenizer_config.json", "special_tokens_map.json"])
+    folder = _snapshot(
+        cfg.name,
+        ["config.json", "model.safetensors", *TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json"],
+    )
     if folder is None or not (folder / "config.json").is_file() or _first(folder, BERT_WEIGHT_FILES) is None:
         raise _missing(what, "model.text.weights", cfg.name, "config.json and model.safetensors")
     return folder
@@ -109,17 +121,20 @@ def tokenizer_source(cfg: TextConfig) -> str:
     if cfg.pretrained and cfg.tokenizer == cfg.name:
         folder = bert_dir(cfg)
     else:
-        folder = _snapshot(cfg.tokenizer, [*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json",
-                                           "config.json"])
+        folder = _snapshot(
+            cfg.tokenizer, [*TOKENIZER_FILES, "tokenizer_config.json", "special_tokens_map.json", "config.json"]
+        )
     if folder is None or _first(folder, TOKENIZER_FILES) is None:
-        raise _missing(f"tokenizer {cfg.tokenizer!r}", "model.text.weights", cfg.tokenizer,
-                       " or ".join(TOKENIZER_FILES))
+        raise _missing(
+            f"tokenizer {cfg.tokenizer!r}", "model.text.weights", cfg.tokenizer, " or ".join(TOKENIZER_FILES)
+        )
     return str(folder)
 
 
 def _checkpoint_keys(path: Path) -> list[str]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
+
         with safe_open(str(path), "pt") as f:
             return list(f.keys())
     return list(torch.load(path, map_location="cpu", weights_only=True))
@@ -128,6 +143,7 @@ def _checkpoint_keys(path: Path) -> list[str]:
 def _checkpoint_state(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
+
         return load_file(str(path))
     state = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in ("model", "state_dict"):  # DeiT's own .pth files wrap the state dict
@@ -157,16 +173,25 @@ def load_bert(cfg: TextConfig):
 
     folder = bert_dir(cfg)
     weights = _first(folder, BERT_WEIGHT_FILES)
-    bert, info = BertModel.from_pretrained(str(folder), add_pooling_layer=False, output_loading_info=True,
-                                           local_files_only=True)
+    bert, info = BertModel.from_pretrained(
+        str(folder), add_pooling_layer=False, output_loading_info=True, local_files_only=True
+    )
     if info["missing_keys"] or info["mismatched_keys"]:
-        raise ConfigError(f"{weights}: not a BERT checkpoint for {cfg.name!r}: missing "
-                          f"{sorted(info['missing_keys'])[:5]}, mismatched "
-                          f"{sorted(map(str, info['mismatched_keys']))[:5]}")
-    lm_head = {k.removeprefix("cls.predictions."): v for k, v in _checkpoint_state(weights).items()
-               if k.startswith("cls.predictions.") and not k.startswith("cls.predictions.decoder.")}
-    leftover = [k for k in info["unexpected_keys"]
-                if not k.startswith(BERT_UNUSED_PREFIXES) and not k.startswith("cls.predictions.")]
+        raise ConfigError(
+            f"{weights}: not a BERT checkpoint for {cfg.name!r}: missing "
+            f"{sorted(info['missing_keys'])[:5]}, mismatched "
+            f"{sorted(map(str, info['mismatched_keys']))[:5]}"
+        )
+    lm_head = {
+        k.removeprefix("cls.predictions."): v
+        for k, v in _checkpoint_state(weights).items()
+        if k.startswith("cls.predictions.") and not k.startswith("cls.predictions.decoder.")
+    }
+    leftover = [
+        k
+        for k in info["unexpected_keys"]
+        if not k.startswith(BERT_UNUSED_PREFIXES) and not k.startswith("cls.predictions.")
+    ]
     if leftover:
         raise ConfigError(f"{weights}: weights RaP would silently ignore: {sorted(leftover)[:8]}")
     keys = _checkpoint_keys(weights)
@@ -193,8 +218,12 @@ def timm_weights_file(cfg: VisionConfig) -> Path:
         path = Path(cfg.weights).expanduser()
         found = _first(path, TIMM_WEIGHT_FILES) if path.is_dir() else (path if path.is_file() else None)
         if found is None:
-            raise _missing(what, "model.vision.weights", repo_id,
-                           f"{path} (a checkpoint file, or a directory with {' or '.join(TIMM_WEIGHT_FILES)})")
+            raise _missing(
+                what,
+                "model.vision.weights",
+                repo_id,
+                f"{path} (a checkpoint file, or a directory with {' or '.join(TIMM_WEIGHT_FILES)})",
+            )
         return found
     folder = _snapshot(repo_id, ["model.safetensors", "config.json"])
     found = _first(folder, TIMM_WEIGHT_FILES) if folder is not None else None
@@ -215,8 +244,10 @@ def load_timm_weights(vit: torch.nn.Module, path: Path) -> LoadReport:
     state = {k: v for k, v in state.items() if k not in set(unused)}
     result = vit.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise ConfigError(f"{path}: not a checkpoint of this ViT: missing {result.missing_keys[:5]}, "
-                          f"unexpected {result.unexpected_keys[:5]}")
+        raise ConfigError(
+            f"{path}: not a checkpoint of this ViT: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
     if unused:
         log.info("%s: not used by RaP (ImageNet classifier): %s", path, unused)
     return LoadReport(path, tuple(state), tuple(unused))

@@ -30,7 +30,6 @@ import torch
 from rap.config import Params
 from rap.losses import redundancy
 
-
 DEFAULT_DATASET = "msrvtt"
 DEFAULT_SPLIT = "test"
 CMAP = "coolwarm"  # blue = high redundancy (low weight), red = low redundancy (high weight)
@@ -50,20 +49,23 @@ def load_model(params: Params, checkpoint: Path, device: torch.device | str = "c
 
     Every model parameter must come from the checkpoint: a partly loaded model would draw
     meaningless maps."""
-    from rap.model.rap import RaPModel
     from rap.checkpoint_io import load_model_weights
+    from rap.model.rap import RaPModel
 
     model = RaPModel(params.cfg.model, params.cfg.pretrain.loss)
     result = load_model_weights(model, Path(checkpoint), strict=False)
     if result["missing"]:
-        raise RuntimeError(f"{checkpoint}: {len(result['missing'])} model tensor(s) missing from the checkpoint "
-                           f"(was it trained with another model config?): {result['missing'][:5]}")
+        raise RuntimeError(
+            f"{checkpoint}: {len(result['missing'])} model tensor(s) missing from the checkpoint "
+            f"(was it trained with another model config?): {result['missing'][:5]}"
+        )
     return model.to(device).eval()
 
 
 @torch.no_grad()
-def redundancy_weights(model, video: torch.Tensor, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor) -> list[Weights]:
+def redundancy_weights(
+    model, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> list[Weights]:
     """Weights ``1 - vr`` (patches) and ``1 - tr`` (tokens) of each pair (video i, caption i),
     eqs. (4)-(8). ``video`` (B, K, 3, H, W); ``input_ids``/``attention_mask`` (B, L)."""
     device = next(model.parameters()).device
@@ -80,8 +82,9 @@ def redundancy_weights(model, video: torch.Tensor, input_ids: torch.Tensor,
     for b in range(video.shape[0]):
         keep = t.token_mask[b].cpu().numpy()
         ids = input_ids[b, 1:][torch.from_numpy(keep)].tolist()
-        out.append(Weights(w_patch[b].reshape(side, side), model.tokenizer.convert_ids_to_tokens(ids),
-                           w_token[b][keep]))
+        out.append(
+            Weights(w_patch[b].reshape(side, side), model.tokenizer.convert_ids_to_tokens(ids), w_token[b][keep])
+        )
     return out
 
 
@@ -98,8 +101,15 @@ def _normalised(w: np.ndarray) -> tuple[np.ndarray, float, float]:
     return (w - lo) / (hi - lo if hi > lo else 1.0), lo, hi
 
 
-def plot_weights(videos: torch.Tensor, captions: Sequence[str], weights: dict[str, list[Weights]],
-                 out_png: Path, *, show_frames: int = 2, title: str = "") -> Path:
+def plot_weights(
+    videos: torch.Tensor,
+    captions: Sequence[str],
+    weights: dict[str, list[Weights]],
+    out_png: Path,
+    *,
+    show_frames: int = 2,
+    title: str = "",
+) -> Path:
     """Draw the figure: per clip and model one row of ``show_frames`` frames with the patch
     weight map overlaid, and the token weights as horizontal bars on the right."""
     import matplotlib
@@ -114,8 +124,7 @@ def plot_weights(videos: torch.Tensor, captions: Sequence[str], weights: dict[st
     max_tokens = max(len(w.tokens) for ws in weights.values() for w in ws)
     row_height = max(2.5, 0.13 * max_tokens)  # room for one readable label per token
     fig = plt.figure(figsize=(2.3 * len(show) + 4.0, row_height * n_rows + 1.2))
-    grid = fig.add_gridspec(n_rows, len(show) + 1, width_ratios=[1.0] * len(show) + [1.5],
-                            hspace=0.55, wspace=0.3)
+    grid = fig.add_gridspec(n_rows, len(show) + 1, width_ratios=[1.0] * len(show) + [1.5], hspace=0.55, wspace=0.3)
     for c in range(n_clips):
         frames = _display_frames(videos[c])
         for m, name in enumerate(models):
@@ -126,8 +135,15 @@ def plot_weights(videos: torch.Tensor, captions: Sequence[str], weights: dict[st
                 ax = fig.add_subplot(grid[row, j])
                 h, wd = frames[f].shape[:2]
                 ax.imshow(frames[f])
-                ax.imshow(np.ma.masked_invalid(heat), cmap=CMAP, vmin=0.0, vmax=1.0, alpha=0.5,
-                          extent=(0, wd, h, 0), interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_invalid(heat),
+                    cmap=CMAP,
+                    vmin=0.0,
+                    vmax=1.0,
+                    alpha=0.5,
+                    extent=(0, wd, h, 0),
+                    interpolation="nearest",
+                )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_xlabel(f"frame {f + 1}/{k}", fontsize=7)
@@ -145,9 +161,14 @@ def plot_weights(videos: torch.Tensor, captions: Sequence[str], weights: dict[st
             ax.tick_params(axis="x", labelsize=6)
             ax.set_xlabel("token weight 1-tr", fontsize=7)
     fig.suptitle(title or "Redundancy weights (RaP Figure 3)", fontsize=10)
-    fig.text(0.01, 0.005, "Patch features are averaged over the K frames (paper 3.2): each patch position has one "
-             "weight, drawn over every shown frame. Colours scaled per row; red = low redundancy (high weight).",
-             fontsize=6.5, wrap=True)
+    fig.text(
+        0.01,
+        0.005,
+        "Patch features are averaged over the K frames (paper 3.2): each patch position has one "
+        "weight, drawn over every shown frame. Colours scaled per row; red = low redundancy (high weight).",
+        fontsize=6.5,
+        wrap=True,
+    )
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120, bbox_inches="tight", metadata={"Software": None})
@@ -155,9 +176,19 @@ def plot_weights(videos: torch.Tensor, captions: Sequence[str], weights: dict[st
     return out_png
 
 
-def draw_figure(params: Params, racl_ckpt: Path, baseline_ckpt: Path, out_png: Path, *,
-                dataset: str = DEFAULT_DATASET, split: str = DEFAULT_SPLIT, clips: int = 2,
-                show_frames: int = 2, device: str | None = None, track: bool = True) -> Path:
+def draw_figure(
+    params: Params,
+    racl_ckpt: Path,
+    baseline_ckpt: Path,
+    out_png: Path,
+    *,
+    dataset: str = DEFAULT_DATASET,
+    split: str = DEFAULT_SPLIT,
+    clips: int = 2,
+    show_frames: int = 2,
+    device: str | None = None,
+    track: bool = True,
+) -> Path:
     """Figure 3 for the first ``clips`` videos of ``dataset``/``split`` (first caption each):
     the RaCL model (``racl_ckpt``) beside the model trained without RaCL (``baseline_ckpt``).
     Writes ``out_png`` and, with ``track``, logs it to the stage's MLflow run."""
@@ -178,12 +209,19 @@ def draw_figure(params: Params, racl_ckpt: Path, baseline_ckpt: Path, out_png: P
     weights: dict[str, list[Weights]] = {}
     for name, ckpt in (("RaCL (RaP)", racl_ckpt), ("w/o RaCL", baseline_ckpt)):
         model = load_model(params, ckpt, dev)
-        tok = model.tokenizer(captions, padding="longest", truncation=True,
-                              max_length=params.cfg.model.text.max_len_eval, return_tensors="pt")
+        tok = model.tokenizer(
+            captions,
+            padding="longest",
+            truncation=True,
+            max_length=params.cfg.model.text.max_len_eval,
+            return_tensors="pt",
+        )
         weights[name] = redundancy_weights(model, videos, tok["input_ids"], tok["attention_mask"])
         del model
-    title = (f"Redundancy weights on {dataset} {split} (scale {params.scale}, "
-             f"{format_value(params.cfg.data.frames_eval)} frames): RaCL vs w/o RaCL")
+    title = (
+        f"Redundancy weights on {dataset} {split} (scale {params.scale}, "
+        f"{format_value(params.cfg.data.frames_eval)} frames): RaCL vs w/o RaCL"
+    )
     if not track:
         return plot_weights(videos, captions, weights, Path(out_png), show_frames=show_frames, title=title)
     with tracking.stage_run("figure", params):

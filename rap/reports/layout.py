@@ -24,8 +24,15 @@ from pathlib import Path
 from typing import Any
 
 # ablation_overrides (run name -> knobs) lives in rap.config and is re-exported from here.
-from rap.config import (ABLATION_KNOBS, DOWNSTREAM_DATASETS, FINETUNE_TASKS, REFERENCE_KNOBS, ConfigError, Params,
-                        ablation_overrides)
+from rap.config import (
+    ABLATION_KNOBS,
+    DOWNSTREAM_DATASETS,
+    FINETUNE_TASKS,
+    REFERENCE_KNOBS,
+    ConfigError,
+    Params,
+    ablation_overrides,
+)
 from rap.run_files import TRAIN_METRICS, TRAIN_TIMINGS
 
 MAIN_RUN = "main"
@@ -72,8 +79,10 @@ def run_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
     root = Path(root)
     if kind == "pretrain":
         if name != MAIN_RUN:
-            raise ConfigError(f"run_dir('pretrain', {name!r}): the only pre-training run is {MAIN_RUN!r}; "
-                              "ablation pre-trainings live under kind 'ablation'")
+            raise ConfigError(
+                f"run_dir('pretrain', {name!r}): the only pre-training run is {MAIN_RUN!r}; "
+                "ablation pre-trainings live under kind 'ablation'"
+            )
         return root / "pretrain" / MAIN_RUN
     if kind == "finetune":
         _check_task(name)
@@ -155,14 +164,31 @@ def ablation_settings(params: Params, root: str | Path = "runs", table: int | No
             continue
         knob = ABLATION_KNOBS[prefix]
         ref = REFERENCE_KNOBS[knob]
-        rows = [AblationSetting(f"{prefix}-{format_value(ref)} (main)", knob, ref, tab, True,
-                                run_dir("pretrain", MAIN_RUN, root) if main_ok else None,
-                                metrics_path("zeroshot", ABLATION_EVAL_DATASET, root) if main_ok else None)]
+        rows = [
+            AblationSetting(
+                f"{prefix}-{format_value(ref)} (main)",
+                knob,
+                ref,
+                tab,
+                True,
+                run_dir("pretrain", MAIN_RUN, root) if main_ok else None,
+                metrics_path("zeroshot", ABLATION_EVAL_DATASET, root) if main_ok else None,
+            )
+        ]
         for name in params.ablations:
             if name.partition("-")[0] == prefix:
                 value = ablation_overrides(name)[knob]
-                rows.append(AblationSetting(name, knob, value, tab, False, run_dir("ablation", name, root),
-                                            metrics_path("ablation", name, root)))
+                rows.append(
+                    AblationSetting(
+                        name,
+                        knob,
+                        value,
+                        tab,
+                        False,
+                        run_dir("ablation", name, root),
+                        metrics_path("ablation", name, root),
+                    )
+                )
         rows.sort(key=lambda r: _RACL_ORDER.index(r.value) if knob == "racl" else r.value)
         out.extend(rows)
     return out
@@ -182,8 +208,14 @@ def finetune_tasks(params: Params) -> tuple[str, ...]:
 
 # Paper Tables 1-4: dataset of each table and the blocks it has (block -> fine-tuning task or None).
 RESULT_TABLES: dict[int, tuple[str, tuple[tuple[str, str | None], ...]]] = {
-    1: ("msrvtt", (("Zero-shot", None), ("Fine-tuning on 7k training videos", "msrvtt-7k"),
-                   ("Fine-tuning on 9k training videos", "msrvtt-9k"))),
+    1: (
+        "msrvtt",
+        (
+            ("Zero-shot", None),
+            ("Fine-tuning on 7k training videos", "msrvtt-7k"),
+            ("Fine-tuning on 9k training videos", "msrvtt-9k"),
+        ),
+    ),
     2: ("didemo", (("Zero-shot", None), ("Fine-tuning", "didemo"))),
     3: ("msvd", (("Zero-shot", None), ("Fine-tuning", "msvd"))),
     4: ("lsmdc", (("Zero-shot", None), ("Fine-tuning", "lsmdc"))),
@@ -219,9 +251,17 @@ def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[Tabl
                 rows[table].append(TableRow(table, block, task, metrics_path("finetuned", task, root)))
     for s in ablation_settings(params, root):
         speed = s.table == 8 and s.run_dir is not None
-        rows[s.table].append(TableRow(s.table, "Zero-shot", s.name, s.metrics,
-                                      s.run_dir / TRAIN_METRICS if speed else None,
-                                      s.run_dir / TRAIN_TIMINGS if speed else None, s))
+        rows[s.table].append(
+            TableRow(
+                s.table,
+                "Zero-shot",
+                s.name,
+                s.metrics,
+                s.run_dir / TRAIN_METRICS if speed else None,
+                s.run_dir / TRAIN_TIMINGS if speed else None,
+                s,
+            )
+        )
     return rows
 
 

@@ -28,8 +28,7 @@ from rap.config import PRETRAIN_SOURCES, REFERENCE_KNOBS, Params
 from rap.errors import RapError
 from rap.reports import layout
 from rap.reports.layout import TableRow, format_value
-from rap.reports.paper_results import (DATA_SYMBOLS, TABLE_TITLES, PaperRow, paper_blocks, paper_rap_row,
-                                       paper_rows)
+from rap.reports.paper_results import DATA_SYMBOLS, TABLE_TITLES, PaperRow, paper_blocks, paper_rap_row, paper_rows
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR")
 DIRECTION = "t2v"  # the paper reports text-to-video retrieval only
@@ -156,8 +155,13 @@ def _diff_cells(m: RunMetrics, paper: PaperRow) -> list[str]:
 
 
 def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True,
-                    colalign=("left",) * (len(headers) - 4) + ("right",) * 4)
+    return tabulate(
+        rows,
+        headers=headers,
+        tablefmt="github",
+        disable_numparse=True,
+        colalign=("left",) * (len(headers) - 4) + ("right",) * 4,
+    )
 
 
 class _Context:
@@ -257,8 +261,9 @@ def _reference_note(ctx: _Context, rows: Sequence[TableRow]) -> list[str]:
         return []
     knobs = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(ctx.params.knobs.items()))
     ref = ", ".join(f"{k}={format_value(v)}" for k, v in sorted(REFERENCE_KNOBS.items()))
-    return [f"n/a: the main run ({knobs}) is not at the paper's main setting ({ref}), so no run provides "
-            "the reference row."]
+    return [
+        f"n/a: the main run ({knobs}) is not at the paper's main setting ({ref}), so no run provides the reference row."
+    ]
 
 
 def _ablation_table(ctx: _Context, table: int) -> str:
@@ -283,9 +288,10 @@ def _ablation_table(ctx: _Context, table: int) -> str:
     for value in mine:  # settings the paper did not report
         if value not in shown:
             add_mine(value, None)
-    parts = [_header(table, TABLE_TITLES[table], ctx),
-             "## Zero-shot\n\n" + _md_table([_ABLATION_HEAD[table], "Source", "R@1 ↑", "R@5 ↑", "R@10 ↑", "MdR ↓"],
-                                             body)]
+    parts = [
+        _header(table, TABLE_TITLES[table], ctx),
+        "## Zero-shot\n\n" + _md_table([_ABLATION_HEAD[table], "Source", "R@1 ↑", "R@5 ↑", "R@10 ↑", "MdR ↓"], body),
+    ]
     sources = [f"`{ctx.rel(r.metrics)}`" for r in rows if r.metrics is not None]
     notes = ["This run's metrics (under the runs root): " + "; ".join(sources) + "."] if sources else []
     parts.append("\n".join(notes + _reference_note(ctx, rows)))
@@ -302,8 +308,10 @@ def _table8(ctx: _Context) -> str:
     ``timings/table8-speed.md``, marked with the machine that measured them."""
     rows = ctx.rows[8]
     flops = {r.key: ctx.flops(r) for r in rows}
-    base_flops = next((flops[r.key] for r in rows if r.setting is not None and r.setting.is_main
-                       and isinstance(flops[r.key], float)), None)
+    base_flops = next(
+        (flops[r.key] for r in rows if r.setting is not None and r.setting.is_main and isinstance(flops[r.key], float)),
+        None,
+    )
     body = []
     for r in rows:
         assert r.setting is not None
@@ -318,16 +326,22 @@ def _table8(ctx: _Context) -> str:
     ref = format_value(REFERENCE_KNOBS["mask_video"])
     headers = ["r_v", "Run", "GFLOPs/step", f"FLOPs vs r_v={ref}", "R@1 ↑", "MdR ↓"]
     speed_file = f"{TIMINGS_DIR}/table8-speed.md"
-    text = [_header(8, TABLE8_TITLE, ctx),
-            "Not in the RaP paper. MAC masks a random subset of video patches in every frame during "
-            "pre-training (evaluation is unmasked); the MAC paper reports 60% fewer FLOPs and 3x faster "
-            "pre-training. FLOPs per optimiser step (forward + backward, one rank) are counted by "
-            "torch's FlopCounterMode and reproduce; zero-shot MSRVTT text-to-video. Wall-clock speed "
-            f"depends on the machine: it is in [{speed_file}]({speed_file}), rewritten by every run.",
-            tabulate(body, headers=headers, tablefmt="github", disable_numparse=True,
-                     colalign=("left", "left") + ("right",) * 4)]
-    sources = [f"`{ctx.rel(r.metrics)}`, `{ctx.rel(r.train_metrics)}`" for r in rows
-               if r.metrics is not None and r.train_metrics is not None]
+    text = [
+        _header(8, TABLE8_TITLE, ctx),
+        "Not in the RaP paper. MAC masks a random subset of video patches in every frame during "
+        "pre-training (evaluation is unmasked); the MAC paper reports 60% fewer FLOPs and 3x faster "
+        "pre-training. FLOPs per optimiser step (forward + backward, one rank) are counted by "
+        "torch's FlopCounterMode and reproduce; zero-shot MSRVTT text-to-video. Wall-clock speed "
+        f"depends on the machine: it is in [{speed_file}]({speed_file}), rewritten by every run.",
+        tabulate(
+            body, headers=headers, tablefmt="github", disable_numparse=True, colalign=("left", "left") + ("right",) * 4
+        ),
+    ]
+    sources = [
+        f"`{ctx.rel(r.metrics)}`, `{ctx.rel(r.train_metrics)}`"
+        for r in rows
+        if r.metrics is not None and r.train_metrics is not None
+    ]
     notes = ["This run's files (under the runs root): " + "; ".join(sources) + "."] if sources else []
     text.append("\n".join(notes + _reference_note(ctx, rows)))
     ctx.extra_files[speed_file] = _table8_speed(ctx, rows)
@@ -345,19 +359,35 @@ def _table8_speed(ctx: _Context, rows: list[TableRow]) -> str:
             body.append([format_value(r.setting.value), _origin(r)] + ["not measured"] * 3)
             continue
         machines.add(t["measured_on"])
-        body.append([format_value(r.setting.value), _origin(r), f"{t['clips_per_s']:.1f}",
-                     "-" if base is None else f"{t['clips_per_s'] / base['clips_per_s']:.2f}x",
-                     f"{t['wall_time_s'] / 60:.1f}"])
+        body.append(
+            [
+                format_value(r.setting.value),
+                _origin(r),
+                f"{t['clips_per_s']:.1f}",
+                "-" if base is None else f"{t['clips_per_s'] / base['clips_per_s']:.2f}x",
+                f"{t['wall_time_s'] / 60:.1f}",
+            ]
+        )
     ref = format_value(REFERENCE_KNOBS["mask_video"])
-    return "\n\n".join([
-        f"# Table 8, wall-clock columns: {TABLE8_TITLE}",
-        "Timings: measured while training, on " + (", ".join(sorted(machines)) or "no machine") + ". They "
-        "vary from run to run and machine to machine: this file is rewritten by every run and is not part "
-        "of what `make repro` reproduces. Wall time includes data loading and checkpointing; clips/s = "
-        "training clips / wall time.",
-        tabulate(body, headers=["r_v", "Run", "Clips/s", f"Speed-up vs r_v={ref}", "Wall time (min)"],
-                 tablefmt="github", disable_numparse=True, colalign=("left", "left", "right", "right", "right")),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# Table 8, wall-clock columns: {TABLE8_TITLE}",
+                "Timings: measured while training, on " + (", ".join(sorted(machines)) or "no machine") + ". They "
+                "vary from run to run and machine to machine: this file is rewritten by every run and is not part "
+                "of what `make repro` reproduces. Wall time includes data loading and checkpointing; clips/s = "
+                "training clips / wall time.",
+                tabulate(
+                    body,
+                    headers=["r_v", "Run", "Clips/s", f"Speed-up vs r_v={ref}", "Wall time (min)"],
+                    tablefmt="github",
+                    disable_numparse=True,
+                    colalign=("left", "left", "right", "right", "right"),
+                ),
+            ]
+        )
+        + "\n"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -367,30 +397,38 @@ def _table8_speed(ctx: _Context, rows: list[TableRow]) -> str:
 
 def _header(table: int, title: str, ctx: _Context) -> str:
     lines = [f"# Table {table}: {title}", ""]
-    lines.append(f"Text-to-video retrieval; R@K in %, MdR = median rank. This run: scale `{ctx.params.scale}`, "
-                 f"run `{ctx.run_id}`.")
+    lines.append(
+        f"Text-to-video retrieval; R@K in %, MdR = median rank. This run: scale `{ctx.params.scale}`, "
+        f"run `{ctx.run_id}`."
+    )
     if table <= 7:
         lines.append(f"Paper rows: RaP paper, Table {table}, as printed ('-' = not reported).")
-        lines.append("Δ rows: this run − the paper's row." if ctx.at_paper_scale else
-                     f"No differences to the paper: at the `{ctx.params.scale}` scale the numbers are not "
-                     "comparable (they are shown at the `paper` scale only).")
+        lines.append(
+            "Δ rows: this run − the paper's row."
+            if ctx.at_paper_scale
+            else f"No differences to the paper: at the `{ctx.params.scale}` scale the numbers are not "
+            "comparable (they are shown at the `paper` scale only)."
+        )
     return "\n".join(lines)
 
 
 def _readme(ctx: _Context, files: list[Path]) -> str:
-    lines = ["# Reports", "",
-             f"Generated by `rap tables` from the pipeline's metrics files; scale `{ctx.params.scale}`, "
-             f"run `{ctx.run_id}`.", ""]
+    lines = [
+        "# Reports",
+        "",
+        f"Generated by `rap tables` from the pipeline's metrics files; scale `{ctx.params.scale}`, run `{ctx.run_id}`.",
+        "",
+    ]
     titles = {**TABLE_TITLES, 8: TABLE8_TITLE}
     for i, path in enumerate(files, start=1):
         lines.append(f"- [Table {i}]({path.name}): {titles[i]}")
-    lines.append("- [Figure 3](figure3.png): redundancy weights of patches and tokens, RaCL vs w/o RaCL "
-                 "(`rap figure`)")
+    lines.append("- [Figure 3](figure3.png): redundancy weights of patches and tokens, RaCL vs w/o RaCL (`rap figure`)")
     return "\n".join(lines) + "\n"
 
 
-def write_tables(params: Params, metrics_root: Path, out_dir: Path, *, run_id: str | None = None,
-                 allow_missing: bool = False) -> list[Path]:
+def write_tables(
+    params: Params, metrics_root: Path, out_dir: Path, *, run_id: str | None = None, allow_missing: bool = False
+) -> list[Path]:
     """Write ``table1.md`` ... ``table8.md`` and ``README.md`` into ``out_dir``.
 
     ``metrics_root`` is the runs root of :mod:`rap.reports.layout`. A missing metrics or summary

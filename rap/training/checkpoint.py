@@ -73,8 +73,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
         if len(cuda_states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda_states)
         else:
-            log.warning("checkpoint has CUDA RNG states for %d devices, %d visible: CUDA RNG not restored",
-                        len(cuda_states), torch.cuda.device_count())
+            log.warning(
+                "checkpoint has CUDA RNG states for %d devices, %d visible: CUDA RNG not restored",
+                len(cuda_states),
+                torch.cuda.device_count(),
+            )
 
 
 def step_checkpoint_path(out_dir: Path, step: int) -> Path:
@@ -105,5 +108,3 @@ def prune_checkpoints(out_dir: Path, keep: int) -> list[Path]:
     for p in doomed:
         p.unlink(missing_ok=True)
     return doomed
-
-

@@ -19,18 +19,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import ConfigError, Params, ScaleConfig, finetune_text_len
 from rap.data.datasets import FINETUNE_SPLITS, build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
-from rap.checkpoint_io import file_digest, load_model_weights
 from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
 
 __all__ = ["VALIDATION_SPLIT", "selection_score", "RetrievalValidation", "run"]
 
 # Validation split per task (None: no validation split, the last epoch is kept).
-VALIDATION_SPLIT: dict[str, str | None] = {"msrvtt-7k": None, "msrvtt-9k": None, "didemo": "val",
-                                           "msvd": "val", "lsmdc": "val"}
+VALIDATION_SPLIT: dict[str, str | None] = {
+    "msrvtt-7k": None,
+    "msrvtt-9k": None,
+    "didemo": "val",
+    "msvd": "val",
+    "lsmdc": "val",
+}
 
 
 def selection_score(metrics: dict[str, dict[str, float]]) -> float:
@@ -47,14 +52,28 @@ class RetrievalValidation:
         self.eval_set = build_eval_set(dataset, split, cfg)
 
     def __call__(self, model: nn.Module, epoch: int) -> tuple[float, dict[str, float]]:
-        metrics = evaluate(model, self.tokenizer, self.eval_set, self.cfg.evaluate, self.device,
-                           max_len=self.cfg.model.text.max_len_eval, num_workers=self.cfg.data.num_workers)
+        metrics = evaluate(
+            model,
+            self.tokenizer,
+            self.eval_set,
+            self.cfg.evaluate,
+            self.device,
+            max_len=self.cfg.model.text.max_len_eval,
+            num_workers=self.cfg.data.num_workers,
+        )
         flat = {f"{d}_{k}": float(v) for d in ("t2v", "v2t") for k, v in metrics[d].items()}
         return selection_score(metrics), flat
 
 
-def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: bool | str = False,
-        max_steps: int | None = None) -> Path:
+def run(
+    params: Params,
+    task: str,
+    checkpoint: Path,
+    out_dir: Path,
+    *,
+    resume: bool | str = False,
+    max_steps: int | None = None,
+) -> Path:
     """Fine-tune the pre-trained ``checkpoint`` on ``task``; returns ``<out_dir>/checkpoint.pt``
     (the best validation epoch, or the last one for MSRVTT)."""
     cfg = params.cfg
@@ -68,20 +87,33 @@ def run(params: Params, task: str, checkpoint: Path, out_dir: Path, *, resume: b
         model = RaPModel(cfg.model, ft.loss)
         loaded = load_model_weights(model, Path(checkpoint))
         if loaded["missing"]:
-            raise RuntimeError(f"{checkpoint}: {len(loaded['missing'])} weight(s) of the fine-tuning model are "
-                               f"missing (pre-trained with another model config?): {loaded['missing'][:5]}")
+            raise RuntimeError(
+                f"{checkpoint}: {len(loaded['missing'])} weight(s) of the fine-tuning model are "
+                f"missing (pre-trained with another model config?): {loaded['missing'][:5]}"
+            )
         seed_everything(params.seed + ctx.rank)
         tokenizer = build_tokenizer(cfg.model.text)
-        loader = build_finetune_loader(task, cfg, tokenizer, seed=params.seed, rank=ctx.rank,
-                                       world_size=ctx.world, batch_size=ft.optim.batch_size)
+        loader = build_finetune_loader(
+            task, cfg, tokenizer, seed=params.seed, rank=ctx.rank, world_size=ctx.world, batch_size=ft.optim.batch_size
+        )
         val_split = VALIDATION_SPLIT[task]
         validation = None
         if val_split is not None:  # every rank takes its share of the validation (rap.evaluation)
             validation = RetrievalValidation(cfg, FINETUNE_SPLITS[task][0], val_split, tokenizer, ctx.device)
-        return train(model=model, data=LoaderEpochs(loader), stage=f"finetune-{task}", optim_cfg=ft.optim,
-                     epochs=ft.epochs[task], params=params, out_dir=Path(out_dir), ctx=ctx, resume=resume,
-                     max_steps=max_steps, validation=validation,
-                     forward_kwargs=lambda epoch: {"stage": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
-                     text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),
-                     extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
-                     inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))})
+        return train(
+            model=model,
+            data=LoaderEpochs(loader),
+            stage=f"finetune-{task}",
+            optim_cfg=ft.optim,
+            epochs=ft.epochs[task],
+            params=params,
+            out_dir=Path(out_dir),
+            ctx=ctx,
+            resume=resume,
+            max_steps=max_steps,
+            validation=validation,
+            forward_kwargs=lambda epoch: {"stage": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
+            text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),
+            extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
+            inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))},
+        )

@@ -25,9 +25,10 @@ run's files except the rotation of its own step checkpoints.
 
 Preemption: SIGTERM, SIGUSR1 and SIGURG are caught (SLURM's preemption, torchrun forwarding a
 SIGTERM, and the SLURM profile's ``--signal=URG@120``: SIGURG, which the processes between
-SLURM and the ranks - Snakemake's job step, bash, torchrun - ignore, reaches the ranks alone); at the next optimiser-step boundary every rank agrees to stop, a step
-checkpoint is written and :class:`TrainingInterrupted` is raised (the CLI exits with
-128 + the signal number), so the retried job resumes where this one stopped.
+SLURM and the ranks - Snakemake's job step, bash, torchrun - ignore, reaches the ranks alone);
+at the next optimiser-step boundary every rank agrees to stop, a step checkpoint is written
+and :class:`TrainingInterrupted` is raised (the CLI exits with 128 + the signal number), so
+the retried job resumes where this one stopped.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 import torch.distributed as dist
@@ -100,8 +101,10 @@ class TrainingInterrupted(RapError):
 
     def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
         self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} after optimiser step {step}; checkpoint "
-                         f"{checkpoint} written: rerun the same command to resume from it")
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} after optimiser step {step}; checkpoint "
+            f"{checkpoint} written: rerun the same command to resume from it"
+        )
 
 
 @dataclass(frozen=True)
@@ -193,7 +196,6 @@ def distill_alpha(loss: LossConfig, epoch_float: float) -> float:
 BF16_NATIVE_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; before it bf16 is emulated
 
 
-
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """``auto``: bf16 on a GPU where bf16 is native (compute capability >= 8.0), fp16 (with the
     loop's GradScaler) on older GPUs such as the paper's V100s - ``torch.cuda.is_bf16_supported()``
@@ -275,8 +277,7 @@ class _Reporter:
         if self.active:
             tracking.log_metrics(metrics, step)
 
-    def log(self, metrics: dict[str, float], step: int, epoch: float, loss_terms: dict[str, float],
-            lr: float) -> None:
+    def log(self, metrics: dict[str, float], step: int, epoch: float, loss_terms: dict[str, float], lr: float) -> None:
         """MLflow metrics and one ``loss.csv`` row (step, epoch, each loss term, lr)."""
         if not self.active:
             return
@@ -285,8 +286,12 @@ class _Reporter:
             self.columns = ["step", "epoch", *loss_terms.keys(), "lr"]
             with self.csv_path.open("w", newline="") as f:
                 csv.writer(f).writerow(self.columns)
-        row = {"step": step, "epoch": f"{epoch:.4f}", "lr": f"{lr:.6g}",
-               **{k: f"{v:.6f}" for k, v in loss_terms.items()}}
+        row = {
+            "step": step,
+            "epoch": f"{epoch:.4f}",
+            "lr": f"{lr:.6g}",
+            **{k: f"{v:.6f}" for k, v in loss_terms.items()},
+        }
         with self.csv_path.open("a", newline="") as f:
             csv.writer(f).writerow([row.get(c, "") for c in self.columns])
 
@@ -334,8 +339,7 @@ def _loss_terms(out: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     if "loss" not in out:
         raise KeyError(f"model output has no 'loss' (keys: {sorted(out)})")
     terms = {"loss": out["loss"]}
-    terms.update({k: v for k, v in out.items()
-                  if k != "loss" and isinstance(v, torch.Tensor) and v.ndim == 0})
+    terms.update({k: v for k, v in out.items() if k != "loss" and isinstance(v, torch.Tensor) and v.ndim == 0})
     return terms
 
 
@@ -351,8 +355,9 @@ class _StopSignals:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if not self.signum:
-            log.warning("received %s: stopping at the next step boundary with a checkpoint",
-                        signal.Signals(signum).name)
+            log.warning(
+                "received %s: stopping at the next step boundary with a checkpoint", signal.Signals(signum).name
+            )
         self.signum = self.signum or signum
 
     def __enter__(self) -> "_StopSignals":
@@ -388,9 +393,15 @@ class _Run:
     total_steps: int
     shaping: dict[str, Any]
     pos: _Position = field(default_factory=_Position)
-    extra: dict[str, Any] = field(default_factory=lambda: {"best_score": None, "best_epoch": None,
-                                                           "val_history": [], "final_loss_terms": {},
-                                                           "flops_per_step": None})
+    extra: dict[str, Any] = field(
+        default_factory=lambda: {
+            "best_score": None,
+            "best_epoch": None,
+            "val_history": [],
+            "final_loss_terms": {},
+            "flops_per_step": None,
+        }
+    )
     ckpt_rng: dict | None = None
     epoch_rng: dict | None = None
     resumed_from: Path | None = None
@@ -400,8 +411,7 @@ class _Run:
     def start(self, mode: resume_rules.ResumeMode) -> None:
         """Decide (every rank, before anyone moves a file), set the earlier run aside (rank 0)
         and restore the checkpoint to continue from, if any."""
-        plan = resume_rules.plan_start(self.out_dir, self.stage, self.shaping["params"], self.shaping["code"],
-                                       mode)
+        plan = resume_rules.plan_start(self.out_dir, self.stage, self.shaping["params"], self.shaping["code"], mode)
         log.info("%s: %s", self.stage, plan.reason)
         rdist.barrier()
         if plan.set_aside and self.ctx.is_main:
@@ -420,16 +430,20 @@ class _Run:
         if self.pos.step_in_epoch >= self.steps_per_epoch:
             raise resume_rules.ResumeConflict(
                 f"{path}: position {ckpt['position']} does not fit {self.steps_per_epoch} steps per epoch "
-                f"(batch size, grad_accum or world size changed?)")
+                f"(batch size, grad_accum or world size changed?)"
+            )
         self.extra.update(ckpt.get("extra", {}))
         if len(ckpt["rng"]) == self.ctx.world:
             self.ckpt_rng, self.epoch_rng = ckpt["rng"][self.ctx.rank], ckpt["epoch_rng"][self.ctx.rank]
         else:
-            log.warning("%s was written by %d rank(s), this run has %d: RNG streams start afresh", path,
-                        len(ckpt["rng"]), self.ctx.world)
+            log.warning(
+                "%s was written by %d rank(s), this run has %d: RNG streams start afresh",
+                path,
+                len(ckpt["rng"]),
+                self.ctx.world,
+            )
         self.resumed_from = path
-        log.info("%s: resumed from %s at epoch %d, step %d", self.stage, path, self.pos.epoch,
-                 self.pos.global_step)
+        log.info("%s: resumed from %s at epoch %d, step %d", self.stage, path, self.pos.epoch, self.pos.global_step)
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -438,11 +452,20 @@ class _Run:
         rngs = rdist.gather_objects(capture_rng_state())
         epoch_rngs = rdist.gather_objects(epoch_rng_now)
         if self.ctx.is_main:
-            state = {"stage": self.stage, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rngs,
-                     "epoch_rng": epoch_rngs, "position": vars(self.pos).copy(), "extra": dict(self.extra),
-                     "params": self.params.to_flat_dict(), "shaping": self.shaping,
-                     "total_steps": self.total_steps}
+            state = {
+                "stage": self.stage,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rngs,
+                "epoch_rng": epoch_rngs,
+                "position": vars(self.pos).copy(),
+                "extra": dict(self.extra),
+                "params": self.params.to_flat_dict(),
+                "shaping": self.shaping,
+                "total_steps": self.total_steps,
+            }
             atomic_save(state, path)
             prune_checkpoints(self.out_dir, KEEP_STEP_CHECKPOINTS)
         rdist.barrier()
@@ -464,16 +487,30 @@ class _Run:
         if self.extra["best_score"] is None or score > self.extra["best_score"]:
             self.extra["best_score"], self.extra["best_epoch"] = score, epoch
             if self.ctx.is_main:
-                atomic_save({"stage": self.stage, "model": self.model.state_dict(),
-                             "params": self.params.to_flat_dict(), "step": self.pos.global_step, "epoch": epoch,
-                             "score": score, "metrics": metrics}, self.out_dir / "best.pt")
+                atomic_save(
+                    {
+                        "stage": self.stage,
+                        "model": self.model.state_dict(),
+                        "params": self.params.to_flat_dict(),
+                        "step": self.pos.global_step,
+                        "epoch": epoch,
+                        "score": score,
+                        "metrics": metrics,
+                    },
+                    self.out_dir / "best.pt",
+                )
         rdist.barrier()
 
     # ---- one optimiser step ----------------------------------------------------------------
 
-    def optimizer_step(self, batches: Iterator[Mapping[str, Any]], n_micro: int, kwargs: dict[str, Any],
-                       text_pad: tuple[int, int] | None, stop: _StopSignals
-                       ) -> tuple[dict[str, float], int, int, float, int]:
+    def optimizer_step(
+        self,
+        batches: Iterator[Mapping[str, Any]],
+        n_micro: int,
+        kwargs: dict[str, Any],
+        text_pad: tuple[int, int] | None,
+        stop: _StopSignals,
+    ) -> tuple[dict[str, float], int, int, float, int]:
         """``n_micro`` micro-batches (DDP ``no_sync`` on all but the last), one agreement over
         ranks, clipping, AdamW, the schedule and the temperature clamp. Returns (loss terms,
         clips, skipped clips, grad norm, stop signal agreed by the ranks)."""
@@ -491,9 +528,8 @@ class _Run:
                 clips += _batch_size(batch) * self.ctx.world
                 skipped += int(batch.get("n_skipped", 0))  # unusable clips replaced by the loader
                 last = i == n_micro - 1
-                with (self.net.no_sync() if distributed and not last else contextlib.nullcontext()):
-                    with torch.autocast(device.type, dtype=self.amp_dtype,
-                                        enabled=self.amp_dtype != torch.float32):
+                with self.net.no_sync() if distributed and not last else contextlib.nullcontext():
+                    with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.amp_dtype != torch.float32):
                         out = self.net(batch, **kwargs)
                     terms = _loss_terms(out)
                     step_terms.add(terms, 1.0 / n_micro)
@@ -508,16 +544,21 @@ class _Run:
         # saw a NaN/inf (every rank raises together: none is left waiting in a collective) and
         # whether any rank caught a stop signal. A NaN loss leaves NaN gradients, never NaN
         # weights: this comes before the update.
-        means, bad = step_terms.reduce({"grad_norm": norm,
-                                        "stop": torch.tensor(1.0 if stop.signum else 0.0, device=device)})
+        means, bad = step_terms.reduce(
+            {"grad_norm": norm, "stop": torch.tensor(1.0 if stop.signum else 0.0, device=device)}
+        )
         grad_norm, stop_any = means.pop("grad_norm"), means.pop("stop") > 0
         bad_terms = [name for name in bad if name not in ("grad_norm", "stop")]
         if bad_terms:
-            raise NonFiniteLossError(f"non-finite loss at optimiser step {self.pos.global_step + 1} (epoch "
-                                     f"{self.pos.epoch}): term(s) {bad_terms} not finite on at least one rank")
+            raise NonFiniteLossError(
+                f"non-finite loss at optimiser step {self.pos.global_step + 1} (epoch "
+                f"{self.pos.epoch}): term(s) {bad_terms} not finite on at least one rank"
+            )
         if "grad_norm" in bad and not self.scaler.is_enabled():
-            raise NonFiniteLossError(f"non-finite gradient norm at optimiser step {self.pos.global_step + 1} "
-                                     f"(epoch {self.pos.epoch}); loss terms {means}")
+            raise NonFiniteLossError(
+                f"non-finite gradient norm at optimiser step {self.pos.global_step + 1} "
+                f"(epoch {self.pos.epoch}); loss terms {means}"
+            )
         step_terms_host = means
         stop_signal = (stop.signum or int(signal.SIGTERM)) if stop_any else 0
         self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
@@ -537,8 +578,13 @@ class _Run:
 
     # ---- outputs ---------------------------------------------------------------------------
 
-    def finish(self, validation: Validation | None, extra_params: Mapping[str, Any], timings: dict[str, Any],
-               reporter: "_Reporter") -> Path:
+    def finish(
+        self,
+        validation: Validation | None,
+        extra_params: Mapping[str, Any],
+        timings: dict[str, Any],
+        reporter: "_Reporter",
+    ) -> Path:
         """``checkpoint.pt`` (the best validation epoch, else the last step) and the three run
         files of :data:`RUN_OUTPUTS`; rank 0 writes, every rank returns the path."""
         final = self.out_dir / "checkpoint.pt"
@@ -547,8 +593,12 @@ class _Run:
             if validation is not None and (self.out_dir / "best.pt").exists():
                 state = load_checkpoint(self.out_dir / "best.pt")
             else:
-                state = {"stage": self.stage, "model": self.model.state_dict(), "params": self.params.to_flat_dict(),
-                         "step": self.pos.global_step}
+                state = {
+                    "stage": self.stage,
+                    "model": self.model.state_dict(),
+                    "params": self.params.to_flat_dict(),
+                    "step": self.pos.global_step,
+                }
             state["finished"] = finished
             atomic_save(state, final)
             # the evaluations of this file find this run by its digest (rap.evaluation)
@@ -556,16 +606,27 @@ class _Run:
             metrics = {"final_loss": self.extra["final_loss_terms"], "flops_per_step": self.extra["flops_per_step"]}
             if self.extra["best_score"] is not None:
                 metrics["best_val_score"] = self.extra["best_score"]
-            run = {"stage": self.stage, **dict(extra_params), "steps": self.pos.global_step,
-                   "total_steps": self.total_steps, "finished": finished,
-                   "epochs": self.pos.global_step / self.steps_per_epoch, "world_size": self.ctx.world,
-                   "precision": str(self.amp_dtype).replace("torch.", ""), "best_epoch": self.extra["best_epoch"],
-                   "validation": self.extra["val_history"],
-                   "resumed_from": str(self.resumed_from) if self.resumed_from else None, "checkpoint": str(final)}
+            run = {
+                "stage": self.stage,
+                **dict(extra_params),
+                "steps": self.pos.global_step,
+                "total_steps": self.total_steps,
+                "finished": finished,
+                "epochs": self.pos.global_step / self.steps_per_epoch,
+                "world_size": self.ctx.world,
+                "precision": str(self.amp_dtype).replace("torch.", ""),
+                "best_epoch": self.extra["best_epoch"],
+                "validation": self.extra["val_history"],
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+                "checkpoint": str(final),
+            }
             for kind, data in (("metrics", metrics), ("run", run), ("timings", timings)):
                 _write_json(self.out_dir / RUN_OUTPUTS[kind], data)
-            reporter.metrics({f"summary/{k}": v for k, v in timings.items() if isinstance(v, (int, float))}
-                             | {"summary/steps": self.pos.global_step}, self.pos.global_step)
+            reporter.metrics(
+                {f"summary/{k}": v for k, v in timings.items() if isinstance(v, (int, float))}
+                | {"summary/steps": self.pos.global_step},
+                self.pos.global_step,
+            )
         rdist.barrier()
         return final
 
@@ -589,15 +650,29 @@ def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
     # DDP's search for unused parameters costs a graph walk every step: only where a head is
     # switched off (a zero loss weight) and its parameters get no gradient.
     unused = model.unused_parameter_names() if hasattr(model, "unused_parameter_names") else {"unknown"}
-    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                   find_unused_parameters=bool(unused))
+    return DistributedDataParallel(
+        model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=bool(unused)
+    )
 
 
-def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConfig, epochs: int,
-          params: Params, out_dir: Path, ctx: DistContext, resume: bool | str = False,
-          max_steps: int | None = None, forward_kwargs: Callable[[float], dict[str, Any]] | None = None,
-          validation: Validation | None = None, extra_params: Mapping[str, Any] | None = None,
-          text_pad: tuple[int, int] | None = None, inputs: Mapping[str, str] | None = None) -> Path:
+def train(
+    *,
+    model: nn.Module,
+    data: EpochData,
+    stage: str,
+    optim_cfg: OptimConfig,
+    epochs: int,
+    params: Params,
+    out_dir: Path,
+    ctx: DistContext,
+    resume: bool | str = False,
+    max_steps: int | None = None,
+    forward_kwargs: Callable[[float], dict[str, Any]] | None = None,
+    validation: Validation | None = None,
+    extra_params: Mapping[str, Any] | None = None,
+    text_pad: tuple[int, int] | None = None,
+    inputs: Mapping[str, str] | None = None,
+) -> Path:
     """Train ``model`` for ``epochs`` epochs of ``data``; returns ``<out_dir>/checkpoint.pt``.
 
     ``resume``: ``auto`` | ``force`` | ``no`` (:mod:`rap.training.resume`; True/False mean
@@ -613,8 +688,10 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
     out_dir.mkdir(parents=True, exist_ok=True)
     micro_per_epoch = len(data)
     if micro_per_epoch < 1:
-        raise ValueError(f"{stage}: the training data yields no batch (batch_size={optim_cfg.batch_size} "
-                         f"per rank x {ctx.world} rank(s) larger than the training set?)")
+        raise ValueError(
+            f"{stage}: the training data yields no batch (batch_size={optim_cfg.batch_size} "
+            f"per rank x {ctx.world} rank(s) larger than the training set?)"
+        )
     accum = optim_cfg.grad_accum
     steps_per_epoch = math.ceil(micro_per_epoch / accum)  # the last step of an epoch may hold fewer
     total_steps = steps_per_epoch * epochs
@@ -622,18 +699,32 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
     model.to(ctx.device)
     if optim_cfg.grad_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise ValueError(f"optim.grad_checkpointing is on but {type(model).__name__} has no "
-                             f"set_grad_checkpointing()")
+            raise ValueError(
+                f"optim.grad_checkpointing is on but {type(model).__name__} has no set_grad_checkpointing()"
+            )
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, optim_cfg)
     amp_dtype = resolve_precision(optim_cfg.precision, ctx.device)
-    shaping = {"params": {**resume_rules.shaping_params(params, stage), **dict(inputs or {})},
-               "code": resume_rules.code_digests(stage)}
-    run = _Run(stage=stage, model=model, net=_wrap(model, ctx), optimizer=optimizer,
-               scheduler=build_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps),
-               scaler=torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16),
-               amp_dtype=amp_dtype, optim_cfg=optim_cfg, params=params, out_dir=out_dir, ctx=ctx,
-               steps_per_epoch=steps_per_epoch, total_steps=total_steps, shaping=shaping)
+    shaping = {
+        "params": {**resume_rules.shaping_params(params, stage), **dict(inputs or {})},
+        "code": resume_rules.code_digests(stage),
+    }
+    run = _Run(
+        stage=stage,
+        model=model,
+        net=_wrap(model, ctx),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps),
+        scaler=torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16),
+        amp_dtype=amp_dtype,
+        optim_cfg=optim_cfg,
+        params=params,
+        out_dir=out_dir,
+        ctx=ctx,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        shaping=shaping,
+    )
     run.start(_resume_mode(resume))
     pos = run.pos
     stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
@@ -646,8 +737,9 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
 
     with _stage_run(stage, params, ctx.is_main), _StopSignals() as stop:
         run.net.train()
-        bar = tqdm(total=stop_at, initial=pos.global_step, desc=stage, unit="step", disable=not ctx.is_main,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            total=stop_at, initial=pos.global_step, desc=stage, unit="step", disable=not ctx.is_main, dynamic_ncols=True
+        )
         while pos.global_step < stop_at:
             epoch = pos.epoch
             start_micro = pos.step_in_epoch * accum
@@ -669,8 +761,9 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
                     # batches): the losses' gathers need no shape exchange and host sync
                     kwargs["check_gather_shapes"] = False
                 lr_used = optimizer.param_groups[0]["lr"]
-                terms, clips, skipped, grad_norm, stop_signal = run.optimizer_step(batches, n_micro, kwargs,
-                                                                                    text_pad, stop)
+                terms, clips, skipped, grad_norm, stop_signal = run.optimizer_step(
+                    batches, n_micro, kwargs, text_pad, stop
+                )
                 micro_done += n_micro
                 clips_total += clips
                 window.add(terms | {"grad_norm": grad_norm}, clips, skipped)
@@ -694,9 +787,13 @@ def train(*, model: nn.Module, data: EpochData, stage: str, optim_cfg: OptimConf
                     break
         bar.close()
         wall = time.perf_counter() - t_start
-        timings = {"measured_on": _machine(), "wall_time_s": wall, "clips": clips_total,
-                   "clips_per_s": clips_total / wall if wall > 0 else 0.0,
-                   "peak_memory_mb": _peak_memory_mb(ctx.device)}
+        timings = {
+            "measured_on": _machine(),
+            "wall_time_s": wall,
+            "clips": clips_total,
+            "clips_per_s": clips_total / wall if wall > 0 else 0.0,
+            "peak_memory_mb": _peak_memory_mb(ctx.device),
+        }
         return run.finish(validation, extra_params or {}, timings, reporter)
 
 
@@ -707,9 +804,13 @@ def _log_window(window: _Window, run: _Run, reporter: _Reporter, bar: Any) -> No
     step = run.pos.global_step
     temp = float(getattr(run.model, "temperature", torch.tensor(float("nan"))).detach())
     metrics = {f"train/{k}": v for k, v in means.items()} | {
-        "train/lr": window.lr, "train/temperature": temp, "train/clips_per_s": window.clips / elapsed,
-        "train/peak_memory_mb": _peak_memory_mb(run.ctx.device), "train/skipped_clips": window.skipped,
-        "train/epoch": step / run.steps_per_epoch}
+        "train/lr": window.lr,
+        "train/temperature": temp,
+        "train/clips_per_s": window.clips / elapsed,
+        "train/peak_memory_mb": _peak_memory_mb(run.ctx.device),
+        "train/skipped_clips": window.skipped,
+        "train/epoch": step / run.steps_per_epoch,
+    }
     loss_cols = {k: v for k, v in means.items() if k != "grad_norm"}
     reporter.log(metrics, step, step / run.steps_per_epoch, loss_cols, window.lr)
     bar.set_postfix(loss=f"{means.get('loss', float('nan')):.4f}", clips_s=f"{window.clips / elapsed:.1f}")

@@ -22,8 +22,7 @@ from rap.config import OptimConfig
 __all__ = ["param_groups", "build_optimizer", "LrSchedule", "build_scheduler"]
 
 
-def param_groups(model: nn.Module, weight_decay: float,
-                 no_decay_names: Iterable[str] = ()) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float, no_decay_names: Iterable[str] = ()) -> list[dict]:
     """Two AdamW groups: decayed matrices, and the rest.
 
     A parameter skips weight decay when its name is in ``no_decay_names`` (the model's
@@ -40,8 +39,10 @@ def param_groups(model: nn.Module, weight_decay: float,
             no_decay.append(p)
         else:
             decay.append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay, "group": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"}]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "group": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "group": "no_decay"},
+    ]
     return [g for g in groups if g["params"]]
 
 
@@ -70,8 +71,10 @@ class LrSchedule:
 
     def __init__(self, cfg: OptimConfig, steps_per_epoch: int, total_steps: int) -> None:
         if steps_per_epoch < 1 or total_steps < 1:
-            raise ValueError(f"schedule needs steps_per_epoch >= 1 and total_steps >= 1, "
-                             f"got {steps_per_epoch} and {total_steps} (is the training set empty?)")
+            raise ValueError(
+                f"schedule needs steps_per_epoch >= 1 and total_steps >= 1, "
+                f"got {steps_per_epoch} and {total_steps} (is the training set empty?)"
+            )
         self.cfg = cfg
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = total_steps
@@ -91,8 +94,9 @@ class LrSchedule:
         return self.lr_at(step) / self.cfg.lr
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps_per_epoch: int, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """``LambdaLR`` stepping once per optimiser step; ``state_dict()`` carries the step count."""
     schedule = LrSchedule(cfg, steps_per_epoch, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)

@@ -41,8 +41,17 @@ from rap.config import TOP_LEVEL_KNOBS, Params
 from rap.errors import RapError
 from rap.training.checkpoint import latest_checkpoint
 
-__all__ = ["ResumeMode", "ResumeConflict", "StartPlan", "shaping_params", "code_digests", "file_digest",
-           "plan_start", "set_aside", "SET_ASIDE_DIR"]
+__all__ = [
+    "ResumeMode",
+    "ResumeConflict",
+    "StartPlan",
+    "shaping_params",
+    "code_digests",
+    "file_digest",
+    "plan_start",
+    "set_aside",
+    "SET_ASIDE_DIR",
+]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +61,19 @@ RUN_FILES = ("checkpoints", "best.pt", "checkpoint.pt", "loss.csv")
 PACKAGE = Path(__file__).resolve().parents[1]
 
 # Parameters that never change the weights a run produces (flat keys, or prefixes ending in ".").
-_NEUTRAL_PARAMS = ("pretrain.optim.log_every", "pretrain.optim.checkpoint_every", "finetune.optim.log_every",
-                   "finetune.optim.checkpoint_every", "data.num_workers", "data.root", "data.check_sizes",
-                   "datasets", "ablations", "finetune.tasks", "evaluate.zero_shot")
+_NEUTRAL_PARAMS = (
+    "pretrain.optim.log_every",
+    "pretrain.optim.checkpoint_every",
+    "finetune.optim.log_every",
+    "finetune.optim.checkpoint_every",
+    "data.num_workers",
+    "data.root",
+    "data.check_sizes",
+    "datasets",
+    "ablations",
+    "finetune.tasks",
+    "evaluate.zero_shot",
+)
 # (the process layout is not neutral: the world size decides each rank's share of every batch)
 # ... and those that belong to another stage.
 _OTHER_STAGE_PARAMS = {
@@ -64,8 +83,18 @@ _OTHER_STAGE_PARAMS = {
     "finetune": ("pretrain.", *(k for k in TOP_LEVEL_KNOBS if k not in ("scale", "seed"))),
 }
 # Source files that do not shape the weights (repository-relative to rap/; dirs end in "/").
-_NEUTRAL_CODE = ("cli.py", "launch.py", "tracking.py", "errors.py", "reports/", "data/download.py",
-                 "data/extract.py", "data/synthetic.py", "training/resume.py", "redundancy_metrics.py")
+_NEUTRAL_CODE = (
+    "cli.py",
+    "launch.py",
+    "tracking.py",
+    "errors.py",
+    "reports/",
+    "data/download.py",
+    "data/extract.py",
+    "data/synthetic.py",
+    "training/resume.py",
+    "redundancy_metrics.py",
+)
 # Evaluation shapes fine-tuning (validation picks the kept epoch) but not pre-training.
 _NEUTRAL_CODE_PRETRAIN = ("evaluation.py", "metrics.py")
 
@@ -86,8 +115,7 @@ def shaping_params(params: Params, stage: str) -> dict[str, Any]:
     flat = {k: v for k, v in params.to_flat_dict().items() if not _matches(k, neutral)}
     if family == "finetune":
         task = stage.removeprefix("finetune-")
-        flat = {k: v for k, v in flat.items()
-                if not k.startswith("finetune.epochs.") or k == f"finetune.epochs.{task}"}
+        flat = {k: v for k, v in flat.items() if not k.startswith("finetune.epochs.") or k == f"finetune.epochs.{task}"}
     return flat
 
 
@@ -133,16 +161,18 @@ def describe_changes(ckpt: Mapping[str, Any], shaping: Mapping[str, Any], code: 
     recorded = ckpt.get("shaping")
     if not isinstance(recorded, Mapping):
         return ["the checkpoint was written by a rap version that did not record its settings"]
-    return (_differences(recorded.get("params", {}), shaping, "parameter")
-            + _differences(recorded.get("code", {}), code, "file rap/"))
+    return _differences(recorded.get("params", {}), shaping, "parameter") + _differences(
+        recorded.get("code", {}), code, "file rap/"
+    )
 
 
 def _has_run_files(out_dir: Path) -> bool:
     return any((out_dir / name).exists() for name in RUN_FILES)
 
 
-def plan_start(out_dir: Path, stage: str, shaping: Mapping[str, Any], code: Mapping[str, str],
-               mode: ResumeMode) -> StartPlan:
+def plan_start(
+    out_dir: Path, stage: str, shaping: Mapping[str, Any], code: Mapping[str, str], mode: ResumeMode
+) -> StartPlan:
     """Apply the rules of the module docstring; raises :class:`ResumeConflict` (before any
     work) when ``auto`` finds an interrupted run of other settings or code, or the newest
     checkpoint belongs to another stage."""
@@ -156,8 +186,10 @@ def plan_start(out_dir: Path, stage: str, shaping: Mapping[str, Any], code: Mapp
         return StartPlan(None, _has_run_files(out_dir), f"no step checkpoint in {out_dir / 'checkpoints'}")
     ckpt = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
     if ckpt.get("stage") != stage:
-        raise ResumeConflict(f"{latest} is a checkpoint of stage {ckpt.get('stage')!r}, not {stage!r}: "
-                             f"use another --out, or --resume no to move it aside and start afresh")
+        raise ResumeConflict(
+            f"{latest} is a checkpoint of stage {ckpt.get('stage')!r}, not {stage!r}: "
+            f"use another --out, or --resume no to move it aside and start afresh"
+        )
     step, total = ckpt.get("position", {}).get("global_step"), ckpt.get("total_steps")
     changes = describe_changes(ckpt, shaping, code)
     if mode == "force":
@@ -166,14 +198,19 @@ def plan_start(out_dir: Path, stage: str, shaping: Mapping[str, Any], code: Mapp
     if not changes:
         return StartPlan(latest, False, f"same training settings and code as {latest.name}")
     if total is not None and step is not None and step >= total:
-        return StartPlan(None, True, f"the run in {out_dir} finished ({step} steps) with other settings: "
-                                     f"a new run ({'; '.join(changes[:5])})")
+        return StartPlan(
+            None,
+            True,
+            f"the run in {out_dir} finished ({step} steps) with other settings: a new run ({'; '.join(changes[:5])})",
+        )
     raise ResumeConflict(
         f"{out_dir} holds an interrupted {stage} run (step {step} of {total}, {latest.name}) made with other "
-        f"settings or code than this command's:\n  " + "\n  ".join(changes[:20])
+        f"settings or code than this command's:\n  "
+        + "\n  ".join(changes[:20])
         + ("\n  ..." if len(changes) > 20 else "")
         + "\nEither continue it anyway with --resume force, or start afresh with --resume no "
-          f"(its files are then moved to {out_dir / SET_ASIDE_DIR}/, nothing is deleted).")
+        f"(its files are then moved to {out_dir / SET_ASIDE_DIR}/, nothing is deleted)."
+    )
 
 
 def set_aside(out_dir: Path) -> Path | None:

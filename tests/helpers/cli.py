@@ -20,8 +20,11 @@ def set_args(overrides: Mapping[str, Any]) -> list[str]:
 def rap_command(*args: str, overrides: Mapping[str, Any] | None = None, ranks: int = 1) -> list[str]:
     """``python -m rap.cli ARGS --params params.yaml --set ...``; under
     ``torchrun --standalone --nproc_per_node=ranks`` (gloo on the CPU) when ``ranks > 1``."""
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-                if ranks > 1 else [sys.executable])
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+        if ranks > 1
+        else [sys.executable]
+    )
     return [*launcher, "-m", "rap.cli", *args, "--params", str(REPO / "params.yaml"), *set_args(overrides or {})]
 
 

@@ -28,8 +28,11 @@ def module_file(name: str) -> Path | None:
 def _package_inits(name: str) -> list[Path]:
     """Importing ``rap.a.b`` runs rap/__init__.py and rap/a/__init__.py first."""
     parts = name.split(".")
-    return [p for i in range(1, len(parts)) if (p := module_file(".".join(parts[:i]))) is not None
-            and p.name == "__init__.py"]
+    return [
+        p
+        for i in range(1, len(parts))
+        if (p := module_file(".".join(parts[:i]))) is not None and p.name == "__init__.py"
+    ]
 
 
 def _imported_names(path: Path) -> set[str]:
