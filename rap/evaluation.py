@@ -90,8 +90,8 @@ class EvalScores:
     rerank_k: int
     failed_videos: int = 0
 
-    def metrics(self) -> dict[str, dict[str, float]]:
-        return t2v_v2t_metrics(self.t2v, self.text_to_video, self.v2t)
+    def metrics(self, *, with_intervals: bool = False) -> dict[str, dict[str, Any]]:
+        return t2v_v2t_metrics(self.t2v, self.text_to_video, self.v2t, with_intervals=with_intervals)
 
     def itc_metrics(self) -> dict[str, dict[str, float]]:
         return t2v_v2t_metrics(self.itc, self.text_to_video)
@@ -504,7 +504,7 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
                 max_len=cfg.model.text.max_len_eval,
                 num_workers=cfg.data.num_workers,
             )
-            result: dict[str, Any] = dict(scores.metrics())
+            result: dict[str, Any] = dict(scores.metrics(with_intervals=True))
             if scores.rerank_k > 0:
                 result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
             info = {

@@ -34,9 +34,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["RECALL_KS", "retrieval_ranks", "retrieval_metrics", "t2v_v2t_metrics"]
+__all__ = ["RECALL_KS", "retrieval_ranks", "retrieval_metrics", "t2v_v2t_metrics", "recall_intervals"]
 
 RECALL_KS = (1, 5, 10)
+# Bootstrap over queries (percentile method): how far R@K could move on another draw of test
+# queries of the same size. Seeded: the interval of a given ranking is reproducible.
+CI_LEVEL = 0.95
+CI_RESAMPLES = 2000
+CI_SEED = 0
 
 
 def _as_matrix(sim: Any) -> np.ndarray:
@@ -146,7 +151,9 @@ def retrieval_metrics(sim: Any, gt: Any = None) -> dict[str, float]:
     return out
 
 
-def t2v_v2t_metrics(sim_t2v: Any, text_to_video: Any, sim_v2t: Any = None) -> dict[str, dict[str, float]]:
+def t2v_v2t_metrics(
+    sim_t2v: Any, text_to_video: Any, sim_v2t: Any = None, *, with_intervals: bool = False
+) -> dict[str, dict[str, Any]]:
     """Both retrieval directions of a text-video benchmark.
 
     ``sim_t2v``: ``(T, V)`` text-to-video scores; ``text_to_video``: ``(T,)`` index of each
@@ -156,7 +163,8 @@ def t2v_v2t_metrics(sim_t2v: Any, text_to_video: Any, sim_v2t: Any = None) -> di
 
     Text-to-video: each text has exactly its video as the correct candidate. Video-to-text:
     each video's correct candidates are *all* its texts; it is found at the best-ranked one.
-    Every video needs at least one text.
+    Every video needs at least one text. ``with_intervals`` adds ``"ci95"``: the bootstrap
+    intervals of each direction's recalls (:func:`recall_intervals`).
     """
     t2v = _as_matrix(sim_t2v)
     num_texts, num_videos = t2v.shape
@@ -176,4 +184,30 @@ def t2v_v2t_metrics(sim_t2v: Any, text_to_video: Any, sim_v2t: Any = None) -> di
     missing = np.flatnonzero(~v2t_mask.any(axis=1))
     if missing.size:
         raise ValueError(f"video {missing[0]} has no text in text_to_video ({missing.size} such videos)")
-    return {"t2v": retrieval_metrics(t2v, index), "v2t": retrieval_metrics(v2t, v2t_mask)}
+    metrics = {"t2v": retrieval_metrics(t2v, index), "v2t": retrieval_metrics(v2t, v2t_mask)}
+    if with_intervals:
+        metrics["ci95"] = {
+            "t2v": recall_intervals(retrieval_ranks(t2v, index)),
+            "v2t": recall_intervals(retrieval_ranks(v2t, v2t_mask)),
+        }
+    return metrics
+
+
+def recall_intervals(
+    ranks: np.ndarray, *, resamples: int = CI_RESAMPLES, seed: int = CI_SEED, level: float = CI_LEVEL
+) -> dict[str, float]:
+    """95 % bootstrap intervals of R@1/5/10 over queries: ``{"R@1_lo", "R@1_hi", ...}`` in
+    percent. Queries are resampled with replacement ``resamples`` times (seeded), and the
+    interval is the central ``level`` of the resampled recalls (percentile method)."""
+    ranks = np.asarray(ranks)
+    if ranks.ndim != 1 or ranks.size == 0:
+        raise ValueError(f"recall_intervals needs a non-empty 1-D array of ranks, got shape {ranks.shape}")
+    draws = np.random.default_rng(seed).integers(0, ranks.size, size=(resamples, ranks.size))
+    resampled = ranks[draws]  # (resamples, queries)
+    tail = 100.0 * (1.0 - level) / 2.0
+    out: dict[str, float] = {}
+    for k in RECALL_KS:
+        recalls = 100.0 * (resampled <= k).mean(axis=1)
+        lo, hi = np.percentile(recalls, [tail, 100.0 - tail])
+        out[f"R@{k}_lo"], out[f"R@{k}_hi"] = float(lo), float(hi)
+    return out

@@ -161,3 +161,29 @@ def test_near_equal_float64_scores_do_not_tie():
     assert torch.tensor(base + 1e-9, dtype=torch.float32) == torch.tensor(base, dtype=torch.float32)
     assert retrieval_ranks(sim, [0]).tolist() == [1]
     assert retrieval_ranks(sim, [1]).tolist() == [2]
+
+
+def test_bootstrap_intervals_cover_the_value_and_shrink_with_more_queries():
+    from rap.metrics import recall_intervals
+
+    rng = np.random.default_rng(0)
+    small = rng.integers(1, 21, size=40)  # 40 queries over 20 candidates
+    large = np.tile(small, 25)  # the same ranking, 1,000 queries
+    ci_small, ci_large = recall_intervals(small), recall_intervals(large)
+    for k in (1, 5, 10):
+        value = 100.0 * np.mean(small <= k)
+        assert ci_small[f"R@{k}_lo"] <= value <= ci_small[f"R@{k}_hi"]
+        assert ci_large[f"R@{k}_hi"] - ci_large[f"R@{k}_lo"] < ci_small[f"R@{k}_hi"] - ci_small[f"R@{k}_lo"]
+    assert recall_intervals(small) == ci_small  # seeded: reproducible
+    # every query at rank 1: no uncertainty left
+    assert recall_intervals(np.ones(30, dtype=int))["R@1_lo"] == 100.0
+
+
+def test_interval_of_a_hand_computed_case():
+    """Two queries, one found at rank 1: a resample holds 0, 1 or 2 hits (p = 1/4, 1/2, 1/4), so
+    the central 95 % of the resampled R@1 spans 0 to 100."""
+    from rap.metrics import recall_intervals
+
+    ci = recall_intervals(np.array([1, 7]))
+    assert (ci["R@1_lo"], ci["R@1_hi"]) == (0.0, 100.0)
+    assert (ci["R@10_lo"], ci["R@10_hi"]) == (100.0, 100.0)

@@ -155,7 +155,7 @@ def test_write_tables_paper_scale(tmp_path):
                 assert _cells(line)[-4:] == ["-" if v is None else f"{v:.1f}" for v in r.values]
     t1 = (tmp_path / "reports/table1.md").read_text(encoding="utf-8").splitlines()
     i = next(k for k, ln in enumerate(t1) if label in ln)
-    assert _cells(t1[i])[-4:] == ["30.0", "47.0", "60.0", "7.0"]
+    assert _cells(t1[i])[-4:] == ["30.0", "47.0", "60.0", "7.0"]  # no interval in that file
     assert "Δ" in t1[i + 1]
     assert _cells(t1[i + 1])[-4:] == ["+1.1", "-0.5", "+3.2", "0.0"]
     # the main run's row reappears as the reference row of the ablation tables, with the same Δ
@@ -170,6 +170,28 @@ def test_write_tables_paper_scale(tmp_path):
     assert "measured while training, on test machine" in speed and "1.00x" in speed
     readme = (tmp_path / "reports/README.md").read_text(encoding="utf-8")
     assert all(f"(table{i}.md)" in readme for i in range(1, 9))
+    # `rap evaluate` writes 95 % bootstrap intervals (ci95): this run's R@K show them, the Δ row not
+    (root / "eval/zeroshot/msrvtt.json").write_text(
+        json.dumps(
+            {
+                **_metrics(30.0, 47.0, 60.04, 7.0),
+                "ci95": {
+                    "t2v": {
+                        "R@1_lo": 21.25,
+                        "R@1_hi": 38.0,
+                        "R@5_lo": 40.0,
+                        "R@5_hi": 55.0,
+                        "R@10_lo": 50.0,
+                        "R@10_hi": 70.0,
+                    }
+                },
+            }
+        )
+    )
+    write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
+    t1 = (tmp_path / "reports/table1.md").read_text(encoding="utf-8").splitlines()
+    assert _cells(t1[i])[-4:] == ["30.0 (21.2–38.0)", "47.0 (40.0–55.0)", "60.0 (50.0–70.0)", "7.0"]
+    assert _cells(t1[i + 1])[-4:] == ["+1.1", "-0.5", "+3.2", "0.0"]
 
 
 def test_write_tables_deterministic_and_embedded_has_no_differences(tmp_path):

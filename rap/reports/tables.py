@@ -54,10 +54,12 @@ class BadMetricsError(RapError, ValueError):
 
 @dataclass(frozen=True)
 class RunMetrics:
-    """The four numbers the paper reports (text-to-video), or None with the text shown instead."""
+    """The four numbers the paper reports (text-to-video), or None with the text shown instead;
+    ``intervals``: the 95 % bootstrap interval of R@1, R@5, R@10 when the metrics file has one."""
 
     values: tuple[float, float, float, float] | None
     absent: str = _MISSING  # "missing" (file not there) or "n/a" (no run provides the row)
+    intervals: tuple[tuple[float, float], ...] | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -78,6 +80,21 @@ def read_metrics(path: Path, direction: str = DIRECTION) -> tuple[float, float, 
             raise BadMetricsError(f"{path}: {direction}.{key} must be a finite number, got {value!r}")
         out.append(float(value))
     return tuple(out)  # type: ignore[return-value]
+
+
+def read_intervals(path: Path, direction: str = DIRECTION) -> tuple[tuple[float, float], ...] | None:
+    """The 95 % bootstrap intervals of R@1, R@5, R@10 written by `rap evaluate` (``ci95``), or
+    None for a metrics file without them."""
+    block = _read_json(path).get("ci95", {}).get(direction)
+    if block is None:
+        return None
+    out = []
+    for k in ("R@1", "R@5", "R@10"):
+        lo, hi = block.get(f"{k}_lo"), block.get(f"{k}_hi")
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (lo, hi)) or lo > hi:
+            raise BadMetricsError(f"{path}: ci95.{direction}.{k} must be finite numbers lo <= hi, got {lo!r}, {hi!r}")
+        out.append((float(lo), float(hi)))
+    return tuple(out)
 
 
 def read_flops(path: Path) -> float | None:
@@ -145,7 +162,13 @@ def _fmt_diff(mine: float | None, paper: float | None) -> str:
 
 
 def _cells(m: RunMetrics) -> list[str]:
-    return [m.absent] * 4 if m.values is None else [_fmt(v) for v in m.values]
+    """This run's R@1, R@5, R@10 (each with its 95 % interval when known) and MdR."""
+    if m.values is None:
+        return [m.absent] * 4
+    if m.intervals is None:
+        return [_fmt(v) for v in m.values]
+    recalls = [f"{_fmt(v)} ({_fmt(lo)}–{_fmt(hi)})" for v, (lo, hi) in zip(m.values[:3], m.intervals)]
+    return [*recalls, _fmt(m.values[3])]
 
 
 def _diff_cells(m: RunMetrics, paper: PaperRow) -> list[str]:
@@ -183,7 +206,7 @@ class _Context:
         if not row.metrics.is_file():
             self.missing.append(row.metrics)
             return RunMetrics(None)
-        return RunMetrics(read_metrics(row.metrics))
+        return RunMetrics(read_metrics(row.metrics), intervals=read_intervals(row.metrics))
 
     def flops(self, row: TableRow) -> float | None | str:
         """FLOPs per step, None when not recorded, or the text to show when there is no file."""
@@ -321,7 +344,8 @@ def _table8(ctx: _Context) -> str:
             flop_cells = [f or "-", "-"]
         else:
             flop_cells = [f"{f / 1e9:.1f}", "-" if base_flops is None else f"{f / base_flops:.2f}x"]
-        r1, mdr = (m.absent, m.absent) if m.values is None else (_fmt(m.values[0]), _fmt(m.values[3]))
+        cells = _cells(m)
+        r1, mdr = cells[0], cells[3]
         body.append([format_value(r.setting.value), _origin(r), *flop_cells, r1, mdr])
     ref = format_value(REFERENCE_KNOBS["mask_video"])
     headers = ["r_v", "Run", "GFLOPs/step", f"FLOPs vs r_v={ref}", "R@1 ↑", "MdR ↓"]
@@ -398,7 +422,8 @@ def _table8_speed(ctx: _Context, rows: list[TableRow]) -> str:
 def _header(table: int, title: str, ctx: _Context) -> str:
     lines = [f"# Table {table}: {title}", ""]
     lines.append(
-        f"Text-to-video retrieval; R@K in %, MdR = median rank. This run: scale `{ctx.params.scale}`, "
+        f"Text-to-video retrieval; R@K in %, MdR = median rank; this run's R@K with its 95 % bootstrap "
+        f"interval over queries in parentheses. This run: scale `{ctx.params.scale}`, "
         f"run `{ctx.run_id}`."
     )
     if table <= 7:
