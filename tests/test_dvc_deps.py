@@ -5,6 +5,8 @@ real run of the pipeline."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -61,3 +63,17 @@ def test_code_closure_sees_lazy_imports():
     assert not any(p.startswith("rap/training/") for p in runs)  # evaluation never loads the engine
     assert not any(p.startswith("rap/reports/") for p in cli_closure("pretrain"))
     assert "rap/data/download.py" not in cli_closure("pretrain")
+
+
+def test_every_selected_scale_param_exists_in_both_scales():
+    """DVC stops on a params key missing from params.yaml: each `${scale}.` key dvc.yaml names
+    must be written out in the embedded and the paper block (defaults do not count)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    keys = set(re.findall(r"\$\{scale\}\.([\w.]+)", (REPO / "dvc.yaml").read_text()))
+    assert keys
+    for scale in ("embedded", "paper"):
+        for key in keys:
+            block = raw[scale]
+            for part in key.split("."):
+                assert isinstance(block, dict) and part in block, f"params.yaml has no {scale}.{key}"
+                block = block[part]

@@ -63,7 +63,7 @@ def test_workflow_on_slurm_two_process_pretraining(slurm_cluster: Cluster, tmp_p
     assert len(submitted) == 8, proc.stderr[-3000:]
     assert (tmp_path / "logs/slurm/rule_pretrain").is_dir()
     # pre-training: one SLURM job, 2 processes under torchrun, as the layout asks
-    summary = json.loads((tmp_path / "runs/pretrain/main/train_summary.json").read_text())
+    summary = json.loads((tmp_path / "runs/pretrain/main/train_run.json").read_text())
     assert summary["finished"] and summary["world_size"] == 2
     log = (tmp_path / "logs/pretrain/main.log").read_text()
     assert "launching 2 of 2 processes" in log and "--standalone --nproc_per_node=2" in log

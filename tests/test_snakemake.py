@@ -240,7 +240,7 @@ def run_snakemake(
 def assert_tiny_outputs(workdir: Path) -> None:
     missing = [p for p in TINY_OUTPUTS if not (workdir / p).is_file()]
     assert not missing, f"the workflow did not write {missing}"
-    summary = json.loads((workdir / "runs/pretrain/main/train_summary.json").read_text())
+    summary = json.loads((workdir / "runs/pretrain/main/train_run.json").read_text())
     assert summary["finished"] and summary["steps"] == 2  # the tiny file's setting, not params.yaml's
     for name in ("zeroshot/msrvtt", "finetuned/msrvtt-7k", "ablation/racl-none"):
         metrics = json.loads((workdir / f"runs/eval/{name}.json").read_text())

@@ -53,7 +53,7 @@ class AblationSetting:
     value: Any  # typed value, e.g. 2.0
     table: int
     is_main: bool  # the reference value: provided by the main run
-    run_dir: Path | None  # checkpoint.pt / train_summary.json; None: no run provides this row
+    run_dir: Path | None  # checkpoint.pt, train_metrics.json; None: no run provides this row
     metrics: Path | None  # zero-shot MSRVTT metrics JSON; None as above
 
 
