@@ -283,7 +283,7 @@ def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):
     out = tmp_path / "eval" / "metrics.json"
     result = run_evaluation(msvd_params, "msvd", "test", ckpt, out)
     written = json.loads(out.read_text())
-    assert written == result and set(written) == {"t2v", "v2t", "itc_only"}  # a metrics file holds metrics
+    assert written == result and set(written) == {"t2v", "v2t", "itc_only", "ci95"}  # metrics only
     info = json.loads(run_info_path(out).read_text())
     assert info["dataset"] == "msvd" and info["split"] == "test" and info["checkpoint"] == str(ckpt)
     assert info["num_videos"] == 4 and info["num_queries"] > info["num_videos"]  # multi-caption
@@ -295,6 +295,9 @@ def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):
         assert 1 <= m["MdR"] and 1 <= m["MnR"]
     assert written["t2v"]["MnR"] <= info["num_videos"]
     assert set(written["itc_only"]) == {"t2v", "v2t"}
+    for direction in ("t2v", "v2t"):  # 95 % bootstrap intervals around every recall
+        ci = written["ci95"][direction]
+        assert all(ci[f"R@{k}_lo"] <= written[direction][f"R@{k}"] <= ci[f"R@{k}_hi"] for k in (1, 5, 10))
     assert not list(out.parent.glob(".*tmp*"))  # atomic write left nothing behind
 
     mlflow.set_tracking_uri(uri)
