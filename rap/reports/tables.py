@@ -354,8 +354,9 @@ def _table8(ctx: _Context) -> str:
         _header(8, TABLE8_TITLE, ctx),
         "Not in the RaP paper. MAC masks a random subset of video patches in every frame during "
         "pre-training (evaluation is unmasked); the MAC paper reports 60% fewer FLOPs and 3x faster "
-        "pre-training. FLOPs per optimiser step (forward + backward, one rank) are counted by "
-        "torch's FlopCounterMode and reproduce; zero-shot MSRVTT text-to-video. Wall-clock speed "
+        "pre-training. FLOPs per optimiser step of this run's pre-trainings (forward + backward, one "
+        "rank) are counted by torch's FlopCounterMode and reproduce; zero-shot MSRVTT text-to-video. "
+        "Wall-clock speed "
         f"depends on the machine: it is in [{speed_file}]({speed_file}), rewritten by every run.",
         tabulate(
             body, headers=headers, tablefmt="github", disable_numparse=True, colalign=("left", "left") + ("right",) * 4
