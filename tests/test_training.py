@@ -176,3 +176,19 @@ def test_finetune_without_validation_split_keeps_last_epoch(
     assert all(torch.equal(chosen["model"][k], last["model"][k]) for k in last["model"])
     rows = _rows(out / "loss.csv")
     assert len(rows) == summary["steps"] > 0 and math.isfinite(float(rows[-1]["loss"]))
+
+
+@pytest.mark.parametrize(
+    ("capability", "expected"),
+    [((7, 0), torch.float16), ((7, 5), torch.float16), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)],
+)
+def test_precision_auto_follows_native_bf16(capability, expected, monkeypatch):
+    """`precision: auto`: bf16 only where it is native (Ampere and later), fp16 with loss scaling on
+    a V100 (sm70), where torch.cuda.is_bf16_supported() also says yes (emulated bf16)."""
+    from rap.training.loop import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert resolve_precision("auto", torch.device("cuda", 0)) == expected
+    assert resolve_precision("auto", torch.device("cpu")) == torch.float32
+    assert resolve_precision("fp16", torch.device("cpu")) == torch.float16  # explicit choices are honoured
