@@ -94,9 +94,10 @@ def single_thread():
         yield
 
 
-@pytest.fixture()
-def no_tracking(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Training tests log nowhere unless they point MLflow at a temporary store themselves."""
+@pytest.fixture(autouse=True)
+def tracking_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test logs nowhere unless it points MLflow at a temporary store itself (and sets or
+    removes RAP_TRACKING): never into the repository's mlflow.db."""
     monkeypatch.setenv("RAP_TRACKING", "0")
 
 

@@ -62,7 +62,7 @@ class UnionOfRanks:
             }
 
 
-def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_root, tmp_path, no_tracking):
+def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_root, tmp_path):
     overrides = {
         "pretrain.loss.itm_weight": 0.0,
         "pretrain.loss.lm_weight": 0.0,

@@ -105,6 +105,7 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}",
+        "RAP_TRACKING": "1",  # the real pipeline logs, into the copy's own store
         "GIT_AUTHOR_NAME": "rap test",
         "GIT_AUTHOR_EMAIL": "test@rap.invalid",
         "GIT_COMMITTER_NAME": "rap test",

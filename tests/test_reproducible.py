@@ -116,7 +116,7 @@ def _inproc_pretrain(make_params, out: Path, seed: int) -> Path:
 
 
 def test_pretraining_is_reproducible_and_seed_makes_a_different_run(
-    make_params, corpus_root: Path, tmp_path: Path, no_tracking
+    make_params, corpus_root: Path, tmp_path: Path
 ) -> None:
     """Each seed runs twice from scratch: once in this process, once as ``rap pretrain --set
     seed=N`` in a fresh one; both runs of a seed write the same bytes, the seeds differ."""

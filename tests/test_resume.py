@@ -66,7 +66,7 @@ def straight(make_params, tmp_path_factory):
     return out, _weights(final)
 
 
-def test_resume_after_stop_equals_uninterrupted_run(make_params, straight, tmp_path, no_tracking, single_thread):
+def test_resume_after_stop_equals_uninterrupted_run(make_params, straight, tmp_path, single_thread):
     params = make_params(OVERRIDES)
     out = tmp_path / "stopped"
     pretrain.run(params, out, max_steps=2)  # stops inside epoch 0 (step 2 of 3)
@@ -83,9 +83,7 @@ def test_resume_after_stop_equals_uninterrupted_run(make_params, straight, tmp_p
     assert "wall_time_s" in json.loads((out / "train_timings.json").read_text())
 
 
-def test_resume_after_crash_equals_uninterrupted_run(
-    make_params, straight, tmp_path, monkeypatch, no_tracking, single_thread
-):
+def test_resume_after_crash_equals_uninterrupted_run(make_params, straight, tmp_path, monkeypatch, single_thread):
     params = make_params(OVERRIDES)
     out = tmp_path / "crashed"
     forward, calls = RaPModel.forward, {"n": 0}
@@ -108,7 +106,7 @@ def test_resume_after_crash_equals_uninterrupted_run(
     assert json.loads((out / "train_run.json").read_text())["resumed_from"].endswith("step-00000004.pt")
 
 
-def test_changed_setting_stops_an_interrupted_run_and_no_moves_it_aside(make_params, tmp_path, no_tracking):
+def test_changed_setting_stops_an_interrupted_run_and_no_moves_it_aside(make_params, tmp_path):
     """`--resume auto` never continues, nor silently drops, a run of another configuration."""
     out = tmp_path / "changed"
     pretrain.run(make_params(OVERRIDES), out, max_steps=2)
@@ -127,7 +125,7 @@ def test_changed_setting_stops_an_interrupted_run_and_no_moves_it_aside(make_par
     assert json.loads((out / "train_run.json").read_text())["resumed_from"] is None
 
 
-def test_a_finished_run_is_moved_aside_for_a_new_setting(make_params, tmp_path, no_tracking):
+def test_a_finished_run_is_moved_aside_for_a_new_setting(make_params, tmp_path):
     out = tmp_path / "finished"
     small = {**OVERRIDES, "pretrain.optim.epochs": 1}
     pretrain.run(make_params(small), out)

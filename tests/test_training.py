@@ -111,7 +111,7 @@ def test_pretraining_loss_falls_and_logs(make_params, tmp_path, monkeypatch, sin
     } <= logged
 
 
-def test_non_finite_loss_names_step_and_term(make_params, tmp_path, monkeypatch, no_tracking, single_thread):
+def test_non_finite_loss_names_step_and_term(make_params, tmp_path, monkeypatch, single_thread):
     calls = {"n": 0}
     forward = RaPModel.forward
 
@@ -132,7 +132,7 @@ def test_non_finite_loss_names_step_and_term(make_params, tmp_path, monkeypatch,
 
 
 def test_finetune_selects_best_validation_epoch(
-    make_params, pretrained_checkpoint, tmp_path, monkeypatch, no_tracking, single_thread
+    make_params, pretrained_checkpoint, tmp_path, monkeypatch, single_thread
 ):
     """MSVD has a validation split: checkpoint.pt must be the best epoch's weights. The real
     evaluation runs every epoch; its score is replaced by a scripted one (best: epoch 1) so
@@ -164,7 +164,7 @@ def test_finetune_selects_best_validation_epoch(
 
 
 def test_finetune_without_validation_split_keeps_last_epoch(
-    make_params, pretrained_checkpoint, tmp_path, no_tracking, single_thread
+    make_params, pretrained_checkpoint, tmp_path, single_thread
 ):
     out = tmp_path / "msrvtt"
     final = finetune.run(make_params(), "msrvtt-7k", pretrained_checkpoint, out)
