@@ -7,33 +7,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-import torch
 
 from rap.config import Params, load_params
 
-REPO = Path(__file__).resolve().parents[1]
-PARAMS_YAML = REPO / "params.yaml"
-# The datasets the training tests need: the pre-training mix, MSRVTT (no validation split)
-# and MSVD (train/val/test); 0.1 of the embedded scale (24 WebVid clips, 16 CC3M images, ...).
-CORPUS_DATASETS = ("webvid", "cc3m", "msrvtt", "msvd")
-CORPUS_SCALE = 0.1
-
-
-def shrunk_overrides(root: Path) -> dict[str, Any]:
-    """Overrides turning params.yaml's embedded scale into the test scale on the corpus at ``root``."""
-    return {
-        "data.root": str(root),
-        "datasets": list(CORPUS_DATASETS),
-        "evaluate.zero_shot": ["msrvtt", "msvd"],
-        "finetune.tasks": ["msrvtt-7k", "msrvtt-9k", "msvd"],
-        "pretrain.optim.batch_size": 8,
-        "pretrain.optim.epochs": 3,
-        "pretrain.optim.warmup_steps": 2,
-        "pretrain.optim.log_every": 1,
-        "finetune.optim.batch_size": 8,
-        "finetune.optim.log_every": 1,
-        "finetune.epochs": {"msrvtt-7k": 1, "msrvtt-9k": 1, "msvd": 3},
-    }
+from helpers.config import CORPUS_DATASETS, CORPUS_SCALE, PARAMS_YAML, shrunk_overrides, torch_threads
 
 
 @pytest.fixture(scope="session")
@@ -73,21 +50,6 @@ def pretrained_checkpoint(make_params: Callable[..., Params], tmp_path_factory: 
         return pretrain.run(make_params(), out, max_steps=4)
 
 
-class torch_threads:
-    """Run with ``n`` intra-op threads (bit-exact CPU kernels for resume/DDP comparisons, and
-    faster on a shared 2-core machine); restores the previous count."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __enter__(self) -> None:
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.before)
-
-
 @pytest.fixture()
 def single_thread():
     with torch_threads(1):
@@ -99,25 +61,3 @@ def tracking_off(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test logs nowhere unless it points MLflow at a temporary store itself (and sets or
     removes RAP_TRACKING): never into the repository's mlflow.db."""
     monkeypatch.setenv("RAP_TRACKING", "0")
-
-
-class without_dropout:
-    """Build every RaPModel with dropout probability 0 (multi-rank equivalence tests: each
-    rank draws its own dropout masks, so a 2-rank run and a 1-process run cannot share them)."""
-
-    def __enter__(self) -> None:
-        from rap.model.rap import RaPModel
-
-        self.cls, self.init = RaPModel, RaPModel.__init__
-        init = self.init
-
-        def init_without_dropout(model, *args, **kwargs):
-            init(model, *args, **kwargs)
-            for m in model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
-
-        RaPModel.__init__ = init_without_dropout
-
-    def __exit__(self, *exc: object) -> None:
-        self.cls.__init__ = self.init

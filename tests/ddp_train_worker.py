@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rap.config import load_params  # noqa: E402
 from rap.training import pretrain  # noqa: E402
 
-from conftest import PARAMS_YAML, without_dropout  # noqa: E402
+from helpers.config import PARAMS_YAML, without_dropout  # noqa: E402
 
 
 def main() -> None:

@@ -32,7 +32,7 @@ from rap.model import RaPModel, build_tokenizer
 from rap.training.checkpoint import load_checkpoint
 from rap.training.loop import DistContext, seed_everything, train
 
-from conftest import REPO, shrunk_overrides, torch_threads, without_dropout
+from helpers.config import REPO, shrunk_overrides, torch_threads, without_dropout
 
 STEPS = 3
 PER_RANK = 4

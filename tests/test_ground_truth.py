@@ -15,7 +15,7 @@ from rap.data import synthetic
 from rap.model import build_tokenizer
 from rap.redundancy_metrics import average_precision, patch_separation, roc_auc, token_separation
 
-from conftest import PARAMS_YAML
+from helpers.config import PARAMS_YAML
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from rap import launch
 from rap.config import ConfigError, PretrainConfig, ProcessLayout, load_params
 
-from test_snakemake import REPO
+from helpers.snakemake import REPO
 
 RAP_ARGS = ["pretrain", "--out", "runs/pretrain/main"]
 SLURM_8x8 = {

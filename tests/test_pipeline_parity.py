@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dvc.repo import Repo
 
-from test_snakemake import parse_jobs, snakemake_dry_run
+from helpers.snakemake import parse_jobs, snakemake_dry_run
 
 REPO = Path(__file__).resolve().parents[1]
 

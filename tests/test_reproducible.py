@@ -21,7 +21,7 @@ from rap.data.synthetic import generate
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import pretrain
 
-from conftest import PARAMS_YAML, shrunk_overrides, torch_threads
+from helpers.config import PARAMS_YAML, shrunk_overrides, torch_threads
 
 # One video dataset and the image dataset (24 clips, 16 images: enough narrow clips that the
 # x264 run-to-run variation fixed in synthetic.X264_OPTIONS shows up in all but ~2 % of runs).

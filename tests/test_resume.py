@@ -29,8 +29,8 @@ from rap.model import RaPModel
 from rap.training import pretrain
 from rap.training.resume import SET_ASIDE_DIR, ResumeConflict, code_digests, shaping_params
 
-from conftest import REPO, shrunk_overrides
 from helpers.cli import rap_command, subprocess_env
+from helpers.config import REPO, shrunk_overrides
 
 # 5 micro-batches per epoch, grad_accum 2 -> 3 optimiser steps per epoch (2 + 2 + 1), 2 epochs.
 OVERRIDES = {"pretrain.optim.epochs": 2, "pretrain.optim.grad_accum": 2, "pretrain.optim.checkpoint_every": 2}

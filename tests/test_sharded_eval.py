@@ -14,8 +14,8 @@ from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
 from rap.training.finetune import VALIDATION_SPLIT
 
-from conftest import shrunk_overrides
 from helpers.cli import rap_command, run_ok, subprocess_env
+from helpers.config import shrunk_overrides
 
 EVAL = {"evaluate.itm_rerank_k": 3, "evaluate.batch_size": 3}  # batches straddle the ranks' shares
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.snakemake import REPO, run_snakemake, tiny_params
 from slurm_cluster import Cluster, ensure_packages
-from test_snakemake import REPO, run_snakemake, tiny_params
 
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
 TARGET = "runs/eval/zeroshot/msrvtt.json"
