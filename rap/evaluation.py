@@ -34,9 +34,7 @@ and no rank waits long enough to hit the process group's timeout.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +45,7 @@ from tqdm.auto import tqdm
 
 from rap import distributed as rdist
 from rap import tracking
-from rap.checkpoint_io import file_digest, load_model_weights
+from rap.checkpoint_io import file_digest, load_model_weights, write_json_atomic
 from rap.config import EvalConfig
 from rap.metrics import t2v_v2t_metrics
 
@@ -63,7 +61,6 @@ __all__ = [
     "score_matrices",
     "evaluate",
     "run_evaluation",
-    "write_json_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -391,19 +388,6 @@ def evaluate(
     return score_matrices(
         model, tokenizer, eval_set, eval_cfg, device, max_len=max_len, num_workers=num_workers
     ).metrics()
-
-
-def write_json_atomic(data: Any, path: Path) -> Path:
-    """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def _check_loaded(result: dict[str, list[str]], checkpoint: Path, rerank: bool) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import itertools
-import json
 import logging
 import math
 import platform
@@ -59,7 +58,7 @@ from tqdm.auto import tqdm
 
 from rap import distributed as rdist
 from rap import tracking
-from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
+from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint, write_json_atomic
 from rap.config import LossConfig, OptimConfig, Params
 from rap.errors import RapError
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
@@ -621,7 +620,7 @@ class _Run:
                 "checkpoint": str(final),
             }
             for kind, data in (("metrics", metrics), ("run", run), ("timings", timings)):
-                _write_json(self.out_dir / RUN_OUTPUTS[kind], data)
+                write_json_atomic(data, self.out_dir / RUN_OUTPUTS[kind])
             reporter.metrics(
                 {f"summary/{k}": v for k, v in timings.items() if isinstance(v, (int, float))}
                 | {"summary/steps": self.pos.global_step},
@@ -629,10 +628,6 @@ class _Run:
             )
         rdist.barrier()
         return final
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _resume_mode(resume: bool | str) -> resume_rules.ResumeMode:

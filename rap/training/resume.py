@@ -36,7 +36,6 @@ from typing import Any, Literal, Mapping
 
 import torch
 
-from rap.checkpoint_io import file_digest  # noqa: F401  (re-exported: fine-tuning's input digest)
 from rap.config import TOP_LEVEL_KNOBS, Params
 from rap.errors import RapError
 from rap.training.checkpoint import latest_checkpoint
@@ -47,7 +46,6 @@ __all__ = [
     "StartPlan",
     "shaping_params",
     "code_digests",
-    "file_digest",
     "plan_start",
     "set_aside",
     "SET_ASIDE_DIR",
