@@ -18,8 +18,9 @@ from typing import Any, Sequence
 
 import yaml
 
-from rap.config import ALL_DATASETS, FINETUNE_TASKS, ConfigError, Params, ProcessLayout, ablation_overrides, load_params
+from rap.config import ConfigError, Params, ProcessLayout, ablation_overrides, load_params
 from rap.errors import RapError
+from rap.registry import ALL_DATASETS, DOWNSTREAM_DATASETS, FINETUNE_TASKS, TEST_SPLIT
 
 log = logging.getLogger("rap")
 
@@ -212,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("evaluate", parents=[common], help="text-video retrieval metrics of a checkpoint")
-    p.add_argument("dataset", choices=("msrvtt", "didemo", "msvd", "lsmdc"))
+    p.add_argument("dataset", choices=DOWNSTREAM_DATASETS)
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default=TEST_SPLIT)
     p.add_argument("--out", required=True, help="metrics JSON")
     p.set_defaults(func=cmd_evaluate)
 

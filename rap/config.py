@@ -25,6 +25,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from rap.errors import RapError
+from rap.registry import ALL_DATASETS, DOWNSTREAM_DATASETS, FINETUNE, FINETUNE_TASKS, PRETRAIN_SOURCES
 
 RaclDirection = Literal["both", "v2t", "t2v", "none"]
 RaclVariant = Literal["paper", "official"]
@@ -32,12 +33,6 @@ IntraVideoView = Literal["online", "momentum"]
 Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
-
-PRETRAIN_SOURCES = ("webvid", "cc3m")
-DOWNSTREAM_DATASETS = ("msrvtt", "didemo", "msvd", "lsmdc")
-ALL_DATASETS = PRETRAIN_SOURCES + DOWNSTREAM_DATASETS
-# Fine-tuning tasks: MSRVTT has two training splits (7k and 9k videos), both tested on 1k-A.
-FINETUNE_TASKS = ("msrvtt-7k", "msrvtt-9k", "didemo", "msvd", "lsmdc")
 
 
 class ConfigError(RapError, ValueError):
@@ -337,10 +332,10 @@ class ScaleConfig:
             _check(d in self.datasets, "evaluate.zero_shot", d, f"is not in datasets={list(self.datasets)}")
         for t in self.finetune.tasks:
             _check(
-                t.split("-")[0] in self.datasets,
+                FINETUNE[t].dataset in self.datasets,
                 "finetune.tasks",
                 t,
-                f"needs dataset {t.split('-')[0]!r} in datasets={list(self.datasets)}",
+                f"needs dataset {FINETUNE[t].dataset!r} in datasets={list(self.datasets)}",
             )
 
 

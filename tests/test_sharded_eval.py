@@ -12,7 +12,7 @@ from rap.checkpoint_io import load_checkpoint, load_model_weights
 from rap.data.datasets import build_eval_set
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
-from rap.training.finetune import VALIDATION_SPLIT
+from rap.registry import FINETUNE
 
 from helpers.cli import rap_command, run_ok, subprocess_env
 from helpers.config import shrunk_overrides
@@ -75,7 +75,7 @@ def test_two_rank_finetuning_validates_like_one_process(corpus_root, pretrained_
     cfg = load_params(REPO / "params.yaml", overrides).cfg
     model = RaPModel(cfg.model, cfg.finetune.loss)
     load_model_weights(model, out / "best.pt")
-    eval_set = build_eval_set("msvd", VALIDATION_SPLIT["finetune-msvd".removeprefix("finetune-")], cfg)
+    eval_set = build_eval_set("msvd", FINETUNE["msvd"].val, cfg)
     metrics = evaluate(
         model,
         build_tokenizer(cfg.model.text),

@@ -48,15 +48,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from rap.data.records import ClipRecord, DataError
-
-SPLITS: dict[str, tuple[str, ...]] = {
-    "webvid": ("train",),
-    "cc3m": ("train",),
-    "msrvtt": ("train-7k", "train-9k", "test"),
-    "didemo": ("train", "val", "test"),
-    "msvd": ("train", "val", "test"),
-    "lsmdc": ("train", "val", "test"),
-}
+from rap.registry import SPLITS
 
 
 @dataclass(frozen=True)

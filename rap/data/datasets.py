@@ -34,16 +34,10 @@ from rap.data.adapters import load_records
 from rap.data.mixing import MixedBatchSampler
 from rap.data.records import ClipRecord, DataError, ProbeInfo, clean_captions, index_paths, read_index
 from rap.data.sampling import sample_indices
+from rap.registry import FINETUNE, FINETUNE_TASKS
 
 log = logging.getLogger(__name__)
 
-FINETUNE_SPLITS = {
-    "msrvtt-7k": ("msrvtt", "train-7k"),
-    "msrvtt-9k": ("msrvtt", "train-9k"),
-    "didemo": ("didemo", "train"),
-    "msvd": ("msvd", "train"),
-    "lsmdc": ("lsmdc", "train"),
-}
 MAX_SUBSTITUTES = 16  # consecutive bad items tried before a sample is given up as an error
 
 
@@ -323,11 +317,11 @@ def build_finetune_loader(
     world_size: int = 1,
     batch_size: int | None = None,
 ) -> TrainLoader:
-    """Fine-tuning on ``task`` (msrvtt-7k, msrvtt-9k, didemo, msvd, lsmdc): one item per
-    caption; ``video_index`` marks captions of the same video."""
-    if task not in FINETUNE_SPLITS:
-        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {tuple(FINETUNE_SPLITS)}")
-    dataset, split = FINETUNE_SPLITS[task]
+    """Fine-tuning on ``task`` (:data:`rap.registry.FINETUNE`: its training split): one item
+    per caption; ``video_index`` marks captions of the same video."""
+    if task not in FINETUNE:
+        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {FINETUNE_TASKS}")
+    dataset, split = FINETUNE[task].dataset, FINETUNE[task].train
     d = cfg.data
     ds = ClipTextDataset(
         load_clips(dataset, split, d),

@@ -44,6 +44,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rap.registry import ALL_DATASETS
+
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 40, 40),
@@ -85,7 +87,6 @@ FPS = 8
 # choice would make the corpus depend on the CPU's instruction set. The C code costs ~3x encode
 # time (~0.3 s per 50 tiny clips). See docs/DESIGN.md, "Reproducibility".
 X264_OPTIONS = {"preset": "veryfast", "crf": "18", "x264-params": "asm=0"}
-DATASETS = ("webvid", "cc3m", "msrvtt", "didemo", "msvd", "lsmdc")
 MARKER = ".synthetic-complete.json"
 GROUND_TRUTH = "ground_truth.jsonl"  # sidecar of every dataset part (ground_truth())
 GROUND_TRUTH_VERSION = 1  # in the marker: a corpus made before the sidecar existed is remade
@@ -661,7 +662,7 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
     Returns a summary dict (counts, whether it was skipped).
     """
     if dataset not in GENERATORS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {ALL_DATASETS}")
     if scale <= 0:
         raise ValueError(f"scale must be > 0, got {scale}")
     raw = Path(raw_dir)
@@ -673,7 +674,7 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
             return {"dataset": dataset, "skipped": True, **done.get("counts", {})}
     raw.mkdir(parents=True, exist_ok=True)
     # (seed, dataset index): each dataset's part is independent of which others are generated.
-    rng = np.random.default_rng((seed, DATASETS.index(dataset)))
+    rng = np.random.default_rng((seed, ALL_DATASETS.index(dataset)))
     counts = GENERATORS[dataset](raw, rng, scale)
     marker.write_text(json.dumps({**want, "counts": counts}), encoding="utf-8")
     return {"dataset": dataset, "skipped": False, **counts}

@@ -26,13 +26,12 @@ from typing import Any
 # ablation_overrides (run name -> knobs) lives in rap.config and is re-exported from here.
 from rap.config import (
     ABLATION_KNOBS,
-    DOWNSTREAM_DATASETS,
-    FINETUNE_TASKS,
     REFERENCE_KNOBS,
     ConfigError,
     Params,
     ablation_overrides,
 )
+from rap.registry import DOWNSTREAM_DATASETS, FINETUNE, FINETUNE_TASKS
 from rap.run_files import TRAIN_METRICS, TRAIN_TIMINGS
 
 MAIN_RUN = "main"
@@ -129,7 +128,7 @@ def metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
 def task_dataset(task: str) -> str:
     """Dataset a fine-tuning task is tested on: msrvtt-7k and msrvtt-9k both use MSRVTT 1k-A."""
     _check_task(task)
-    return task.split("-")[0]
+    return FINETUNE[task].dataset
 
 
 def _check_task(task: str) -> None:

@@ -21,21 +21,13 @@ from torch import nn
 
 from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import ConfigError, Params, ScaleConfig, finetune_text_len
-from rap.data.datasets import FINETUNE_SPLITS, build_eval_set, build_finetune_loader
+from rap.data.datasets import build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
+from rap.registry import FINETUNE, FINETUNE_TASKS
 from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
 
-__all__ = ["VALIDATION_SPLIT", "selection_score", "RetrievalValidation", "run"]
-
-# Validation split per task (None: no validation split, the last epoch is kept).
-VALIDATION_SPLIT: dict[str, str | None] = {
-    "msrvtt-7k": None,
-    "msrvtt-9k": None,
-    "didemo": "val",
-    "msvd": "val",
-    "lsmdc": "val",
-}
+__all__ = ["selection_score", "RetrievalValidation", "run"]
 
 
 def selection_score(metrics: dict[str, dict[str, float]]) -> float:
@@ -78,8 +70,8 @@ def run(
     (the best validation epoch, or the last one for MSRVTT)."""
     cfg = params.cfg
     ft = cfg.finetune
-    if task not in VALIDATION_SPLIT or task not in FINETUNE_SPLITS:
-        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {tuple(VALIDATION_SPLIT)}")
+    if task not in FINETUNE:
+        raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {FINETUNE_TASKS}")
     if task not in ft.epochs:
         raise ConfigError(f"finetune.epochs has no entry for task {task!r}")
     with distributed_session() as ctx:
@@ -96,10 +88,10 @@ def run(
         loader = build_finetune_loader(
             task, cfg, tokenizer, seed=params.seed, rank=ctx.rank, world_size=ctx.world, batch_size=ft.optim.batch_size
         )
-        val_split = VALIDATION_SPLIT[task]
+        val_split = FINETUNE[task].val  # None: no validation split, the last epoch is kept
         validation = None
         if val_split is not None:  # every rank takes its share of the validation (rap.evaluation)
-            validation = RetrievalValidation(cfg, FINETUNE_SPLITS[task][0], val_split, tokenizer, ctx.device)
+            validation = RetrievalValidation(cfg, FINETUNE[task].dataset, val_split, tokenizer, ctx.device)
         return train(
             model=model,
             data=LoaderEpochs(loader),
