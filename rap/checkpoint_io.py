@@ -1,4 +1,4 @@
-"""Reading and writing checkpoint files: atomic writes, loading weights into a model.
+"""Reading and writing checkpoint files: the atomic ``torch.save``, loading weights into a model.
 
 Kept apart from :mod:`rap.training` so that evaluation and the figure load checkpoints
 without importing the training engine. The contents of a training checkpoint are described
@@ -8,47 +8,24 @@ in :mod:`rap.training.checkpoint`.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["atomic_save", "write_json_atomic", "file_digest", "load_checkpoint", "load_model_weights"]
+from rap.atomic import atomic_write
+
+__all__ = ["atomic_save", "file_digest", "load_checkpoint", "load_model_weights"]
 
 log = logging.getLogger(__name__)
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> Path:
-    """``write`` into a temporary file in the same directory, fsync, then ``os.replace``: a kill
-    at any moment leaves either the old file or the complete new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def atomic_save(obj: Any, path: Path) -> Path:
-    """``torch.save`` of ``obj`` to ``path``, atomically."""
-    return _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def write_json_atomic(data: Any, path: Path) -> Path:
-    """``data`` as indented JSON to ``path``, atomically: readers never see half a file (the
-    run files of training and the metrics files of evaluation)."""
-    text = (json.dumps(data, indent=2) + "\n").encode("utf-8")
-    return _atomic_write(path, lambda f: f.write(text))
+    """``torch.save`` of ``obj`` to ``path``, atomically (:func:`rap.atomic.atomic_write`). The
+    file object, not a path, goes to ``torch.save``: the temporary name is not in the bytes."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

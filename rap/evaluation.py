@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from rap import distributed as rdist
 from rap import tracking
-from rap.checkpoint_io import file_digest, load_model_weights, write_json_atomic
+from rap.atomic import write_json_atomic
+from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import EvalConfig
 from rap.metrics import t2v_v2t_metrics
 

@@ -53,6 +53,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rap.atomic import atomic_write, write_text_atomic
 from rap.config import DataConfig
 from rap.data import synthetic
 from rap.data.adapters import LSMDC_FILES, SPLITS, didemo_video_key, load_records
@@ -140,7 +141,7 @@ def fetch(
             part.unlink()  # a corrupt part cannot be resumed: start over
             last = f"checksum mismatch ({problem})"
             continue
-        os.replace(part, dest)
+        os.replace(part, dest)  # not rap.atomic: the part file outlives attempts, to be resumed
         return "downloaded"
     raise DownloadError(f"{url} -> {dest}: failed after {retries + 1} attempts (last: {last})")
 
@@ -222,7 +223,8 @@ def fetch_many(
 def _unpack(archive: Path, out_dir: Path, *, suffixes: tuple[str, ...], keep: set[str] | None = None) -> int:
     """Extract members ending in ``suffixes`` (flattened by basename, so top folders of the
     archive do not matter; never outside ``out_dir``); ``keep``: only these basenames.
-    Existing files are left alone. Returns the number written."""
+    Existing files are left alone (each is written atomically, so an existing one is whole).
+    Returns the number written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     n = 0
     if zipfile.is_zipfile(archive):
@@ -233,8 +235,8 @@ def _unpack(archive: Path, out_dir: Path, *, suffixes: tuple[str, ...], keep: se
                     continue
                 dest = out_dir / name
                 if not dest.exists():
-                    with z.open(m) as src, open(dest, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
+                    with z.open(m) as src:
+                        atomic_write(dest, lambda dst: shutil.copyfileobj(src, dst), fsync=False)
                     n += 1
         return n
     with tarfile.open(archive) as t:
@@ -244,9 +246,8 @@ def _unpack(archive: Path, out_dir: Path, *, suffixes: tuple[str, ...], keep: se
                 continue
             dest = out_dir / name
             if not dest.exists():
-                src = t.extractfile(m)
-                with src, open(dest, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                with t.extractfile(m) as src:
+                    atomic_write(dest, lambda dst: shutil.copyfileobj(src, dst), fsync=False)
                 n += 1
     return n
 
@@ -254,8 +255,9 @@ def _unpack(archive: Path, out_dir: Path, *, suffixes: tuple[str, ...], keep: se
 def _keep_full(path: Path) -> Path:
     """The untruncated annotation, kept beside the --limit subset as ``<name>.full``."""
     full = path.with_name(path.name + ".full")
-    if not full.exists():
-        shutil.copy2(path, full)
+    if not full.exists():  # atomic: a torn copy would pass for the original on the next run
+        with path.open("rb") as src:
+            atomic_write(full, lambda dst: shutil.copyfileobj(src, dst))
     return full
 
 
@@ -264,7 +266,7 @@ def _limit_lines(path: Path, n: int, header: bool) -> None:
         return
     lines = _keep_full(path).read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
     keep = lines[: n + 1] if header else lines[:n]
-    path.write_text("".join(keep), encoding="utf-8", errors="surrogateescape")
+    write_text_atomic(path, "".join(keep), errors="surrogateescape")
 
 
 def limit_annotations(dataset: str, raw: Path, n: int) -> None:
@@ -282,7 +284,7 @@ def limit_annotations(dataset: str, raw: Path, n: int) -> None:
             if p.is_file():
                 items = json.loads(_keep_full(p).read_text(encoding="utf-8"))
                 keep = set(list(dict.fromkeys(didemo_video_key(it) for it in items))[:n])  # whole videos
-                p.write_text(json.dumps([it for it in items if didemo_video_key(it) in keep]), encoding="utf-8")
+                write_text_atomic(p, json.dumps([it for it in items if didemo_video_key(it) in keep]))
     elif dataset == "msvd":
         for split in SPLITS["msvd"]:
             _limit_lines(raw / f"{split}_list.txt", n, header=False)
@@ -351,7 +353,7 @@ def _cc3m(raw: Path, limit: int | None) -> dict:
             caps.append(row[0])
     done, skipped, missing = fetch_many(jobs, "cc3m images", workers=16)
     have = [{"image": f"images/{j.dest.name}", "caption": c} for j, c in zip(jobs, caps) if j.dest.is_file()]
-    (raw / "cc3m_train.json").write_text(json.dumps(have), encoding="utf-8")
+    write_text_atomic(raw / "cc3m_train.json", json.dumps(have))
     return {"downloaded": done, "skipped": skipped, "missing": missing}
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from rap.atomic import write_text_atomic
 from rap.config import DataConfig
 from rap.data import decode, store
 from rap.data.adapters import SPLITS, load_records
@@ -69,12 +69,7 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | None = None) -> dict:

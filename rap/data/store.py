@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import struct
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from rap.atomic import atomic_write
 from rap.data.records import ProbeInfo
 
 FORMATS = {"npy": ".npy", "jpeg": ".jpgs"}  # store format -> file suffix (read/write dispatch on it)
@@ -82,18 +82,14 @@ def _encode_jpegs(frames: np.ndarray, quality: int) -> bytes:
 
 def write_clip(path: Path, frames: np.ndarray, *, quality: int = 90) -> int:
     """Write uint8 (T, H, W, 3) ``frames`` in the format of ``path``'s suffix (``FORMATS``);
-    atomic (temp file + os.replace): a killed extract never leaves a torn file. Returns bytes."""
+    atomically (:func:`rap.atomic.atomic_write`): a killed extract never leaves a torn file.
+    Returns the file's size in bytes."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
-    fmt = _format(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        if fmt == "npy":
-            np.save(f, np.ascontiguousarray(frames))
-        else:
-            f.write(_encode_jpegs(frames, quality))
-    os.replace(tmp, path)
+    if _format(path) == "npy":
+        atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(frames)), fsync=False)
+    else:
+        atomic_write(path, _encode_jpegs(frames, quality), fsync=False)
     return path.stat().st_size
 
 

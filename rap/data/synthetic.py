@@ -37,13 +37,14 @@ import pickle
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import av
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from rap.atomic import atomic_write, write_text_atomic
 from rap.registry import ALL_DATASETS
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
@@ -396,29 +397,27 @@ def render(spec: ClipSpec, static: bool = False) -> np.ndarray:
 def write_video(path: Path, frames: np.ndarray, fps: int = FPS, gop: int | None = None) -> None:
     """h264 (yuv420p) in whatever container the suffix names (.mp4, .avi); ``gop``: key-frame
     interval (x264's default of 250 when None)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    with av.open(str(tmp), "w") as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.width, s.height = frames.shape[2], frames.shape[1]
-        s.pix_fmt = "yuv420p"
-        s.options = dict(X264_OPTIONS)
-        s.codec_context.thread_count = 1  # x264's frame threads reorder decisions between runs
-        if gop:
-            s.codec_context.gop_size = gop
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+
+    def encode(file: BinaryIO) -> None:
+        with av.open(file, "w", format=path.suffix.removeprefix(".")) as c:
+            s = c.add_stream("libx264", rate=fps)
+            s.width, s.height = frames.shape[2], frames.shape[1]
+            s.pix_fmt = "yuv420p"
+            s.options = dict(X264_OPTIONS)
+            s.codec_context.thread_count = 1  # x264's frame threads reorder decisions between runs
+            if gop:
+                s.codec_context.gop_size = gop
+            for f in frames:
+                for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                    c.mux(p)
+            for p in s.encode():
                 c.mux(p)
-        for p in s.encode():
-            c.mux(p)
-    tmp.replace(path)
+
+    atomic_write(path, encode, fsync=False)
 
 
 def write_image(path: Path, frame: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    Image.fromarray(frame).save(tmp, format="JPEG", quality=92)
-    tmp.replace(path)
+    atomic_write(path, lambda f: Image.fromarray(frame).save(f, format="JPEG", quality=92), fsync=False)
 
 
 def ground_truth(video: str, spec: ClipSpec, captions: list[Caption], *, static: bool = False) -> dict:
@@ -441,11 +440,7 @@ def ground_truth(video: str, spec: ClipSpec, captions: list[Caption], *, static:
 
 def _write_truth(raw: Path, entries: list[dict]) -> None:
     """The sidecar beside the publisher-format files (which it never changes)."""
-    tmp = raw / (GROUND_TRUTH + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for e in entries:
-            f.write(json.dumps(e, separators=(",", ":")) + "\n")
-    tmp.replace(raw / GROUND_TRUTH)
+    write_text_atomic(raw / GROUND_TRUTH, "".join(json.dumps(e, separators=(",", ":")) + "\n" for e in entries))
 
 
 # ---------------------------------------------------------------------------------------
@@ -676,5 +671,5 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
     # (seed, dataset index): each dataset's part is independent of which others are generated.
     rng = np.random.default_rng((seed, ALL_DATASETS.index(dataset)))
     counts = GENERATORS[dataset](raw, rng, scale)
-    marker.write_text(json.dumps({**want, "counts": counts}), encoding="utf-8")
+    write_text_atomic(marker, json.dumps({**want, "counts": counts}))  # last: a killed run is redone
     return {"dataset": dataset, "skipped": False, **counts}

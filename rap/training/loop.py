@@ -58,7 +58,8 @@ from tqdm.auto import tqdm
 
 from rap import distributed as rdist
 from rap import tracking
-from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint, write_json_atomic
+from rap.atomic import write_json_atomic
+from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
 from rap.errors import RapError
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS

@@ -82,6 +82,7 @@ _OTHER_STAGE_PARAMS = {
 }
 # Source files that do not shape the weights (repository-relative to rap/; dirs end in "/").
 _NEUTRAL_CODE = (
+    "atomic.py",
     "cli.py",
     "launch.py",
     "tracking.py",
