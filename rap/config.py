@@ -57,6 +57,10 @@ class VisionConfig:
     depth: int | None = None
     num_heads: int | None = None
     drop_path_rate: float = 0.0
+    # Dropout probability inside the ViT: attention weights, the outputs of attention and MLP,
+    # the embedded patches (timm's attn_drop_rate, proj_drop_rate, pos_drop_rate); None keeps
+    # timm_name's own (0 for DeiT and ViT).
+    dropout: float | None = None
     # With pretrained: a timm checkpoint file (or a directory holding model.safetensors) of
     # timm_name; None = the Hugging Face cache (rap/model/weights.py).
     weights: str | None = None
@@ -68,6 +72,7 @@ class VisionConfig:
             self.img_size,
             f"must be a positive multiple of patch_size={self.patch_size}",
         )
+        _check_dropout("model.vision.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,10 @@ class TextConfig:
     intermediate_size: int = 3072
     max_len_train: int = 30
     max_len_eval: int = 64
+    # Dropout probability inside BERT: attention weights and hidden states (transformers'
+    # attention_probs_dropout_prob and hidden_dropout_prob); None keeps the model's own (0.1 for
+    # bert-base-uncased and for `tiny`, BertConfig's default).
+    dropout: float | None = None
     # With pretrained: a directory holding the transformers checkpoint of `name` (config.json,
     # model.safetensors, vocab.txt); None = the Hugging Face cache (rap/model/weights.py).
     weights: str | None = None
@@ -97,6 +106,7 @@ class TextConfig:
             f"must be divisible by num_heads={self.num_heads}",
         )
         _check(self.max_len_train >= 4, "model.text.max_len_train", self.max_len_train, "must be >= 4")
+        _check_dropout("model.text.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
@@ -522,6 +532,10 @@ RENAMED_KEYS = {"gpus": "renamed: set nodes and gpus_per_node instead"}
 def _check(ok: bool, key: str, value: Any, why: str) -> None:
     if not ok:
         raise ConfigError(f"invalid value for {key!r}: {value!r} ({why})")
+
+
+def _check_dropout(key: str, p: float | None) -> None:
+    _check(p is None or 0 <= p < 1, key, p, "must be null (the model's own) or in [0, 1)")
 
 
 def _build(cls: type, data: Any, prefix: str, source: str):

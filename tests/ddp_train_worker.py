@@ -1,7 +1,7 @@
 """Worker for tests/test_ddp_training.py, run as ``python -m torch.distributed.run --standalone
 --nproc_per_node=2 tests/ddp_train_worker.py OVERRIDES_JSON OUT MAX_STEPS``:
 the real ``rap.training.pretrain.run`` (DDP, gloo, contrastive candidates gathered from both
-ranks), with dropout switched off (see the test's docstring for why)."""
+ranks) with the test's overrides (dropout off among them: see the test's docstring for why)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rap.config import load_params  # noqa: E402
 from rap.training import pretrain  # noqa: E402
 
-from helpers.config import PARAMS_YAML, without_dropout  # noqa: E402
+from helpers.config import PARAMS_YAML  # noqa: E402
 
 
 def main() -> None:
     overrides, out, max_steps = json.loads(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     torch.set_num_threads(1)
-    with without_dropout():
-        pretrain.run(load_params(PARAMS_YAML, overrides), out, max_steps=max_steps)
+    pretrain.run(load_params(PARAMS_YAML, overrides), out, max_steps=max_steps)
 
 
 if __name__ == "__main__":

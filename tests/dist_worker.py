@@ -182,14 +182,14 @@ def check_step_terms(rank: int, world: int) -> dict[str, object]:
 def check_model_collectives() -> dict[str, object]:
     """Collectives of one RaPModel forward + backward with every term on (tiny encoders)."""
     sys.path.insert(0, str(Path(__file__).parent))
-    from test_model import _batch, _cfgs  # the embedded-scale model of the unit tests
-
     from rap.model import RaPModel
 
-    model_cfg, loss_cfg = _cfgs()
+    from helpers.model import model_cfgs, random_batch  # the embedded-scale model of the unit tests
+
+    model_cfg, loss_cfg = model_cfgs()
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
-    batch = _batch(model, b=3)
+    batch = random_batch(model, b=3)
     batch["video_index"] = torch.arange(3)
     out = {}
     for checked in (True, False):

@@ -8,7 +8,7 @@ and DDP averages gradients. The reference is one process running the same loop
 same loader outputs, i.e. the union of the two ranks' batches with their augmentations.
 
 Switched off, because they are per-rank by design or draw per-rank randomness:
-* dropout (each rank draws its own masks; a 3-line patch in both runs, ``without_dropout``);
+* dropout (each rank draws its own masks; ``model.{vision,text}.dropout: 0`` in both runs);
 * ITM (its hard negatives come from the rank's own batch, as in BLIP) and LM (a token mean
   per rank: the mean of two means is not the mean over all tokens).
 ITC, both RaCL directions and both intra-modal terms stay on. Parameters are compared after
@@ -32,7 +32,7 @@ from rap.model import RaPModel, build_tokenizer
 from rap.training.checkpoint import load_checkpoint
 from rap.training.loop import DistContext, seed_everything, train
 
-from helpers.config import REPO, shrunk_overrides, torch_threads, without_dropout
+from helpers.config import NO_DROPOUT, REPO, shrunk_overrides, torch_threads
 
 STEPS = 3
 PER_RANK = 4
@@ -64,6 +64,7 @@ class UnionOfRanks:
 
 def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_root, tmp_path):
     overrides = {
+        **NO_DROPOUT,
         "pretrain.loss.itm_weight": 0.0,
         "pretrain.loss.lm_weight": 0.0,
         "pretrain.optim.batch_size": PER_RANK,
@@ -97,7 +98,7 @@ def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_
     assert json.loads((out / "train_timings.json").read_text())["clips"] == STEPS * 2 * PER_RANK
 
     cfg = params.cfg
-    with without_dropout(), torch_threads(1):
+    with torch_threads(1):
         seed_everything(params.seed)
         model = RaPModel(cfg.model, cfg.pretrain.loss)
         tokenizer = build_tokenizer(cfg.model.text)

@@ -6,48 +6,20 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertModel
 
-from rap.config import ModelConfig, TextConfig, load_params
+from rap.config import ModelConfig, TextConfig
 from rap.model import RaPModel, build_tokenizer
 
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
-CAPTIONS = [
-    "a red circle moves left then disappears",
-    "the small blue square spins in the top corner while a green star grows",
-]
-
-
-def _cfgs(**loss_changes):
-    p = load_params(PARAMS)
-    loss = dataclasses.replace(p.cfg.pretrain.loss, **loss_changes)
-    return p.cfg.model, loss
-
-
-def _batch(model: RaPModel, b: int = 2, k: int = 4, size: int = 64, seed: int = 0) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    tok = model.tokenizer(
-        (CAPTIONS * b)[:b],
-        padding="max_length",
-        truncation=True,
-        max_length=model.cfg.text.max_len_train,
-        return_tensors="pt",
-    )
-    return {
-        "video": torch.randn(b, k, 3, size, size, generator=g),
-        "video_aug": torch.randn(b, k, 3, size, size, generator=g),
-        "input_ids": tok["input_ids"],
-        "attention_mask": tok["attention_mask"],
-    }
+from helpers.model import model_cfgs, random_batch
 
 
 @pytest.fixture(scope="module")
 def model() -> RaPModel:
-    model_cfg, loss_cfg = _cfgs()
+    model_cfg, loss_cfg = model_cfgs()
     model_cfg = dataclasses.replace(model_cfg, mask_video=0.5, mask_text=0.3)
     torch.manual_seed(0)
     return RaPModel(model_cfg, loss_cfg)
@@ -55,11 +27,11 @@ def model() -> RaPModel:
 
 @pytest.mark.parametrize("momentum", [False, True])
 def test_forward_backward_every_term(momentum: bool):
-    model_cfg, loss_cfg = _cfgs(momentum=momentum, queue_size=8)
+    model_cfg, loss_cfg = model_cfgs(momentum=momentum, queue_size=8)
     model_cfg = dataclasses.replace(model_cfg, mask_video=0.75, mask_text=0.3)
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
-    batch = _batch(model)
+    batch = random_batch(model)
     start = time.perf_counter()
     out = model(batch, alpha=0.4, stage="pretrain")
     out["loss"].backward()
@@ -91,12 +63,12 @@ def test_forward_backward_every_term(momentum: bool):
 
 
 def test_switched_off_terms_are_absent_and_not_computed():
-    model_cfg, loss_cfg = _cfgs(
+    model_cfg, loss_cfg = model_cfgs(
         itm_weight=0.0, lm_weight=0.0, intra_video_weight=0.0, intra_text_weight=0.0, racl="v2t", racl_lambda=2.0
     )
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
-    batch = _batch(model)
+    batch = random_batch(model)
     del batch["video_aug"]  # not needed without intra_video
     out = model(batch, stage="finetune")
     assert set(out) == {"loss", "itc", "racl_v2t"}
@@ -109,7 +81,7 @@ def test_finetune_and_eval_are_never_masked(model: RaPModel):
     seen = []
     hook = model.vision.vit.blocks[0].register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     n = model.vision.num_patches
-    batch = _batch(model)
+    batch = random_batch(model)
     try:
         model.train()
         model(batch, stage="finetune")
@@ -129,7 +101,7 @@ def test_finetune_and_eval_are_never_masked(model: RaPModel):
 
 def test_encode_shapes_and_normalisation(model: RaPModel):
     model.eval()
-    batch = _batch(model, k=3)
+    batch = random_batch(model, k=3)
     with torch.no_grad():
         v = model.encode_video(batch["video"])
         t = model.encode_text(batch["input_ids"], batch["attention_mask"])
@@ -148,7 +120,7 @@ def test_encode_shapes_and_normalisation(model: RaPModel):
 
 
 def test_encode_text_masking_only_in_training(model: RaPModel):
-    batch = _batch(model)
+    batch = random_batch(model)
     model.train()
     with torch.no_grad():
         t = model.encode_text(batch["input_ids"], batch["attention_mask"], mask_ratio=0.5)
@@ -161,7 +133,7 @@ def test_encode_text_masking_only_in_training(model: RaPModel):
 
 
 def test_temperature_clamp():
-    model_cfg, loss_cfg = _cfgs()
+    model_cfg, loss_cfg = model_cfgs()
     model = RaPModel(model_cfg, loss_cfg)
     assert model.temperature.item() == pytest.approx(model_cfg.temp_init)
     with torch.no_grad():
@@ -177,7 +149,7 @@ def test_temperature_clamp():
 
 def test_itm_scores_shape(model: RaPModel):
     model.eval()
-    batch = _batch(model, b=3)
+    batch = random_batch(model, b=3)
     with torch.no_grad():
         v = model.encode_video(batch["video"])
         s = model.itm_scores(v, batch["input_ids"], batch["attention_mask"])
@@ -213,7 +185,7 @@ def test_decoder_shares_all_but_self_attention(model: RaPModel):
 
 def _params_used(model: RaPModel, causal: bool) -> set[str]:
     model.zero_grad(set_to_none=True)
-    batch = _batch(model)
+    batch = random_batch(model)
     v = model.encode_video(batch["video"])
     h = model.text(
         batch["input_ids"],
@@ -231,7 +203,7 @@ def _params_used(model: RaPModel, causal: bool) -> set[str]:
 def test_unimodal_pass_equals_stock_bert(model: RaPModel):
     """Our layer loop reproduces transformers' BertModel.forward exactly when no video is given."""
     model.eval()
-    batch = _batch(model)
+    batch = random_batch(model)
     with torch.no_grad():
         ours = model.text(batch["input_ids"], batch["attention_mask"])
         stock = BertModel.forward(
@@ -244,7 +216,7 @@ def test_unimodal_pass_equals_stock_bert(model: RaPModel):
 
 def test_decoder_is_causal(model: RaPModel):
     model.eval()
-    batch = _batch(model)
+    batch = random_batch(model)
     ids = batch["input_ids"].clone()
     with torch.no_grad():
         v = model.encode_video(batch["video"])
@@ -300,7 +272,7 @@ def test_builtin_tokenizer_offline_round_trip(monkeypatch: pytest.MonkeyPatch):
 
 
 def test_bad_config_values_raise_clear_errors():
-    model_cfg, loss_cfg = _cfgs()
+    model_cfg, loss_cfg = model_cfgs()
     bad = dataclasses.replace(
         model_cfg, vision=dataclasses.replace(model_cfg.vision, timm_name="vit_medium_patch16_reg1_gap_256")
     )
@@ -315,12 +287,35 @@ def test_bad_config_values_raise_clear_errors():
     assert math.isfinite(ModelConfig().temp_init)
 
 
+def _dropout_ps(module: torch.nn.Module) -> set[float]:
+    """Probabilities of the dropout modules a forward pass runs (timm's unused head_drop aside)."""
+    return {m.p for n, m in module.named_modules() if isinstance(m, torch.nn.Dropout) and n != "vit.head_drop"}
+
+
+def test_dropout_is_a_setting_of_each_tower():
+    model_cfg, loss_cfg = model_cfgs(momentum=True)  # the momentum copies follow the online towers
+    default = RaPModel(model_cfg, loss_cfg)
+    assert (model_cfg.vision.dropout, model_cfg.text.dropout) == (None, None)
+    assert _dropout_ps(default.vision) == {0.0} and _dropout_ps(default.text) == {0.1}  # timm's / BertConfig's own
+    cfg = dataclasses.replace(
+        model_cfg,
+        vision=dataclasses.replace(model_cfg.vision, dropout=0.2),
+        text=dataclasses.replace(model_cfg.text, dropout=0.0),
+    )
+    model = RaPModel(cfg, loss_cfg)
+    assert _dropout_ps(model.vision) == _dropout_ps(model.momentum.vision) == {0.2}
+    assert _dropout_ps(model.text) == _dropout_ps(model.momentum.text) == {0.0}
+    assert model.text.bert.config.attention_probs_dropout_prob == 0.0  # what cross-attention reads too
+    with pytest.raises(ValueError, match="model.text.dropout"):
+        dataclasses.replace(model_cfg.text, dropout=1.0)
+
+
 def test_momentum_itc_masks_empty_queue_slots_like_slicing():
     """The sync-free distilled ITC (whole queue, empty slots masked) equals the loss on the
     filled part of the queue only (ALBEF eq. 6 against [batch; queue])."""
     import torch.nn.functional as F
 
-    model_cfg, loss_cfg = _cfgs(momentum=True, queue_size=8)
+    model_cfg, loss_cfg = model_cfgs(momentum=True, queue_size=8)
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg)
     mom = model.momentum
@@ -345,10 +340,10 @@ def test_momentum_itc_masks_empty_queue_slots_like_slicing():
 def test_itm_loss_is_the_mean_over_pairs_with_a_negative():
     """ITM keeps 3B pairs (no data-dependent sizes); pairs without a negative (every sample of
     one video) weigh 0: with one video only, the loss is the positives' loss alone."""
-    model_cfg, loss_cfg = _cfgs()
+    model_cfg, loss_cfg = model_cfgs()
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).eval()
-    batch = _batch(model, b=3)
+    batch = random_batch(model, b=3)
     v = model.encode_video(batch["video"])
     t = model.encode_text(batch["input_ids"], batch["attention_mask"])
     same_video = torch.zeros(3, dtype=torch.long)
@@ -369,10 +364,10 @@ def test_itm_loss_is_the_mean_over_pairs_with_a_negative():
 def test_unused_parameter_names_are_exactly_those_without_gradient(changes):
     """What the trainer needs to decide DDP's find_unused_parameters: predicted from the loss
     config, checked against a real backward pass."""
-    model_cfg, loss_cfg = _cfgs(**changes)
+    model_cfg, loss_cfg = model_cfgs(**changes)
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
-    model(_batch(model))["loss"].backward()
+    model(random_batch(model))["loss"].backward()
     no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
     assert model.unused_parameter_names() == no_grad
     assert bool(no_grad) == bool(changes)
@@ -383,7 +378,7 @@ def test_itm_scores_with_per_video_keys_values_equal_per_pair(model: RaPModel):
     scores equal the per-pair computation, and the injected cross-attention equals stock
     BertAttention on the video tokens."""
     model.eval()
-    batch = _batch(model, b=3, seed=5)
+    batch = random_batch(model, b=3, seed=5)
     with torch.no_grad():
         v = model.encode_video(batch["video"])
         rows = torch.tensor([2, 0, 2, 1, 2, 0])  # video 2 paired with three texts
@@ -403,11 +398,11 @@ def test_itm_scores_with_per_video_keys_values_equal_per_pair(model: RaPModel):
 def test_second_view_through_the_momentum_video_encoder():
     """intra_video_view: momentum encodes video_aug with an EMA copy of the video tower only
     (no text tower, no queue, no gradient), updated every training step; the loss trains."""
-    model_cfg, loss_cfg = _cfgs(intra_video_view="momentum")
+    model_cfg, loss_cfg = model_cfgs(intra_video_view="momentum")
     torch.manual_seed(0)
     model = RaPModel(model_cfg, loss_cfg).train()
     assert model.momentum is not None and not hasattr(model.momentum, "text")
-    out = model(_batch(model))
+    out = model(random_batch(model))
     before = next(model.momentum.vision.parameters()).clone()
     out["loss"].backward()
     assert torch.isfinite(out["intra_video"]) and "intra_video" in out
@@ -417,5 +412,5 @@ def test_second_view_through_the_momentum_video_encoder():
         for name, p in model.named_parameters():
             if not name.startswith("momentum."):
                 p.add_(0.1)
-    model(_batch(model))  # the EMA step pulls the copy towards the moved online weights
+    model(random_batch(model))  # the EMA step pulls the copy towards the moved online weights
     torch.testing.assert_close(next(model.momentum.vision.parameters()), before + 0.1 * (1 - loss_cfg.momentum_m))

@@ -111,6 +111,10 @@ def test_every_bert_weight_is_used_or_named(minilm_dir, tmp_path):
     checkpoint = set(load_file(str(minilm_dir / "model.safetensors")))
     assert set(report.used) | set(report.unused) == checkpoint
     assert set(report.unused) == {"pooler.dense.weight", "pooler.dense.bias"}  # RaP has no pooler
+    own, _, _ = load_bert(dataclasses.replace(text_cfg, dropout=None))
+    off, _, _ = load_bert(dataclasses.replace(text_cfg, dropout=0.0))  # model.text.dropout beats config.json
+    assert {m.p for m in own.modules() if isinstance(m, torch.nn.Dropout)} == {0.1}
+    assert {m.p for m in off.modules() if isinstance(m, torch.nn.Dropout)} == {0.0}
     state = load_file(str(minilm_dir / "model.safetensors"))
     bad = tmp_path / "bad"
     bad.mkdir()

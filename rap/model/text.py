@@ -29,7 +29,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.bert.modeling_bert import BertAttention, BertPredictionHeadTransform, eager_attention_forward
 
 from rap.config import ConfigError, TextConfig
-from rap.model.weights import load_bert
+from rap.model.weights import bert_dropout, load_bert
 
 # Keys and values of every cross-attention layer: [(K, V)] with K, V (B, heads, M, head_dim).
 VideoKV = list[tuple[torch.Tensor, torch.Tensor]]
@@ -44,7 +44,7 @@ class TextEncoder(nn.Module):
         if cfg.pretrained:
             if cfg.name == "tiny":
                 raise ConfigError("model.text: name 'tiny' has no pretrained weights; set pretrained: false")
-            self.bert, lm_head, _ = load_bert(cfg)  # every weight checked (rap/model/weights.py)
+            self.bert, lm_head, _ = load_bert(cfg)  # every weight checked, dropout set (rap/model/weights.py)
             self.bert.resize_token_embeddings(vocab_size)  # room for [ENC] / [DEC]
         else:
             config = BertConfig(
@@ -55,6 +55,7 @@ class TextEncoder(nn.Module):
                 intermediate_size=cfg.intermediate_size,
                 pad_token_id=pad_id,
                 max_position_embeddings=max(512, cfg.max_len_eval),
+                **bert_dropout(cfg),
             )
             self.bert = BertModel(config, add_pooling_layer=False)
         config = self.bert.config

@@ -27,6 +27,8 @@ class VideoEncoder(nn.Module):
         overrides = {
             k: getattr(cfg, k) for k in ("patch_size", "embed_dim", "depth", "num_heads") if getattr(cfg, k) is not None
         }
+        if cfg.dropout is not None:
+            overrides.update(attn_drop_rate=cfg.dropout, proj_drop_rate=cfg.dropout, pos_drop_rate=cfg.dropout)
         try:
             self.vit = timm.create_model(
                 cfg.timm_name,

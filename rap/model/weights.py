@@ -162,8 +162,16 @@ class LoadReport:
     unused: tuple[str, ...]
 
 
+def bert_dropout(cfg: TextConfig) -> dict[str, float]:
+    """The BertConfig fields ``model.text.dropout`` sets (none when null: the model's own)."""
+    if cfg.dropout is None:
+        return {}
+    return {"hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": cfg.dropout}
+
+
 def load_bert(cfg: TextConfig):
-    """``(BertModel without pooler, lm_head_state, LoadReport)`` from :func:`bert_dir`.
+    """``(BertModel without pooler, lm_head_state, LoadReport)`` from :func:`bert_dir`, with the
+    checkpoint's config except the dropout ``model.text.dropout`` sets (:func:`bert_dropout`).
 
     Every BertModel parameter must come from the checkpoint and every checkpoint weight must be
     used, except the pooler / NSP head (RaP has none) and the tied MLM decoder matrix; the MLM
@@ -174,7 +182,7 @@ def load_bert(cfg: TextConfig):
     folder = bert_dir(cfg)
     weights = _first(folder, BERT_WEIGHT_FILES)
     bert, info = BertModel.from_pretrained(
-        str(folder), add_pooling_layer=False, output_loading_info=True, local_files_only=True
+        str(folder), add_pooling_layer=False, output_loading_info=True, local_files_only=True, **bert_dropout(cfg)
     )
     if info["missing_keys"] or info["mismatched_keys"]:
         raise ConfigError(

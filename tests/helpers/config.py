@@ -14,6 +14,9 @@ PARAMS_YAML = REPO / "params.yaml"
 # and MSVD (train/val/test); 0.1 of the embedded scale (24 WebVid clips, 16 CC3M images, ...).
 CORPUS_DATASETS = ("webvid", "cc3m", "msrvtt", "msvd")
 CORPUS_SCALE = 0.1
+# Dropout off in both towers, through the config (multi-rank equivalence tests: each rank draws
+# its own dropout masks, so a 2-rank run and a 1-process run cannot share them).
+NO_DROPOUT = {"model.vision.dropout": 0.0, "model.text.dropout": 0.0}
 
 
 def shrunk_overrides(root: Path) -> dict[str, Any]:
@@ -46,25 +49,3 @@ class torch_threads:
 
     def __exit__(self, *exc: object) -> None:
         torch.set_num_threads(self.before)
-
-
-class without_dropout:
-    """Build every RaPModel with dropout probability 0 (multi-rank equivalence tests: each
-    rank draws its own dropout masks, so a 2-rank run and a 1-process run cannot share them)."""
-
-    def __enter__(self) -> None:
-        from rap.model.rap import RaPModel
-
-        self.cls, self.init = RaPModel, RaPModel.__init__
-        init = self.init
-
-        def init_without_dropout(model, *args, **kwargs):
-            init(model, *args, **kwargs)
-            for m in model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
-
-        RaPModel.__init__ = init_without_dropout
-
-    def __exit__(self, *exc: object) -> None:
-        self.cls.__init__ = self.init
