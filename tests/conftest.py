@@ -13,6 +13,20 @@ from rap.config import Params, load_params
 from helpers.config import CORPUS_DATASETS, CORPUS_SCALE, PARAMS_YAML, shrunk_overrides, torch_threads
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run only where CUDA is; elsewhere they are skipped, saying why."""
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu: needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu:
+        item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``<root>/raw``, ``index`` and ``frames`` of the synthetic corpus, built by the data
