@@ -93,7 +93,7 @@ def make_batch(model: RaPModel, batch: int, frames: int, size: int, device: torc
 def step(model: RaPModel, opt: torch.optim.Optimizer, batch: dict) -> list[str]:
     """One training step; returns the loss terms computed."""
     opt.zero_grad(set_to_none=True)
-    out = model(batch, stage="pretrain")
+    out = model(batch, phase="pretrain")
     out["loss"].backward()
     opt.step()
     model.clamp_temperature()

@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rap.checkpoint_io import load_checkpoint
 from rap.data.datasets import build_pretrain_loader
 from rap.model import RaPModel, build_tokenizer
-from rap.training.checkpoint import load_checkpoint
 from rap.training.loop import DistContext, seed_everything, train
 
 from helpers.config import NO_DROPOUT, REPO, shrunk_overrides, torch_threads
@@ -117,7 +117,7 @@ def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_
             out_dir=ref_out,
             ctx=DistContext(0, 1, 0, torch.device("cpu")),
             max_steps=STEPS,
-            forward_kwargs=lambda epoch: {"stage": "pretrain", "alpha": 0.0},
+            forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": 0.0},
         )
     ref = load_checkpoint(ref_out / "checkpoint.pt")["model"]
 

@@ -56,7 +56,7 @@ def _pretrain_steps(make_params, out: Path, device: torch.device, precision: str
         out_dir=out,
         ctx=DistContext(0, 1, device.index or 0, device),
         max_steps=STEPS,
-        forward_kwargs=lambda epoch: {"stage": "pretrain", "alpha": 0.0},
+        forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": 0.0},
     )
     with (out / "loss.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))

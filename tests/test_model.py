@@ -33,7 +33,7 @@ def test_forward_backward_every_term(momentum: bool):
     model = RaPModel(model_cfg, loss_cfg).train()
     batch = random_batch(model)
     start = time.perf_counter()
-    out = model(batch, alpha=0.4, stage="pretrain")
+    out = model(batch, alpha=0.4, phase="pretrain")
     out["loss"].backward()
     assert time.perf_counter() - start < 10
     assert set(out) == {"loss", "itc", "racl_v2t", "racl_t2v", "itm", "lm", "intra_video", "intra_text"}
@@ -70,7 +70,7 @@ def test_switched_off_terms_are_absent_and_not_computed():
     model = RaPModel(model_cfg, loss_cfg).train()
     batch = random_batch(model)
     del batch["video_aug"]  # not needed without intra_video
-    out = model(batch, stage="finetune")
+    out = model(batch, phase="finetune")
     assert set(out) == {"loss", "itc", "racl_v2t"}
     torch.testing.assert_close(out["loss"], out["itc"] + 2.0 * out["racl_v2t"])
     out["loss"].backward()
@@ -84,15 +84,15 @@ def test_finetune_and_eval_are_never_masked(model: RaPModel):
     batch = random_batch(model)
     try:
         model.train()
-        model(batch, stage="finetune")
+        model(batch, phase="finetune")
         assert set(seen) == {1 + n}
         seen.clear()
-        model(batch, stage="pretrain")
+        model(batch, phase="pretrain")
         assert set(seen) == {1 + n // 2}  # mask_video = 0.5
         model.eval()
         seen.clear()
         with torch.no_grad():
-            model(batch, stage="pretrain")
+            model(batch, phase="pretrain")
         assert set(seen) == {1 + n}
     finally:
         hook.remove()

@@ -255,9 +255,9 @@ def tiny_setup(tmp_path_factory):
     """A tiny generated MSRVTT test split and two tiny RaP checkpoints (random weights)."""
     import torch
 
+    from rap.checkpoint_io import atomic_save
     from rap.data import synthetic
     from rap.model.rap import RaPModel
-    from rap.training.checkpoint import atomic_save
 
     root = tmp_path_factory.mktemp("fig")
     synthetic.generate("msrvtt", root / "data/raw/msrvtt", seed=0, scale=0.01)
@@ -309,8 +309,8 @@ def test_draw_figure_writes_png(tiny_setup):
 def test_load_model_rejects_partial_checkpoint(tiny_setup):
     import torch
 
+    from rap.checkpoint_io import atomic_save
     from rap.reports.figure import load_model
-    from rap.training.checkpoint import atomic_save
 
     params, root, (ckpt, _) = tiny_setup
     state = torch.load(ckpt, weights_only=False)["model"]

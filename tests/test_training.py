@@ -11,10 +11,11 @@ import math
 import pytest
 import torch
 
+from rap.checkpoint_io import load_checkpoint
 from rap.config import OptimConfig
 from rap.model import RaPModel
 from rap.training import finetune, pretrain
-from rap.training.checkpoint import latest_checkpoint, load_checkpoint
+from rap.training.checkpoint import latest_checkpoint
 from rap.training.loop import NonFiniteLossError
 from rap.training.optim import LrSchedule, build_optimizer
 

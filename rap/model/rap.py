@@ -29,7 +29,7 @@ from rap.model.text import TextEncoder, VideoKV, with_prompt
 from rap.model.tokenizer import SpecialIds, build_tokenizer
 from rap.model.video import VideoEncoder
 
-Stage = Literal["pretrain", "finetune"]
+Phase = Literal["pretrain", "finetune"]  # the objective being trained (DESIGN.md "Vocabulary")
 # Parameters exempt from weight decay besides every 1-D tensor (norms, biases).
 _NO_DECAY_SUFFIXES = ("temp", "pos_embed", "cls_token", "position_embeddings.weight", "token_type_embeddings.weight")
 
@@ -189,31 +189,29 @@ class RaPModel(nn.Module):
         batch: Mapping[str, torch.Tensor],
         *,
         alpha: float = 0.0,
-        stage: Stage = "pretrain",
+        phase: Phase = "pretrain",
         gather: bool = False,
         check_gather_shapes: bool = True,
-        training_stage: Stage | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss terms of eq. (10) for one batch (keys: see module docstring and DESIGN.md).
 
         ``batch``: video (B,K,3,H,W), input_ids/attention_mask (B,L), optional video_index (B,)
         (same-video samples are never negatives), video_aug (needed for intra_video).
         ``alpha``: momentum-distillation weight (only with ``loss.momentum``).
-        ``stage`` (alias ``training_stage``, DESIGN.md's name): MAC masking only in "pretrain".
+        ``phase``: pre-training or fine-tuning; MAC masking only in "pretrain" (and training mode).
         ``gather``: contrastive candidates all-gathered across ranks (see rap.losses); each
         tensor travels once per call (one :class:`GatherCache` per forward: the ids and the
         global embeddings serve every term). ``check_gather_shapes=False`` skips the shape
         all-gather before each gather (and its host sync): only for callers that guarantee
         equal shapes on every rank (equal local batch, text padded to one length).
         """
-        stage = training_stage or stage
-        if stage not in ("pretrain", "finetune"):
-            raise ValueError(f"stage must be 'pretrain' or 'finetune', got {stage!r}")
+        if phase not in ("pretrain", "finetune"):
+            raise ValueError(f"phase must be 'pretrain' or 'finetune', got {phase!r}")
         for key in ("video", "input_ids", "attention_mask"):
             if key not in batch:
                 raise KeyError(f"batch has no {key!r} (keys: {sorted(batch)})")
         lc = self.loss_cfg
-        masked = stage == "pretrain" and self.training
+        masked = phase == "pretrain" and self.training
         r_v = self.cfg.mask_video if masked else 0.0
         r_t = self.cfg.mask_text if masked else 0.0
         video_ids = batch.get("video_index")

@@ -1,4 +1,8 @@
-"""Checkpoints: atomic writes, exact resume, weight loading for fine-tuning and evaluation.
+"""Step checkpoints of a training run: what they hold, RNG capture/restore, paths, rotation.
+
+Writing and reading checkpoint files (the atomic ``torch.save``, loading weights for
+fine-tuning, evaluation and the figure) is :mod:`rap.checkpoint_io`, outside the training
+package.
 
 A training checkpoint ``<out>/checkpoints/step-00000050.pt`` holds everything an interrupted
 run needs to finish with the *same* weights as an uninterrupted one:
@@ -33,12 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rap.checkpoint_io import atomic_save, load_checkpoint, load_model_weights
-
 __all__ = [
-    "atomic_save",
-    "load_checkpoint",
-    "load_model_weights",
     "capture_rng_state",
     "restore_rng_state",
     "step_checkpoint_path",

@@ -104,7 +104,7 @@ def run(
             resume=resume,
             max_steps=max_steps,
             validation=validation,
-            forward_kwargs=lambda epoch: {"stage": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
+            forward_kwargs=lambda epoch: {"phase": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
             text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),
             extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
             inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))},

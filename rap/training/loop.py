@@ -47,7 +47,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
 
 import torch
 import torch.distributed as dist
@@ -67,6 +67,9 @@ from rap.training import resume as resume_rules
 from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
 from rap.training.determinism import seed_everything  # re-exported: pretrain/finetune import it here
 from rap.training.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from rap.data.datasets import TrainLoader
 
 __all__ = [
     "NonFiniteLossError",
@@ -126,8 +129,8 @@ class EpochData(Protocol):
 
     ``len()`` is the number of micro-batches per epoch (equal on every rank);
     ``iterator(epoch, start)`` yields the epoch's micro-batches from index ``start`` on and
-    must draw whatever it draws from the global RNG (sampler order, worker seeds) *when it
-    is called*: the loop calls it at a controlled moment (see the module docstring)."""
+    must draw whatever it draws from the global RNG (a ``DataLoader``'s worker base seed)
+    *when it is called*: the loop calls it at a controlled moment (see the module docstring)."""
 
     def __len__(self) -> int: ...
 
@@ -135,20 +138,19 @@ class EpochData(Protocol):
 
 
 class LoaderEpochs:
-    """:class:`EpochData` over a loader.
+    """:class:`EpochData` over a :class:`rap.data.datasets.TrainLoader`.
 
-    The loader (:class:`rap.data.datasets.TrainLoader`, whose batches are a pure function of
-    seed, epoch, step and rank) jumps straight to ``start`` with ``set_position``. The first
-    batch is fetched eagerly so that a lazily created ``DataLoader`` iterator draws its worker
-    base seed inside the call.
+    Its batches are a pure function of seed, epoch, step and rank, and ``set_position`` jumps
+    straight to ``start``: no batch before it is read. The first batch is fetched eagerly
+    because the TrainLoader creates its ``DataLoader`` lazily, on the first ``next``: its worker
+    base seed is then drawn inside this call.
     """
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: TrainLoader) -> None:
         self.loader = loader
 
     def __len__(self) -> int:
-        steps = getattr(self.loader, "steps_per_epoch", None)
-        return int(steps) if steps is not None else len(self.loader)  # type: ignore[arg-type]
+        return self.loader.steps_per_epoch
 
     def iterator(self, epoch: int, start: int) -> Iterator[Mapping[str, Any]]:
         self.loader.set_position(epoch, start)  # seeks: no batch before `start` is decoded

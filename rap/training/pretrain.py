@@ -45,7 +45,7 @@ def run(params: Params, out_dir: Path, *, resume: bool | str = False, max_steps:
             ctx=ctx,
             resume=resume,
             max_steps=max_steps,
-            forward_kwargs=lambda epoch: {"stage": "pretrain", "alpha": distill_alpha(pre.loss, epoch)},
+            forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": distill_alpha(pre.loss, epoch)},
             text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
             extra_params={"global_batch": pre.optim.batch_size * pre.optim.grad_accum * ctx.world},
         )

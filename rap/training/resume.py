@@ -6,10 +6,10 @@ what made the checkpoint's weights - the *shaping* of the run - against what wou
 now:
 
 - the parameters that shape training (:func:`shaping_params`: everything in the resolved
-  config except logging/checkpoint cadence, loader workers, paths and the other stages'
-  blocks) and the inputs named by the stage (fine-tuning: the pre-trained checkpoint);
+  config except logging/checkpoint cadence, loader workers, paths and the other phase's
+  blocks) and the inputs the command names (fine-tuning: the pre-trained checkpoint);
 - a sha256 of every source file that shapes training (:func:`code_digests`: all of ``rap/``
-  except the command line, tracking, reports, data preparation and these rules).
+  except the command line, tracking, reports, data preparation, atomic writing and these rules).
 
 ``--resume`` (``mode``):
 
@@ -73,8 +73,8 @@ _NEUTRAL_PARAMS = (
     "evaluate.zero_shot",
 )
 # (the process layout is not neutral: the world size decides each rank's share of every batch)
-# ... and those that belong to another stage.
-_OTHER_STAGE_PARAMS = {
+# ... and those that belong to the other phase (pre-training vs fine-tuning).
+_OTHER_PHASE_PARAMS = {
     "pretrain": ("finetune.", "evaluate.", "data.frames_eval", "data.sampling_eval"),
     # fine-tuning starts from a checkpoint (an input of its own): pre-training's block and the
     # top-level knobs, which set pre-training's loss, do not shape it
@@ -98,7 +98,8 @@ _NEUTRAL_CODE = (
 _NEUTRAL_CODE_PRETRAIN = ("evaluation.py", "metrics.py")
 
 
-def _stage_family(stage: str) -> str:
+def _phase(stage: str) -> str:
+    """The phase of a training run's stage name (``pretrain``, ``finetune-<task>``)."""
     return "finetune" if stage.startswith("finetune") else "pretrain"
 
 
@@ -109,10 +110,10 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 def shaping_params(params: Params, stage: str) -> dict[str, Any]:
     """The flat parameters that shape the weights of ``stage`` (``pretrain``,
     ``finetune-<task>``): fine-tuning keeps only its own task's epoch count."""
-    family = _stage_family(stage)
-    neutral = _NEUTRAL_PARAMS + _OTHER_STAGE_PARAMS[family]
+    phase = _phase(stage)
+    neutral = _NEUTRAL_PARAMS + _OTHER_PHASE_PARAMS[phase]
     flat = {k: v for k, v in params.to_flat_dict().items() if not _matches(k, neutral)}
-    if family == "finetune":
+    if phase == "finetune":
         task = stage.removeprefix("finetune-")
         flat = {k: v for k, v in flat.items() if not k.startswith("finetune.epochs.") or k == f"finetune.epochs.{task}"}
     return flat
@@ -120,7 +121,7 @@ def shaping_params(params: Params, stage: str) -> dict[str, Any]:
 
 def code_digests(stage: str) -> dict[str, str]:
     """sha256 of every ``rap/`` source file that shapes ``stage``'s weights, by relative path."""
-    neutral = _NEUTRAL_CODE + (_NEUTRAL_CODE_PRETRAIN if _stage_family(stage) == "pretrain" else ())
+    neutral = _NEUTRAL_CODE + (_NEUTRAL_CODE_PRETRAIN if _phase(stage) == "pretrain" else ())
     digests = {}
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
