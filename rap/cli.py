@@ -140,9 +140,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     params = _params(args)
-    from rap.reports.tables import write_tables
+    if args.seeds:
+        from rap.reports.seed_tables import write_seed_tables
 
-    for path in write_tables(params, Path(args.runs), Path(args.out)):
+        paths = write_seed_tables(params, Path(args.runs), Path(args.out))
+    else:
+        from rap.reports.tables import write_tables
+
+        paths = write_tables(params, Path(args.runs), Path(args.out))
+    for path in paths:
         print(path)
 
 
@@ -219,9 +225,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="metrics JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("tables", parents=[common], help="write reports/table1.md ... table8.md")
+    p = sub.add_parser(
+        "tables",
+        parents=[common],
+        help="write reports/table1.md ... table9.md (--seeds: reports/seeds/, Tables 5 and 9 over seeds)",
+    )
     p.add_argument("--runs", default="runs", help="root of the pipeline's run outputs")
     p.add_argument("--out", default="reports")
+    p.add_argument(
+        "--seeds", action="store_true", help="Tables 5 and 9 over the seeds of params.yaml seed_runs (mean +- sd)"
+    )
     p.set_defaults(func=cmd_tables)
 
     p = sub.add_parser("figure", parents=[common], help="draw Figure 3 (patch and token redundancy weights)")

@@ -355,48 +355,80 @@ def finetune_text_len(cfg: ScaleConfig, task: str) -> int:
     return cfg.finetune.max_len_train.get(task, cfg.model.text.max_len_train)
 
 
-# The paper's main setting (section 5.4): every ablation run changes exactly one of these.
-REFERENCE_KNOBS: Mapping[str, Any] = types.MappingProxyType(
-    {"lambda": 1.0, "frames": 4, "racl": "both", "mask_video": 0.0, "mask_text": 0.0}
+@dataclass(frozen=True)
+class Knob:
+    """A top-level ablation knob of params.yaml: what ``dvc exp run -S name=value`` sets.
+
+    Declared once here; config loading, ablation run names, validation and the knob logging
+    (MLflow, resume, evaluation) all read :data:`KNOBS`."""
+
+    name: str  # top-level key in params.yaml (and MLflow param name)
+    hint: Any  # type the value is checked against
+    path: str  # where it lands in the scale block (ScaleConfig), dotted
+    reference: Any  # the paper's main setting (section 5.4)
+    run_prefix: str  # its name in ablation run names: "<run_prefix>-<value>"
+
+
+KNOBS: tuple[Knob, ...] = (
+    Knob("lambda", float, "pretrain.loss.racl_lambda", 1.0, "lambda"),  # eq. (10), Table 7
+    Knob("frames", int, "data.frames_train", 4, "frames"),  # K, Table 6
+    Knob("racl", RaclDirection, "pretrain.loss.racl", "both", "racl"),  # eq. (9) terms, Table 5
+    # paper eqs. 4-8 or the release's softmax weighting (Table 9)
+    Knob("racl_variant", RaclVariant, "pretrain.loss.racl_variant", "paper", "variant"),
+    # gradient through w = 1 - redundancy (Table 9); the paper calls the weights learnable
+    Knob("racl_weight_grad", bool, "pretrain.loss.racl_weight_grad", True, "weightgrad"),
+    Knob("mask_video", float, "model.mask_video", 0.0, "mask"),  # MAC r_v, Table 8
+    Knob("mask_text", float, "model.mask_text", 0.0, "masktext"),  # MAC r_t
 )
-# Ablation run names are "<knob>-<value>"; the knob names used in run names:
-ABLATION_KNOBS = {"racl": "racl", "frames": "frames", "lambda": "lambda", "mask": "mask_video"}
-DEFAULT_ABLATIONS = (
-    "racl-none",
-    "racl-v2t",
-    "racl-t2v",
-    "frames-1",
-    "frames-2",
-    "frames-8",
-    "lambda-0.5",
-    "lambda-2.0",
-    "lambda-4.0",
-    "mask-0.5",
-    "mask-0.75",
-)
+KNOB_BY_NAME: Mapping[str, Knob] = types.MappingProxyType({k.name: k for k in KNOBS})
+KNOB_BY_RUN_PREFIX: Mapping[str, Knob] = types.MappingProxyType({k.run_prefix: k for k in KNOBS})
+# The paper's main setting: every ablation run changes exactly one knob of it.
+REFERENCE_KNOBS: Mapping[str, Any] = types.MappingProxyType({k.name: k.reference for k in KNOBS})
+SEED_RUN_PREFIX = "seed"  # "<ablation>+seed-<N>": the same run with another seed
+
+
+def split_ablation_name(name: str) -> tuple[str, int | None]:
+    """``"racl-none+seed-2"`` -> ``("racl-none", 2)``; ``"seed-1"`` -> ``("", 1)`` (the main
+    setting with seed 1); ``"lambda-2.0"`` -> ``("lambda-2.0", None)``."""
+    base, plus, seed_part = name.partition("+")
+    if not plus and base.startswith(f"{SEED_RUN_PREFIX}-"):
+        base, seed_part = "", base
+    if not seed_part:
+        return base, None
+    prefix, sep, raw = seed_part.partition("-")
+    if prefix != SEED_RUN_PREFIX or not sep or not raw.isdigit():
+        raise ConfigError(f"invalid ablation run name {name!r}: expected <knob>-<value>[+seed-<N>]")
+    return base, int(raw)
 
 
 def ablation_overrides(name: str) -> dict[str, Any]:
-    """Knob settings of an ablation run: the paper's main setting with one knob changed.
+    """Settings of an ablation run: the paper's main setting with one knob changed, and
+    optionally another seed.
 
-    ``"lambda-2.0"`` -> ``{"lambda": 2.0, "frames": 4, "racl": "both", ...}``. Ablation runs do
-    not inherit the top-level knobs, so ``dvc exp run -S lambda=2.0`` leaves them alone.
+    ``"lambda-2.0"`` -> ``{"lambda": 2.0, "frames": 4, "racl": "both", ...}``;
+    ``"racl-none+seed-1"`` -> ``{..., "racl": "none", "seed": 1}``; ``"seed-2"`` -> the main
+    setting with ``"seed": 2``. Ablation runs do not inherit the top-level knobs, so
+    ``dvc exp run -S lambda=2.0`` leaves them alone.
     """
-    prefix, sep, raw_value = name.partition("-")
-    if not sep or prefix not in ABLATION_KNOBS:
-        raise ConfigError(
-            f"invalid ablation run name {name!r}: expected <knob>-<value> with knob in {sorted(ABLATION_KNOBS)}"
-        )
-    knob = ABLATION_KNOBS[prefix]
-    value = yaml.safe_load(raw_value)
-    hint = {"racl": RaclDirection, "frames": int, "lambda": float, "mask_video": float}[knob]
-    value = _coerce(value, hint, f"ablations[{name}]", "ablation")
-    if value == REFERENCE_KNOBS[knob]:
-        raise ConfigError(
-            f"ablation run {name!r} equals the paper's main setting; its row is read "
-            "from the main run, so leave it out of `ablations`"
-        )
-    return {**REFERENCE_KNOBS, knob: value}
+    base, seed = split_ablation_name(name)
+    out: dict[str, Any] = dict(REFERENCE_KNOBS)
+    if base:
+        prefix, sep, raw_value = base.partition("-")
+        if not sep or prefix not in KNOB_BY_RUN_PREFIX:
+            raise ConfigError(
+                f"invalid ablation run name {name!r}: expected <knob>-<value> with knob in {sorted(KNOB_BY_RUN_PREFIX)}"
+            )
+        knob = KNOB_BY_RUN_PREFIX[prefix]
+        value = _coerce(yaml.safe_load(raw_value), knob.hint, f"ablations[{name}]", "ablation")
+        if value == knob.reference:
+            raise ConfigError(
+                f"ablation run {name!r} equals the paper's main setting; its row is read "
+                "from the main run, so leave it out of `ablations`"
+            )
+        out[knob.name] = value
+    if seed is not None:
+        out["seed"] = seed
+    return out
 
 
 @dataclass(frozen=True)
@@ -405,7 +437,8 @@ class Params:
     seed: int
     cfg: ScaleConfig  # the selected scale with the top-level knobs merged in
     knobs: Mapping[str, Any] = field(default_factory=dict)  # resolved top-level knobs
-    ablations: tuple[str, ...] = DEFAULT_ABLATIONS  # ablation run names (dvc.yaml foreach)
+    ablations: tuple[str, ...] = ()  # ablation run names (dvc.yaml foreach)
+    seed_runs: tuple[str, ...] = ()  # seed repeats of Tables 5 and 9 (seeds/dvc.yaml foreach)
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Resolved config as ``a.b.c: value`` (what MLflow logs as params)."""
@@ -434,7 +467,7 @@ def _unshared(value: Any) -> Any:
 # Loading
 # --------------------------------------------------------------------------------------
 
-TOP_LEVEL_KNOBS = ("scale", "seed", "lambda", "frames", "racl", "mask_video", "mask_text", "ablations")
+TOP_LEVEL_KNOBS = ("scale", "seed", *KNOB_BY_NAME, "ablations", "seed_runs")
 SCALES = ("embedded", "paper")
 
 
@@ -469,6 +502,12 @@ def params_from_dict(
     block = raw.get(scale)
     if not isinstance(block, dict):
         raise ConfigError(f"{source}: scale {scale!r} selected but there is no {scale!r} block")
+    inherited = sorted(set((block.get("finetune") or {}).get("loss") or {}) & set(FINETUNE_INHERITED_LOSS))
+    if inherited:
+        raise ConfigError(
+            f"{source}: '{scale}.finetune.loss.{inherited[0]}' cannot be set: fine-tuning takes it from "
+            f"pretrain.loss (rap.config.finetune_loss); set '{scale}.pretrain.loss.{inherited[0]}' instead"
+        )
     cfg = _build(ScaleConfig, block, prefix=scale, source=source)
     cfg = _apply_knobs(cfg, raw, source)
     seed = raw.get("seed", 0)
@@ -478,46 +517,59 @@ def params_from_dict(
         seed,
         "must be a non-negative integer",
     )
-    ablations = _coerce(raw.get("ablations", list(DEFAULT_ABLATIONS)), tuple[str, ...], "ablations", source)
-    for name in ablations:
-        ablation_overrides(name)  # validates the name
+    ablations = _coerce(raw.get("ablations", []), tuple[str, ...], "ablations", source)
+    seed_runs = _coerce(raw.get("seed_runs", []), tuple[str, ...], "seed_runs", source)
+    for key, names in (("ablations", ablations), ("seed_runs", seed_runs)):
+        for name in names:
+            ablation_overrides(name)  # validates the name
+        _check(len(set(names)) == len(names), key, list(names), "lists a run twice")
     _check(
-        "racl-none" in ablations,
+        not ablations or "racl-none" in ablations,
         "ablations",
         list(ablations),
         "must include racl-none: Table 5 and Figure 3 compare with the model trained without RaCL",
     )
-    knobs = {
-        "lambda": cfg.pretrain.loss.racl_lambda,
-        "frames": cfg.data.frames_train,
-        "racl": cfg.pretrain.loss.racl,
-        "mask_video": cfg.model.mask_video,
-        "mask_text": cfg.model.mask_text,
-    }
-    return Params(scale=scale, seed=seed, cfg=cfg, knobs=types.MappingProxyType(knobs), ablations=ablations)
+    for name in seed_runs:
+        _check(split_ablation_name(name)[1] is not None, "seed_runs", name, "needs a +seed-<N> part (or seed-<N>)")
+    knobs = {k.name: _get_dotted(cfg, k.path) for k in KNOBS}
+    return Params(
+        scale=scale, seed=seed, cfg=cfg, knobs=types.MappingProxyType(knobs), ablations=ablations, seed_runs=seed_runs
+    )
 
 
 def _apply_knobs(cfg: ScaleConfig, raw: Mapping[str, Any], source: str) -> ScaleConfig:
     """Top-level knobs win over the scale block: they are what ``dvc exp run -S`` sets."""
-    loss = cfg.pretrain.loss
-    if "lambda" in raw:
-        loss = dataclasses.replace(loss, racl_lambda=_coerce(raw["lambda"], float, "lambda", source))
-    if "racl" in raw:
-        loss = dataclasses.replace(loss, racl=_coerce(raw["racl"], RaclDirection, "racl", source))
-    model = cfg.model
-    for knob in ("mask_video", "mask_text"):
-        if knob in raw:
-            model = dataclasses.replace(model, **{knob: _coerce(raw[knob], float, knob, source)})
-    data = cfg.data
-    if "frames" in raw:
-        data = dataclasses.replace(data, frames_train=_coerce(raw["frames"], int, "frames", source))
-    pretrain = dataclasses.replace(cfg.pretrain, loss=loss)
-    # Fine-tuning keeps the RaCL direction and weight of the pre-trained model it starts from.
-    ft_loss = dataclasses.replace(
-        cfg.finetune.loss, racl_lambda=loss.racl_lambda, racl=loss.racl, racl_variant=loss.racl_variant
+    for knob in KNOBS:
+        if knob.name in raw:
+            cfg = _replace_dotted(cfg, knob.path, _coerce(raw[knob.name], knob.hint, knob.name, source))
+    return dataclasses.replace(
+        cfg, finetune=dataclasses.replace(cfg.finetune, loss=finetune_loss(cfg.pretrain.loss, cfg.finetune.loss))
     )
-    finetune = dataclasses.replace(cfg.finetune, loss=ft_loss)
-    return dataclasses.replace(cfg, pretrain=pretrain, finetune=finetune, model=model, data=data)
+
+
+# Fine-tuning keeps the RaCL of the pre-trained model it starts from (paper 5.2 fine-tunes
+# with the same objective's retrieval terms): these fields always come from pretrain.loss.
+FINETUNE_INHERITED_LOSS = ("racl_lambda", "racl", "racl_variant", "racl_weight_grad", "racl_weight_floor")
+
+
+def finetune_loss(pretrain: LossConfig, finetune: LossConfig) -> LossConfig:
+    """Fine-tuning's loss settings: its own block, with RaCL's settings taken from pre-training
+    (:data:`FINETUNE_INHERITED_LOSS`); the one place fine-tuning's objective is derived."""
+    return dataclasses.replace(finetune, **{f: getattr(pretrain, f) for f in FINETUNE_INHERITED_LOSS})
+
+
+def _get_dotted(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _replace_dotted(obj: Any, dotted: str, value: Any) -> Any:
+    """A copy of the frozen dataclass tree ``obj`` with the field at ``dotted`` set to ``value``."""
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return dataclasses.replace(obj, **{head: value})
+    return dataclasses.replace(obj, **{head: _replace_dotted(getattr(obj, head), rest, value)})
 
 
 # --------------------------------------------------------------------------------------

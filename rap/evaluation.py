@@ -47,7 +47,8 @@ from rap import distributed as rdist
 from rap import tracking
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import file_digest, load_model_weights
-from rap.config import EvalConfig
+from rap.config import KNOBS, EvalConfig
+from rap.localisation import has_ground_truth, localisation_metrics
 from rap.metrics import t2v_v2t_metrics
 
 if TYPE_CHECKING:
@@ -403,17 +404,7 @@ def _check_loaded(result: dict[str, list[str]], checkpoint: Path, rerank: bool) 
 
 # The knobs MLflow must show on an evaluation run to plot R@1 against each ablated setting:
 # the scored checkpoint's, not the evaluate command's (whose top-level knobs are the main run's).
-CHECKPOINT_KNOBS = (
-    "lambda",
-    "frames",
-    "racl",
-    "mask_video",
-    "mask_text",
-    "seed",
-    "scale",
-    "pretrain.loss.racl_variant",
-    "pretrain.loss.racl_weight_grad",
-)
+CHECKPOINT_KNOBS = (*(k.name for k in KNOBS), "seed", "scale")
 
 
 def evaluation_params(params: Params, checkpoint_params: dict[str, Any] | None) -> dict[str, Any]:
@@ -492,6 +483,9 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
             result: dict[str, Any] = dict(scores.metrics(with_intervals=True))
             if scores.rerank_k > 0:
                 result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
+            if has_ground_truth(cfg, dataset) and rdist.get_rank() == 0:
+                # where the redundancy weights point (embedded corpus only; rap.localisation)
+                result["localisation"] = localisation_metrics(model, tokenizer, eval_set, cfg, device)
             info = {
                 "dataset": dataset,
                 "split": split,

@@ -54,6 +54,7 @@ __all__ = [
     "racl_loss_official",
     "racl_terms",
     "racl_function",
+    "racl_weights",
     "RACL_DIRECTIONS",
 ]
 
@@ -281,6 +282,32 @@ def _redundancy(patches: Tensor, tokens: Tensor, token_mask: Tensor, patch_mask:
 # --------------------------------------------------------------------------------------
 # Eqs. (7)-(8): redundancy-aware contrastive learning
 # --------------------------------------------------------------------------------------
+
+
+def racl_weights(
+    vr: Tensor,
+    tr: Tensor,
+    patch_mask: Tensor,
+    token_mask: Tensor,
+    *,
+    variant: Literal["paper", "official"] = "paper",
+    tau: Tensor | float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The weight RaCL gives each patch and token of a matched pair: ``(w_patch (B, N), w_token (B, L))``.
+
+    ``paper``: ``w = 1 - redundancy`` (eqs. 7-8, with vr, tr of eqs. 5-6); ``official``: the
+    release's ``softmax((1 - r) / tau)`` over the pair's valid positions (sums to 1 per pair;
+    ``tau`` required). Both are zero at invalid positions. Within one pair the two orders the
+    positions the same way (softmax is monotone); across pairs they differ."""
+    if variant == "paper":
+        zero = torch.zeros((), dtype=vr.dtype, device=vr.device)
+        return torch.where(patch_mask, 1.0 - vr, zero), torch.where(token_mask, 1.0 - tr, zero)
+    if variant != "official":
+        raise ValueError(f"unknown RaCL variant {variant!r}; expected 'paper' or 'official'")
+    if tau is None:
+        raise ValueError("the official variant's weights need the temperature tau")
+    tau = torch.as_tensor(tau, dtype=vr.dtype, device=vr.device)
+    return _softmax_weights(1.0 - vr, patch_mask, tau), _softmax_weights(1.0 - tr, token_mask, tau)
 
 
 class _Prepared:

@@ -96,9 +96,42 @@ def test_ablation_runs_change_one_knob_of_the_reference():
     assert ablation_overrides("racl-none")["racl"] == "none"
     assert ablation_overrides("frames-8")["frames"] == 8
     assert ablation_overrides("mask-0.75")["mask_video"] == 0.75
-    for bad in ("lambda-1.0", "colour-red", "frames-two", "racl"):
+    for bad in ("lambda-1.0", "colour-red", "frames-two", "racl", "racl-none+seed-x", "racl-none+frames-2"):
         with pytest.raises(ConfigError):
             ablation_overrides(bad)
+    # Table 9's knobs, and seed repeats (the main setting alone: "seed-N")
+    assert ablation_overrides("variant-official")["racl_variant"] == "official"
+    assert ablation_overrides("weightgrad-false")["racl_weight_grad"] is False
+    assert ablation_overrides("racl-none+seed-2") == {**REFERENCE_KNOBS, "racl": "none", "seed": 2}
+    assert ablation_overrides("seed-1") == {**REFERENCE_KNOBS, "seed": 1}
+
+
+def test_knobs_are_declared_once_and_land_where_declared():
+    from rap.config import KNOBS, TOP_LEVEL_KNOBS
+
+    p = load_params(PARAMS, {"racl_weight_grad": False, "racl_variant": "official", "mask_text": 0.25})
+    assert set(p.knobs) == {k.name for k in KNOBS} and {k.name for k in KNOBS} <= set(TOP_LEVEL_KNOBS)
+    loss = p.cfg.pretrain.loss
+    assert (loss.racl_weight_grad, loss.racl_variant, p.cfg.model.mask_text) == (False, "official", 0.25)
+    assert p.to_flat_dict()["racl_weight_grad"] is False
+    with pytest.raises(ConfigError, match="racl_weight_grad"):
+        load_params(PARAMS, {"racl_weight_grad": "no"})
+
+
+def test_finetuning_takes_racl_settings_from_pretraining():
+    p = load_params(PARAMS, {"racl_weight_grad": False, "pretrain.loss.racl_weight_floor": 0.01, "racl": "v2t"})
+    ft = p.cfg.finetune.loss
+    assert (ft.racl_weight_grad, ft.racl_weight_floor, ft.racl) == (False, 0.01, "v2t")
+    assert ft.lm_weight == 0.0  # fine-tuning's own settings stay its own
+    with pytest.raises(ConfigError, match="finetune.loss.racl_weight_grad.*pretrain.loss"):
+        load_params(PARAMS, {"finetune.loss.racl_weight_grad": False})
+
+
+def test_seed_runs_are_validated():
+    with pytest.raises(ConfigError, match="seed_runs"):
+        load_params(PARAMS, {"seed_runs": ["racl-none"]})  # no seed part
+    with pytest.raises(ConfigError, match="twice"):
+        load_params(PARAMS, {"seed_runs": ["seed-1", "seed-1"]})
 
 
 def test_cli_rejects_bad_value_before_work(capsys):

@@ -131,6 +131,12 @@ def test_store_paths_are_keyed_by_format_and_quality_and_config_checks(tmp_path)
     assert store.store_relpath(*args, fmt="jpeg", quality=80) != jpg
     with pytest.raises(ValueError, match="png"):
         store.store_relpath(*args, fmt="png", quality=90)
+    # a clip replaced at the same path (a regenerated corpus) gets a store file of its own
+    (tmp_path / "v.mp4").write_bytes(b"first clip")
+    first = store.store_relpath(*args, fmt="npy", quality=90, source_digest=store.source_digest(tmp_path / "v.mp4"))
+    (tmp_path / "v.mp4").write_bytes(b"second clip")
+    second = store.store_relpath(*args, fmt="npy", quality=90, source_digest=store.source_digest(tmp_path / "v.mp4"))
+    assert first != second and first != npy and first.rsplit("/", 1)[0] == npy.rsplit("/", 1)[0]
     assert DataConfig().store_format == "jpeg"  # the paper-scale default
     with pytest.raises(ConfigError, match="store_jpeg_quality"):
         DataConfig(store_jpeg_quality=0)

@@ -123,10 +123,14 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_repro_then_noop_then_experiment(repo_copy):
     repo, env = repo_copy
     first = _run(["dvc", "repro"], repo, env, timeout=1500)
-    for i in range(1, 9):
+    for i in range(1, 10):
         table = repo / "reports" / f"table{i}.md"
         assert table.is_file(), f"{table} missing after dvc repro"
         assert "this run" in table.read_text()
+    # the embedded corpus has a ground truth: Table 9 holds measured localisation scores
+    assert "no ground truth" not in (repo / "reports" / "table9.md").read_text()
+    zeroshot = json.loads((repo / "runs/eval/zeroshot/msrvtt.json").read_text())
+    assert 0.0 <= zeroshot["localisation"]["patch"]["paper"]["auc"] <= 1.0
     assert (repo / "reports" / "README.md").is_file()
     assert (repo / "reports" / "figure3.png").stat().st_size > 1000
     assert "pretrain" in _stages_run(first)

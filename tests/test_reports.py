@@ -1,4 +1,5 @@
-"""Reports: the paper's published rows, the run layout, the tables (1-8) and Figure 3."""
+"""Reports: the paper's published rows, the run layout, the tables (1-9, and 5 and 9 over seeds)
+and Figure 3."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from rap.config import ConfigError, load_params
 from rap.reports import layout
 from rap.reports.paper_results import PAPER_ROWS, paper_blocks, paper_rap_row, paper_rows
+from rap.reports.seed_tables import mean_sd, write_seed_tables
 from rap.reports.tables import BadMetricsError, MissingMetricsError, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,7 +143,7 @@ def test_write_tables_paper_scale(tmp_path):
     # a known value: zero-shot MSRVTT R@1 30.0 against the paper's 28.9
     (root / "eval/zeroshot/msrvtt.json").write_text(json.dumps(_metrics(30.0, 47.0, 60.04, 7.0)))
     paths = write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
-    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 9)] + ["README.md", "table8-speed.md"]
+    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 10)] + ["README.md", "table8-speed.md"]
     label = f"RaP (this run, paper, {RUN_ID})"
     for i in range(1, 8):
         text = (tmp_path / "reports" / f"table{i}.md").read_text(encoding="utf-8")
@@ -169,7 +171,9 @@ def test_write_tables_paper_scale(tmp_path):
     speed = (tmp_path / "reports/timings/table8-speed.md").read_text(encoding="utf-8")
     assert "measured while training, on test machine" in speed and "1.00x" in speed
     readme = (tmp_path / "reports/README.md").read_text(encoding="utf-8")
-    assert all(f"(table{i}.md)" in readme for i in range(1, 9))
+    assert all(f"(table{i}.md)" in readme for i in range(1, 10))
+    t9 = (tmp_path / "reports/table9.md").read_text(encoding="utf-8")
+    assert t9.count("no ground truth") == 7 * 6  # paper scale: no localisation block, 6 runs x 7 columns
     # `rap evaluate` writes 95 % bootstrap intervals (ci95): this run's R@K show them, the Δ row not
     (root / "eval/zeroshot/msrvtt.json").write_text(
         json.dumps(
@@ -318,3 +322,68 @@ def test_load_model_rejects_partial_checkpoint(tiny_setup):
     bad = atomic_save({"model": partial}, root / "partial.pt")
     with pytest.raises(RuntimeError, match="partial.pt.*text_proj"):
         load_model(params, bad)
+
+
+def _localisation(patch_auc: float, token_auc: float) -> dict:
+    def part(auc: float) -> dict:
+        scores = {"auc": auc, "ap": auc / 2, "positives": 10, "negatives": 30}
+        return {"paper": scores, "official": {**scores, "auc": 1 - auc}, "pair_auc": auc, "pairs": 4}
+
+    return {"patch": part(patch_auc), "token": part(token_auc), "object_min": 0.5, "skipped_videos": 0}
+
+
+def test_table9_localisation_rows(tmp_path):
+    params = _params()
+    root = tmp_path / "runs"
+    _fabricate(params, root)
+    rows = layout.table_rows(params, root)[layout.LOCALISATION_TABLE]
+    # Table 5's four RaCL directions, then the release's variant and detached weights
+    assert [r.key for r in rows] == [
+        "racl-none",
+        "racl-v2t",
+        "racl-t2v",
+        "racl-both (main)",
+        "variant-official",
+        "weightgrad-false",
+    ]
+    for i, r in enumerate(rows):
+        data = json.loads(r.metrics.read_text())
+        r.metrics.write_text(json.dumps({**data, "localisation": _localisation(0.1 * (i + 1), 0.9)}))
+    write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
+    t9 = (tmp_path / "reports/table9.md").read_text(encoding="utf-8")
+    line = next(ln for ln in t9.splitlines() if "[weightgrad-false]" in ln or "| weightgrad-false" in ln)
+    cells = _cells(line)
+    assert cells[0] == "RaCL both, paper w, w grad off"
+    # patch AUC (paper w), release w, per pair, AP; token AUC, release w, AP
+    assert cells[2:9] == ["0.60", "0.40", "0.60", "0.30", "0.90", "0.10", "0.45"]
+    main = next(ln for ln in t9.splitlines() if "main run" in ln)
+    assert _cells(main)[0] == "RaCL both, paper w, w grad on" and _cells(main)[2] == "0.40"
+    assert "AP at chance = the share of positives (patch 0.25, token 0.25)" in t9
+
+
+def test_seed_tables_mean_and_sd(tmp_path):
+    params = _params()
+    root = tmp_path / "runs"
+    _fabricate(params, root)
+    groups = layout.seed_groups(params, root)
+    none = next(g for g in groups if g.row.key == "racl-none")
+    assert none.seeds == (0, 1, 2) and none.metrics[1] == root / "eval/seeds/racl-none+seed-1.json"
+    main = next(g for g in groups if g.row.setting.is_main)
+    assert main.metrics[2] == root / "eval/seeds/seed-2.json"  # the main setting with seed 2
+    with pytest.raises(MissingMetricsError, match="racl-none\\+seed-1"):
+        write_seed_tables(params, root, tmp_path / "seeds")
+    for g in groups:
+        for k, path in enumerate(g.metrics):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            r1 = {"racl-none": 10.0, "weightgrad-false": 20.0}.get(g.row.key, 15.0) + 2.0 * k  # seeds 0, 1, 2
+            path.write_text(json.dumps({**_metrics(r1), "localisation": _localisation(0.2 + 0.1 * k, 0.5)}))
+    paths = write_seed_tables(params, root, tmp_path / "seeds")
+    assert [p.name for p in paths] == ["table5.md", "table9.md"]
+    t5 = paths[0].read_text(encoding="utf-8")
+    row = next(ln for ln in t5.splitlines() if ln.startswith("| RaCL none"))
+    assert _cells(row)[1:3] == ["0, 1, 2", "12.00 ± 2.00 (n=3)"]  # 10, 12, 14
+    assert "variant" not in t5.split("|---")[1]  # Table 9's own rows are not in Table 5
+    t9 = paths[1].read_text(encoding="utf-8")
+    row = next(ln for ln in t9.splitlines() if ln.startswith("| RaCL both, paper w, w grad off"))
+    assert _cells(row)[2] == "0.30 ± 0.10 (n=3)" and _cells(row)[-1] == "22.00 ± 2.00 (n=3)"
+    assert mean_sd([]) == "-" and mean_sd([3.0]) == "3.00 (n=1)"

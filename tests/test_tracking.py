@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -304,5 +305,10 @@ def test_ablation_evaluation_carries_the_checkpoints_knobs_and_its_training_run(
     assert eval_run["params.evaluate.itm_rerank_k"] == "0"  # and what the evaluation itself ran with
     assert eval_run[f"tags.{tracking.TRAINED_BY_TAG}"] == train_run.run_id
     assert eval_run["metrics.t2v_R1"] >= 0
+    assert eval_run["params.racl_weight_grad"] == "True" and eval_run["params.racl_variant"] == "paper"
+    # the embedded corpus has a ground truth: where the weights point is logged beside R@K
+    scores = json.loads((tmp_path / "eval" / "lambda-2.0.json").read_text())["localisation"]
+    assert eval_run["metrics.localisation_patch_paper_auc"] == pytest.approx(scores["patch"]["paper"]["auc"])
+    assert 0 <= eval_run["metrics.localisation_token_official_auc"] <= 1
     experiment = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from rap.atomic import write_text_atomic
 from rap.config import DataConfig
-from rap.data import decode, store
+from rap.data import decode, ground_truth, store
 from rap.data.adapters import SPLITS, load_records
 from rap.data.records import ClipRecord, DataError, IndexEntry, ProbeInfo, clean_captions, index_paths
 from rap.data.records import _rel as index_relpath
@@ -53,6 +53,7 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
         cfg.store_fps,
         fmt=cfg.store_format,
         quality=cfg.store_jpeg_quality,
+        source_digest=store.source_digest(rec.path),
     )
     dest = root / rel
     if store.is_complete(dest):
@@ -70,6 +71,26 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _write_truth_index(root: Path, dataset: str, indexed: set[str]) -> None:
+    """``index/<dataset>.truth.jsonl``: the ground truth of the indexed clips (embedded corpus;
+    an empty file for data without one), so that evaluation reads a declared output of this
+    stage rather than the raw download."""
+    raw = root / "raw" / dataset
+    videos = {Path(p).resolve().relative_to(raw.resolve()).as_posix() for p in _under(indexed, root, raw)}
+    lines = ground_truth.indexed_truth_lines(raw, videos)
+    write_text_atomic(ground_truth.truth_index_path(root, dataset), "".join(lines))
+
+
+def _under(paths: set[str], root: Path, raw: Path) -> list[Path]:
+    """Index paths (relative to data.root, or absolute) of the clips stored under ``raw``."""
+    out = []
+    for p in paths:
+        full = Path(p) if Path(p).is_absolute() else root / p
+        if full.resolve().is_relative_to(raw.resolve()):
+            out.append(full)
+    return out
 
 
 def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | None = None) -> dict:
@@ -132,5 +153,6 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
             f"e.g. {bad[0]['path']}: {bad[0]['reason']}; reasons: {dict(reasons.most_common(3))}"
         )
     _write_jsonl(index_path, good)
+    _write_truth_index(root, dataset, {r["path"] for r in good})
     log.info("extract %s: %s", dataset, summary)
     return summary

@@ -33,12 +33,21 @@ CAPTIONED = ("object", "second")  # roles a caption names; "clutter" and the bac
 SUPERSAMPLE = 8
 
 
-def load_ground_truth(raw_dir: str | Path) -> dict[str, dict]:
-    """``raw/<dataset>/ground_truth.jsonl`` by video path (relative to ``raw_dir``)."""
-    path = Path(raw_dir) / GROUND_TRUTH
+def truth_index_path(root: str | Path, dataset: str) -> Path:
+    """``index/<dataset>.truth.jsonl``: the ground truth of the indexed clips, written by ``rap
+    extract`` beside the index (empty when the corpus has none: the public datasets)."""
+    return Path(root) / "index" / f"{dataset}.truth.jsonl"
+
+
+def load_ground_truth(path: str | Path) -> dict[str, dict]:
+    """Ground-truth lines by video path (relative to ``raw/<dataset>``), from a sidecar file or
+    from a dataset's raw directory (``raw/<dataset>/ground_truth.jsonl``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / GROUND_TRUTH
     if not path.is_file():
         raise FileNotFoundError(
-            f"{path}: no ground truth (only the embedded corpus has one; regenerate it with `rap download synthetic`)"
+            f"{path}: no ground truth (only the embedded corpus has one; regenerate it with `rap download`)"
         )
     out = {}
     with path.open(encoding="utf-8") as f:
@@ -49,6 +58,16 @@ def load_ground_truth(raw_dir: str | Path) -> dict[str, dict]:
             except (json.JSONDecodeError, KeyError) as err:
                 raise ValueError(f"{path}:{n}: not a ground-truth line ({err})") from None
     return out
+
+
+def indexed_truth_lines(raw_dir: str | Path, videos: set[str]) -> list[str]:
+    """The sidecar's lines (verbatim) of the clips in ``videos`` (paths relative to
+    ``raw_dir``), in sidecar order; none when the directory has no sidecar."""
+    path = Path(raw_dir) / GROUND_TRUTH
+    if not path.is_file():
+        return []
+    with path.open(encoding="utf-8") as f:
+        return [line for line in f if json.loads(line)["video"] in videos]
 
 
 def eval_source_frames(entry: dict, *, frames: int, store_fps: float) -> list[int]:
@@ -129,8 +148,10 @@ __all__ = [
     "SHOWN",
     "SUPERSAMPLE",
     "eval_source_frames",
+    "indexed_truth_lines",
     "frame_coverage",
     "load_ground_truth",
     "patch_coverage",
     "token_labels",
+    "truth_index_path",
 ]

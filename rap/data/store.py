@@ -36,19 +36,39 @@ _HEAD = struct.Struct("<8s3I")  # magic, T, H, W
 
 
 def store_relpath(
-    dataset: str, clip_path: Path, video_id: str, image_size: int, store_fps: float, *, fmt: str, quality: int
+    dataset: str,
+    clip_path: Path,
+    video_id: str,
+    image_size: int,
+    store_fps: float,
+    *,
+    fmt: str,
+    quality: int,
+    source_digest: str = "",
 ) -> str:
-    """``frames/<dataset>/<size>px-<fps>fps[-jpeg<q>]/<xx>/<id>-<hash>.<npy|jpgs>``: keyed by the
-    clip's path (ids of different splits may repeat; extract passes it relative to the data root,
-    so the names do not depend on where the tree lives) and by every store setting (changing the
-    size, rate, format or JPEG quality never reuses stale frames); two-character fan-out keeps
-    directories small at 2.5M clips."""
+    """``frames/<dataset>/<size>px-<fps>fps[-jpeg<q>]/<xx>/<id>-<hash>[-<src>].<npy|jpgs>``: keyed
+    by the clip's path (ids of different splits may repeat; extract passes it relative to the data
+    root, so the names do not depend on where the tree lives), by the clip file's content
+    (``source_digest``, :func:`source_digest`: a video replaced at the same path, e.g. a
+    regenerated corpus, never reuses the old one's frames) and by every store setting (changing
+    the size, rate, format or JPEG quality never reuses stale frames); two-character fan-out
+    keeps directories small at 2.5M clips."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown frame-store format {fmt!r}; expected one of {tuple(FORMATS)}")
     h = hashlib.sha1(str(clip_path).encode("utf-8", "surrogateescape")).hexdigest()
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id)[:80]
     setting = f"{image_size}px-{store_fps:g}fps" + (f"-jpeg{quality}" if fmt == "jpeg" else "")
-    return f"frames/{dataset}/{setting}/{h[:2]}/{safe}-{h[:10]}{FORMATS[fmt]}"
+    src = f"-{source_digest[:10]}" if source_digest else ""
+    return f"frames/{dataset}/{setting}/{h[:2]}/{safe}-{h[:10]}{src}{FORMATS[fmt]}"
+
+
+def source_digest(path: Path, chunk: int = 1 << 20) -> str:
+    """sha1 of a clip file's bytes (read once more beside decoding; names its store file)."""
+    digest = hashlib.sha1()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def store_indices(info: ProbeInfo, store_fps: float) -> list[int]:

@@ -91,6 +91,8 @@ X264_OPTIONS = {"preset": "veryfast", "crf": "18", "x264-params": "asm=0"}
 MARKER = ".synthetic-complete.json"
 GROUND_TRUTH = "ground_truth.jsonl"  # sidecar of every dataset part (ground_truth())
 GROUND_TRUTH_VERSION = 1  # in the marker: a corpus made before the sidecar existed is remade
+# in the marker too: a corpus of an earlier layout (version 1: test splits of 30-40 clips) is remade
+CORPUS_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,11 @@ def _specs(
     """``n`` clip specs; ``unique`` gives every clip its own (colour, shape, motion), with
     distinct (colour, shape) as long as there are enough of them (test splits)."""
     colours = list(COLOURS)
+    if unique and n > len(COLOURS) * len(SHAPES) * len(MOTIONS):
+        raise ValueError(
+            f"{n} distinct clips asked for, but only {len(COLOURS) * len(SHAPES) * len(MOTIONS)} "
+            "(colour, shape, motion) combinations exist"
+        )
     if unique:
         pairs = [(c, s) for c in colours for s in SHAPES]
         order = rng.permutation(len(pairs)).tolist()
@@ -448,6 +455,14 @@ def _write_truth(raw: Path, entries: list[dict]) -> None:
 # ---------------------------------------------------------------------------------------
 
 
+# Test split sizes: large enough that the 95 % bootstrap interval of R@1 is about +-5 points or
+# less (one query per video: p = 0.15 over 200 queries gives +-4.9; MSVD has 8-12 captions per
+# video, 40 videos give ~400 queries), and at most the 216 distinct (colour, shape, motion)
+# combinations a test split's clips are drawn without repetition from.
+TEST_CLIPS = 200
+MSVD_TEST_CLIPS = 40
+
+
 def _count(n: int, scale: float, minimum: int = 4) -> int:
     return max(minimum, int(round(n * scale)))
 
@@ -506,7 +521,7 @@ def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
 
 
 def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
-    n9, n7, nt = _count(160, scale), _count(120, scale), _count(40, scale)
+    n9, n7, nt = _count(160, scale), _count(120, scale), _count(TEST_CLIPS, scale)
     n7 = min(n7, n9)
     train = _specs(rng, n9, unique=False, size=(64, 64))
     test = _specs(rng, nt, unique=True, size=(64, 64))
@@ -553,7 +568,7 @@ def _flickr_name(rng: np.random.Generator, i: int) -> str:
 
 
 def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
-    counts = {"train": _count(80, scale), "val": _count(20, scale), "test": _count(30, scale)}
+    counts = {"train": _count(80, scale), "val": _count(20, scale), "test": _count(TEST_CLIPS, scale)}
     n_caps, n_vid, ann = 0, 0, 0
     truth: list[dict] = []
     for split, n in counts.items():
@@ -585,7 +600,7 @@ def _youtube_id(rng: np.random.Generator) -> str:
 
 
 def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
-    counts = {"train": _count(60, scale), "val": _count(10, scale), "test": _count(30, scale)}
+    counts = {"train": _count(60, scale), "val": _count(10, scale), "test": _count(MSVD_TEST_CLIPS, scale)}
     captions: dict[str, list[list[str]]] = {}
     truth: list[dict] = []
     for split, n in counts.items():
@@ -610,7 +625,7 @@ def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         "val": "LSMDC16_annos_val.csv",
         "test": "LSMDC16_challenge_1000_publictect.csv",
     }
-    counts = {"train": _count(100, scale), "val": _count(20, scale), "test": _count(30, scale)}
+    counts = {"train": _count(100, scale), "val": _count(20, scale), "test": _count(TEST_CLIPS, scale)}
     total = 0
     truth: list[dict] = []
     for m_i, (split, n) in enumerate(counts.items()):
@@ -662,7 +677,7 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
         raise ValueError(f"scale must be > 0, got {scale}")
     raw = Path(raw_dir)
     marker = raw / MARKER
-    want = {"seed": seed, "scale": scale, "ground_truth": GROUND_TRUTH_VERSION}
+    want = {"seed": seed, "scale": scale, "ground_truth": GROUND_TRUTH_VERSION, "corpus": CORPUS_VERSION}
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if {k: done.get(k) for k in want} == want:

@@ -42,6 +42,33 @@ class Weights:
     patch: np.ndarray  # (side, side) 1 - vr over the patch grid; NaN where the patch is invalid
     tokens: list[str]  # caption tokens after [CLS] (padding dropped)
     token: np.ndarray  # (len(tokens),) 1 - tr
+    kept: np.ndarray | None = None  # (L-1,) bool: which tokens after [CLS] are in ``tokens``
+
+
+@dataclass
+class ClipTruth:
+    """What the embedded corpus's generator says about one figure clip (rap.data.ground_truth)."""
+
+    coverage: np.ndarray  # (K, G, G) captioned-object coverage of each evaluated frame
+    token_labels: list[str | None]  # label of each token after [CLS] (shown / redundant / None)
+
+
+def localisation_text(w: Weights, truth: ClipTruth) -> str:
+    """``patch AUC 0.81, token AUC 0.45`` of this clip's weights against its ground truth
+    (rap.redundancy_metrics); "-" where the clip lacks positives or negatives."""
+    from rap.redundancy_metrics import patch_separation, token_separation
+
+    parts = []
+    try:
+        parts.append(f"patch AUC {patch_separation(w.patch, truth.coverage.mean(0))['auc']:.2f}")
+    except ValueError:
+        parts.append("patch AUC -")
+    labels = [lab for lab, keep in zip(truth.token_labels, w.kept) if keep] if w.kept is not None else []
+    try:
+        parts.append(f"token AUC {token_separation(w.token, labels)['auc']:.2f}")
+    except ValueError:
+        parts.append("token AUC -")
+    return ", ".join(parts)
 
 
 def load_model(params: Params, checkpoint: Path, device: torch.device | str = "cpu"):
@@ -83,7 +110,7 @@ def redundancy_weights(
         keep = t.token_mask[b].cpu().numpy()
         ids = input_ids[b, 1:][torch.from_numpy(keep)].tolist()
         out.append(
-            Weights(w_patch[b].reshape(side, side), model.tokenizer.convert_ids_to_tokens(ids), w_token[b][keep])
+            Weights(w_patch[b].reshape(side, side), model.tokenizer.convert_ids_to_tokens(ids), w_token[b][keep], keep)
         )
     return out
 
@@ -109,9 +136,12 @@ def plot_weights(
     *,
     show_frames: int = 2,
     title: str = "",
+    truths: Sequence[ClipTruth] | None = None,
 ) -> Path:
     """Draw the figure: per clip and model one row of ``show_frames`` frames with the patch
-    weight map overlaid, and the token weights as horizontal bars on the right."""
+    weight map overlaid, and the token weights as horizontal bars on the right. With ``truths``
+    (the embedded corpus), each frame shows the captioned object's outline and each row its
+    localisation AUCs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -144,11 +174,19 @@ def plot_weights(
                     extent=(0, wd, h, 0),
                     interpolation="nearest",
                 )
+                if truths is not None:  # the captioned object: where half of a patch or more shows it
+                    cov = truths[c].coverage[f]
+                    g = cov.shape[0]
+                    centres = (np.arange(g) + 0.5) * (wd / g)
+                    ax.contour(
+                        centres, (np.arange(g) + 0.5) * (h / g), cov, levels=[0.5], colors="black", linewidths=1.0
+                    )
                 ax.set_xticks([])
                 ax.set_yticks([])
                 ax.set_xlabel(f"frame {f + 1}/{k}", fontsize=7)
                 if j == 0:
-                    ax.set_ylabel(f"{name}\n1-vr in [{lo:.2f}, {hi:.2f}]", fontsize=7)
+                    scores = f"\n{localisation_text(w, truths[c])}" if truths is not None else ""
+                    ax.set_ylabel(f"{name}\n1-vr in [{lo:.2f}, {hi:.2f}]{scores}", fontsize=7)
                 if j == 0 and m == 0:
                     caption = textwrap.shorten(captions[c], width=90, placeholder=" ...")
                     ax.set_title(f'clip {c + 1}: "{caption}"', fontsize=8, loc="left", style="italic")
@@ -165,7 +203,14 @@ def plot_weights(
         0.01,
         0.005,
         "Patch features are averaged over the K frames (paper 3.2): each patch position has one "
-        "weight, drawn over every shown frame. Colours scaled per row; red = low redundancy (high weight).",
+        "weight, drawn over every shown frame. Colours scaled per row; red = low redundancy (high weight)."
+        + (
+            " Black: outline of the captioned objects (ground truth of the embedded corpus); AUC: the weights "
+            "at separating object patches from untouched ones and shown words from redundant phrases "
+            "(0.5 = chance; Table 9 pools every test query)."
+            if truths is not None
+            else ""
+        ),
         fontsize=6.5,
         wrap=True,
     )
@@ -174,6 +219,65 @@ def plot_weights(
     fig.savefig(out_png, dpi=120, bbox_inches="tight", metadata={"Software": None})
     plt.close(fig)
     return out_png
+
+
+def _truth_entry(params: Params, eval_set, video: int) -> dict:
+    from rap.data import ground_truth as gt
+    from rap.localisation import video_key
+
+    cfg = params.cfg
+    truth = gt.load_ground_truth(gt.truth_index_path(cfg.data.root, eval_set.dataset))
+    return truth[video_key(cfg, eval_set.dataset, eval_set.videos.clips[video].record.path)]
+
+
+def _coverage(params: Params, entry: dict) -> np.ndarray:
+    from rap.data import ground_truth as gt
+
+    cfg = params.cfg
+    return gt.patch_coverage(
+        entry,
+        image_size=cfg.data.image_size,
+        patch_size=cfg.model.vision.patch_size,
+        frames=cfg.data.frames_eval,
+        store_fps=cfg.data.store_fps,
+    )["per_frame"]
+
+
+def informative_clips(params: Params, eval_set, clips: int) -> list[int]:
+    """The first ``clips`` videos whose first query both patch and token AUCs are defined for:
+    some patch the object covers in half of the frames or more, and a redundant phrase in the
+    caption (chosen from the ground truth alone, never from a model's weights)."""
+    from rap.data import ground_truth as gt
+    from rap.localisation import caption_truth
+    from rap.redundancy_metrics import OBJECT_MIN
+
+    chosen = []
+    for v in range(len(eval_set.videos)):
+        entry = _truth_entry(params, eval_set, v)
+        caption = caption_truth(entry, eval_set.texts[eval_set.video_to_texts[v][0]])
+        redundant = caption is not None and any(kind == gt.REDUNDANT_PHRASE for *_, kind in caption["spans"])
+        if redundant and (_coverage(params, entry).mean(0) >= OBJECT_MIN).any():
+            chosen.append(v)
+            if len(chosen) == clips:
+                return chosen
+    return chosen + [v for v in range(len(eval_set.videos)) if v not in chosen][: clips - len(chosen)]
+
+
+def clip_truths(
+    params: Params, eval_set, videos: Sequence[int], captions: Sequence[str], offsets: list[list[list[int]]]
+) -> list[ClipTruth]:
+    """The ground truth of the figure's clips as drawn: per evaluated frame the object
+    coverage, per token after [CLS] its label."""
+    from rap.data import ground_truth as gt
+    from rap.localisation import caption_truth
+
+    out = []
+    for i, (v, text) in enumerate(zip(videos, captions)):
+        entry = _truth_entry(params, eval_set, v)
+        caption = caption_truth(entry, text)
+        labels = gt.token_labels(caption, [tuple(o) for o in offsets[i]])[1:] if caption else []
+        out.append(ClipTruth(_coverage(params, entry), labels))
+    return out
 
 
 def draw_figure(
@@ -189,24 +293,28 @@ def draw_figure(
     device: str | None = None,
     track: bool = True,
 ) -> Path:
-    """Figure 3 for the first ``clips`` videos of ``dataset``/``split`` (first caption each):
+    """Figure 3 for ``clips`` videos of ``dataset``/``split`` (first caption each; on the embedded
+    corpus the first ones both localisation scores are defined for, :func:`informative_clips`):
     the RaCL model (``racl_ckpt``) beside the model trained without RaCL (``baseline_ckpt``).
     Writes ``out_png`` and, with ``track``, logs it to the stage's MLflow run."""
     from rap import tracking
     from rap.data.datasets import build_eval_set
+    from rap.localisation import has_ground_truth
     from rap.reports.layout import format_value
 
     eval_set = build_eval_set(dataset, split, params.cfg)
     if len(eval_set.videos) < clips:
         raise ValueError(f"{dataset}/{split} has {len(eval_set.videos)} videos, fewer than clips={clips}")
-    items = [eval_set.videos[i] for i in range(clips)]
+    chosen = informative_clips(params, eval_set, clips) if has_ground_truth(params.cfg, dataset) else list(range(clips))
+    items = [eval_set.videos[i] for i in chosen]
     failed = [it["failed"] for it in items if it["failed"]]
     if failed:
         raise RuntimeError(f"{dataset}/{split}: cannot decode a clip for the figure: {failed[0]}")
     videos = torch.stack([it["video"] for it in items])
-    captions = [eval_set.texts[eval_set.video_to_texts[i][0]] for i in range(clips)]
+    captions = [eval_set.texts[eval_set.video_to_texts[i][0]] for i in chosen]
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     weights: dict[str, list[Weights]] = {}
+    truths = None
     for name, ckpt in (("RaCL (RaP)", racl_ckpt), ("w/o RaCL", baseline_ckpt)):
         model = load_model(params, ckpt, dev)
         tok = model.tokenizer(
@@ -215,16 +323,23 @@ def draw_figure(
             truncation=True,
             max_length=params.cfg.model.text.max_len_eval,
             return_tensors="pt",
+            return_offsets_mapping=True,
         )
         weights[name] = redundancy_weights(model, videos, tok["input_ids"], tok["attention_mask"])
+        if truths is None and has_ground_truth(params.cfg, dataset):
+            truths = clip_truths(params, eval_set, chosen, captions, tok["offset_mapping"].tolist())
         del model
     title = (
         f"Redundancy weights on {dataset} {split} (scale {params.scale}, "
         f"{format_value(params.cfg.data.frames_eval)} frames): RaCL vs w/o RaCL"
     )
     if not track:
-        return plot_weights(videos, captions, weights, Path(out_png), show_frames=show_frames, title=title)
+        return plot_weights(
+            videos, captions, weights, Path(out_png), show_frames=show_frames, title=title, truths=truths
+        )
     with tracking.stage_run("figure", params):
-        out = plot_weights(videos, captions, weights, Path(out_png), show_frames=show_frames, title=title)
+        out = plot_weights(
+            videos, captions, weights, Path(out_png), show_frames=show_frames, title=title, truths=truths
+        )
         tracking.log_artifact(out)
     return out

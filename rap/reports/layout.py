@@ -8,6 +8,8 @@ Layout under the runs root (default ``runs/``)::
     eval/finetuned/<task>.json        their test metrics (msrvtt-7k/9k are tested on MSRVTT 1k-A)
     ablation/<name>/                  ablation pre-trainings (same files)
     eval/ablation/<name>.json         their zero-shot MSRVTT metrics
+    seeds/<name>/                     seed repeats of Tables 5 and 9 (``racl-none+seed-1``; seeds/dvc.yaml)
+    eval/seeds/<name>.json            their zero-shot MSRVTT metrics
 
 Ablation runs (paper Tables 5-7, and Table 8 for MAC) are listed by name in params.yaml's
 ``ablations`` (``racl-none``, ``frames-2``, ``lambda-2.0``, ``mask-0.75``, ...); each is the
@@ -19,17 +21,19 @@ run, provided the main run's knobs equal the reference; otherwise that row has n
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 # ablation_overrides (run name -> knobs) lives in rap.config and is re-exported from here.
 from rap.config import (
-    ABLATION_KNOBS,
+    KNOB_BY_RUN_PREFIX,
     REFERENCE_KNOBS,
     ConfigError,
     Params,
     ablation_overrides,
+    split_ablation_name,
 )
 from rap.registry import DOWNSTREAM_DATASETS, FINETUNE, FINETUNE_TASKS
 from rap.run_files import TRAIN_METRICS, TRAIN_TIMINGS
@@ -37,8 +41,12 @@ from rap.run_files import TRAIN_METRICS, TRAIN_TIMINGS
 MAIN_RUN = "main"
 # The dataset every ablation is evaluated on (paper Tables 5-7: zero-shot MSRVTT).
 ABLATION_EVAL_DATASET = "msrvtt"
-# Report table of each ablation name prefix (Table 8, MAC mask ratio, is this project's addition).
-ABLATION_TABLES: dict[str, int] = {"racl": 5, "frames": 6, "lambda": 7, "mask": 8}
+# Report table of each ablation name prefix (Table 8, MAC mask ratio, and Table 9, where the
+# redundancy weights point, are this project's additions).
+ABLATION_TABLES: dict[str, int] = {"racl": 5, "frames": 6, "lambda": 7, "mask": 8, "variant": 9, "weightgrad": 9}
+# Table 9 also holds every row of Table 5 (RaCL directions), so its own knobs add no main row.
+LOCALISATION_TABLE = 9
+REPORT_TABLES = tuple(range(1, LOCALISATION_TABLE + 1))
 # Row order of the RaCL table as in the paper (numeric knobs are sorted ascending).
 _RACL_ORDER = ("none", "v2t", "t2v", "both")
 
@@ -89,7 +97,10 @@ def run_dir(kind: str, name: str, root: str | Path = "runs") -> Path:
     if kind == "ablation":
         ablation_overrides(name)  # validates the name
         return root / "ablation" / name
-    raise ConfigError(f"run_dir: unknown kind {kind!r}; expected pretrain, finetune or ablation")
+    if kind == "seed":
+        _check_seed_run(name)
+        return root / "seeds" / name
+    raise ConfigError(f"run_dir: unknown kind {kind!r}; expected pretrain, finetune, ablation or seed")
 
 
 def checkpoint_path(kind: str, name: str, root: str | Path = "runs") -> Path:
@@ -122,7 +133,18 @@ def metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
     if kind == "ablation":
         ablation_overrides(name)
         return root / "eval" / "ablation" / f"{name}.json"
-    raise ConfigError(f"metrics_path: unknown kind {kind!r}; expected zeroshot, finetuned or ablation")
+    if kind == "seed":
+        _check_seed_run(name)
+        return root / "eval" / "seeds" / f"{name}.json"
+    raise ConfigError(f"metrics_path: unknown kind {kind!r}; expected zeroshot, finetuned, ablation or seed")
+
+
+def _check_seed_run(name: str) -> None:
+    """Seed repeats (params.yaml ``seed_runs``) live apart from the ablation grid, so that running
+    them changes no input of the default pipeline."""
+    ablation_overrides(name)
+    if split_ablation_name(name)[1] is None:
+        raise ConfigError(f"seed run {name!r} has no +seed-<N> part")
 
 
 def task_dataset(task: str) -> str:
@@ -144,7 +166,8 @@ def _check_task(task: str) -> None:
 def ablation_table(name: str) -> int:
     """Report table of an ablation run name (validated by :func:`rap.config.ablation_overrides`)."""
     ablation_overrides(name)
-    return ABLATION_TABLES[name.partition("-")[0]]
+    base, _ = split_ablation_name(name)
+    return ABLATION_TABLES[base.partition("-")[0]] if base else ABLATION_TABLES["racl"]
 
 
 def ablation_run_names(params: Params) -> list[str]:
@@ -161,19 +184,21 @@ def ablation_settings(params: Params, root: str | Path = "runs", table: int | No
     for prefix, tab in ABLATION_TABLES.items():
         if table is not None and tab != table:
             continue
-        knob = ABLATION_KNOBS[prefix]
+        knob = KNOB_BY_RUN_PREFIX[prefix].name
         ref = REFERENCE_KNOBS[knob]
-        rows = [
-            AblationSetting(
-                f"{prefix}-{format_value(ref)} (main)",
-                knob,
-                ref,
-                tab,
-                True,
-                run_dir("pretrain", MAIN_RUN, root) if main_ok else None,
-                metrics_path("zeroshot", ABLATION_EVAL_DATASET, root) if main_ok else None,
+        rows = []
+        if tab != LOCALISATION_TABLE:
+            rows.append(
+                AblationSetting(
+                    f"{prefix}-{format_value(ref)} (main)",
+                    knob,
+                    ref,
+                    tab,
+                    True,
+                    run_dir("pretrain", MAIN_RUN, root) if main_ok else None,
+                    metrics_path("zeroshot", ABLATION_EVAL_DATASET, root) if main_ok else None,
+                )
             )
-        ]
         for name in params.ablations:
             if name.partition("-")[0] == prefix:
                 value = ablation_overrides(name)[knob]
@@ -235,11 +260,11 @@ class TableRow:
 
 
 def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[TableRow]]:
-    """This run's rows of every report table (1-8) with the files they come from.
+    """This run's rows of every report table (1-9) with the files they come from.
 
     Tables 1-4: a zero-shot row when the dataset is in ``evaluate.zero_shot``, a fine-tuned row
     per task in ``finetune.tasks``; Tables 5-8: one row per grid point of the ablation."""
-    rows: dict[int, list[TableRow]] = {t: [] for t in range(1, 9)}
+    rows: dict[int, list[TableRow]] = {t: [] for t in REPORT_TABLES}
     zs = zeroshot_datasets(params)
     tasks = finetune_tasks(params)
     for table, (dataset, blocks) in RESULT_TABLES.items():
@@ -261,7 +286,46 @@ def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[Tabl
                 s,
             )
         )
+    rows[LOCALISATION_TABLE] = [
+        dataclasses.replace(r, table=LOCALISATION_TABLE) for r in rows[ABLATION_TABLES["racl"]]
+    ] + rows[LOCALISATION_TABLE]
     return rows
+
+
+@dataclass(frozen=True)
+class SeedGroup:
+    """One setting of Tables 5 / 9 over several seeds: the seed-0 row and its repeats."""
+
+    row: TableRow  # the seed-0 row of Table 9 (the main run or an ablation run)
+    seeds: tuple[int, ...]  # seed of each metrics file, 0 first
+    metrics: tuple[Path | None, ...]  # zero-shot MSRVTT metrics JSON per seed
+
+
+def seed_run_name(base: str, seed: int) -> str:
+    """``("racl-none", 1)`` -> ``"racl-none+seed-1"``; the main setting: ``("", 2)`` -> ``"seed-2"``."""
+    return f"{base}+seed-{seed}" if base else f"seed-{seed}"
+
+
+def seed_groups(params: Params, root: str | Path = "runs") -> list[SeedGroup]:
+    """Every Table 9 row (which holds Table 5's) with the seed repeats ``seed_runs`` lists for it."""
+    root = Path(root)
+    by_base: dict[str, list[int]] = {}
+    for name in params.seed_runs:
+        base, seed = split_ablation_name(name)
+        by_base.setdefault(base, []).append(int(seed))
+    out = []
+    for row in table_rows(params, root)[LOCALISATION_TABLE]:
+        assert row.setting is not None
+        base = "" if row.setting.is_main else row.setting.name
+        repeats = sorted(by_base.get(base, []))
+        paths = [row.metrics] + [metrics_path("seed", seed_run_name(base, n), root) for n in repeats]
+        out.append(SeedGroup(row, (params.seed, *repeats), tuple(paths)))
+    return out
+
+
+def seed_report_inputs(params: Params, root: str | Path = "runs") -> list[Path]:
+    """Every metrics file the seed tables read (the seeds pipeline's dependencies)."""
+    return sorted({p for g in seed_groups(params, root) for p in g.metrics if p is not None})
 
 
 def table_metrics_path(params: Params, table: int, key: str, root: str | Path = "runs") -> Path | None:

@@ -1,4 +1,4 @@
-"""`rap tables`: the paper's Tables 1-7 with this run's rows beside the published ones, and Table 8.
+"""`rap tables`: the paper's Tables 1-7 with this run's rows beside the published ones, Tables 8 and 9.
 
 Each ``reports/tableN.md`` follows the paper's layout: one block per setting (zero-shot,
 fine-tuned), text-to-video R@1 / R@5 / R@10 (%) and median rank MdR. Under the paper's RaP row
@@ -6,7 +6,9 @@ comes this run's row, labelled with the scale and a run id (the DVC experiment n
 git revision); at the paper scale a third row gives the difference this run - paper. Tables
 5-7 (ablations, zero-shot MSRVTT) interleave the paper's row and this run's row per setting.
 Table 8 is beyond the paper: the MAC mask ratio r_v against pre-training speed (step time,
-clips/s, FLOPs) and zero-shot MSRVTT R@1.
+clips/s, FLOPs) and zero-shot MSRVTT R@1; Table 9 measures where RaCL's weights point on the
+embedded corpus (:mod:`rap.localisation`). :mod:`rap.reports.seed_tables` repeats Tables 5 and
+9 over seeds.
 
 Which file feeds which row is decided by :mod:`rap.reports.layout` (shared with dvc.yaml and
 the Snakefile). Output is a pure function of the inputs (no timestamps, absolute paths or
@@ -95,6 +97,15 @@ def read_intervals(path: Path, direction: str = DIRECTION) -> tuple[tuple[float,
             raise BadMetricsError(f"{path}: ci95.{direction}.{k} must be finite numbers lo <= hi, got {lo!r}, {hi!r}")
         out.append((float(lo), float(hi)))
     return tuple(out)
+
+
+def read_localisation(path: Path) -> dict[str, Any] | None:
+    """The ``localisation`` block `rap evaluate` writes where the data has a ground truth
+    (:mod:`rap.localisation`), or None."""
+    block = _read_json(path).get("localisation")
+    if block is not None and not isinstance(block, dict):
+        raise BadMetricsError(f"{path}: 'localisation' must be a mapping, got {block!r:.80}")
+    return block
 
 
 def read_flops(path: Path) -> float | None:
@@ -416,6 +427,88 @@ def _table8_speed(ctx: _Context, rows: list[TableRow]) -> str:
 
 
 # --------------------------------------------------------------------------------------
+# Table 9: where the redundancy weights point
+# --------------------------------------------------------------------------------------
+
+TABLE9_TITLE = "Where RaCL's weights point: localising the captioned object and the shown words (zero-shot MSRVTT)"
+# (column head, block, weighting or "pair_auc", statistic) of the localisation cells
+LOCALISATION_COLUMNS = (
+    ("patch AUC", "patch", "paper", "auc"),
+    ("patch AUC, release w", "patch", "official", "auc"),
+    ("patch AUC per pair", "patch", "pair_auc", None),
+    ("patch AP", "patch", "paper", "ap"),
+    ("token AUC", "token", "paper", "auc"),
+    ("token AUC, release w", "token", "official", "auc"),
+    ("token AP", "token", "paper", "ap"),
+)
+
+
+def localisation_value(block: dict[str, Any] | None, part: str, weighting: str, stat: str | None) -> float | None:
+    """One number of a ``localisation`` block (None where the split had no such score)."""
+    entry = (block or {}).get(part, {}).get(weighting)
+    value = entry if stat is None else (entry or {}).get(stat)
+    return None if value is None else float(value)
+
+
+def setting_label(row: TableRow) -> str:
+    """The pre-training of a Table 5 / 9 row in knob terms: ``racl=both, variant=paper, w grad=on``."""
+    assert row.setting is not None
+    knobs = dict(REFERENCE_KNOBS)
+    knobs[row.setting.knob] = row.setting.value
+    grad = "on" if knobs["racl_weight_grad"] else "off"
+    return f"RaCL {knobs['racl']}, {knobs['racl_variant']} w, w grad {grad}"
+
+
+def chance_ap(block: dict[str, Any] | None, part: str) -> float | None:
+    entry = (block or {}).get(part, {}).get("paper")
+    return None if not entry else entry["positives"] / (entry["positives"] + entry["negatives"])
+
+
+def _table9(ctx: _Context) -> str:
+    rows = ctx.rows[layout.LOCALISATION_TABLE]
+    body, chance = [], {}
+    for r in rows:
+        m = ctx.metrics(r)
+        loc = read_localisation(r.metrics) if r.metrics is not None and r.metrics.is_file() else None
+        if loc is None:
+            cells = [m.absent if m.values is None else "no ground truth"] * len(LOCALISATION_COLUMNS)
+        else:
+            cells = [_fmt2(localisation_value(loc, *col[1:])) for col in LOCALISATION_COLUMNS]
+            chance = {part: chance_ap(loc, part) for part in ("patch", "token")}
+        body.append([setting_label(r), _origin(r), *cells, _cells(m)[0]])
+    headers = ["Pre-training", "Run", *[c[0] for c in LOCALISATION_COLUMNS], "R@1 ↑"]
+    chance_text = ", ".join(f"{part} {_fmt2(v)}" for part, v in chance.items() if v is not None)
+    text = [
+        _header(layout.LOCALISATION_TABLE, TABLE9_TITLE, ctx),
+        "Not in the RaP paper, whose Figure 3 shows the claim qualitatively: RaCL's weight w = 1 - redundancy "
+        "(eqs. 4-8) should be high on what the other modality names. Measured on the embedded corpus, whose "
+        "generator records what each caption names (`rap/localisation.py`): for every test query and its video, "
+        "ROC-AUC / average precision of the patch weights at separating the patches a captioned object covers "
+        "(in at least half of the evaluated frames) from those nothing captioned touches, and of the token "
+        "weights at separating shown words (colour, shape, motion, the second object) from redundant phrases. "
+        "AUC 0.5 = chance, 1 = every positive above every negative, below 0.5 = the weights point at the "
+        "redundancy instead. Pooled over all pairs with the paper's w and with the release's softmax((1 - r)/tau); "
+        "'per pair': the mean AUC within each pair (the same for both weightings). AP at chance = the share of "
+        f"positives ({chance_text or '-'}). R@1: zero-shot MSRVTT text-to-video with its 95 % interval.",
+        tabulate(
+            body,
+            headers=headers,
+            tablefmt="github",
+            disable_numparse=True,
+            colalign=("left", "left") + ("right",) * (len(headers) - 2),
+        ),
+    ]
+    sources = [f"`{ctx.rel(r.metrics)}`" for r in rows if r.metrics is not None]
+    notes = ["This run's metrics (under the runs root): " + "; ".join(sources) + "."] if sources else []
+    text.append("\n".join(notes + _reference_note(ctx, rows)))
+    return "\n\n".join(text) + "\n"
+
+
+def _fmt2(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+# --------------------------------------------------------------------------------------
 # Driver
 # --------------------------------------------------------------------------------------
 
@@ -445,7 +538,7 @@ def _readme(ctx: _Context, files: list[Path]) -> str:
         f"Generated by `rap tables` from the pipeline's metrics files; scale `{ctx.params.scale}`, run `{ctx.run_id}`.",
         "",
     ]
-    titles = {**TABLE_TITLES, 8: TABLE8_TITLE}
+    titles = {**TABLE_TITLES, 8: TABLE8_TITLE, layout.LOCALISATION_TABLE: TABLE9_TITLE}
     for i, path in enumerate(files, start=1):
         lines.append(f"- [Table {i}]({path.name}): {titles[i]}")
     lines.append("- [Figure 3](figure3.png): redundancy weights of patches and tokens, RaCL vs w/o RaCL (`rap figure`)")
@@ -455,7 +548,7 @@ def _readme(ctx: _Context, files: list[Path]) -> str:
 def write_tables(
     params: Params, metrics_root: Path, out_dir: Path, *, run_id: str | None = None, allow_missing: bool = False
 ) -> list[Path]:
-    """Write ``table1.md`` ... ``table8.md`` and ``README.md`` into ``out_dir``.
+    """Write ``table1.md`` ... ``table9.md`` and ``README.md`` into ``out_dir``.
 
     ``metrics_root`` is the runs root of :mod:`rap.reports.layout`. A missing metrics or summary
     file raises :class:`MissingMetricsError` naming every missing file, unless
@@ -465,12 +558,13 @@ def write_tables(
     texts = [_result_table(ctx, t) for t in (1, 2, 3, 4)]
     texts += [_ablation_table(ctx, t) for t in (5, 6, 7)]
     texts.append(_table8(ctx))
+    texts.append(_table9(ctx))
     if ctx.missing and not allow_missing:
         missing = sorted({p.as_posix() for p in ctx.missing})
         raise MissingMetricsError(f"{len(missing)} file(s) needed by the tables are missing: " + ", ".join(missing))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"table{i}.md" for i in range(1, 9)]
+    paths = [out_dir / f"table{i}.md" for i in layout.REPORT_TABLES]
     for path, text in zip(paths, texts):
         path.write_text(text, encoding="utf-8")
     readme = out_dir / "README.md"

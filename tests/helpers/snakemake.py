@@ -23,7 +23,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def snakemake_dry_run(
-    repo: Path, workdir: Path, *, params_file: Path | None = None, profile: Path | None = None
+    repo: Path,
+    workdir: Path,
+    *,
+    params_file: Path | None = None,
+    profile: Path | None = None,
+    targets: list[str] | None = None,
 ) -> str:
     """Output of a forced dry run of ``repo``'s workflow executed in ``workdir``.
 
@@ -46,6 +51,7 @@ def snakemake_dry_run(
     ]
     if profile is not None:
         cmd += ["--workflow-profile", str(profile)]
+    cmd += targets or []
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:
         raise AssertionError(f"snakemake dry run failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

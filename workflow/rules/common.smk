@@ -15,3 +15,8 @@ def eval_threads() -> int:
 
 def index(dataset: str) -> str:
     return f"{DATA}/index/{dataset}.jsonl"
+
+
+def truth(dataset: str) -> str:
+    """The ground truth of the indexed clips (rap extract; empty without one)."""
+    return f"{DATA}/index/{dataset}.truth.jsonl"

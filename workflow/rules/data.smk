@@ -24,6 +24,7 @@ rule extract:
         f"{DATA}/raw/{{dataset}}.downloaded",
     output:
         f"{DATA}/index/{{dataset}}.jsonl",
+        f"{DATA}/index/{{dataset}}.truth.jsonl",
     log:
         "logs/extract/{dataset}.log",
     threads: max(1, CFG.data.num_workers)

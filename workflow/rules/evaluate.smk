@@ -13,6 +13,7 @@ rule evaluate_zeroshot:
     input:
         checkpoint=MAIN_CKPT,
         index=index("{dataset}"),
+        truth=truth("{dataset}"),
     output:
         f"{RUNS}/eval/zeroshot/{{dataset}}.json",
     log:
@@ -50,6 +51,7 @@ rule evaluate_finetuned:
     input:
         checkpoint=f"{RUNS}/finetune/{{task}}/checkpoint.pt",
         index=lambda wc: index(layout.task_dataset(wc.task)),
+        truth=lambda wc: truth(layout.task_dataset(wc.task)),
     output:
         f"{RUNS}/eval/finetuned/{{task}}.json",
     params:
@@ -69,6 +71,7 @@ rule evaluate_ablation:
     input:
         checkpoint=f"{RUNS}/ablation/{{name}}/checkpoint.pt",
         index=index(layout.ABLATION_EVAL_DATASET),
+        truth=truth(layout.ABLATION_EVAL_DATASET),
     output:
         f"{RUNS}/eval/ablation/{{name}}.json",
     params:

@@ -1,4 +1,4 @@
-# Reports: Tables 1-8 from the metrics files (rap.reports.layout says which file feeds which
+# Reports: Tables 1-9 from the metrics files (rap.reports.layout says which file feeds which
 # row) and Figure 3 from the RaCL model and the model trained without RaCL.
 
 
@@ -20,6 +20,7 @@ rule figure:
         racl=MAIN_CKPT,
         baseline=layout.checkpoint_path("ablation", "racl-none", RUNS),
         index=index(layout.ABLATION_EVAL_DATASET),
+        truth=truth(layout.ABLATION_EVAL_DATASET),
     output:
         FIGURE,
     log:
