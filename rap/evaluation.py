@@ -153,7 +153,7 @@ def encode_eval_set(
                 f"expected {expected}...: the evaluation loader must not shuffle"
             )
         expected += len(index)
-        with _autocast(device):
+        with _autocast(device):  # uint8 pixels: the model normalises them on the device
             feats = model.encode_video(batch["video"].to(device, non_blocking=True))
         emb_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
         if keep_video_features:

@@ -12,7 +12,7 @@ import torch
 from rap.config import DataConfig, ScaleConfig, TextConfig
 from rap.data import decode, store, synthetic
 from rap.data.adapters import SPLITS, load_records
-from rap.data.datasets import build_eval_set, build_finetune_loader, build_pretrain_loader
+from rap.data.datasets import BLANK_PIXEL, build_eval_set, build_finetune_loader, build_pretrain_loader
 from rap.data.decode import probe, read_frames
 from rap.data.extract import extract
 from rap.data.records import DataError, read_index
@@ -121,7 +121,7 @@ def test_extract_writes_index_and_store_then_loaders(corpus, tokenizer):
     assert b["video"].shape == (2, 4, 3, 32, 32) and b["video_aug"].shape == b["video"].shape
     assert b["input_ids"].shape == b["attention_mask"].shape and b["input_ids"].shape[1] <= 30
     assert (b["input_ids"][:, 0] == tokenizer.cls_token_id).all()
-    assert b["video"].dtype == torch.float32 and b["video_index"].dtype == torch.long
+    assert b["video"].dtype == b["video_aug"].dtype == torch.uint8 and b["video_index"].dtype == torch.long
     assert {x["source"] for x in batches} == {"webvid", "cc3m"} and all(x["n_skipped"] == 0 for x in batches)
     assert not torch.equal(b["video"], b["video_aug"])  # independent augmentations
     cc = next(x for x in batches if x["source"] == "cc3m")
@@ -131,13 +131,13 @@ def test_extract_writes_index_and_store_then_loaders(corpus, tokenizer):
     n_caps = sum(len(r.captions) for r in load_records("msvd", corpus, "train"))
     assert ft.steps_per_epoch == n_caps // 6  # one item per caption
     fb = next(iter(ft))
-    assert fb["video"].shape == (6, 4, 3, 32, 32) and "video_aug" not in fb
+    assert fb["video"].shape == (6, 4, 3, 32, 32) and "video_aug" not in fb and fb["video"].dtype == torch.uint8
 
     ev = build_eval_set("msvd", "test", cfg)
     assert len(ev.texts) > len(ev.videos) and len(ev.text_to_video) == len(ev.texts)
     assert all(ev.text_to_video[t] == v for v, ts in enumerate(ev.video_to_texts) for t in ts)
     vb = next(ev.iter_videos(batch_size=3))
-    assert vb["video"].shape == (3, 8, 3, 32, 32)
+    assert vb["video"].shape == (3, 8, 3, 32, 32) and vb["video"].dtype == torch.uint8
     assert torch.equal(vb["video"], next(ev.iter_videos(batch_size=3))["video"])  # uniform: deterministic
     tok = ev.tokenize(tokenizer, 64)
     assert tok["input_ids"].shape[0] == len(ev.texts)
@@ -225,6 +225,8 @@ def test_eval_set_counts_failed_videos(damaged):
     ev = build_eval_set("webvid", "train", _cfg(root, frame_store=False, max_bad_fraction=0.2))
     out = list(ev.iter_videos(batch_size=4))
     assert sum(b["video"].shape[0] for b in out) == len(ev.videos) and len(ev.failed) == 1
+    blank = out[0]["video"][0]  # the first video is the deleted one: the mean colour, uint8
+    assert blank.dtype == torch.uint8 and torch.equal(blank[:, :, 0, 0], torch.tensor([BLANK_PIXEL] * 8).to(blank))
     ev = build_eval_set("webvid", "train", _cfg(root, frame_store=False, max_bad_fraction=0.0))
     with pytest.raises(DataError, match="evaluation videos unusable"):
         list(ev.iter_videos(batch_size=4))
@@ -247,3 +249,4 @@ def test_loader_resumes_from_a_data_position(corpus, tokenizer):
     other = build_pretrain_loader(cfg, tokenizer, seed=3, batch_size=4, rank=1, world_size=2)
     other.set_epoch(1)
     assert [b["source"] for b in other] == [b["source"] for b in full][: other.steps_per_epoch]
+

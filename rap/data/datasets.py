@@ -1,6 +1,7 @@
 """torch Datasets, collate and loader builders (DESIGN.md "Tensor conventions").
 
-Training batch (dict): ``video`` float32 (B, K, 3, H, W); ``video_aug`` (pre-training: a
+Training batch (dict): ``video`` uint8 (B, K, 3, H, W), raw pixels that the model normalises
+on the device (:func:`rap.model.video.normalize_frames`); ``video_aug`` (pre-training: a
 second augmented view); ``input_ids``/``attention_mask`` (B, L) from the tokenizer passed in
 (max ``model.text.max_len_train`` tokens); ``video_index`` (B,) long (fine-tuning: captions
 of one video share it, so they are never negatives of each other); ``captions``; ``source``;
@@ -45,6 +46,9 @@ FINETUNE_SPLITS = {
     "lsmdc": ("lsmdc", "train"),
 }
 MAX_SUBSTITUTES = 16  # consecutive bad items tried before a sample is given up as an error
+# A failed evaluation video: the ImageNet mean colour rounded to uint8 (normalises to within
+# 0.01 of 0, the mean image).
+BLANK_PIXEL = (124, 116, 104)
 
 
 @dataclass(frozen=True)
@@ -185,7 +189,7 @@ class MixedDataset(Dataset):
 
 
 class Collate:
-    """Stacks frames and tokenises captions (``max_len`` tokens; any HF tokenizer)."""
+    """Stacks the uint8 frames and tokenises captions (``max_len`` tokens; any HF tokenizer)."""
 
     def __init__(self, tokenizer, max_len: int):
         self.tokenizer, self.max_len = tokenizer, max_len
@@ -381,9 +385,9 @@ def report_truncation(captions: Sequence[str], tokenizer, max_len: int, name: st
 
 class EvalVideos(Dataset):
     """Videos of an evaluation split: ``frames_eval`` frames sampled ``sampling_eval``
-    (uniform: deterministic), resize + centre crop. A video that fails to decode becomes a
-    blank clip flagged ``failed`` (it still ranks, as a miss: dropping it would change the
-    test set), counted by :meth:`EvalSet.iter_videos`."""
+    (uniform: deterministic), resize + centre crop, uint8 (K, 3, H, W). A video that fails to
+    decode becomes a blank clip (:data:`BLANK_PIXEL`) flagged ``failed`` (it still ranks, as a
+    miss: dropping it would change the test set), counted by :meth:`EvalSet.iter_videos`."""
 
     def __init__(self, clips: Sequence[Clip], *, frames: int, sampling: str, image_size: int):
         self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
@@ -399,7 +403,8 @@ class EvalVideos(Dataset):
         except (decode.DecodeError, OSError, ValueError) as err:
             msg = str(err).splitlines()[0][:300]
             log.warning("evaluation video unusable: %s", msg)
-            blank = torch.zeros(self.frames, 3, self.size, self.size)  # the mean image after normalisation
+            blank = torch.tensor(BLANK_PIXEL, dtype=torch.uint8).view(1, 3, 1, 1)
+            blank = blank.expand(self.frames, 3, self.size, self.size).contiguous()
             return {"video": blank, "video_index": i, "failed": msg}
 
 
