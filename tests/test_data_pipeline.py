@@ -250,3 +250,48 @@ def test_loader_resumes_from_a_data_position(corpus, tokenizer):
     other.set_epoch(1)
     assert [b["source"] for b in other] == [b["source"] for b in full][: other.steps_per_epoch]
 
+
+def _same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x["video"], y["video"]) and torch.equal(x["video_aug"], y["video_aug"])
+        assert torch.equal(x["input_ids"], y["input_ids"]) and x["source"] == y["source"]
+
+
+def test_one_loader_per_run_with_persistent_workers(corpus, tokenizer):
+    """TrainLoader builds ONE DataLoader for the whole run: with a real worker it is the same
+    object and the same (persistent) worker process every epoch, and its batches - uint8 -
+    equal those of the in-process loader, epoch by epoch and after a mid-epoch seek.
+    Iterating never draws from the global torch RNG (the training's stream)."""
+    cfg = _cfg(corpus)
+    extract("webvid", cfg.data)
+    extract("cc3m", cfg.data)
+    ref = build_pretrain_loader(cfg, tokenizer, seed=5, batch_size=4)
+    work = build_pretrain_loader(
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=1)), tokenizer, seed=5, batch_size=4
+    )
+    try:
+        first = work.loader
+        assert first.persistent_workers and first.num_workers == 1 and first.prefetch_factor == 2
+        assert first.pin_memory == torch.cuda.is_available()
+        assert not ref.loader.persistent_workers and ref.loader.prefetch_factor is None
+        torch.manual_seed(123)
+        rng_before = torch.get_rng_state()
+        pids = []
+        for epoch in range(2):
+            expected = list(ref)
+            got = list(work)
+            assert work.loader is first and work.position == (epoch + 1, 0)
+            pids.append([w.pid for w in first._iterator._workers])
+            assert all(w.is_alive() for w in first._iterator._workers)  # persisted past the epoch
+            _same_batches(got, expected)
+            assert got[0]["video"].dtype == torch.uint8
+        assert pids[0] == pids[1]  # the same worker process served both epochs
+        work.set_position(1, 3)  # mid-epoch resume on the same loader and workers
+        ref.set_position(1, 3)
+        _same_batches(list(work), list(ref))
+        assert work.loader is first and [w.pid for w in first._iterator._workers] == pids[0]
+        assert torch.equal(torch.get_rng_state(), rng_before)
+    finally:
+        work.close()
+    assert work._loader is None and not any(w.is_alive() for w in first._iterator._workers)
