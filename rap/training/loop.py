@@ -137,9 +137,9 @@ class LoaderEpochs:
     """:class:`EpochData` over a loader.
 
     The loader (:class:`rap.data.datasets.TrainLoader`, whose batches are a pure function of
-    seed, epoch, step and rank) jumps straight to ``start`` with ``set_position``. The first
-    batch is fetched eagerly so that a lazily created ``DataLoader`` iterator draws its worker
-    base seed inside the call.
+    seed, epoch, step and rank) jumps straight to ``start`` with ``set_position``; its one
+    DataLoader and persistent workers serve every epoch. The first batch is fetched eagerly,
+    so that anything a loader draws when it starts iterating is drawn inside the call.
     """
 
     def __init__(self, loader: Any) -> None:
