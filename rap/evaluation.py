@@ -155,7 +155,7 @@ def encode_eval_set(
                 f"expected {expected}...: the evaluation loader must not shuffle"
             )
         expected += len(index)
-        with _autocast(device):
+        with _autocast(device):  # uint8 pixels: the model normalises them on the device
             feats = model.encode_video(batch["video"].to(device, non_blocking=True))
         emb_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
         if keep_video_features:
@@ -223,11 +223,12 @@ def rerank_scores(itc: torch.Tensor, topk_index: torch.Tensor, itm: torch.Tensor
 
 
 def _itm_autocast(device: torch.device):
-    """ITM re-ranking in half precision on a GPU (bf16 where supported, else fp16): the
-    cross-encoder pass over k pairs per query dominates evaluation time. Elsewhere fp32."""
+    """ITM re-ranking in half precision on a GPU (bf16 where it is native, else fp16: an
+    emulated bf16, e.g. on a V100, is several times slower): the cross-encoder pass over k
+    pairs per query dominates evaluation time. Elsewhere fp32."""
     if device.type != "cuda":
         return _autocast(device)
-    half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    half = torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float16
     return torch.autocast("cuda", dtype=half)
 
 

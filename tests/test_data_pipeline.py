@@ -12,7 +12,7 @@ import torch
 from rap.config import DataConfig, ScaleConfig, TextConfig
 from rap.data import decode, store, synthetic
 from rap.data.adapters import SPLITS, load_records
-from rap.data.datasets import build_eval_set, build_finetune_loader, build_pretrain_loader
+from rap.data.datasets import BLANK_PIXEL, build_eval_set, build_finetune_loader, build_pretrain_loader
 from rap.data.decode import probe, read_frames
 from rap.data.extract import extract
 from rap.data.records import DataError, read_index
@@ -121,7 +121,7 @@ def test_extract_writes_index_and_store_then_loaders(corpus, tokenizer):
     assert b["video"].shape == (2, 4, 3, 32, 32) and b["video_aug"].shape == b["video"].shape
     assert b["input_ids"].shape == b["attention_mask"].shape and b["input_ids"].shape[1] <= 30
     assert (b["input_ids"][:, 0] == tokenizer.cls_token_id).all()
-    assert b["video"].dtype == torch.float32 and b["video_index"].dtype == torch.long
+    assert b["video"].dtype == b["video_aug"].dtype == torch.uint8 and b["video_index"].dtype == torch.long
     assert {x["source"] for x in batches} == {"webvid", "cc3m"} and all(x["n_skipped"] == 0 for x in batches)
     assert not torch.equal(b["video"], b["video_aug"])  # independent augmentations
     cc = next(x for x in batches if x["source"] == "cc3m")
@@ -131,13 +131,13 @@ def test_extract_writes_index_and_store_then_loaders(corpus, tokenizer):
     n_caps = sum(len(r.captions) for r in load_records("msvd", corpus, "train"))
     assert ft.steps_per_epoch == n_caps // 6  # one item per caption
     fb = next(iter(ft))
-    assert fb["video"].shape == (6, 4, 3, 32, 32) and "video_aug" not in fb
+    assert fb["video"].shape == (6, 4, 3, 32, 32) and "video_aug" not in fb and fb["video"].dtype == torch.uint8
 
     ev = build_eval_set("msvd", "test", cfg)
     assert len(ev.texts) > len(ev.videos) and len(ev.text_to_video) == len(ev.texts)
     assert all(ev.text_to_video[t] == v for v, ts in enumerate(ev.video_to_texts) for t in ts)
     vb = next(ev.iter_videos(batch_size=3))
-    assert vb["video"].shape == (3, 8, 3, 32, 32)
+    assert vb["video"].shape == (3, 8, 3, 32, 32) and vb["video"].dtype == torch.uint8
     assert torch.equal(vb["video"], next(ev.iter_videos(batch_size=3))["video"])  # uniform: deterministic
     tok = ev.tokenize(tokenizer, 64)
     assert tok["input_ids"].shape[0] == len(ev.texts)
@@ -225,6 +225,8 @@ def test_eval_set_counts_failed_videos(damaged):
     ev = build_eval_set("webvid", "train", _cfg(root, frame_store=False, max_bad_fraction=0.2))
     out = list(ev.iter_videos(batch_size=4))
     assert sum(b["video"].shape[0] for b in out) == len(ev.videos) and len(ev.failed) == 1
+    blank = out[0]["video"][0]  # the first video is the deleted one: the mean colour, uint8
+    assert blank.dtype == torch.uint8 and torch.equal(blank[:, :, 0, 0], torch.tensor([BLANK_PIXEL] * 8).to(blank))
     ev = build_eval_set("webvid", "train", _cfg(root, frame_store=False, max_bad_fraction=0.0))
     with pytest.raises(DataError, match="evaluation videos unusable"):
         list(ev.iter_videos(batch_size=4))
@@ -247,3 +249,49 @@ def test_loader_resumes_from_a_data_position(corpus, tokenizer):
     other = build_pretrain_loader(cfg, tokenizer, seed=3, batch_size=4, rank=1, world_size=2)
     other.set_epoch(1)
     assert [b["source"] for b in other] == [b["source"] for b in full][: other.steps_per_epoch]
+
+
+def _same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert torch.equal(x["video"], y["video"]) and torch.equal(x["video_aug"], y["video_aug"])
+        assert torch.equal(x["input_ids"], y["input_ids"]) and x["source"] == y["source"]
+
+
+def test_one_loader_per_run_with_persistent_workers(corpus, tokenizer):
+    """TrainLoader builds ONE DataLoader for the whole run: with a real worker it is the same
+    object and the same (persistent) worker process every epoch, and its batches - uint8 -
+    equal those of the in-process loader, epoch by epoch and after a mid-epoch seek.
+    Iterating never draws from the global torch RNG (the training's stream)."""
+    cfg = _cfg(corpus)
+    extract("webvid", cfg.data)
+    extract("cc3m", cfg.data)
+    ref = build_pretrain_loader(cfg, tokenizer, seed=5, batch_size=4)
+    work = build_pretrain_loader(
+        dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, num_workers=1)), tokenizer, seed=5, batch_size=4
+    )
+    try:
+        first = work.loader
+        assert first.persistent_workers and first.num_workers == 1 and first.prefetch_factor == 2
+        assert first.pin_memory == torch.cuda.is_available()
+        assert not ref.loader.persistent_workers and ref.loader.prefetch_factor is None
+        torch.manual_seed(123)
+        rng_before = torch.get_rng_state()
+        pids = []
+        for epoch in range(2):
+            expected = list(ref)
+            got = list(work)
+            assert work.loader is first and work.position == (epoch + 1, 0)
+            pids.append([w.pid for w in first._iterator._workers])
+            assert all(w.is_alive() for w in first._iterator._workers)  # persisted past the epoch
+            _same_batches(got, expected)
+            assert got[0]["video"].dtype == torch.uint8
+        assert pids[0] == pids[1]  # the same worker process served both epochs
+        work.set_position(1, 3)  # mid-epoch resume on the same loader and workers
+        ref.set_position(1, 3)
+        _same_batches(list(work), list(ref))
+        assert work.loader is first and [w.pid for w in first._iterator._workers] == pids[0]
+        assert torch.equal(torch.get_rng_state(), rng_before)
+    finally:
+        work.close()
+    assert work._loader is None and not any(w.is_alive() for w in first._iterator._workers)

@@ -319,3 +319,65 @@ def test_run_evaluation_rejects_incomplete_checkpoint(msvd_params, tmp_path, mon
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         run_evaluation(msvd_params, "msvd", "test", tmp_path / "nope.pt", tmp_path / "m.json")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_rerank_projects_each_videos_keys_values_once(monkeypatch):
+    """ITM re-ranking with the real (embedded-scale) model: every cross-attention layer
+    projects a video's tokens to keys and values once per batch of pairs, however many texts
+    the video is paired with (rows through the key/value projections = distinct videos of the
+    batch, not pairs), and the scores equal the per-pair computation. On the CPU the pass is
+    fp32; on a CUDA GPU it is half precision (bf16 where native, else fp16)."""
+    import warnings
+
+    from rap.evaluation import _itm_autocast, itm_pair_scores
+    from rap.model.rap import RaPModel
+
+    cfg = load_params(REPO / "params.yaml").cfg
+    torch.manual_seed(0)
+    model = RaPModel(cfg.model, cfg.pretrain.loss).eval()
+    g = torch.Generator().manual_seed(0)
+    size = cfg.model.vision.img_size
+    n_videos, n_texts = 3, 4
+    with torch.inference_mode():
+        feats = model.encode_video(torch.randint(0, 256, (n_videos, 2, 3, size, size), generator=g, dtype=torch.uint8))
+    texts = ["a red circle moves left", "a blue square", "the green star grows in the corner", "a cube"]
+    tok = model.tokenizer(texts, padding="longest", return_tensors="pt")
+    tokens = {"input_ids": tok["input_ids"], "attention_mask": tok["attention_mask"]}
+    video_idx = torch.tensor([2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1])  # every video with every text
+    text_idx = torch.arange(n_texts).repeat_interleave(n_videos)
+    rows: dict[str, list[int]] = {"key": [], "value": []}
+    dtypes = set()
+
+    def count(name):
+        def hook(module, inputs, output):
+            rows[name].append(inputs[0].shape[0])
+            dtypes.add(output.dtype)
+
+        return hook
+
+    layers = model.text.cross_attn
+    hooks = [getattr(layer.self, name).register_forward_hook(count(name)) for layer in layers for name in rows]
+    try:
+        scores = itm_pair_scores(model, feats, tokens, video_idx, text_idx, batch_size=8, device=torch.device("cpu"))
+    finally:
+        for h in hooks:
+            h.remove()
+    # pairs in video order, 8 per batch: videos {0, 1} in the first batch, {2} in the second
+    assert rows["key"] == rows["value"] == [2] * len(layers) + [1] * len(layers)
+    assert sum(rows["key"]) == n_videos * len(layers) < len(video_idx) * len(layers)
+    assert dtypes == {torch.float32}
+    with torch.inference_mode():
+        per_pair = model.itm_scores(
+            feats.index(video_idx), tokens["input_ids"][text_idx], tokens["attention_mask"][text_idx]
+        )
+    torch.testing.assert_close(scores, per_pair, rtol=1e-5, atol=1e-5)
+
+    assert not _itm_autocast(torch.device("cpu"))._enabled
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": only the chosen dtype is read
+        for native, dtype in ((True, torch.bfloat16), (False, torch.float16)):  # e.g. H100, V100
+            # a V100 "supports" bf16 by emulation only (several times slower): fp16 there
+            monkeypatch.setattr(
+                torch.cuda, "is_bf16_supported", lambda including_emulation=True, n=native: n or including_emulation
+            )
+            assert _itm_autocast(torch.device("cuda")).fast_dtype == dtype

@@ -46,18 +46,21 @@ def _pretrain_steps(make_params, out: Path, device: torch.device, precision: str
     seed_everything(params.seed)
     model = RaPModel(cfg.model, cfg.pretrain.loss)  # built on the CPU: the same weights for both devices
     loader = build_pretrain_loader(cfg, build_tokenizer(cfg.model.text), seed=params.seed)
-    train(
-        model=model,
-        data=LoaderEpochs(loader),
-        stage="pretrain",
-        optim_cfg=cfg.pretrain.optim,
-        epochs=1,
-        params=params,
-        out_dir=out,
-        ctx=DistContext(0, 1, device.index or 0, device),
-        max_steps=STEPS,
-        forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": 0.0},
-    )
+    try:
+        train(
+            model=model,
+            data=LoaderEpochs(loader),
+            stage="pretrain",
+            optim_cfg=cfg.pretrain.optim,
+            epochs=1,
+            params=params,
+            out_dir=out,
+            ctx=DistContext(0, 1, device.index or 0, device),
+            max_steps=STEPS,
+            forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": 0.0},
+        )
+    finally:
+        loader.close()
     with (out / "loss.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     return rows, load_checkpoint(out / "checkpoint.pt")["model"]

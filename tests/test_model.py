@@ -414,3 +414,30 @@ def test_second_view_through_the_momentum_video_encoder():
                 p.add_(0.1)
     model(random_batch(model))  # the EMA step pulls the copy towards the moved online weights
     torch.testing.assert_close(next(model.momentum.vision.parameters()), before + 0.1 * (1 - loss_cfg.momentum_m))
+
+
+def test_uint8_frames_are_normalised_by_the_model(model: RaPModel):
+    """The loaders ship uint8 pixels; the model (video encoder, both views, the momentum copy)
+    normalises them itself: a uint8 batch gives the same loss as its normalised float batch."""
+    from rap.model.video import normalize_frames
+
+    model_cfg, loss_cfg = model_cfgs(momentum=True, queue_size=8, intra_video_view="momentum")
+    g = torch.Generator().manual_seed(3)
+    pixels = {
+        k: torch.randint(0, 256, (2, 4, 3, 64, 64), generator=g, dtype=torch.uint8) for k in ("video", "video_aug")
+    }
+    losses = []
+    for normalised in (False, True):
+        torch.manual_seed(0)
+        net = RaPModel(model_cfg, loss_cfg).train()
+        batch = random_batch(net) | ({k: normalize_frames(v) for k, v in pixels.items()} if normalised else pixels)
+        torch.manual_seed(1)
+        losses.append(net(batch, alpha=0.4)["loss"])
+    assert torch.equal(losses[0], losses[1])
+    model.eval()
+    with torch.no_grad():
+        v8, vf = model.encode_video(pixels["video"]), model.encode_video(normalize_frames(pixels["video"]))
+    model.train()
+    assert torch.equal(v8.emb, vf.emb) and torch.equal(v8.hidden, vf.hidden)
+    with pytest.raises(ValueError, match=r"\(B, K, 3, H, W\)"):
+        model.encode_video(pixels["video"][:, :, :2])

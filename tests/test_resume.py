@@ -83,6 +83,22 @@ def test_resume_after_stop_equals_uninterrupted_run(make_params, straight, tmp_p
     assert "wall_time_s" in json.loads((out / "train_timings.json").read_text())
 
 
+def test_resume_from_an_epoch_boundary_equals_uninterrupted_run(make_params, straight, tmp_path, single_thread):
+    """A checkpoint written as an epoch ends (checkpoint_every = the 3 steps of an epoch; it
+    does not shape training, so ``straight`` is the reference). This used to differ: each
+    epoch's DataLoader drew its worker seed from the global torch RNG after the checkpoint
+    in the uninterrupted run but before the restored RNG state in the resumed one."""
+    params = make_params(OVERRIDES | {"pretrain.optim.checkpoint_every": 3})
+    out = tmp_path / "boundary"
+    pretrain.run(params, out, max_steps=3)
+    assert load_checkpoint(out / "checkpoints" / "step-00000003.pt")["position"] == {
+        "epoch": 1,
+        "step_in_epoch": 0,
+        "global_step": 3,
+    }
+    _assert_same(_weights(pretrain.run(params, out, resume=True)), straight[1])
+
+
 def test_resume_after_crash_equals_uninterrupted_run(make_params, straight, tmp_path, monkeypatch, single_thread):
     params = make_params(OVERRIDES)
     out = tmp_path / "crashed"

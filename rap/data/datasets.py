@@ -1,6 +1,7 @@
 """torch Datasets, collate and loader builders (DESIGN.md "Tensor conventions").
 
-Training batch (dict): ``video`` float32 (B, K, 3, H, W); ``video_aug`` (pre-training: a
+Training batch (dict): ``video`` uint8 (B, K, 3, H, W), raw pixels that the model normalises
+on the device (:func:`rap.model.video.normalize_frames`); ``video_aug`` (pre-training: a
 second augmented view); ``input_ids``/``attention_mask`` (B, L) from the tokenizer passed in
 (max ``model.text.max_len_train`` tokens); ``video_index`` (B,) long (fine-tuning: captions
 of one video share it, so they are never negatives of each other); ``captions``; ``source``;
@@ -15,6 +16,16 @@ counted, and :class:`TrainLoader` raises only when an epoch's skips exceed
 Frames come from the pre-extracted store when ``data.frame_store`` is on and
 ``rap extract`` wrote one (sampling then indexes the stored frames), else they are decoded
 on the fly (the index, or the raw annotation when there is no index).
+
+Loading for a GPU: :class:`TrainLoader` builds ONE ``DataLoader`` per run (not per epoch):
+its workers persist across epochs (``persistent_workers``), each keeps ``PREFETCH_FACTOR``
+batches in flight, batches land in pinned memory when CUDA is available (the trainer copies
+them with ``non_blocking=True``), and the frames stay uint8 until the model normalises them.
+The batch sampler (:class:`MixedBatchSampler`, iterated in the main process) is moved to
+each epoch's position before the epoch is iterated, so the batches are the same pure
+function of (seed, epoch, step, rank) as with a fresh loader per epoch, and a mid-epoch
+resume replays them exactly. The DataLoader draws its worker base seed from a generator of
+its own (seed, rank): data loading never consumes the training's global RNG stream.
 """
 
 from __future__ import annotations
@@ -39,6 +50,10 @@ from rap.registry import FINETUNE, FINETUNE_TASKS
 log = logging.getLogger(__name__)
 
 MAX_SUBSTITUTES = 16  # consecutive bad items tried before a sample is given up as an error
+PREFETCH_FACTOR = 2  # batches in flight per worker (with num_workers > 0)
+# A failed evaluation video: the ImageNet mean colour rounded to uint8 (normalises to within
+# 0.01 of 0, the mean image).
+BLANK_PIXEL = (124, 116, 104)
 
 
 @dataclass(frozen=True)
@@ -179,7 +194,7 @@ class MixedDataset(Dataset):
 
 
 class Collate:
-    """Stacks frames and tokenises captions (``max_len`` tokens; any HF tokenizer)."""
+    """Stacks the uint8 frames and tokenises captions (``max_len`` tokens; any HF tokenizer)."""
 
     def __init__(self, tokenizer, max_len: int):
         self.tokenizer, self.max_len = tokenizer, max_len
@@ -208,6 +223,8 @@ class TrainLoader:
 
     ``position`` is the (epoch, step) of the next batch: store it in checkpoints. After a full
     epoch the position moves to (epoch + 1, 0). ``skipped`` counts this epoch's bad samples.
+    One ``DataLoader`` (:attr:`loader`, made on first use) serves every epoch of the run; see
+    the module docstring. :meth:`close` stops its workers.
     """
 
     def __init__(
@@ -219,10 +236,38 @@ class TrainLoader:
         num_workers: int,
         max_bad_fraction: float,
         name: str,
+        pin_memory: bool | None = None,
     ):
         self.dataset, self.sampler, self.collate = dataset, sampler, collate
         self.num_workers, self.max_bad_fraction, self.name = num_workers, max_bad_fraction, name
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.epoch, self.step, self.skipped = 0, 0, 0
+        self._loader: DataLoader | None = None
+
+    @property
+    def loader(self) -> DataLoader:
+        """The run's DataLoader over :attr:`sampler` (created once)."""
+        if self._loader is None:
+            workers = self.num_workers > 0
+            self._loader = DataLoader(
+                self.dataset,
+                batch_sampler=self.sampler,
+                collate_fn=self.collate,
+                num_workers=self.num_workers,
+                persistent_workers=workers,
+                prefetch_factor=PREFETCH_FACTOR if workers else None,
+                pin_memory=self.pin_memory,
+                generator=torch.Generator().manual_seed(_loader_seed(self.sampler)),
+            )
+        return self._loader
+
+    def close(self) -> None:
+        """Stop the DataLoader's persistent workers now (not whenever the garbage collector
+        gets to a suspended epoch iterator) and drop it; a later epoch would make a new one."""
+        loader, self._loader = self._loader, None
+        it = getattr(loader, "_iterator", None)  # the persistent workers' iterator, if any
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
 
     @property
     def steps_per_epoch(self) -> int:
@@ -243,14 +288,8 @@ class TrainLoader:
         return self.steps_per_epoch - self.step
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        self.sampler.set_position(self.epoch, self.step)
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=self.sampler,
-            collate_fn=self.collate,
-            num_workers=self.num_workers,
-            persistent_workers=False,
-        )
+        self.sampler.set_position(self.epoch, self.step)  # read when the loader iterates the sampler
+        loader = self.loader
         budget = self.max_bad_fraction * self.steps_per_epoch * self.sampler.batch_size
         for batch in loader:
             self.skipped += batch["n_skipped"]
@@ -265,6 +304,11 @@ class TrainLoader:
             yield batch
         self.epoch, self.step, self.skipped = self.epoch + 1, 0, 0
         self.sampler.set_position(self.epoch, 0)
+
+
+def _loader_seed(sampler: MixedBatchSampler) -> int:
+    """Seed of the DataLoader's own generator (its workers' base seed): (seed, rank)."""
+    return int(np.random.SeedSequence((sampler.seed, sampler.rank)).generate_state(1)[0])
 
 
 def build_pretrain_loader(
@@ -375,9 +419,9 @@ def report_truncation(captions: Sequence[str], tokenizer, max_len: int, name: st
 
 class EvalVideos(Dataset):
     """Videos of an evaluation split: ``frames_eval`` frames sampled ``sampling_eval``
-    (uniform: deterministic), resize + centre crop. A video that fails to decode becomes a
-    blank clip flagged ``failed`` (it still ranks, as a miss: dropping it would change the
-    test set), counted by :meth:`EvalSet.iter_videos`."""
+    (uniform: deterministic), resize + centre crop, uint8 (K, 3, H, W). A video that fails to
+    decode becomes a blank clip (:data:`BLANK_PIXEL`) flagged ``failed`` (it still ranks, as a
+    miss: dropping it would change the test set), counted by :meth:`EvalSet.iter_videos`."""
 
     def __init__(self, clips: Sequence[Clip], *, frames: int, sampling: str, image_size: int):
         self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
@@ -393,7 +437,8 @@ class EvalVideos(Dataset):
         except (decode.DecodeError, OSError, ValueError) as err:
             msg = str(err).splitlines()[0][:300]
             log.warning("evaluation video unusable: %s", msg)
-            blank = torch.zeros(self.frames, 3, self.size, self.size)  # the mean image after normalisation
+            blank = torch.tensor(BLANK_PIXEL, dtype=torch.uint8).view(1, 3, 1, 1)
+            blank = blank.expand(self.frames, 3, self.size, self.size).contiguous()
             return {"video": blank, "video_index": i, "failed": msg}
 
 
@@ -416,7 +461,14 @@ class EvalSet:
 
     def video_loader(self, batch_size: int, num_workers: int = 0, indices: range | None = None) -> DataLoader:
         videos = self.videos if indices is None else Subset(self.videos, indices)
-        return DataLoader(videos, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        return DataLoader(
+            videos,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=num_workers,
+            prefetch_factor=PREFETCH_FACTOR if num_workers > 0 else None,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def iter_videos(
         self, batch_size: int, num_workers: int = 0, indices: range | None = None

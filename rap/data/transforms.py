@@ -1,4 +1,12 @@
-"""Frame transforms (DESIGN.md tensor conventions: float32 (K, 3, H, W), ImageNet-normalised).
+"""Frame transforms (DESIGN.md tensor conventions): uint8 frames in, uint8 (K, 3, H, W) out.
+
+Every geometric step (crop, resize, flip) works on uint8 pixels and returns uint8: a sample
+leaves the loader as raw pixels, a quarter of the bytes of float32 through the worker queues,
+pinned memory and the host-to-device copy, and the model normalises them on the device
+(:func:`rap.model.video.normalize_frames`, ImageNet mean/std). Nothing is lost by resizing
+in uint8: Pillow's antialiased bilinear resize rounds to uint8 either way, and it is what the
+former float path normalised too, so on the same frames the normalised input is the same as
+before to float32 precision.
 
 Pre-training takes two independently augmented views of the same sampled frames (the second
 one feeds the intra-modal task of appendix A.1). Each view draws ONE random resized crop and
@@ -19,8 +27,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-IMAGENET_MEAN = np.array((0.485, 0.456, 0.406), np.float32)
-IMAGENET_STD = np.array((0.229, 0.224, 0.225), np.float32)
 CROP_SCALE = (0.5, 1.0)  # area fraction, as ALPRO/BLIP pre-training
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -39,17 +45,10 @@ def _resize_box(frames: np.ndarray, box: tuple[float, float, float, float], size
 
 
 def to_tensor(frames: np.ndarray, flip: bool = False) -> torch.Tensor:
-    """uint8 (K, H, W, 3) -> ImageNet-normalised float32 (K, 3, H, W).
-
-    One fused multiply per channel straight into the channel-first output (10x faster than
-    astype -> divide -> subtract -> divide -> transpose at 256 px).
-    """
+    """uint8 (K, H, W, 3) -> uint8 (K, 3, H, W), horizontally flipped with ``flip``
+    (channel-first and contiguous, as the batch is stacked and pinned)."""
     x = frames[:, :, ::-1] if flip else frames
-    out = np.empty((x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
-    for c in range(3):
-        np.multiply(x[..., c], np.float32(1.0 / (255.0 * IMAGENET_STD[c])), out=out[:, c], casting="unsafe")
-        out[:, c] -= IMAGENET_MEAN[c] / IMAGENET_STD[c]
-    return torch.from_numpy(out)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
 
 
 def crop_params(

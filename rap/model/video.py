@@ -5,9 +5,17 @@ With MAC (``mask_ratio > 0``, training only) each frame drops a random subset of
 right after patch + position embedding; [CLS] is always kept and only the visible tokens go
 through the transformer blocks, which is where MAC's saving comes from. The outputs are then
 averaged over frames position by position (:func:`rap.model.masking.frame_average`).
+
+Pixels. The loaders ship uint8 frames (4x fewer bytes than float32 through worker queues,
+pinned memory and the host-to-device copy); the encoder normalises them on whatever device
+it runs on (:func:`normalize_frames`, the one place ImageNet mean/std are applied: training,
+evaluation and the figure all go through here). A floating-point input is taken as already
+normalised (synthetic tensors in tests and benchmarks).
 """
 
 from __future__ import annotations
+
+import functools
 
 import timm
 import torch
@@ -17,6 +25,34 @@ from torch import nn
 from rap.config import ConfigError, VisionConfig
 from rap.model.masking import frame_average, random_masking
 from rap.model.weights import load_timm_weights, timm_weights_file
+
+# ImageNet statistics (DeiT's, as the released code), RGB, of pixels scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@functools.lru_cache(maxsize=None)
+def _pixel_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), float32 (3, 1, 1) on ``device``: normalised = pixel * scale - shift.
+    Made once per device, so a step copies no constant to the GPU; never inference tensors
+    (an evaluation may come first in a process that trains afterwards)."""
+    with torch.inference_mode(False):
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+        scale, shift = 1.0 / (255.0 * std), mean / std  # float32 arithmetic
+        return scale.view(3, 1, 1).to(device), shift.view(3, 1, 1).to(device)
+
+
+def normalize_frames(video: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` on ``video``'s
+    device, as one multiply and one subtract per element (float32 constants; on the same input
+    this equals the former float normalisation in the loader workers)."""
+    if video.dtype != torch.uint8:
+        raise TypeError(f"normalize_frames expects uint8 pixels, got {video.dtype}")
+    if video.dim() < 3 or video.shape[-3] != 3:
+        raise ValueError(f"normalize_frames expects (..., 3, H, W), got shape {tuple(video.shape)}")
+    scale, shift = _pixel_affine(video.device)
+    return video.float() * scale - shift
 
 
 class VideoEncoder(nn.Module):
@@ -62,13 +98,17 @@ class VideoEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``hidden (B, 1+N, W)`` ([CLS] first) and ``patch_mask (B, N)`` bool.
 
-        Masking only happens in training mode; evaluation always sees every patch.
+        ``video``: uint8 pixels (normalised here, :func:`normalize_frames`) or an already
+        normalised float tensor. Masking only happens in training mode; evaluation always sees
+        every patch.
         """
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be (B, K, 3, H, W), got shape {tuple(video.shape)}")
         b, k = video.shape[:2]
         if video.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"frames are {tuple(video.shape[-2:])} but model.vision.img_size={self.img_size}")
+        if video.dtype == torch.uint8:
+            video = normalize_frames(video)
         vit = self.vit
         x = vit.patch_embed(video.flatten(0, 1))  # (B*K, N, W)
         x = vit._pos_embed(x)  # prepends [CLS], adds position embeddings

@@ -94,9 +94,10 @@ def redundancy_weights(
     model, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> list[Weights]:
     """Weights ``1 - vr`` (patches) and ``1 - tr`` (tokens) of each pair (video i, caption i),
-    eqs. (4)-(8). ``video`` (B, K, 3, H, W); ``input_ids``/``attention_mask`` (B, L)."""
+    eqs. (4)-(8). ``video`` (B, K, 3, H, W) uint8 pixels, as the loaders give (the model
+    normalises them); ``input_ids``/``attention_mask`` (B, L)."""
     device = next(model.parameters()).device
-    v = model.encode_video(video.to(device))
+    v = model.encode_video(video.to(device, non_blocking=True))
     t = model.encode_text(input_ids.to(device), attention_mask.to(device))
     vr, tr = redundancy(v.patches, t.tokens, t.token_mask, patch_mask=v.patch_mask)
     w_patch = (1.0 - vr).masked_fill(~v.patch_mask, float("nan")).float().cpu().numpy()
@@ -116,11 +117,8 @@ def redundancy_weights(
 
 
 def _display_frames(video: torch.Tensor) -> np.ndarray:
-    """(K, 3, H, W) ImageNet-normalised -> (K, H, W, 3) in [0, 1] for imshow."""
-    from rap.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-    x = video.permute(0, 2, 3, 1).cpu().numpy() * IMAGENET_STD + IMAGENET_MEAN
-    return np.clip(x, 0.0, 1.0)
+    """(K, 3, H, W) uint8 -> (K, H, W, 3) uint8 for imshow."""
+    return video.permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _normalised(w: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -92,20 +92,23 @@ def run(
         validation = None
         if val_split is not None:  # every rank takes its share of the validation (rap.evaluation)
             validation = RetrievalValidation(cfg, FINETUNE[task].dataset, val_split, tokenizer, ctx.device)
-        return train(
-            model=model,
-            data=LoaderEpochs(loader),
-            stage=f"finetune-{task}",
-            optim_cfg=ft.optim,
-            epochs=ft.epochs[task],
-            params=params,
-            out_dir=Path(out_dir),
-            ctx=ctx,
-            resume=resume,
-            max_steps=max_steps,
-            validation=validation,
-            forward_kwargs=lambda epoch: {"phase": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
-            text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),
-            extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
-            inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))},
-        )
+        try:
+            return train(
+                model=model,
+                data=LoaderEpochs(loader),
+                stage=f"finetune-{task}",
+                optim_cfg=ft.optim,
+                epochs=ft.epochs[task],
+                params=params,
+                out_dir=Path(out_dir),
+                ctx=ctx,
+                resume=resume,
+                max_steps=max_steps,
+                validation=validation,
+                forward_kwargs=lambda epoch: {"phase": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
+                text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),
+                extra_params={"task": task, "init_checkpoint": str(checkpoint), "validation_split": val_split},
+                inputs={"init_checkpoint.sha256": file_digest(Path(checkpoint))},
+            )
+        finally:
+            loader.close()  # its persistent workers end with the run

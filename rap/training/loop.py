@@ -129,8 +129,8 @@ class EpochData(Protocol):
 
     ``len()`` is the number of micro-batches per epoch (equal on every rank);
     ``iterator(epoch, start)`` yields the epoch's micro-batches from index ``start`` on and
-    must draw whatever it draws from the global RNG (a ``DataLoader``'s worker base seed)
-    *when it is called*: the loop calls it at a controlled moment (see the module docstring)."""
+    must draw whatever it draws from the global RNG *when it is called* (the loop calls it at a
+    controlled moment, see the module docstring); the TrainLoader draws nothing from it."""
 
     def __len__(self) -> int: ...
 
@@ -140,10 +140,10 @@ class EpochData(Protocol):
 class LoaderEpochs:
     """:class:`EpochData` over a :class:`rap.data.datasets.TrainLoader`.
 
-    Its batches are a pure function of seed, epoch, step and rank, and ``set_position`` jumps
-    straight to ``start``: no batch before it is read. The first batch is fetched eagerly
-    because the TrainLoader creates its ``DataLoader`` lazily, on the first ``next``: its worker
-    base seed is then drawn inside this call.
+    Its batches are a pure function of seed, epoch, step and rank; ``set_position`` jumps
+    straight to ``start`` (no batch before it is read), and its one DataLoader and persistent
+    workers serve every epoch. The first batch is fetched eagerly, so that anything a loader
+    draws when it starts iterating is drawn inside the call.
     """
 
     def __init__(self, loader: TrainLoader) -> None:

@@ -34,18 +34,21 @@ def run(params: Params, out_dir: Path, *, resume: bool | str = False, max_steps:
         loader = build_pretrain_loader(
             cfg, tokenizer, seed=params.seed, rank=ctx.rank, world_size=ctx.world, batch_size=pre.optim.batch_size
         )
-        return train(
-            model=model,
-            data=LoaderEpochs(loader),
-            stage="pretrain",
-            optim_cfg=pre.optim,
-            epochs=pre.optim.epochs,
-            params=params,
-            out_dir=Path(out_dir),
-            ctx=ctx,
-            resume=resume,
-            max_steps=max_steps,
-            forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": distill_alpha(pre.loss, epoch)},
-            text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
-            extra_params={"global_batch": pre.optim.batch_size * pre.optim.grad_accum * ctx.world},
-        )
+        try:
+            return train(
+                model=model,
+                data=LoaderEpochs(loader),
+                stage="pretrain",
+                optim_cfg=pre.optim,
+                epochs=pre.optim.epochs,
+                params=params,
+                out_dir=Path(out_dir),
+                ctx=ctx,
+                resume=resume,
+                max_steps=max_steps,
+                forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": distill_alpha(pre.loss, epoch)},
+                text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
+                extra_params={"global_batch": pre.optim.batch_size * pre.optim.grad_accum * ctx.world},
+            )
+        finally:
+            loader.close()  # its persistent workers end with the run
