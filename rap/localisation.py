@@ -78,6 +78,18 @@ def video_key(cfg: ScaleConfig, dataset: str, path: Path) -> str:
     return Path(path).resolve().relative_to((Path(cfg.data.root) / "raw" / dataset).resolve()).as_posix()
 
 
+def evaluated_coverage(cfg: ScaleConfig, entry: dict) -> dict[str, np.ndarray]:
+    """The captioned-object coverage of the patches evaluation shows for this clip
+    (:func:`rap.data.ground_truth.patch_coverage` at ``data.frames_eval`` frames)."""
+    return gt.patch_coverage(
+        entry,
+        image_size=cfg.data.image_size,
+        patch_size=cfg.model.vision.patch_size,
+        frames=cfg.data.frames_eval,
+        store_fps=cfg.data.store_fps,
+    )
+
+
 class _Pooled:
     """Weights and labels of every pair, pooled, and the AUC within each pair."""
 
@@ -134,13 +146,7 @@ def localisation_metrics(model, tokenizer, eval_set: EvalSet, cfg: ScaleConfig, 
                 skipped += 1
                 continue
             entry = truth[video_key(cfg, eval_set.dataset, eval_set.videos.clips[v].record.path)]
-            coverage = gt.patch_coverage(
-                entry,
-                image_size=cfg.data.image_size,
-                patch_size=cfg.model.vision.patch_size,
-                frames=cfg.data.frames_eval,
-                store_fps=cfg.data.store_fps,
-            )["averaged"].ravel()
+            coverage = evaluated_coverage(cfg, entry)["averaged"].ravel()
             for t in eval_set.video_to_texts[v]:
                 caption = caption_truth(entry, eval_set.texts[t])
                 if caption is None:

@@ -68,13 +68,7 @@ class _Planted(torch.nn.Module):
         self.coverage = []
         for clip in eval_set.videos.clips:
             entry = truth[localisation.video_key(cfg, eval_set.dataset, clip.record.path)]
-            cov = gt.patch_coverage(
-                entry,
-                image_size=cfg.data.image_size,
-                patch_size=cfg.model.vision.patch_size,
-                frames=cfg.data.frames_eval,
-                store_fps=cfg.data.store_fps,
-            )
+            cov = localisation.evaluated_coverage(cfg, entry)
             self.coverage.append(torch.from_numpy(cov["averaged"].ravel()))
         self.next_video = 0
         self.labels = {}

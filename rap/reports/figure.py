@@ -229,16 +229,9 @@ def _truth_entry(params: Params, eval_set, video: int) -> dict:
 
 
 def _coverage(params: Params, entry: dict) -> np.ndarray:
-    from rap.data import ground_truth as gt
+    from rap.localisation import evaluated_coverage
 
-    cfg = params.cfg
-    return gt.patch_coverage(
-        entry,
-        image_size=cfg.data.image_size,
-        patch_size=cfg.model.vision.patch_size,
-        frames=cfg.data.frames_eval,
-        store_fps=cfg.data.store_fps,
-    )["per_frame"]
+    return evaluated_coverage(params.cfg, entry)["per_frame"]
 
 
 def informative_clips(params: Params, eval_set, clips: int) -> list[int]:
