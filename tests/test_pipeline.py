@@ -52,12 +52,13 @@ def _stages_run(log: str) -> set[str]:
 
 
 def _stale_after(repo: Path, env: dict[str, str], rel: str, edit) -> set[str]:
-    """The stages `dvc status` flags after ``edit`` is applied to ``rel``; the file is restored."""
+    """The stages of the default pipeline (dvc.yaml) `dvc status` flags after ``edit`` is applied
+    to ``rel``; the file is restored. (The seed repeats, seeds/dvc.yaml, are not run here.)"""
     path = repo / rel
     before = path.read_text()
     path.write_text(edit(before))
     try:
-        return set(json.loads(_run(["dvc", "status", "--json"], repo, env) or "{}"))
+        return set(json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], repo, env) or "{}"))
     finally:
         path.write_text(before)
 
