@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from rap.data import ground_truth as gt
 from rap.losses import racl_weights, redundancy
-from rap.redundancy_metrics import OBJECT_MIN, patch_separation, roc_auc, token_separation
+from rap.redundancy_metrics import OBJECT_MIN, roc_auc, separation
 
 if TYPE_CHECKING:
     from rap.config import ScaleConfig
@@ -106,25 +106,16 @@ class _Pooled:
         if positive.any() and negative.any():
             self.pair_aucs.append(roc_auc(weights["paper"][keep], positive[keep]))
 
-    def summary(self, separation) -> dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, bool)
         out: dict[str, Any] = {}
         if labels.any() and not labels.all():  # else no AUC is defined: the keys are left out
             for name in WEIGHTINGS:
-                out[name] = separation(np.concatenate(self.weights[name]), labels)
+                out[name] = separation(np.concatenate(self.weights[name]), labels, ~labels)
         if self.pair_aucs:
             out["pair_auc"] = float(np.mean(self.pair_aucs))
         out["pairs"] = len(self.pair_aucs)
         return out
-
-
-def _patch_sep(w: np.ndarray, positive: np.ndarray) -> dict[str, float]:
-    # positive/negative already selected: coverage 1 / 0 reproduces patch_separation's split
-    return patch_separation(w, positive.astype(np.float64))
-
-
-def _token_sep(w: np.ndarray, shown: np.ndarray) -> dict[str, float]:
-    return token_separation(w, [gt.SHOWN if s else gt.REDUNDANT_PHRASE for s in shown])
 
 
 @torch.inference_mode()
@@ -183,8 +174,8 @@ def localisation_metrics(model, tokenizer, eval_set: EvalSet, cfg: ScaleConfig, 
     if skipped:
         log.warning("localisation: %d video(s) failed to decode and were left out", skipped)
     return {
-        "patch": patches.summary(_patch_sep),
-        "token": tokens.summary(_token_sep),
+        "patch": patches.summary(),
+        "token": tokens.summary(),
         "object_min": OBJECT_MIN,
         "skipped_videos": skipped,
     }

@@ -20,7 +20,7 @@ from rap.data.ground_truth import REDUNDANT_PHRASE, SHOWN
 
 OBJECT_MIN = 0.5
 
-__all__ = ["OBJECT_MIN", "average_precision", "patch_separation", "roc_auc", "token_separation"]
+__all__ = ["OBJECT_MIN", "average_precision", "patch_separation", "roc_auc", "separation", "token_separation"]
 
 
 def _checked(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +69,10 @@ def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float:
     return float(ap)
 
 
-def _scores(weights: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
+def separation(weights: np.ndarray, positive: np.ndarray, negative: np.ndarray) -> dict[str, float]:
+    """ROC-AUC, AP and counts of ``weights`` at ranking the ``positive`` entries above the
+    ``negative`` ones (boolean masks of the same shape; entries in neither are left out)."""
+    weights, positive, negative = (np.asarray(a).ravel() for a in (weights, positive, negative))
     keep = positive | negative
     s, y = weights[keep], positive[keep]
     return {
@@ -86,7 +89,7 @@ def patch_separation(weights: np.ndarray, coverage: np.ndarray, *, object_min: f
     w, c = np.asarray(weights, np.float64), np.asarray(coverage, np.float64)
     if w.shape != c.shape:
         raise ValueError(f"patch weights {w.shape} and coverage {c.shape} differ in shape")
-    return _scores(w.ravel(), (c >= object_min).ravel(), (c == 0).ravel())
+    return separation(w, c >= object_min, c == 0)
 
 
 def token_separation(weights: Sequence[float], labels: Sequence[str | None]) -> dict[str, float]:
@@ -96,4 +99,4 @@ def token_separation(weights: Sequence[float], labels: Sequence[str | None]) -> 
     if w.size != len(labels):
         raise ValueError(f"{w.size} token weights for {len(labels)} labels")
     lab = np.asarray([str(x) for x in labels])
-    return _scores(w, lab == SHOWN, lab == REDUNDANT_PHRASE)
+    return separation(w, lab == SHOWN, lab == REDUNDANT_PHRASE)

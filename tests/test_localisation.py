@@ -38,7 +38,7 @@ def test_pooled_and_per_pair_scores_by_hand() -> None:
     # pair 1 ranks its positives first (AUC 1); pair 2 is inverted (AUC 0)
     pooled.add({"paper": np.array([0.9, 0.8, 0.1, 0.2]), "official": np.array([0.4, 0.3, 0.1, 0.2])}, yes, no)
     pooled.add({"paper": np.array([0.3, 0.4, 0.7, 0.6]), "official": np.array([0.1, 0.1, 0.4, 0.4])}, yes, no)
-    out = pooled.summary(localisation._patch_sep)
+    out = pooled.summary()
     assert out["pair_auc"] == pytest.approx(0.5) and out["pairs"] == 2
     # paper, pooled: positives 0.9 0.8 0.3 0.4 vs negatives 0.1 0.2 0.7 0.6:
     # 0.9, 0.8 beat all 4; 0.3, 0.4 beat 2 each -> 12 / 16
@@ -53,7 +53,7 @@ def test_pooled_and_per_pair_scores_by_hand() -> None:
         np.array([True, True]),
         np.array([False, False]),
     )
-    assert single.summary(localisation._patch_sep) == {"pairs": 0}  # one class only: no AUC
+    assert single.summary() == {"pairs": 0}  # one class only: no AUC
 
 
 class _Planted(torch.nn.Module):

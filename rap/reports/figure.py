@@ -219,13 +219,14 @@ def plot_weights(
     return out_png
 
 
-def _truth_entry(params: Params, eval_set, video: int) -> dict:
+def _truth_entries(params: Params, eval_set) -> list[dict]:
+    """The ground-truth line of every video of ``eval_set``, in its order (read once)."""
     from rap.data import ground_truth as gt
     from rap.localisation import video_key
 
     cfg = params.cfg
     truth = gt.load_ground_truth(gt.truth_index_path(cfg.data.root, eval_set.dataset))
-    return truth[video_key(cfg, eval_set.dataset, eval_set.videos.clips[video].record.path)]
+    return [truth[video_key(cfg, eval_set.dataset, clip.record.path)] for clip in eval_set.videos.clips]
 
 
 def _coverage(params: Params, entry: dict) -> np.ndarray:
@@ -234,7 +235,7 @@ def _coverage(params: Params, entry: dict) -> np.ndarray:
     return evaluated_coverage(params.cfg, entry)["per_frame"]
 
 
-def informative_clips(params: Params, eval_set, clips: int) -> list[int]:
+def informative_clips(params: Params, eval_set, entries: Sequence[dict], clips: int) -> list[int]:
     """The first ``clips`` videos whose first query both patch and token AUCs are defined for:
     some patch the object covers in half of the frames or more, and a redundant phrase in the
     caption (chosen from the ground truth alone, never from a model's weights)."""
@@ -243,8 +244,7 @@ def informative_clips(params: Params, eval_set, clips: int) -> list[int]:
     from rap.redundancy_metrics import OBJECT_MIN
 
     chosen = []
-    for v in range(len(eval_set.videos)):
-        entry = _truth_entry(params, eval_set, v)
+    for v, entry in enumerate(entries):
         caption = caption_truth(entry, eval_set.texts[eval_set.video_to_texts[v][0]])
         redundant = caption is not None and any(kind == gt.REDUNDANT_PHRASE for *_, kind in caption["spans"])
         if redundant and (_coverage(params, entry).mean(0) >= OBJECT_MIN).any():
@@ -255,7 +255,11 @@ def informative_clips(params: Params, eval_set, clips: int) -> list[int]:
 
 
 def clip_truths(
-    params: Params, eval_set, videos: Sequence[int], captions: Sequence[str], offsets: list[list[list[int]]]
+    params: Params,
+    entries: Sequence[dict],
+    videos: Sequence[int],
+    captions: Sequence[str],
+    offsets: list[list[list[int]]],
 ) -> list[ClipTruth]:
     """The ground truth of the figure's clips as drawn: per evaluated frame the object
     coverage, per token after [CLS] its label."""
@@ -264,7 +268,7 @@ def clip_truths(
 
     out = []
     for i, (v, text) in enumerate(zip(videos, captions)):
-        entry = _truth_entry(params, eval_set, v)
+        entry = entries[v]
         caption = caption_truth(entry, text)
         labels = gt.token_labels(caption, [tuple(o) for o in offsets[i]])[1:] if caption else []
         out.append(ClipTruth(_coverage(params, entry), labels))
@@ -296,7 +300,8 @@ def draw_figure(
     eval_set = build_eval_set(dataset, split, params.cfg)
     if len(eval_set.videos) < clips:
         raise ValueError(f"{dataset}/{split} has {len(eval_set.videos)} videos, fewer than clips={clips}")
-    chosen = informative_clips(params, eval_set, clips) if has_ground_truth(params.cfg, dataset) else list(range(clips))
+    entries = _truth_entries(params, eval_set) if has_ground_truth(params.cfg, dataset) else None
+    chosen = informative_clips(params, eval_set, entries, clips) if entries is not None else list(range(clips))
     items = [eval_set.videos[i] for i in chosen]
     failed = [it["failed"] for it in items if it["failed"]]
     if failed:
@@ -317,8 +322,8 @@ def draw_figure(
             return_offsets_mapping=True,
         )
         weights[name] = redundancy_weights(model, videos, tok["input_ids"], tok["attention_mask"])
-        if truths is None and has_ground_truth(params.cfg, dataset):
-            truths = clip_truths(params, eval_set, chosen, captions, tok["offset_mapping"].tolist())
+        if truths is None and entries is not None:
+            truths = clip_truths(params, entries, chosen, captions, tok["offset_mapping"].tolist())
         del model
     title = (
         f"Redundancy weights on {dataset} {split} (scale {params.scale}, "

@@ -50,12 +50,18 @@ def _columns(table: int) -> list[tuple[str, str]]:
     return [(c[0], f"loc:{i}") for i, c in enumerate(LOCALISATION_COLUMNS)] + [r1]
 
 
-def _value(path: Path, column: str) -> float | None:
-    kind, _, key = column.partition(":")
-    if kind == "retrieval":
-        return read_metrics(path, DIRECTION)[("R@1", "R@5", "R@10", "MdR").index(key)]
+def _values(path: Path, columns: Sequence[tuple[str, str]]) -> list[float | None]:
+    """The value of each column in one metrics file (read once)."""
+    recalls = read_metrics(path, DIRECTION)
     loc = read_localisation(path)
-    return localisation_value(loc, *LOCALISATION_COLUMNS[int(key)][1:]) if loc else None
+    out: list[float | None] = []
+    for _, column in columns:
+        kind, _, key = column.partition(":")
+        if kind == "retrieval":
+            out.append(recalls[("R@1", "R@5", "R@10", "MdR").index(key)])
+        else:
+            out.append(localisation_value(loc, *LOCALISATION_COLUMNS[int(key)][1:]) if loc else None)
+    return out
 
 
 def seed_table(params: Params, groups: list[layout.SeedGroup], table: int, missing: list[Path]) -> str:
@@ -66,10 +72,8 @@ def seed_table(params: Params, groups: list[layout.SeedGroup], table: int, missi
             continue
         present = [(s, p) for s, p in zip(g.seeds, g.metrics) if p is not None and p.is_file()]
         missing += [p for p in g.metrics if p is not None and not p.is_file()]
-        cells = []
-        for _, column in columns:
-            values = [v for _, p in present if (v := _value(p, column)) is not None]
-            cells.append(mean_sd(values))
+        per_seed = [_values(p, columns) for _, p in present]
+        cells = [mean_sd([row[c] for row in per_seed if row[c] is not None]) for c in range(len(columns))]
         seeds = ", ".join(str(s) for s, _ in present) or "-"
         body.append([setting_label(g.row), seeds, *cells])
     title = {5: "Ablation of RaCL (eqs. 7-9)", layout.LOCALISATION_TABLE: "Where RaCL's weights point"}[table]
