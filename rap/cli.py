@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import yaml
 
+from rap import cpu_kernels
 from rap.config import ConfigError, Params, ProcessLayout, ablation_overrides, load_params
 from rap.errors import RapError
 from rap.registry import ALL_DATASETS, DOWNSTREAM_DATASETS, FINETUNE_TASKS, TEST_SPLIT
@@ -61,9 +62,12 @@ def _relaunch_under_torchrun(layout: ProcessLayout, what: str) -> None:
 
 
 def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Params:
+    """The validated params; the CPU kernels are pinned as they say before anything loads torch."""
     overrides = _parse_set(args.set)
     overrides.update(extra or {})
-    return load_params(args.params, overrides)
+    params = load_params(args.params, overrides)
+    cpu_kernels.pin(params.cfg.cpu.kernels, params.cfg.cpu.threads)
+    return params
 
 
 # --------------------------------------------------------------------------------------

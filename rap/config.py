@@ -33,6 +33,7 @@ IntraVideoView = Literal["online", "momentum"]
 Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
+CpuKernels = Literal["native", "avx2"]  # rap.cpu_kernels.KERNELS
 
 
 class ConfigError(RapError, ValueError):
@@ -325,6 +326,18 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CpuConfig:
+    """CPU kernels and threads (rap/cpu_kernels.py): ``avx2`` pins every library's instruction
+    set so that a CPU run's bytes do not depend on the host; ``native`` uses the host's best."""
+
+    kernels: CpuKernels = "native"
+    threads: int | None = None  # OMP_NUM_THREADS where the environment does not set it; null: torch's default
+
+    def __post_init__(self) -> None:
+        _check(self.threads is None or self.threads >= 1, "cpu.threads", self.threads, "must be null or >= 1")
+
+
+@dataclass(frozen=True)
 class ScaleConfig:
     """Everything that differs between the embedded default and the paper scale."""
 
@@ -334,6 +347,7 @@ class ScaleConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    cpu: CpuConfig = field(default_factory=CpuConfig)
 
     def __post_init__(self) -> None:
         for d in self.datasets:

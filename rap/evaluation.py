@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from rap import cpu_kernels, tracking
 from rap import distributed as rdist
-from rap import tracking
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import KNOBS, EvalConfig
@@ -438,6 +438,7 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     from rap.model.tokenizer import build_tokenizer
 
     cfg = params.cfg
+    cpu_kernels.check_pinned()
     checkpoint, out_json = Path(checkpoint), Path(out_json)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")

@@ -22,6 +22,8 @@ import random
 import numpy as np
 import torch
 
+from rap import cpu_kernels
+
 __all__ = ["CUBLAS_WORKSPACE", "MODES", "deterministic_mode", "seed_everything"]
 
 # cuBLAS is only deterministic with a fixed workspace per stream (CUDA docs, "Results
@@ -50,6 +52,7 @@ def seed_everything(seed: int) -> None:
     raises instead of silently varying, and cuDNN neither benchmarks nor picks
     non-deterministic algorithms."""
     mode = deterministic_mode()
+    cpu_kernels.check_pinned()  # the pinned mode's oneDNN switch, and a check that pinning took
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)  # also seeds every CUDA device

@@ -56,8 +56,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from rap import cpu_kernels, tracking
 from rap import distributed as rdist
-from rap import tracking
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
@@ -621,6 +621,7 @@ class _Run:
                 "validation": self.extra["val_history"],
                 "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                 "checkpoint": str(final),
+                "cpu": cpu_kernels.provenance(),
             }
             for kind, data in (("metrics", metrics), ("run", run), ("timings", timings)):
                 write_json_atomic(data, self.out_dir / RUN_OUTPUTS[kind])

@@ -6,10 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
+from rap import cpu_kernels
+from rap.config import load_params
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMS_YAML = REPO / "params.yaml"
+
+# The tests' own process pins the CPU kernels as the `rap` command does (params.yaml's
+# embedded scale), before anything loads torch: in-process runs and `rap` subprocesses run the
+# same kernels, so their bytes can be compared. Imported by tests/conftest.py first.
+_CPU = load_params(PARAMS_YAML).cfg.cpu
+cpu_kernels.pin(_CPU.kernels, _CPU.threads)
 # The datasets the training tests need: the pre-training mix, MSRVTT (no validation split)
 # and MSVD (train/val/test); 0.1 of the embedded scale (24 WebVid clips, 16 CC3M images, ...).
 CORPUS_DATASETS = ("webvid", "cc3m", "msrvtt", "msvd")
@@ -44,8 +51,12 @@ class torch_threads:
         self.n = n
 
     def __enter__(self) -> None:
+        import torch
+
         self.before = torch.get_num_threads()
         torch.set_num_threads(self.n)
 
     def __exit__(self, *exc: object) -> None:
+        import torch
+
         torch.set_num_threads(self.before)
