@@ -100,6 +100,13 @@ def cli_closure(subcommand: str) -> set[str]:
     cli = PACKAGE / "cli.py"
     tree = ast.parse(cli.read_text(encoding="utf-8"))
     top = {node.module for node in tree.body if isinstance(node, ast.ImportFrom) and node.module}
+    # `from rap import cpu_kernels` imports the submodule rap.cpu_kernels
+    top |= {
+        f"{node.module}.{alias.name}"
+        for node in tree.body
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+    }
     top |= {alias.name for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     files = {"rap/cli.py", "rap/__init__.py"}
     for mod in top | _function_imports(tree, f"cmd_{subcommand}"):
