@@ -181,6 +181,13 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
     )
 
 
+def cmd_speed(args: argparse.Namespace) -> None:
+    params = _params(args)
+    from rap.speed import run_speed
+
+    run_speed(params, Path(args.out), Path(args.json), reps=args.reps)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="parameters file (default: params.yaml)")
@@ -240,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--seeds", action="store_true", help="Tables 5 and 9 over the seeds of params.yaml seed_runs (mean +- sd)"
     )
     p.set_defaults(func=cmd_tables)
+
+    p = sub.add_parser(
+        "speed", parents=[common], help="time the MAC mask ratios' training steps interleaved (Table 8's speed)"
+    )
+    p.add_argument("--out", default="reports/timings/table8-speed.md")
+    p.add_argument("--json", default="runs/speed/table8.json", help="the measurements, for other tools")
+    p.add_argument("--reps", type=int, default=10, help="timed steps per mask ratio")
+    p.set_defaults(func=cmd_speed)
 
     p = sub.add_parser("figure", parents=[common], help="draw Figure 3 (patch and token redundancy weights)")
     p.add_argument("--racl-checkpoint", default="runs/pretrain/main/checkpoint.pt")

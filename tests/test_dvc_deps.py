@@ -24,6 +24,7 @@ STAGE_COMMANDS = {
     "ablation-zeroshot": "evaluate",
     "tables": "tables",
     "figure": "figure",
+    "speed": "speed",
 }
 
 

@@ -24,6 +24,7 @@ STAGE_TO_RULE = {
     "ablation-zeroshot": "evaluate_ablation",
     "tables": "tables",
     "figure": "figure",
+    "speed": "speed",
     "seeds/dvc.yaml:seed-pretrain": "pretrain_seed",
     "seeds/dvc.yaml:seed-zeroshot": "evaluate_seed",
     "seeds/dvc.yaml:seed-tables": "seed_tables",

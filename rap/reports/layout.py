@@ -36,7 +36,7 @@ from rap.config import (
     split_ablation_name,
 )
 from rap.registry import DOWNSTREAM_DATASETS, FINETUNE, FINETUNE_TASKS
-from rap.run_files import TRAIN_METRICS, TRAIN_TIMINGS
+from rap.run_files import TRAIN_METRICS
 
 MAIN_RUN = "main"
 # The dataset every ablation is evaluated on (paper Tables 5-7: zero-shot MSRVTT).
@@ -111,12 +111,6 @@ def train_metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
     """``train_metrics.json`` of a training run (final losses, FLOPs per step; Table 8): a DVC
     metrics file that reproduces."""
     return run_dir(kind, name, root) / TRAIN_METRICS
-
-
-def train_timings_path(kind: str, name: str, root: str | Path = "runs") -> Path:
-    """``train_timings.json`` of a training run (wall time, clips/s, peak memory): measured,
-    different on every run, so never tracked by DVC."""
-    return run_dir(kind, name, root) / TRAIN_TIMINGS
 
 
 def metrics_path(kind: str, name: str, root: str | Path = "runs") -> Path:
@@ -255,7 +249,6 @@ class TableRow:
     key: str  # row key: dataset / task for Tables 1-4, ablation run name for Tables 5-8
     metrics: Path | None  # None: no run provides the row (main run not at the reference setting)
     train_metrics: Path | None = None  # train_metrics.json: FLOPs per step (Table 8 only)
-    timings: Path | None = None  # train_timings.json: wall time, clips/s (Table 8 only; not a DVC dep)
     setting: AblationSetting | None = None
 
 
@@ -274,15 +267,14 @@ def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[Tabl
             elif task is not None and task in tasks:
                 rows[table].append(TableRow(table, block, task, metrics_path("finetuned", task, root)))
     for s in ablation_settings(params, root):
-        speed = s.table == 8 and s.run_dir is not None
+        flops = s.table == 8 and s.run_dir is not None
         rows[s.table].append(
             TableRow(
                 s.table,
                 "Zero-shot",
                 s.name,
                 s.metrics,
-                s.run_dir / TRAIN_METRICS if speed else None,
-                s.run_dir / TRAIN_TIMINGS if speed else None,
+                s.run_dir / TRAIN_METRICS if flops else None,
                 s,
             )
         )
@@ -340,8 +332,7 @@ def table_metrics_path(params: Params, table: int, key: str, root: str | Path = 
 
 def report_inputs(params: Params, root: str | Path = "runs") -> list[Path]:
     """Every reproducible file `rap tables` reads (metrics JSONs, Table 8's train metrics),
-    sorted and without duplicates: the dependencies of the tables stage / rule. The timings
-    files are read too, but are no dependency: they change on every run."""
+    sorted and without duplicates: the dependencies of the tables stage / rule."""
     paths: set[Path] = set()
     for rows in table_rows(params, root).values():
         for row in rows:

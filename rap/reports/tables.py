@@ -34,11 +34,8 @@ from rap.reports.paper_results import DATA_SYMBOLS, TABLE_TITLES, PaperRow, pape
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR")
 DIRECTION = "t2v"  # the paper reports text-to-video retrieval only
-# Keys read for Table 8 from train_timings.json (written by rap.training.loop); FLOPs come from
-# train_metrics.json (optional: older runs lack them).
-TIMING_KEYS = ("wall_time_s", "clips_per_s")
-# Where the tables put what cannot reproduce (wall-clock figures): beside the tables, in files
-# that say so; they are no DVC output and a rerun rewrites them.
+# Where what cannot reproduce (Table 8's wall-clock figures, written by `rap speed`, rap/speed.py)
+# lies beside the tables, in a file that says so; it is no DVC output and a rerun rewrites it.
 TIMINGS_DIR = "timings"
 TABLE8_TITLE = "MAC mask sampling: video mask ratio r_v vs pre-training speed and zero-shot MSRVTT"
 _ABLATION_HEAD = {5: "RaCL", 6: "#frames K", 7: "lambda"}
@@ -116,19 +113,6 @@ def read_flops(path: Path) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise BadMetricsError(f"{path}: 'flops_per_step' must be a positive number, got {value!r}")
     return float(value)
-
-
-def read_timings(path: Path) -> dict[str, Any]:
-    """Wall-clock figures of a pre-training run (Table 8's speed columns) from its
-    ``train_timings.json``: wall time, clips/s and the machine they were measured on."""
-    data = _read_json(path)
-    out: dict[str, Any] = {"measured_on": str(data.get("measured_on", "unknown machine"))}
-    for key in TIMING_KEYS:
-        value = data.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise BadMetricsError(f"{path}: {key!r} must be a finite number, got {value!r}")
-        out[key] = float(value)
-    return out
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -227,11 +211,6 @@ class _Context:
             self.missing.append(row.train_metrics)
             return _MISSING
         return read_flops(row.train_metrics)
-
-    def timings(self, row: TableRow) -> dict[str, Any] | None:
-        if row.timings is None or not row.timings.is_file():
-            return None  # timings are not tracked: absent after a `dvc pull`, say, and shown as such
-        return read_timings(row.timings)
 
     def rel(self, path: Path) -> str:
         """Path relative to the runs root: stable text whatever directory the runs live in."""
@@ -339,7 +318,7 @@ def _ablation_table(ctx: _Context, table: int) -> str:
 
 def _table8(ctx: _Context) -> str:
     """Reproducible columns (FLOPs, R@1, MdR) in table8.md; the wall-clock columns in
-    ``timings/table8-speed.md``, marked with the machine that measured them."""
+    ``timings/table8-speed.md`` (written by ``rap speed``: the mask ratios timed interleaved in one process)."""
     rows = ctx.rows[8]
     flops = {r.key: ctx.flops(r) for r in rows}
     base_flops = next(
@@ -368,7 +347,8 @@ def _table8(ctx: _Context) -> str:
         "pre-training. FLOPs per optimiser step of this run's pre-trainings (forward + backward, one "
         "rank) are counted by torch's FlopCounterMode and reproduce; zero-shot MSRVTT text-to-video. "
         "Wall-clock speed "
-        f"depends on the machine: it is in [{speed_file}]({speed_file}), rewritten by every run.",
+        f"depends on the machine: it is in [{speed_file}]({speed_file}), measured by `rap speed` (the mask "
+        "ratios' training steps interleaved in one process) and rewritten by every run.",
         tabulate(
             body, headers=headers, tablefmt="github", disable_numparse=True, colalign=("left", "left") + ("right",) * 4
         ),
@@ -380,50 +360,7 @@ def _table8(ctx: _Context) -> str:
     ]
     notes = ["This run's files (under the runs root): " + "; ".join(sources) + "."] if sources else []
     text.append("\n".join(notes + _reference_note(ctx, rows)))
-    ctx.extra_files[speed_file] = _table8_speed(ctx, rows)
     return "\n\n".join(text) + "\n"
-
-
-def _table8_speed(ctx: _Context, rows: list[TableRow]) -> str:
-    """Table 8's wall-clock columns: measured, so they hold for the machine named below only."""
-    timed = [(r, ctx.timings(r)) for r in rows]
-    base = next((t for r, t in timed if r.setting is not None and r.setting.is_main and t), None)
-    body, machines = [], set()
-    for r, t in timed:
-        assert r.setting is not None
-        if t is None:
-            body.append([format_value(r.setting.value), _origin(r)] + ["not measured"] * 3)
-            continue
-        machines.add(t["measured_on"])
-        body.append(
-            [
-                format_value(r.setting.value),
-                _origin(r),
-                f"{t['clips_per_s']:.1f}",
-                "-" if base is None else f"{t['clips_per_s'] / base['clips_per_s']:.2f}x",
-                f"{t['wall_time_s'] / 60:.1f}",
-            ]
-        )
-    ref = format_value(REFERENCE_KNOBS["mask_video"])
-    return (
-        "\n\n".join(
-            [
-                f"# Table 8, wall-clock columns: {TABLE8_TITLE}",
-                "Timings: measured while training, on " + (", ".join(sorted(machines)) or "no machine") + ". They "
-                "vary from run to run and machine to machine: this file is rewritten by every run and is not part "
-                "of what `make repro` reproduces. Wall time includes data loading and checkpointing; clips/s = "
-                "training clips / wall time.",
-                tabulate(
-                    body,
-                    headers=["r_v", "Run", "Clips/s", f"Speed-up vs r_v={ref}", "Wall time (min)"],
-                    tablefmt="github",
-                    disable_numparse=True,
-                    colalign=("left", "left", "right", "right", "right"),
-                ),
-            ]
-        )
-        + "\n"
-    )
 
 
 # --------------------------------------------------------------------------------------

@@ -94,7 +94,7 @@ def expected_jobs(params) -> set[str]:
     zeroshot = set(cfg.evaluate.zero_shot)
     if layout.main_is_reference(params):  # reference rows of Tables 5-8 read the main zero-shot MSRVTT
         zeroshot.add("msrvtt")
-    jobs = {"all", "pretrain", "tables", "figure"}
+    jobs = {"all", "pretrain", "tables", "figure", "speed"}
     jobs |= {f"download@{d}" for d in cfg.datasets} | {f"extract@{d}" for d in cfg.datasets}
     jobs |= {f"evaluate_zeroshot@{d}" for d in zeroshot}
     jobs |= {f"{r}@{t}" for t in cfg.finetune.tasks for r in ("finetune", "evaluate_finetuned")}
