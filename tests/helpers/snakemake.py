@@ -124,6 +124,7 @@ TINY_OUTPUTS = [
     "runs/eval/finetuned/msrvtt-7k.json",
     "runs/eval/ablation/racl-none.json",
     "reports/figure3.png",
+    "reports/timings/table8-speed.md",
 ] + [f"reports/table{i}.md" for i in range(1, 9)]
 
 
@@ -181,5 +182,7 @@ def assert_tiny_outputs(workdir: Path) -> None:
     for name in ("zeroshot/msrvtt", "finetuned/msrvtt-7k", "ablation/racl-none"):
         metrics = json.loads((workdir / f"runs/eval/{name}.json").read_text())
         assert 0 <= metrics["t2v"]["R@1"] <= 100
+    speed = (workdir / "reports/timings/table8-speed.md").read_text()
+    assert "interleaved step by step in one process" in speed and "| 0.0 " in speed and "1.00x" in speed
     table1 = (workdir / "reports/table1.md").read_text()
     assert "RaP (this run, embedded" in table1 and "not run (task not in finetune.tasks)" in table1
