@@ -347,6 +347,14 @@ class EvalConfig:
     # (rap.release.recipe; the differences are listed in DESIGN.md)
     recipe: EvalRecipe = "rap"
 
+    def __post_init__(self) -> None:
+        _check(
+            self.recipe != "release" or self.itm_rerank_k > 0,
+            "evaluate.itm_rerank_k",
+            self.itm_rerank_k,
+            "must be > 0 with evaluate.recipe: release (the release always re-ranks its top k; it used 128)",
+        )
+
 
 @dataclass(frozen=True)
 class ScaleConfig:

@@ -45,6 +45,7 @@ from rap.errors import RapError
 __all__ = [
     "ReleaseImportError",
     "Conversion",
+    "QUEUE_STATE",
     "classify",
     "read_release_state",
     "convert_state",
@@ -104,6 +105,11 @@ _TOKEN_TYPES = (
 )
 
 
+# rap's momentum-contrast queue buffers: training state an imported checkpoint does not carry
+# (the release's queues are dropped, _QUEUE); fine-tuning starts them empty.
+QUEUE_STATE = ("momentum.video_queue", "momentum.text_queue", "momentum.id_queue", "momentum.ptr", "momentum.filled")
+
+
 class ReleaseImportError(RapError):
     """A release checkpoint that cannot be imported (unreadable, unknown keys, tied copies that differ)."""
 
@@ -142,7 +148,12 @@ def read_release_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torn file, pickle with code in it, not a torch file
-        raise ReleaseImportError(f"{path}: cannot be read as a weights-only checkpoint: {err}") from err
+        text = str(err)
+        reason = (text.split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]).split()
+        raise ReleaseImportError(
+            f"{path}: cannot be read as a weights-only checkpoint (rap never loads one with "
+            f"weights_only=False: that would run code from the file): {' '.join(reason)[:300]}"
+        ) from err
     state = ckpt.get("model") if isinstance(ckpt, dict) else None
     if not isinstance(state, Mapping) or not state:
         keys = sorted(ckpt)[:5] if isinstance(ckpt, dict) else type(ckpt).__name__
