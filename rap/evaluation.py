@@ -97,6 +97,7 @@ class EvalScores:
         result = t2v_v2t_metrics(self.t2v, self.text_to_video, self.v2t, with_intervals=with_intervals)
         if self.recipe == "release":
             del result["v2t"]  # the release leaves video-to-text unscored
+            result.get("ci95", {}).pop("v2t", None)
         return result
 
     def itc_metrics(self) -> dict[str, dict[str, float]]:

@@ -48,8 +48,8 @@ def imported(request, tmp_path_factory) -> tuple[str, RaPModel, dict]:
 
 def test_import_records_clip_pixels_and_provenance(imported) -> None:
     layout, model, params = imported
-    assert params["model.vision.pixel_mean"] == list(CLIP_MEAN)
-    assert params["model.vision.pixel_std"] == list(CLIP_STD)
+    assert params["model.vision.pixel_mean"] == CLIP_MEAN
+    assert params["model.vision.pixel_std"] == CLIP_STD
     assert model.vision.pixel_mean == CLIP_MEAN and model.vision.pixel_std == CLIP_STD
     assert params["release.layout"] == layout
     assert len(params["release.sha256"]) == 64
@@ -188,3 +188,41 @@ def test_cli_import_release(tmp_path, capsys) -> None:
     bad.write_bytes(b"\x80\x02K\x01.")  # a pickle of the int 1
     assert main(["import-release", str(bad), "--out", str(tmp_path / "bad")]) == 1
     assert "not-a-checkpoint.pth" in capsys.readouterr().err
+
+
+def test_imported_checkpoint_evaluates_with_both_recipes_and_finetunes(make_params, tmp_path, single_thread) -> None:
+    """The real commands on the embedded corpus: ``rap evaluate`` of an imported release file
+    with ``recipe: release`` (its inputs: native frames at its indices, squashed, pre_caption;
+    t2v only) and with ``recipe: rap``; ``rap finetune`` starting from it (its queue starts
+    empty; the fine-tuned checkpoint keeps the CLIP pixel statistics)."""
+    from rap.data.datasets import build_eval_set
+    from rap.evaluation import run_evaluation, run_info_path
+    from rap.release.data import build_release_eval_set
+    from rap.training import finetune
+
+    from helpers.release import fixture_overrides
+
+    overrides = {**fixture_overrides(), "data.image_size": CONFIG["small"]["image_size"]}
+    params = make_params(overrides)
+    ckpt = importer.import_release(FIXTURE / "release_pretrain.pth", tmp_path / "imported", params.to_flat_dict())
+
+    release_set = build_release_eval_set("msrvtt", "test", params.cfg)
+    rap_set = build_eval_set("msrvtt", "test", params.cfg)
+    assert release_set.texts == [recipe.pre_caption(t) for t in rap_set.texts]
+    assert release_set.videos.read(0).shape == (8, 3, CONFIG["small"]["image_size"], CONFIG["small"]["image_size"])
+    assert not torch.equal(release_set.videos.read(0), rap_set.videos.read(0))  # native frames, squashed
+
+    released = run_evaluation(params, "msrvtt", "test", ckpt, tmp_path / "release.json")
+    assert set(released) == {"t2v", "ci95", "itc_only"} and set(released["ci95"]) == {"t2v"}
+    assert 0 <= released["t2v"]["R@1"] <= 100
+    assert json.loads(run_info_path(tmp_path / "release.json").read_text())["recipe"] == "release"
+    ours = run_evaluation(
+        make_params({**overrides, "evaluate.recipe": "rap"}), "msrvtt", "test", ckpt, tmp_path / "rap.json"
+    )
+    assert {"t2v", "v2t"} <= set(ours)
+
+    out = finetune.run(
+        make_params({**overrides, "evaluate.recipe": "rap"}), "msrvtt-7k", ckpt, tmp_path / "ft", max_steps=1
+    )
+    tuned = torch.load(out, weights_only=False, map_location="cpu")
+    assert tuned["params"]["model.vision.pixel_mean"] == CLIP_MEAN

@@ -245,8 +245,8 @@ def _add_token_types(out: Conversion) -> None:
 def release_params(flat: Mapping[str, Any], source: Path, digest: str, layout: str, extra: Mapping[str, Any]):
     """The imported checkpoint's params: ``flat`` with CLIP's pixel statistics and provenance."""
     params = dict(flat)
-    params["model.vision.pixel_mean"] = list(CLIP_MEAN)
-    params["model.vision.pixel_std"] = list(CLIP_STD)
+    params["model.vision.pixel_mean"] = tuple(CLIP_MEAN)
+    params["model.vision.pixel_std"] = tuple(CLIP_STD)
     params["release.source"] = str(source)
     params["release.sha256"] = digest
     params["release.layout"] = layout
