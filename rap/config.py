@@ -99,8 +99,9 @@ class VisionConfig:
 @dataclass(frozen=True)
 class TextConfig:
     """BERT text encoder (paper 3.2). ``name`` is a transformers model id or ``tiny`` (built
-    from the size fields, randomly initialised). ``tokenizer`` is a transformers id or
-    ``builtin`` (an offline WordPiece vocabulary shipped with the package)."""
+    from the size fields, randomly initialised). ``tokenizer`` is a transformers id, a local
+    tokenizer directory (vocab.txt + tokenizer_config.json), or ``builtin`` (an offline
+    WordPiece vocabulary shipped with the package)."""
 
     name: str = "bert-base-uncased"
     pretrained: bool = True

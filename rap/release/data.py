@@ -5,8 +5,8 @@ the release's MSVD loader), captions through ``pre_caption``.
 
 Frames are read from the original video files (``data/raw``), not from the frame store: the
 store keeps 2 fps, the release samples the native frame rate. The resize is Pillow's
-antialiased bilinear (rap's transforms); the release resizes inside decord (FFmpeg's scaler),
-a remaining difference of a few grey levels per pixel.
+antialiased bilinear (rap's transforms); the release resizes inside decord (FFmpeg's scaler):
+a remaining difference, not measured (the release fixture's clips are decoded frames).
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def release_video(frames_uint8: torch.Tensor, image_norm) -> torch.Tensor:
 
 
 @torch.no_grad()
-def release_outputs(model, mods, video, tokenizer, captions, evaluation, pretrain: bool) -> dict:
+def release_outputs(model, video, tokenizer, captions, pretrain: bool) -> dict:
     model.eval()
     V, K = video.shape[:2]
     text = tokenizer(captions, padding="max_length", truncation=True, max_length=MAX_LEN, return_tensors="pt")
@@ -337,7 +337,7 @@ def main() -> None:
     outputs = {}
     run_args = types.SimpleNamespace(max_len=MAX_LEN, distributed=False)
     for name, model, pretrain in (("pretrain", pre, True), ("retrieval", ret, False)):
-        o = release_outputs(model, mods, video, tokenizer, captions, evaluation, pretrain)
+        o = release_outputs(model, video, tokenizer, captions, pretrain)
         # zero-shot the release's way: its retrieval model class loads the pre-training file
         evaluated = model
         if pretrain:
