@@ -142,6 +142,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_import_release(args: argparse.Namespace) -> None:
+    # the released checkpoints are paper-scale models: their params record that scale unless
+    # --set scale=... says otherwise
+    params = _params(args, None if any(s.startswith("scale=") for s in args.set) else {"scale": "paper"})
+    from rap.release.importer import import_release
+
+    print(import_release(Path(args.file), Path(args.out), params.to_flat_dict()))
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     params = _params(args)
     if args.seeds:
@@ -235,6 +244,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=TEST_SPLIT)
     p.add_argument("--out", required=True, help="metrics JSON")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "import-release",
+        parents=[common],
+        help="convert a checkpoint of the authors' release (rap_pretrain.pth, a fine-tuned file) "
+        "into DIR/checkpoint.pt (read weights-only; DIR/import.json says what became of each key)",
+    )
+    p.add_argument("file", help="the release's .pth file")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=cmd_import_release)
 
     p = sub.add_parser(
         "tables",

@@ -44,13 +44,22 @@ class ConfigError(RapError, ValueError):
 # Sections
 # --------------------------------------------------------------------------------------
 
+# Pixel statistics (RGB, of pixels scaled to [0, 1]) a ViT's weights were trained with:
+# ImageNet's for timm's DeiT; CLIP's for the authors' released RaP checkpoints (their loaders
+# normalise with CLIP's values in pre-training and in every downstream dataset).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+EvalRecipe = Literal["rap", "release"]
+
 
 @dataclass(frozen=True)
 class VisionConfig:
     """Per-frame ViT (paper 3.2). ``timm_name`` is any timm ViT; the size fields override it
     (a tiny config at the embedded scale, None keeps the timm default)."""
 
-    timm_name: str = "deit_base_patch16_224"  # ImageNet mean/std, matching rap.data.transforms
+    timm_name: str = "deit_base_patch16_224"
     pretrained: bool = False  # load timm weights (needs the hub or a local cache)
     img_size: int = 256  # position embedding interpolated from the pretrained size
     patch_size: int = 16
@@ -65,6 +74,11 @@ class VisionConfig:
     # With pretrained: a timm checkpoint file (or a directory holding model.safetensors) of
     # timm_name; None = the Hugging Face cache (rap/model/weights.py).
     weights: str | None = None
+    # The pixel normalisation the weights expect (rap.model.video.normalize_frames, the one
+    # place frames are normalised): ImageNet's for timm's DeiT; a checkpoint imported from the
+    # release (rap import-release) records CLIP's, and evaluation / fine-tuning adopt it.
+    pixel_mean: tuple[float, ...] = IMAGENET_MEAN
+    pixel_std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         _check(
@@ -73,14 +87,22 @@ class VisionConfig:
             self.img_size,
             f"must be a positive multiple of patch_size={self.patch_size}",
         )
+        _check(len(self.pixel_mean) == 3, "model.vision.pixel_mean", self.pixel_mean, "must hold 3 values (RGB)")
+        _check(
+            len(self.pixel_std) == 3 and all(s > 0 for s in self.pixel_std),
+            "model.vision.pixel_std",
+            self.pixel_std,
+            "must hold 3 positive values (RGB)",
+        )
         _check_dropout("model.vision.dropout", self.dropout)
 
 
 @dataclass(frozen=True)
 class TextConfig:
     """BERT text encoder (paper 3.2). ``name`` is a transformers model id or ``tiny`` (built
-    from the size fields, randomly initialised). ``tokenizer`` is a transformers id or
-    ``builtin`` (an offline WordPiece vocabulary shipped with the package)."""
+    from the size fields, randomly initialised). ``tokenizer`` is a transformers id, a local
+    tokenizer directory (vocab.txt + tokenizer_config.json), or ``builtin`` (an offline
+    WordPiece vocabulary shipped with the package)."""
 
     name: str = "bert-base-uncased"
     pretrained: bool = True
@@ -323,6 +345,17 @@ class EvalConfig:
     batch_size: int = 64
     itm_rerank_k: int = 128  # 0 = ITC ranking only
     zero_shot: tuple[str, ...] = DOWNSTREAM_DATASETS
+    # rap: rap's evaluation (rap.evaluation); release: the authors' evaluation exactly
+    # (rap.release.recipe; the differences are listed in DESIGN.md)
+    recipe: EvalRecipe = "rap"
+
+    def __post_init__(self) -> None:
+        _check(
+            self.recipe != "release" or self.itm_rerank_k > 0,
+            "evaluate.itm_rerank_k",
+            self.itm_rerank_k,
+            "must be > 0 with evaluate.recipe: release (the release always re-ranks its top k; it used 128)",
+        )
 
 
 @dataclass(frozen=True)

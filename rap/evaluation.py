@@ -6,11 +6,14 @@
 2. ITC ranking: cosine similarity of the L2-normalised global embeddings P_cls, T_cls
    (paper 3.2), ``itc[t, v]`` for text t and video v. Text-to-video ranks the videos of each
    text, video-to-text the texts of each video.
-3. Optional ITM re-ranking (``evaluate.itm_rerank_k`` = k; 0 = off), BLIP/ALPRO style as in
-   the released code: each query's k best candidates under ITC are re-scored with
-   ``ITM match logit + ITC`` by the video-grounded text encoder. Unlike the release, which
-   fills every score outside the top k with a constant -100 (ties everywhere beyond rank k,
-   so MdR/MnR there depend on tie handling), the final score is
+3. Optional ITM re-ranking (``evaluate.itm_rerank_k`` = k; 0 = off), BLIP/ALPRO style: each
+   query's k best candidates under ITC are re-scored with ``ITM + ITC`` by the video-grounded
+   text encoder, where ITM is the match log-odds ``logit1 - logit0`` computed on the
+   frame-averaged video tokens the ITM head was trained on. This is NOT the release's
+   evaluation (``evaluate.recipe: release``, :mod:`rap.release.recipe`, runs that one): the
+   release scores ``logit1 + ITC`` on the 8 frames' tokens concatenated, text-to-video only,
+   and fills every score outside the top k with a constant -100 (ties everywhere beyond rank
+   k, so MdR/MnR there depend on tie handling). Here the final score is
 
        final = ITC                                   outside the top k
        final = C + ITM + ITC                         inside the top k
@@ -88,9 +91,14 @@ class EvalScores:
     text_to_video: torch.Tensor
     rerank_k: int
     failed_videos: int = 0
+    recipe: str = "rap"  # evaluate.recipe; "release" scores text-to-video only
 
     def metrics(self, *, with_intervals: bool = False) -> dict[str, dict[str, Any]]:
-        return t2v_v2t_metrics(self.t2v, self.text_to_video, self.v2t, with_intervals=with_intervals)
+        result = t2v_v2t_metrics(self.t2v, self.text_to_video, self.v2t, with_intervals=with_intervals)
+        if self.recipe == "release":
+            del result["v2t"]  # the release leaves video-to-text unscored
+            result.get("ci95", {}).pop("v2t", None)
+        return result
 
     def itc_metrics(self) -> dict[str, dict[str, float]]:
         return t2v_v2t_metrics(self.itc, self.text_to_video)
@@ -353,6 +361,11 @@ def score_matrices(
     was_training = getattr(model, "training", False)
     if isinstance(model, torch.nn.Module):
         model.to(device).eval()
+    if getattr(eval_cfg, "recipe", "rap") == "release":
+        try:
+            return _release_scores(model, tokenizer, eval_set, eval_cfg, device, max_len, num_workers)
+        finally:
+            model.train(was_training)
     try:
         tokens = eval_set.tokenize(tokenizer, max_len)
         video_feats, video_emb, text_emb = encode_eval_set(
@@ -373,6 +386,25 @@ def score_matrices(
         text_to_video=eval_set.gt,
         rerank_k=k,
         failed_videos=len(getattr(eval_set, "failed", [])),
+    )
+
+
+def _release_scores(model, tokenizer, eval_set, eval_cfg, device, max_len, num_workers) -> EvalScores:
+    """``evaluate.recipe: release`` (rap.release.recipe): every rank encodes every video and
+    re-ranks its share of the texts; t2v only (``v2t`` is its transpose, not reported)."""
+    from rap.release.recipe import release_t2v
+
+    tokens = eval_set.tokenize(tokenizer, max_len)
+    batches = (b["video"] for b in eval_set.iter_videos(eval_cfg.batch_size, num_workers))
+    itc, t2v = release_t2v(model, batches, tokens, int(eval_cfg.itm_rerank_k), device, eval_cfg.batch_size)
+    return EvalScores(
+        itc=itc,
+        t2v=t2v,
+        v2t=t2v.t(),
+        text_to_video=eval_set.gt,
+        rerank_k=int(eval_cfg.itm_rerank_k),
+        failed_videos=len(getattr(eval_set, "failed", [])),
+        recipe="release",
     )
 
 
@@ -436,6 +468,7 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     from rap.data.datasets import build_eval_set
     from rap.model.rap import RaPModel
     from rap.model.tokenizer import build_tokenizer
+    from rap.release.importer import adopt_checkpoint_pixels
 
     cfg = params.cfg
     cpu_kernels.check_pinned()
@@ -458,10 +491,16 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     try:
         with tracking.stage_run("evaluate", params, tags=tags, param_values=evaluation_params(params, trained_params)):
             torch.manual_seed(params.seed)
-            model = RaPModel(cfg.model, cfg.pretrain.loss)
+            # the pixel statistics the checkpoint's weights expect (CLIP's for an imported release file)
+            model = RaPModel(adopt_checkpoint_pixels(cfg.model, trained_params), cfg.pretrain.loss)
             tokenizer = getattr(model, "tokenizer", None) or build_tokenizer(cfg.model.text)
             _check_loaded(load_model_weights(model, checkpoint), checkpoint, cfg.evaluate.itm_rerank_k > 0)
-            eval_set = build_eval_set(dataset, split, cfg)
+            if cfg.evaluate.recipe == "release":
+                from rap.release.data import build_release_eval_set
+
+                eval_set = build_release_eval_set(dataset, split, cfg)
+            else:
+                eval_set = build_eval_set(dataset, split, cfg)
             log.info(
                 "evaluating %s on %s/%s: %d queries, %d videos, ITM re-rank k=%d on %s (%d rank(s))",
                 checkpoint,
@@ -485,7 +524,7 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
             result: dict[str, Any] = dict(scores.metrics(with_intervals=True))
             if scores.rerank_k > 0:
                 result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
-            if has_ground_truth(cfg, dataset) and rdist.get_rank() == 0:
+            if has_ground_truth(cfg, dataset) and rdist.get_rank() == 0 and cfg.evaluate.recipe == "rap":
                 # where the redundancy weights point (embedded corpus only; rap.localisation)
                 result["localisation"] = localisation_metrics(model, tokenizer, eval_set, cfg, device)
             info = {
@@ -496,6 +535,7 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
                 "num_queries": len(eval_set.texts),
                 "num_videos": len(eval_set.videos),
                 "itm_rerank_k": scores.rerank_k,
+                "recipe": scores.recipe,
                 "failed_videos": scores.failed_videos,
                 "world_size": rdist.get_world_size(),
             }

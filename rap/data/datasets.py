@@ -429,11 +429,14 @@ class EvalVideos(Dataset):
     def __len__(self) -> int:
         return len(self.clips)
 
+    def read(self, i: int) -> torch.Tensor:
+        """Video ``i`` as uint8 (K, 3, H, W) (the release recipe reads its own way: rap.release.data)."""
+        frames = read_clip_frames(self.clips[i], self.frames, self.sampling, np.random.default_rng(i), self.size)
+        return transforms.eval_view(frames, self.size)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        clip = self.clips[i]
         try:
-            frames = read_clip_frames(clip, self.frames, self.sampling, np.random.default_rng(i), self.size)
-            return {"video": transforms.eval_view(frames, self.size), "video_index": i, "failed": ""}
+            return {"video": self.read(i), "video_index": i, "failed": ""}
         except (decode.DecodeError, OSError, ValueError) as err:
             msg = str(err).splitlines()[0][:300]
             log.warning("evaluation video unusable: %s", msg)

@@ -3,7 +3,7 @@
 Every geometric step (crop, resize, flip) works on uint8 pixels and returns uint8: a sample
 leaves the loader as raw pixels, a quarter of the bytes of float32 through the worker queues,
 pinned memory and the host-to-device copy, and the model normalises them on the device
-(:func:`rap.model.video.normalize_frames`, ImageNet mean/std). Nothing is lost by resizing
+(:func:`rap.model.video.normalize_frames`, model.vision.pixel_mean/std). Nothing is lost by resizing
 in uint8: Pillow's antialiased bilinear resize rounds to uint8 either way, and it is what the
 former float path normalised too, so on the same frames the normalised input is the same as
 before to float32 precision.

@@ -174,14 +174,25 @@ class RaPModel(nn.Module):
         the P texts it is paired with (ITM re-ranking), and gathered per pair.
 
         Uses the frame-averaged video tokens exactly as in training (the release trains on
-        averaged tokens but evaluates on concatenated frames; we do not).
+        averaged tokens but evaluates on concatenated frames; we do not: its recipe is
+        rap.release.recipe).
         """
-        if video_rows is None:
-            logits = self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
-        else:
-            kv = [(k[video_rows], v[video_rows]) for k, v in self.text.video_kv(video_feats.hidden)]
-            logits = self._itm_logits(None, video_feats.hidden_mask[video_rows], input_ids, attention_mask, kv)
+        logits = self.itm_logits(video_feats, input_ids, attention_mask, video_rows)
         return logits[:, 1] - logits[:, 0]
+
+    def itm_logits(
+        self,
+        video_feats: VideoFeatures,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        video_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(P, 2) no-match / match logits of the pairs :meth:`itm_scores` describes; the
+        cross-attention reads ``video_feats.hidden`` / ``hidden_mask``, whatever their length."""
+        if video_rows is None:
+            return self._itm_logits(video_feats.hidden, video_feats.hidden_mask, input_ids, attention_mask)
+        kv = [(k[video_rows], v[video_rows]) for k, v in self.text.video_kv(video_feats.hidden)]
+        return self._itm_logits(None, video_feats.hidden_mask[video_rows], input_ids, attention_mask, kv)
 
     # ------------------------------------------------------------------ losses
     def forward(

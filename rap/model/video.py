@@ -8,9 +8,12 @@ averaged over frames position by position (:func:`rap.model.masking.frame_averag
 
 Pixels. The loaders ship uint8 frames (4x fewer bytes than float32 through worker queues,
 pinned memory and the host-to-device copy); the encoder normalises them on whatever device
-it runs on (:func:`normalize_frames`, the one place ImageNet mean/std are applied: training,
-evaluation and the figure all go through here). A floating-point input is taken as already
-normalised (synthetic tensors in tests and benchmarks).
+it runs on (:func:`normalize_frames`, the one place pixels are normalised: training,
+evaluation and the figure all go through here), with the mean/std of the model setting
+``model.vision.pixel_mean`` / ``pixel_std``: ImageNet's by default (timm's DeiT weights),
+CLIP's for a checkpoint imported from the authors' release (their loaders use CLIP's values,
+not ImageNet's). A floating-point input is taken as already normalised (synthetic tensors in
+tests and benchmarks).
 """
 
 from __future__ import annotations
@@ -22,28 +25,30 @@ import torch
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
-from rap.config import ConfigError, VisionConfig
+from rap.config import IMAGENET_MEAN, IMAGENET_STD, ConfigError, VisionConfig
 from rap.model.masking import frame_average, random_masking
 from rap.model.weights import load_timm_weights, timm_weights_file
 
-# ImageNet statistics (DeiT's, as the released code), RGB, of pixels scaled to [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VideoEncoder", "normalize_frames"]
 
 
 @functools.lru_cache(maxsize=None)
-def _pixel_affine(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_affine(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), float32 (3, 1, 1) on ``device``: normalised = pixel * scale - shift.
-    Made once per device, so a step copies no constant to the GPU; never inference tensors
-    (an evaluation may come first in a process that trains afterwards)."""
+    Made once per device and statistics, so a step copies no constant to the GPU; never
+    inference tensors (an evaluation may come first in a process that trains afterwards)."""
     with torch.inference_mode(False):
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32)
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
+        std = torch.tensor(std, dtype=torch.float32)
+        mean = torch.tensor(mean, dtype=torch.float32)
         scale, shift = 1.0 / (255.0 * std), mean / std  # float32 arithmetic
         return scale.view(3, 1, 1).to(device), shift.view(3, 1, 1).to(device)
 
 
-def normalize_frames(video: torch.Tensor) -> torch.Tensor:
+def normalize_frames(
+    video: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 pixels ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` on ``video``'s
     device, as one multiply and one subtract per element (float32 constants; on the same input
     this equals the former float normalisation in the loader workers)."""
@@ -51,7 +56,7 @@ def normalize_frames(video: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"normalize_frames expects uint8 pixels, got {video.dtype}")
     if video.dim() < 3 or video.shape[-3] != 3:
         raise ValueError(f"normalize_frames expects (..., 3, H, W), got shape {tuple(video.shape)}")
-    scale, shift = _pixel_affine(video.device)
+    scale, shift = _pixel_affine(video.device, tuple(mean), tuple(std))
     return video.float() * scale - shift
 
 
@@ -89,6 +94,7 @@ class VideoEncoder(nn.Module):
         self.width: int = self.vit.embed_dim
         self.num_patches: int = self.vit.patch_embed.num_patches
         self.img_size = cfg.img_size
+        self.pixel_mean, self.pixel_std = tuple(cfg.pixel_mean), tuple(cfg.pixel_std)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.vit.set_grad_checkpointing(enable)
@@ -102,13 +108,28 @@ class VideoEncoder(nn.Module):
         normalised float tensor. Masking only happens in training mode; evaluation always sees
         every patch.
         """
+        x, keep_idx = self._encode_frames(video, mask_ratio, generator)
+        b, k = video.shape[:2]
+        patch_avg, patch_mask = frame_average(x[:, 1:], keep_idx, k, self.num_patches)
+        cls_avg = x[:, 0].view(b, k, -1).mean(dim=1, keepdim=True)  # [CLS] is seen in every frame
+        return torch.cat([cls_avg, patch_avg], dim=1), patch_mask
+
+    def frame_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        """Every frame's output tokens, not averaged: (B, K, 1+N, W), every patch visible.
+        The release's evaluation cross-attends to these (rap.release.recipe)."""
+        x, _ = self._encode_frames(video, 0.0, None)
+        return x.view(*video.shape[:2], *x.shape[1:])
+
+    def _encode_frames(
+        self, video: torch.Tensor, mask_ratio: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B*K, 1+n, W) tokens after the final norm (n = kept patches) and the kept indices."""
         if video.dim() != 5 or video.shape[2] != 3:
             raise ValueError(f"video must be (B, K, 3, H, W), got shape {tuple(video.shape)}")
-        b, k = video.shape[:2]
         if video.shape[-2:] != (self.img_size, self.img_size):
             raise ValueError(f"frames are {tuple(video.shape[-2:])} but model.vision.img_size={self.img_size}")
         if video.dtype == torch.uint8:
-            video = normalize_frames(video)
+            video = normalize_frames(video, self.pixel_mean, self.pixel_std)
         vit = self.vit
         x = vit.patch_embed(video.flatten(0, 1))  # (B*K, N, W)
         x = vit._pos_embed(x)  # prepends [CLS], adds position embeddings
@@ -122,7 +143,4 @@ class VideoEncoder(nn.Module):
             x = checkpoint_seq(vit.blocks, x)
         else:
             x = vit.blocks(x)
-        x = vit.norm(x)
-        patch_avg, patch_mask = frame_average(x[:, 1:], keep_idx, k, self.num_patches)
-        cls_avg = x[:, 0].view(b, k, -1).mean(dim=1, keepdim=True)  # [CLS] is seen in every frame
-        return torch.cat([cls_avg, patch_avg], dim=1), patch_mask
+        return vit.norm(x), keep_idx

@@ -116,9 +116,11 @@ def bert_dir(cfg: TextConfig) -> Path:
 
 
 def tokenizer_source(cfg: TextConfig) -> str:
-    """Where the tokenizer ``model.text.tokenizer`` loads from: the BERT directory when it is
-    the model's own tokenizer, else that id's cache snapshot."""
-    if cfg.pretrained and cfg.tokenizer == cfg.name:
+    """Where the tokenizer ``model.text.tokenizer`` loads from: itself when it is a directory,
+    the BERT directory when it is the model's own tokenizer, else that id's cache snapshot."""
+    if Path(cfg.tokenizer).is_dir():  # a local tokenizer directory (vocab.txt + tokenizer_config.json)
+        folder = Path(cfg.tokenizer)
+    elif cfg.pretrained and cfg.tokenizer == cfg.name:
         folder = bert_dir(cfg)
     else:
         folder = _snapshot(

@@ -14,17 +14,19 @@ MSRVTT (7k and 9k) has no validation split: the last epoch is taken, as the pape
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from rap.checkpoint_io import file_digest, load_model_weights
+from rap.checkpoint_io import file_digest, load_checkpoint, load_model_weights
 from rap.config import ConfigError, Params, ScaleConfig, finetune_text_len
 from rap.data.datasets import build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
 from rap.registry import FINETUNE, FINETUNE_TASKS
+from rap.release.importer import QUEUE_STATE, adopt_checkpoint_pixels
 from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
 
 __all__ = ["selection_score", "RetrievalValidation", "run"]
@@ -57,6 +59,17 @@ class RetrievalValidation:
         return selection_score(metrics), flat
 
 
+def _with_checkpoint_pixels(params: Params, checkpoint: Path) -> Params:
+    """``params`` with the pixel statistics the pre-trained weights expect (an imported release
+    checkpoint: CLIP's), so that training, validation and the written checkpoint all use them."""
+    if not checkpoint.is_file():
+        return params  # load_model_weights says so below
+    model_cfg = adopt_checkpoint_pixels(params.cfg.model, load_checkpoint(checkpoint).get("params"))
+    if model_cfg is params.cfg.model:
+        return params
+    return dataclasses.replace(params, cfg=dataclasses.replace(params.cfg, model=model_cfg))
+
+
 def run(
     params: Params,
     task: str,
@@ -68,6 +81,7 @@ def run(
 ) -> Path:
     """Fine-tune the pre-trained ``checkpoint`` on ``task``; returns ``<out_dir>/checkpoint.pt``
     (the best validation epoch, or the last one for MSRVTT)."""
+    params = _with_checkpoint_pixels(params, Path(checkpoint))
     cfg = params.cfg
     ft = cfg.finetune
     if task not in FINETUNE:
@@ -78,10 +92,12 @@ def run(
         seed_everything(params.seed)
         model = RaPModel(cfg.model, ft.loss)
         loaded = load_model_weights(model, Path(checkpoint))
-        if loaded["missing"]:
+        # an imported release checkpoint carries no queue: training state, started empty
+        missing = [k for k in loaded["missing"] if k not in QUEUE_STATE]
+        if missing:
             raise RuntimeError(
-                f"{checkpoint}: {len(loaded['missing'])} weight(s) of the fine-tuning model are "
-                f"missing (pre-trained with another model config?): {loaded['missing'][:5]}"
+                f"{checkpoint}: {len(missing)} weight(s) of the fine-tuning model are "
+                f"missing (pre-trained with another model config?): {missing[:5]}"
             )
         seed_everything(params.seed + ctx.rank)
         tokenizer = build_tokenizer(cfg.model.text)
