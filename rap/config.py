@@ -33,6 +33,9 @@ IntraVideoView = Literal["online", "momentum"]
 Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
+# What an op without a deterministic kernel does (rap.training.determinism): "error" stops the
+# run, "warn" warns and runs on, "none" seeds only (no deterministic kernels asked for).
+Deterministic = Literal["error", "warn", "none"]
 
 
 class ConfigError(RapError, ValueError):
@@ -227,6 +230,7 @@ class OptimConfig:
     grad_accum: int = 1
     clip_grad: float = 1.0
     precision: Precision = "auto"
+    tf32: bool = False  # fp32 matmuls on TF32 tensor cores (Ampere or newer GPUs; rap.precision)
     grad_checkpointing: bool = False
     checkpoint_every: int = 1000  # steps
     log_every: int = 10
@@ -322,6 +326,18 @@ class EvalConfig:
     batch_size: int = 64
     itm_rerank_k: int = 128  # 0 = ITC ranking only
     zero_shot: tuple[str, ...] = DOWNSTREAM_DATASETS
+    # the encoders' autocast (rap.precision.evaluation_dtype: auto = bf16 where native, else
+    # fp32); ITM re-ranking runs in half precision on any GPU whatever this says
+    precision: Precision = "fp32"
+    tf32: bool = False
+
+    def __post_init__(self) -> None:
+        _check(
+            self.precision != "fp16",
+            "evaluate.precision",
+            self.precision,
+            "fp16 has no scaler here: use auto, bf16 or fp32",
+        )
 
 
 @dataclass(frozen=True)
@@ -334,6 +350,7 @@ class ScaleConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    deterministic: Deterministic = "error"  # overridden by the RAP_DETERMINISTIC environment variable
 
     def __post_init__(self) -> None:
         for d in self.datasets:

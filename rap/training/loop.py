@@ -62,6 +62,7 @@ from rap.atomic import write_json_atomic
 from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
 from rap.errors import RapError
+from rap.precision import apply_tf32, training_dtype
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import resume as resume_rules
 from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
@@ -195,20 +196,8 @@ def distill_alpha(loss: LossConfig, epoch_float: float) -> float:
     return loss.distill_alpha * min(1.0, epoch_float / loss.distill_ramp_epochs)
 
 
-BF16_NATIVE_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; before it bf16 is emulated
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU where bf16 is native (compute capability >= 8.0), fp16 (with the
-    loop's GradScaler) on older GPUs such as the paper's V100s - ``torch.cuda.is_bf16_supported()``
-    also says yes where bf16 is only emulated, several times slower - and fp32 on the CPU.
-    Explicit ``fp16``/``bf16``/``fp32`` are honoured anywhere autocast supports them."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        native = torch.cuda.get_device_capability(device) >= BF16_NATIVE_CAPABILITY
-        return torch.bfloat16 if native else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+# the one definition lives in rap.precision; the loop's name stays for its callers
+resolve_precision = training_dtype
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -702,7 +691,8 @@ def train(
             )
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, optim_cfg)
-    amp_dtype = resolve_precision(optim_cfg.precision, ctx.device)
+    amp_dtype = training_dtype(optim_cfg.precision, ctx.device)
+    apply_tf32(optim_cfg.tf32, ctx.device)
     shaping = {
         "params": {**resume_rules.shaping_params(params, stage), **dict(inputs or {})},
         "code": resume_rules.code_digests(stage),
