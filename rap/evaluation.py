@@ -51,6 +51,7 @@ from rap.config import KNOBS, EvalConfig
 from rap.localisation import has_ground_truth, localisation_metrics
 from rap.metrics import t2v_v2t_metrics
 from rap.precision import apply_tf32, evaluation_dtype
+from rap.tracking_spool import SPOOL_FILE
 
 if TYPE_CHECKING:
     from rap.config import Params
@@ -466,7 +467,13 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     if trained_by is not None:
         tags[tracking.TRAINED_BY_TAG] = trained_by
     try:
-        with tracking.stage_run("evaluate", params, tags=tags, param_values=evaluation_params(params, trained_params)):
+        with tracking.stage_run(
+            "evaluate",
+            params,
+            tags=tags,
+            param_values=evaluation_params(params, trained_params),
+            spool=out_json.with_name(f"{out_json.stem}.{SPOOL_FILE}"),
+        ):
             torch.manual_seed(params.seed)
             model = RaPModel(cfg.model, cfg.pretrain.loss)
             tokenizer = getattr(model, "tokenizer", None) or build_tokenizer(cfg.model.text)

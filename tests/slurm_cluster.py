@@ -105,7 +105,7 @@ class Cluster:
                     f"SlurmctldLogFile={r}/log/slurmctld.log",
                     f"SlurmdLogFile={r}/log/slurmd.log",
                     "ProctrackType=proctrack/linuxproc",
-                    "TaskPlugin=task/none",
+                    "TaskPlugin=task/affinity",  # CPU binding: a step sees only the CPUs it was given
                     "SelectType=select/cons_tres",
                     "SelectTypeParameters=CR_Core",
                     "AccountingStorageType=accounting_storage/none",

@@ -73,7 +73,7 @@ def test_parent_and_two_nested_stages(store, params, monkeypatch, tmp_path, db_d
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
     monkeypatch.setenv("DVC_STAGE", "pretrain")
     with tracking.stage_run("pretrain", params, tags={"extra": 7}) as run:
-        assert run.info.run_id == mlflow.active_run().info.run_id
+        assert run and run.info.run_id == tracking._current().run_id
         tracking.log_metrics({"loss": 1.5}, step=3)
     monkeypatch.setenv("DVC_STAGE", "evaluate@msrvtt")
     with tracking.stage_run("evaluate", params):
@@ -174,8 +174,8 @@ def test_stage_inside_stage_nests_under_the_open_run(store, monkeypatch):
     monkeypatch.setenv("RAP_PIPELINE_RUN_ID", "nest")
     with tracking.stage_run("finetune") as outer:
         with tracking.stage_run("evaluate") as inner:
-            assert mlflow.active_run().info.run_id == inner.info.run_id
-        assert mlflow.active_run().info.run_id == outer.info.run_id
+            assert tracking._current().run_id == inner.info.run_id
+        assert tracking._current().run_id == outer.info.run_id
     runs = _runs(store).set_index("tags.rap.stage")
     assert runs.loc["evaluate", "tags.mlflow.parentRunId"] == outer.info.run_id
 

@@ -57,7 +57,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
 from rap import distributed as rdist
-from rap import tracking
+from rap import launch, tracking
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
@@ -179,6 +179,8 @@ def distributed_session() -> Iterator[DistContext]:
     call created it."""
     existed = dist.is_available() and dist.is_initialized()
     rank, world, local_rank, device = rdist.init_distributed()
+    # what SLURM's CPU binding left this rank (tests/test_slurm.py reads this line)
+    log.info("rank %d of %d: %d CPU(s) available to this process", rank, world, launch.available_cpus())
     try:
         yield DistContext(rank, world, local_rank, device)
     finally:
@@ -287,8 +289,9 @@ class _Reporter:
             csv.writer(f).writerow([row.get(c, "") for c in self.columns])
 
 
-def _stage_run(stage: str, params: Params, active: bool) -> contextlib.AbstractContextManager:
-    return tracking.stage_run(stage, params) if active else contextlib.nullcontext()
+def _stage_run(stage: str, params: Params, active: bool, out_dir: Path) -> contextlib.AbstractContextManager:
+    """The stage's MLflow run; what MLflow cannot take is spooled in ``out_dir`` (rap.tracking)."""
+    return tracking.stage_run(stage, params, spool=out_dir) if active else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------
@@ -723,7 +726,7 @@ def train(
     clips_total = 0
     window = _Window()
 
-    with _stage_run(stage, params, ctx.is_main), _StopSignals() as stop:
+    with _stage_run(stage, params, ctx.is_main, out_dir), _StopSignals() as stop:
         run.net.train()
         bar = tqdm(
             total=stop_at, initial=pos.global_step, desc=stage, unit="step", disable=not ctx.is_main, dynamic_ncols=True
