@@ -21,6 +21,7 @@ rule evaluate_zeroshot:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_zeroshot"),
     conda:
         RAP_ENV
     shell:
@@ -40,6 +41,7 @@ rule finetune:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("finetune"),
     conda:
         RAP_ENV
     shell:
@@ -61,6 +63,7 @@ rule evaluate_finetuned:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_finetuned"),
     conda:
         RAP_ENV
     shell:
@@ -81,6 +84,7 @@ rule evaluate_ablation:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_ablation"),
     conda:
         RAP_ENV
     shell:

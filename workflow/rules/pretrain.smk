@@ -23,6 +23,7 @@ rule pretrain:
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
+        **cluster("pretrain"),
     conda:
         RAP_ENV
     shell:
@@ -42,6 +43,7 @@ rule pretrain_ablation:
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
+        **cluster("pretrain_ablation"),
     conda:
         RAP_ENV
     shell:

@@ -28,6 +28,7 @@ rule figure:
     threads: eval_threads()
     resources:
         gpu=EVAL_GPUS,
+        **cluster("figure"),
     conda:
         RAP_ENV
     shell:
