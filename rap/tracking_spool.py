@@ -66,20 +66,21 @@ def spool_files(place: str | Path) -> list[Path]:
 
 
 class Spool:
-    """One spool file; appends and replays hold an exclusive lock on ``<file>.lock``."""
+    """One spool file; appends and replays hold an exclusive lock on its directory."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = spool_path(path)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """An exclusive lock on the spool's directory (no lock file left behind)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, allow_nan=True) + "\n"

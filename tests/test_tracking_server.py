@@ -70,7 +70,7 @@ def test_outage_spools_replays_and_groups_the_pipeline(server: MlflowServer, cor
     )
     overrides = {**shrunk_overrides(corpus_root), "pretrain.optim.epochs": 20, "pretrain.optim.log_every": 1}
     out = tmp_path / "pretrain"
-    cmd = rap_command("pretrain", "--out", str(out), "--max-steps", "40", overrides=overrides)
+    cmd = rap_command("pretrain", "--out", str(out), "--max-steps", "16", overrides=overrides)
     log = tmp_path / "pretrain.log"  # a file, not a pipe: a full pipe would block training
     with log.open("w") as sink:
         proc = subprocess.Popen(cmd, env=env, cwd=REPO, stderr=sink, stdout=sink)
@@ -80,7 +80,7 @@ def test_outage_spools_replays_and_groups_the_pipeline(server: MlflowServer, cor
         spool = out / SPOOL_FILE
         _wait(lambda: spool.exists() and _spooled_metrics(spool) >= 2, "metrics spooled while training goes on", proc)
         proc.send_signal(signal.SIGSTOP)  # hold training while the server restarts (no CPU spent)
-        assert _csv_steps(out)[-1] < 40, "training ended during the outage: nothing left to replay live"
+        assert _csv_steps(out)[-1] < 16, "training ended during the outage: nothing left to replay live"
         server.start()
         proc.send_signal(signal.SIGCONT)
         proc.wait(timeout=600)
@@ -98,7 +98,7 @@ def test_outage_spools_replays_and_groups_the_pipeline(server: MlflowServer, cor
     (pretrain_run,) = client.search_runs([exp.experiment_id], "tags.`rap.stage` = 'pretrain'")
     assert pretrain_run.info.status == "FINISHED"
     logged = sorted(m.step for m in client.get_metric_history(pretrain_run.info.run_id, "train/loss"))
-    assert logged == _csv_steps(out) and len(logged) == 40  # no metric lost, none twice
+    assert logged == _csv_steps(out) and len(logged) == 16  # no metric lost, none twice
 
     # an evaluation of the same pipeline while the server is unreachable: said before any work,
     # spooled, and delivered by `rap tracking sync` under the same parent
