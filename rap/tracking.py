@@ -502,9 +502,10 @@ def _flush(stage: _Stage) -> bool:
     return True
 
 
-def _call(stage: _Stage, record: dict[str, Any], live: Callable[[Any], None]) -> None:
+def _call(stage: _Stage, record: dict[str, Any] | Callable[[], dict[str, Any]], live: Callable[[Any], None]) -> None:
     """Log live (one retry after a second, on top of MLflow's own HTTP retries); on failure warn
-    once, spool ``record`` and every later one until the store answers again."""
+    once, spool ``record`` (or what the callable makes, only then) and every later one until the
+    store answers again."""
     if _flush(stage):
         for attempt in (1, 2):
             try:
@@ -527,7 +528,7 @@ def _call(stage: _Stage, record: dict[str, Any], live: Callable[[Any], None]) ->
                     stage.next_try = time.monotonic() + _retry_interval()
                 else:
                     time.sleep(1.0)
-    _spool(stage, record)
+    _spool(stage, record() if callable(record) else record)
 
 
 # --------------------------------------------------------------------------------------
@@ -683,6 +684,7 @@ def check_store(nodes: int = 1) -> None:
     of the pipeline at once, and its locks do not hold over NFS)."""
     if not tracking_enabled():
         return
+    _retry_interval()  # a bad RAP_TRACKING_RETRY_S fails here, not in the middle of training
     uri = tracking_uri()
     if nodes > 1 and uri.startswith("sqlite:"):
         log.warning(
@@ -833,16 +835,25 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:
-    """Save a matplotlib figure as an artifact of the active stage run (a PNG beside the spool
-    while MLflow is away)."""
+    """Save a matplotlib figure as an artifact of the active stage run (spooled as a PNG beside
+    the spool while MLflow is away)."""
     stage = _current()
     if stage is None:
         return
-    saved = stage.spool.path.parent / "mlflow-spool-artifacts" / artifact_file
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(saved)
-    parent = str(Path(artifact_file).parent)
-    log_artifact(saved, None if parent == "." else parent)
+
+    def record() -> dict[str, Any]:
+        saved = stage.spool.path.parent / "mlflow-spool-artifacts" / artifact_file
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(saved)
+        parent = str(Path(artifact_file).parent)
+        return {
+            "op": "artifact",
+            "run": stage.run_id,
+            "path": str(saved),
+            "artifact_path": None if parent == "." else parent,
+        }
+
+    _call(stage, record, lambda client: client.log_figure(stage.run_id, figure, artifact_file))
 
 
 def log_text(text: str, artifact_file: str) -> None:

@@ -329,6 +329,7 @@ def test_unreachable_store_spools_and_sync_delivers(store, params, monkeypatch, 
             for step in (1, 2, 3):
                 tracking.log_metrics({"train": {"loss": 1.0 / step}}, step=step)
             tracking.log_text("note", "note.txt")
+            tracking.log_dict({"a": 1}, "extra/info.json")
     assert sum("training goes on" in r.getMessage() for r in caplog.records) == 1
     ops = [r["op"] for r in Spool(tmp_path).records()]
     assert ops[0] == "start" and ops.count("metrics") == 3 and ops[-1] == "end" and "text" in ops
@@ -342,3 +343,7 @@ def test_unreachable_store_spools_and_sync_delivers(store, params, monkeypatch, 
     history = mlflow.MlflowClient(store).get_metric_history(child["run_id"], "train_loss")
     assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
     assert child["params.scale"] == "embedded"
+    client = mlflow.MlflowClient(store)
+    assert {a.path for a in client.list_artifacts(child["run_id"])} == {"note.txt", "extra"}
+    info = client.download_artifacts(child["run_id"], "extra/info.json", str(tmp_path))
+    assert json.loads(Path(info).read_text()) == {"a": 1}
