@@ -2,7 +2,8 @@
 # MSRVTT evaluation of every ablation run (Tables 5-8).
 
 FINETUNE = CFG.finetune
-FINETUNE_STEP = launch.step_prefix(FINETUNE, launch.node_cpus(FINETUNE, CFG.data.num_workers))
+FINETUNE_CPUS = launch.node_cpus(FINETUNE, CFG.data.num_workers)  # per node
+FINETUNE_STEP = launch.step_prefix(FINETUNE, FINETUNE_CPUS)
 # Evaluation takes fine-tuning's process layout (`rap evaluate` shards the encoding and the ITM
 # re-ranking across its ranks, rap.evaluation); Figure 3 runs in one process.
 EVAL_GPUS = 1 if max(CFG.pretrain.gpus_per_node, CFG.finetune.gpus_per_node) > 0 else 0

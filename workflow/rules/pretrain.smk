@@ -7,7 +7,8 @@
 # job's own srun step starts one `rap pretrain` per node.
 
 PRETRAIN = CFG.pretrain
-PRETRAIN_STEP = launch.step_prefix(PRETRAIN, launch.node_cpus(PRETRAIN, CFG.data.num_workers))
+PRETRAIN_CPUS = launch.node_cpus(PRETRAIN, CFG.data.num_workers)  # per node
+PRETRAIN_STEP = launch.step_prefix(PRETRAIN, PRETRAIN_CPUS)
 
 
 rule pretrain:
