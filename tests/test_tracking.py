@@ -347,3 +347,15 @@ def test_unreachable_store_spools_and_sync_delivers(store, params, monkeypatch, 
     assert {a.path for a in client.list_artifacts(child["run_id"])} == {"note.txt", "extra"}
     info = client.download_artifacts(child["run_id"], "extra/info.json", str(tmp_path))
     assert json.loads(Path(info).read_text()) == {"a": 1}
+
+
+def test_multi_node_run_on_sqlite_is_warned_about(store, monkeypatch, caplog):
+    with caplog.at_level("WARNING", logger="rap.tracking"):
+        tracking.check_store(1)
+        assert not caplog.records
+        tracking.check_store(8)
+    (record,) = caplog.records
+    assert "8-node run logs to the SQLite file" in record.getMessage() and "mlflow server" in record.getMessage()
+    monkeypatch.setenv(tracking.RETRY_INTERVAL_ENV, "soon")
+    with pytest.raises(ValueError, match="RAP_TRACKING_RETRY_S='soon'"):
+        tracking.check_store(1)
