@@ -56,6 +56,15 @@ def _relaunch_under_torchrun(layout: ProcessLayout, what: str) -> None:
     if cmd is None:
         return
     log.info("launching %d of %d processes: %s", layout.procs_per_node, layout.world_size, " ".join(cmd))
+    cpus = launch.available_cpus()
+    if cpus < layout.procs_per_node:
+        log.warning(
+            "%s: %d processes on this node share %d CPU(s): the job (or its srun step) got fewer CPUs "
+            "than processes (srun --cpus-per-task; workflow/profiles/slurm sets it)",
+            what,
+            layout.procs_per_node,
+            cpus,
+        )
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, cmd, launch.torchrun_env(os.environ))
@@ -80,6 +89,28 @@ def _check_weights(params: Params) -> None:
     from rap.model.weights import check_pretrained_weights
 
     check_pretrained_weights(params.cfg.model)
+
+
+def _check_tracking(nodes: int) -> None:
+    """Say before any work when MLflow does not answer or a multi-node run logs to SQLite."""
+    from rap import tracking
+
+    tracking.check_store(nodes)
+
+
+def cmd_tracking_sync(args: argparse.Namespace) -> None:
+    """Replay what a run spooled while MLflow was unreachable (rap.tracking_spool)."""
+    from rap import tracking
+    from rap.tracking_spool import ReplayStopped, spool_files
+
+    if not spool_files(args.run_dir):
+        print(f"{args.run_dir}: no MLflow spool (nothing to replay)")
+        return
+    try:
+        for done in tracking.sync(args.run_dir, args.uri):
+            print(f"{done['spool']}: {done['records']} record(s) logged to {done['uri']}")
+    except ReplayStopped as err:
+        raise SystemExit(f"rap tracking sync: MLflow still unreachable, nothing lost: {err}") from None
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -112,6 +143,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     extra = ablation_overrides(args.ablation) if args.ablation else None
     params = _params(args, extra)
     _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")  # checks the layout first
+    _check_tracking(params.cfg.pretrain.nodes)
     _check_weights(params)
     from rap.training.pretrain import run
 
@@ -121,6 +153,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 def cmd_finetune(args: argparse.Namespace) -> None:
     params = _params(args)
     _relaunch_under_torchrun(params.cfg.finetune, "finetune")
+    _check_tracking(params.cfg.finetune.nodes)
     _check_weights(params)
     from rap.training.finetune import run
 
@@ -131,6 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     params = _params(args)
     # fine-tuning's layout: every rank takes a share of the videos, texts and re-ranked pairs
     _relaunch_under_torchrun(params.cfg.finetune, "evaluate")
+    _check_tracking(params.cfg.finetune.nodes)
     _check_weights(params)
     from rap.evaluation import run_evaluation
 
@@ -280,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-checkpoint", default="runs/ablation/racl-none/checkpoint.pt")
     p.add_argument("--out", default="reports/figure3.png")
     p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("tracking", help="MLflow tracking: replay what a run spooled while the server was away")
+    tsub = p.add_subparsers(dest="tracking_command", required=True)
+    q = tsub.add_parser("sync", help="log a run directory's spooled records (mlflow-spool.jsonl) to MLflow")
+    q.add_argument("run_dir", help="a run directory (its spool and its evaluations') or one spool file")
+    q.add_argument("--uri", default=None, help="tracking URI (default: the one the records were meant for)")
+    q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    q.set_defaults(func=cmd_tracking_sync)
     return parser
 
 

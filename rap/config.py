@@ -34,6 +34,9 @@ Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
 CpuKernels = Literal["native", "avx2"]  # rap.cpu_kernels.KERNELS
+# What an op without a deterministic kernel does (rap.training.determinism): "error" stops the
+# run, "warn" warns and runs on, "none" seeds only (no deterministic kernels asked for).
+Deterministic = Literal["error", "warn", "none"]
 
 
 class ConfigError(RapError, ValueError):
@@ -250,6 +253,7 @@ class OptimConfig:
     grad_accum: int = 1
     clip_grad: float = 1.0
     precision: Precision = "auto"
+    tf32: bool = False  # fp32 matmuls on TF32 tensor cores (Ampere or newer GPUs; rap.precision)
     grad_checkpointing: bool = False
     checkpoint_every: int = 1000  # steps
     log_every: int = 10
@@ -348,6 +352,10 @@ class EvalConfig:
     # rap: rap's evaluation (rap.evaluation); release: the authors' evaluation exactly
     # (rap.release.recipe; the differences are listed in DESIGN.md)
     recipe: EvalRecipe = "rap"
+    # the encoders' autocast (rap.precision.evaluation_dtype: auto = bf16 where native, else
+    # fp32); ITM re-ranking runs in half precision on any GPU whatever this says
+    precision: Precision = "fp32"
+    tf32: bool = False
 
     def __post_init__(self) -> None:
         _check(
@@ -355,6 +363,12 @@ class EvalConfig:
             "evaluate.itm_rerank_k",
             self.itm_rerank_k,
             "must be > 0 with evaluate.recipe: release (the release always re-ranks its top k; it used 128)",
+        )
+        _check(
+            self.precision != "fp16",
+            "evaluate.precision",
+            self.precision,
+            "fp16 has no scaler here: use auto, bf16 or fp32",
         )
 
 
@@ -380,6 +394,7 @@ class ScaleConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
+    deterministic: Deterministic = "error"  # overridden by the RAP_DETERMINISTIC environment variable
     cpu: CpuConfig = field(default_factory=CpuConfig)
 
     def __post_init__(self) -> None:

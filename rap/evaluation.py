@@ -53,6 +53,8 @@ from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import KNOBS, EvalConfig
 from rap.localisation import has_ground_truth, localisation_metrics
 from rap.metrics import t2v_v2t_metrics
+from rap.precision import apply_tf32, evaluation_dtype
+from rap.tracking_spool import SPOOL_FILE
 
 if TYPE_CHECKING:
     from rap.config import Params
@@ -120,9 +122,10 @@ def _cat_fields(chunks: list[Any]) -> Any:
     return type(first)(**{f.name: torch.cat([getattr(c, f.name) for c in chunks]) for f in dataclasses.fields(first)})
 
 
-def _autocast(device: torch.device):
-    # fp32 throughout: the evaluation must not depend on the hardware's mixed-precision kernels.
-    return torch.autocast(device.type, enabled=False)
+def _autocast(device: torch.device, dtype: torch.dtype = torch.float32):
+    """The encoders' autocast: ``dtype`` from ``evaluate.precision`` (rap.precision); fp32
+    switches autocast off, so the embedded scale's evaluation uses no mixed-precision kernel."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
 
 
 # --------------------------------------------------------------------------------------
@@ -140,6 +143,7 @@ def encode_eval_set(
     *,
     keep_video_features: bool,
     num_workers: int = 0,
+    amp_dtype: torch.dtype = torch.float32,
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
     """Encode every video and text once (this rank: its share of each).
 
@@ -163,7 +167,7 @@ def encode_eval_set(
                 f"expected {expected}...: the evaluation loader must not shuffle"
             )
         expected += len(index)
-        with _autocast(device):  # uint8 pixels: the model normalises them on the device
+        with _autocast(device, amp_dtype):  # uint8 pixels: the model normalises them on the device
             feats = model.encode_video(batch["video"].to(device, non_blocking=True))
         emb_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
         if keep_video_features:
@@ -188,7 +192,7 @@ def encode_eval_set(
         disable=rdist.get_rank() != 0,
     ):
         sl = slice(start, min(start + batch_size, texts.stop))
-        with _autocast(device):
+        with _autocast(device, amp_dtype):
             feats = model.encode_text(ids[sl].to(device), mask[sl].to(device))
         text_chunks.append(F.normalize(feats.emb.float(), dim=-1).cpu())
     text_counts = [len(rdist.shard_range(len(ids), r)) for r in range(rdist.get_world_size())]
@@ -368,8 +372,16 @@ def score_matrices(
             model.train(was_training)
     try:
         tokens = eval_set.tokenize(tokenizer, max_len)
+        apply_tf32(eval_cfg.tf32, device)
         video_feats, video_emb, text_emb = encode_eval_set(
-            model, eval_set, tokens, eval_cfg.batch_size, device, keep_video_features=k > 0, num_workers=num_workers
+            model,
+            eval_set,
+            tokens,
+            eval_cfg.batch_size,
+            device,
+            keep_video_features=k > 0,
+            num_workers=num_workers,
+            amp_dtype=evaluation_dtype(eval_cfg.precision, device),
         )
         itc = text_emb @ video_emb.t()  # (T, V) cosine similarities
         if k > 0:
@@ -489,7 +501,13 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
     if trained_by is not None:
         tags[tracking.TRAINED_BY_TAG] = trained_by
     try:
-        with tracking.stage_run("evaluate", params, tags=tags, param_values=evaluation_params(params, trained_params)):
+        with tracking.stage_run(
+            "evaluate",
+            params,
+            tags=tags,
+            param_values=evaluation_params(params, trained_params),
+            spool=out_json.with_name(f"{out_json.stem}.{SPOOL_FILE}"),
+        ):
             torch.manual_seed(params.seed)
             # the pixel statistics the checkpoint's weights expect (CLIP's for an imported release file)
             model = RaPModel(adopt_checkpoint_pixels(cfg.model, trained_params), cfg.pretrain.loss)

@@ -15,6 +15,7 @@ them, so the layout is read in one place whichever engine starts the run.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -123,13 +124,36 @@ def torchrun_env(env: Mapping[str, str]) -> dict[str, str]:
     return {**env, "TORCHELASTIC_SIGNALS_TO_HANDLE": env.get("TORCHELASTIC_SIGNALS_TO_HANDLE", TORCHRUN_SIGNALS)}
 
 
-def step_prefix(layout: ProcessLayout) -> str:
+def srun_step(nodes: int, cpus_per_task: int, gpus_per_node: int = 0) -> str:
+    """An srun step of one task per node that states each task's resources explicitly.
+
+    Whether a step inherits the job's CPUs depends on the Slurm version and configuration:
+    since 22.05 srun no longer reads ``SLURM_CPUS_PER_TASK``, and Snakemake's job-step
+    executor strips ``SLURM_*`` variables, so without ``--cpus-per-task`` a node's ranks and
+    their loader workers may all be bound to one core (with ``TaskPlugin=task/affinity``).
+    The GPUs are named too (``--gres``), so the step never depends on the default either.
+    """
+    parts = ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={max(1, cpus_per_task)}"]
+    if gpus_per_node:
+        parts.append(f"--gres=gpu:{gpus_per_node}")
+    parts.append("--kill-on-bad-exit=1")
+    return " ".join(parts) + " "
+
+
+def step_prefix(layout: ProcessLayout, cpus_per_node: int) -> str:
     """What runs a `rap` training command inside its SLURM job: nothing on one node (the
-    SLURM executor already wraps the job in a one-task srun step); on several nodes an srun
-    step of one task per node, each of which starts that node's torchrun."""
+    SLURM executor already wraps the job in a one-task srun step that gets the job's
+    ``--cpus-per-task``); on several nodes an srun step of one task per node
+    (:func:`srun_step`, with the job's ``cpus_per_node``: :func:`node_cpus`), each of which
+    starts that node's torchrun."""
     if layout.nodes == 1:
         return ""
-    return f"srun --nodes={layout.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 "
+    return srun_step(layout.nodes, cpus_per_node, layout.gpus_per_node)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: what SLURM's CPU binding leaves it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def node_cpus(layout: ProcessLayout, cpus_per_proc: int) -> int:

@@ -71,7 +71,7 @@ def measure_mask_speed(params: Params, ratios: list[float], warmup: int = 2, rep
     """Median, quartiles and all times (s) of one pre-training step per mask ratio, interleaved."""
     from rap.model.rap import RaPModel
 
-    seed_everything(params.seed)
+    seed_everything(params.seed, params.cfg.deterministic)
     model = RaPModel(params.cfg.model, params.cfg.pretrain.loss).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
     batch = _batch(model, params)

@@ -45,9 +45,13 @@ import os
 import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+from rap.tracking_spool import ReplayStopped, Spool, local_run_id, spool_files, spool_path
 
 if TYPE_CHECKING:
     from rap.config import Params
@@ -60,6 +64,8 @@ __all__ = [
     "metric_name",
     "flatten_metrics",
     "stage_run",
+    "sync",
+    "check_store",
     "log_metrics",
     "log_params",
     "set_tags",
@@ -288,12 +294,254 @@ class _NoRun:
         return False
 
 
-def _experiment_id(client: Any, uri: str) -> str:
+# --------------------------------------------------------------------------------------
+# Outages: brief retries, then the spool (rap.tracking_spool)
+# --------------------------------------------------------------------------------------
+
+# MLflow's own HTTP retries (7, backoff factor 2: minutes per call) are cut to a few seconds,
+# unless the user set them: a call that still fails is spooled and training goes on.
+HTTP_RETRY_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+RETRY_INTERVAL_ENV = "RAP_TRACKING_RETRY_S"  # seconds between replay attempts while spooling
+DEFAULT_RETRY_INTERVAL = 60.0
+# Error codes of an MLflow server that answered but refused (a spooled record it refuses goes
+# to the rejected file); any other failure (no answer, 5xx, lock, I/O) is an outage.
+_REFUSALS = {"INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST"}
+
+
+def _is_refusal(err: Exception) -> bool:
+    return getattr(err, "error_code", None) in _REFUSALS
+
+
+def _outage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "the store did not take it": MLflow's, the HTTP client's, I/O, SQL."""
+    from mlflow.exceptions import MlflowException
+
+    errors: list[type[BaseException]] = [MlflowException, OSError]
+    with contextlib.suppress(ImportError):
+        import requests
+
+        errors.append(requests.RequestException)
+    with contextlib.suppress(ImportError):
+        import sqlalchemy.exc
+
+        errors.append(sqlalchemy.exc.SQLAlchemyError)
+    return tuple(errors)
+
+
+def _retry_interval() -> float:
+    raw = os.environ.get(RETRY_INTERVAL_ENV, str(DEFAULT_RETRY_INTERVAL))
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {RETRY_INTERVAL_ENV}={raw!r}: expected seconds") from None
+    if value < 0:
+        raise ValueError(f"environment variable {RETRY_INTERVAL_ENV}={raw!r}: expected seconds >= 0")
+    return value
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _reachable(uri: str) -> bool:
+    """A cheap probe before a replay: an HTTP server's /health, one try, 2 s; other stores: yes
+    (the replay itself is the probe)."""
+    if not uri.startswith(("http://", "https://")):
+        return True
+    import requests
+
+    try:
+        return requests.get(uri.rstrip("/") + "/health", timeout=2).ok
+    except requests.RequestException:
+        return False
+
+
+@dataclass
+class _Stage:
+    """One open stage run of this process."""
+
+    run_id: str  # the MLflow run id, or a spool-local id while the run could not be created
+    parent_id: str | None
+    uri: str
+    spool: Spool
+    spooling: bool = False
+    next_try: float = 0.0
+
+    @property
+    def info(self) -> SimpleNamespace:
+        return SimpleNamespace(run_id=self.run_id, status="RUNNING")
+
+    def __bool__(self) -> bool:
+        return True
+
+
+_STAGES: list[_Stage] = []
+_WARNED: set[str] = set()
+_ALIASES: dict[str, str] = {}  # spool-local run ids -> the MLflow run ids a replay gave them
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        log.warning(message, *args)
+
+
+def _client(uri: str) -> Any:
+    for name, value in HTTP_RETRY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri)
+
+
+def _start_args(record: Mapping[str, Any], ids: Mapping[str, str]) -> dict[str, Any]:
+    """:func:`_create_stage_run`'s arguments from a ``start`` record."""
+    nested_in = record.get("nested_in")
+    return {
+        "experiment": record["experiment"],
+        "run_name": record["run_name"],
+        "tags": record["tags"],
+        "key": record.get("pipeline_key"),
+        "parent_tags": record.get("parent_tags") or {},
+        "nested_in": ids.get(nested_in, nested_in) if nested_in else None,
+        "start_time": record["time"],
+    }
+
+
+def _deliver(client: Any, uri: str, record: dict[str, Any], ids: dict[str, str]) -> None:
+    """Perform one spool record against ``client`` (see rap.tracking_spool for the records)."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    op = record["op"]
+    run_id = ids.get(record.get("run", ""), record.get("run"))
+    if op == "start":
+        ids[record["run"]] = _create_stage_run(client, uri, **_start_args(record, ids))[0]
+    elif op == "params":
+        items = [Param(k, v) for k, v in record["values"].items()]
+        for i in range(0, len(items), PARAMS_PER_BATCH):
+            client.log_batch(run_id, params=items[i : i + PARAMS_PER_BATCH])
+    elif op == "metrics":
+        step = record.get("step") or 0
+        client.log_batch(run_id, metrics=[Metric(k, v, record["time"], step) for k, v in record["values"].items()])
+    elif op == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in record["values"].items()])
+    elif op == "artifact":
+        path = Path(record["path"])
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), record.get("artifact_path"))
+        else:
+            client.log_artifact(run_id, str(path), record.get("artifact_path"))
+    elif op == "text":
+        client.log_text(run_id, record["text"], record["file"])
+    elif op == "dict":
+        client.log_dict(run_id, record["data"], record["file"])
+    elif op == "end":
+        client.set_terminated(run_id, status=record["status"], end_time=record["time"])
+        parent = record.get("parent")
+        if parent == "auto":  # the parent of a run created by this replay
+            parent = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+        if parent:
+            client.set_terminated(ids.get(parent, parent), status=record["status"])
+    else:
+        raise ValueError(f"unknown spool record {op!r}")
+
+
+def sync(place: str | Path, uri: str | None = None) -> list[dict[str, Any]]:
+    """Replay the spool files of a run directory, or one spool file (``rap tracking sync``),
+    into ``uri`` (default: the store the records were meant for, else :func:`tracking_uri`).
+    One summary per file: ``{"spool", "records", "runs", "uri"}``; raises
+    :class:`rap.tracking_spool.ReplayStopped` when the store is still unreachable."""
+    done = []
+    for path in spool_files(place):
+        spool = Spool(path)
+        records = spool.records()
+        target = uri or next((r["uri"] for r in records if r.get("uri")), None) or tracking_uri()
+        client = _client(target)
+        ids = spool.replay(lambda record, ids, c=client, t=target: _deliver(c, t, record, ids), _is_refusal)
+        done.append({"spool": str(path), "records": len(records), "runs": ids, "uri": target})
+    return done
+
+
+def _spool(stage: _Stage, record: dict[str, Any]) -> None:
+    record = {"uri": stage.uri, **record}
+    for field_name in ("run", "nested_in"):  # built before a replay renamed the run
+        if record.get(field_name) in _ALIASES:
+            record[field_name] = _ALIASES[record[field_name]]
+    stage.spool.append(record)
+
+
+def _flush(stage: _Stage) -> bool:
+    """Replay ``stage``'s spool if the store answers again (at most every RAP_TRACKING_RETRY_S);
+    True when the stage logs live again."""
+    if not stage.spooling:
+        return True
+    if time.monotonic() < stage.next_try:
+        return False
+    stage.next_try = time.monotonic() + _retry_interval()
+    if not _reachable(stage.uri):
+        return False
+    try:
+        ids = Spool(stage.spool.path).replay(
+            lambda record, ids: _deliver(_client(stage.uri), stage.uri, record, ids), _is_refusal
+        )
+    except ReplayStopped as err:
+        log.info("MLflow still unreachable: %s", err)
+        return False
+    _ALIASES.update(ids)
+    stage.run_id = ids.get(stage.run_id, stage.run_id)
+    for other in _STAGES:  # an enclosing stage created by the same replay
+        other.run_id = ids.get(other.run_id, other.run_id)
+        if other.parent_id:
+            other.parent_id = ids.get(other.parent_id, other.parent_id)
+    stage.spooling = False
+    log.warning("MLflow at %s answers again: the spooled records of %s are logged", stage.uri, stage.spool.path)
+    return True
+
+
+def _call(stage: _Stage, record: dict[str, Any] | Callable[[], dict[str, Any]], live: Callable[[Any], None]) -> None:
+    """Log live (one retry after a second, on top of MLflow's own HTTP retries); on failure warn
+    once, spool ``record`` (or what the callable makes, only then) and every later one until the
+    store answers again."""
+    if _flush(stage):
+        for attempt in (1, 2):
+            try:
+                live(_client(stage.uri))
+                return
+            except _outage_errors() as err:
+                if _is_refusal(err):
+                    raise
+                if attempt == 2:
+                    _warn_once(
+                        stage.uri,
+                        "MLflow at %s failed (%s): training goes on; tracking records go to %s and are "
+                        "replayed when the server answers again (or run `rap tracking sync %s`)",
+                        stage.uri,
+                        str(err).splitlines()[0][:300],
+                        stage.spool.path,
+                        stage.spool.path.parent,
+                    )
+                    stage.spooling = True
+                    stage.next_try = time.monotonic() + _retry_interval()
+                else:
+                    time.sleep(1.0)
+    _spool(stage, record() if callable(record) else record)
+
+
+# --------------------------------------------------------------------------------------
+# Runs
+# --------------------------------------------------------------------------------------
+
+
+def _experiment_id(client: Any, uri: str, name: str | None = None) -> str:
     """The experiment's id, created on first use as a model-training experiment (MLflow 3's UI
     opens an experiment without a kind in its GenAI view; ours opens on the runs table)."""
     from mlflow.exceptions import MlflowException
 
-    name = experiment_name()
+    name = name or experiment_name()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -331,15 +579,18 @@ def _find_parents(client: Any, experiment_id: str, key: str) -> list:
     )
 
 
-def _parent_run_id(client: Any, experiment_id: str, params: Params | None) -> str:
-    key = pipeline_key()
+def _parent_tags(params: Params | None, key: str) -> dict[str, str]:
+    tags = {PIPELINE_KEY_TAG: key, ROLE_TAG: "pipeline", **_context_tags(params)}
+    tags.pop("rap.dvc_stage", None)  # a stage tag belongs to the children
+    return tags
+
+
+def _parent_run_id(client: Any, experiment_id: str, key: str, tags: Mapping[str, str]) -> str:
     found = _find_parents(client, experiment_id, key)
     if found:
         return found[0].info.run_id
-    tags = {PIPELINE_KEY_TAG: key, ROLE_TAG: "pipeline", **_context_tags(params)}
-    tags.pop("rap.dvc_stage", None)  # a stage tag belongs to the children
     name = os.environ.get("DVC_EXP_NAME") or f"pipeline {_dt.datetime.now():%Y-%m-%d %H:%M}"
-    created = client.create_run(experiment_id, tags=tags, run_name=name)
+    created = client.create_run(experiment_id, tags=dict(tags), run_name=name)
     # Converge when another process created one at the same moment: the oldest wins.
     found = _find_parents(client, experiment_id, key)
     winner = found[0].info.run_id if found else created.info.run_id
@@ -348,123 +599,220 @@ def _parent_run_id(client: Any, experiment_id: str, params: Params | None) -> st
     return winner
 
 
+def _create_stage_run(
+    client: Any,
+    uri: str,
+    *,
+    experiment: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    key: str | None,
+    parent_tags: Mapping[str, str],
+    nested_in: str | None,
+    start_time: int | None = None,
+) -> tuple[str, str | None]:
+    """Create a stage's run (under ``nested_in``, else under the pipeline's parent of ``key``);
+    returns ``(run id, parent id)``. The one place runs are made, live or from the spool."""
+    experiment_id = _experiment_id(client, uri, experiment)
+    parent_id = nested_in or _parent_run_id(client, experiment_id, key, parent_tags)
+    run_tags = {**tags, "mlflow.parentRunId": parent_id}
+    run = client.create_run(experiment_id, start_time=start_time, tags=run_tags, run_name=run_name)
+    if nested_in is None:
+        client.update_run(parent_id, status="RUNNING")
+    return run.info.run_id, (None if nested_in else parent_id)
+
+
 def log_params(values: Mapping[str, Any]) -> None:
     """Log params to the active stage run (values stringified and truncated to MLflow's limit)."""
-    if not _active():
+    stage = _current()
+    if stage is None:
         return
-    import mlflow
+    items = {metric_name(k): _param_value(v) for k, v in values.items()}
 
-    items = [(metric_name(k), _param_value(v)) for k, v in values.items()]
-    for i in range(0, len(items), PARAMS_PER_BATCH):
-        mlflow.log_params(dict(items[i : i + PARAMS_PER_BATCH]))
+    def live(client: Any) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(k, v) for k, v in items.items()]
+        for i in range(0, len(batch), PARAMS_PER_BATCH):
+            client.log_batch(stage.run_id, params=batch[i : i + PARAMS_PER_BATCH])
+
+    _call(stage, {"op": "params", "run": stage.run_id, "values": items}, live)
 
 
 def set_tags(tags: Mapping[str, Any]) -> None:
     """Tag the active stage run (values stringified and truncated)."""
-    if not _active():
+    stage = _current()
+    if stage is None:
         return
-    import mlflow
+    values = {k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()}
 
-    mlflow.set_tags({k: str(v)[:MAX_TAG_VALUE] for k, v in tags.items()})
+    def live(client: Any) -> None:
+        from mlflow.entities import RunTag
+
+        client.log_batch(stage.run_id, tags=[RunTag(k, v) for k, v in values.items()])
+
+    _call(stage, {"op": "tags", "run": stage.run_id, "values": values}, live)
 
 
 def find_run_by_tag(tag: str, value: str) -> str | None:
-    """The newest run of the experiment carrying ``tag = value`` (None when tracking is off
-    or there is none)."""
+    """The newest run of the experiment carrying ``tag = value`` (None when tracking is off,
+    there is none, or the store does not answer: a link is not worth stopping for)."""
     if not tracking_enabled():
         return None
-    from mlflow import MlflowClient
-
     uri = tracking_uri()
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment_name())
-    if exp is None:
+    try:
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment_name())
+        if exp is None:
+            return None
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{tag}` = {_quoted(value)}",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    except _outage_errors() as err:
+        _warn_once(f"find:{uri}", "MLflow at %s did not answer a search (%s)", uri, str(err).splitlines()[0][:300])
         return None
-    found = client.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.`{tag}` = {_quoted(value)}",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
     return found[0].info.run_id if found else None
+
+
+def check_store(nodes: int = 1) -> None:
+    """Before any work: say when the tracking server does not answer (the run then spools its
+    records, see rap.tracking_spool) and warn when a run of several nodes would log to a SQLite
+    file (README, "Tracking on a cluster": SQLite on a shared filesystem is written by every job
+    of the pipeline at once, and its locks do not hold over NFS)."""
+    if not tracking_enabled():
+        return
+    _retry_interval()  # a bad RAP_TRACKING_RETRY_S fails here, not in the middle of training
+    uri = tracking_uri()
+    if nodes > 1 and uri.startswith("sqlite:"):
+        log.warning(
+            "a %d-node run logs to the SQLite file %s: on a cluster start an `mlflow server` once and "
+            'set MLFLOW_TRACKING_URI to it (README, "Tracking on a cluster")',
+            nodes,
+            uri,
+        )
+    if not _reachable(uri):
+        log.warning(
+            "MLflow at %s does not answer: training goes on and its tracking records are spooled in the "
+            "run's directory (mlflow-spool.jsonl), replayed when the server answers (or `rap tracking sync DIR`)",
+            uri,
+        )
 
 
 @contextlib.contextmanager
 def stage_run(
-    stage: str, params: Params | None = None, *, tags: dict | None = None, param_values: Mapping[str, Any] | None = None
+    stage: str,
+    params: Params | None = None,
+    *,
+    tags: dict | None = None,
+    param_values: Mapping[str, Any] | None = None,
+    spool: str | Path | None = None,
 ) -> Iterator[Any]:
     """Open the nested MLflow run of one pipeline stage and make it the active run.
 
     ``stage``: the stage's name (the run is named after ``DVC_STAGE`` when DVC runs it, e.g.
     ``finetune@msrvtt-7k``); ``params``: the resolved config, logged as params unless
     ``param_values`` gives the params to log instead (an evaluation logs the knobs of the
-    checkpoint it scores, not the command's); ``tags``: extra tags. Yields the active
-    :class:`mlflow.ActiveRun`, or a falsy no-op object when tracking is disabled
+    checkpoint it scores, not the command's); ``tags``: extra tags; ``spool``: the run's
+    directory (or a spool file) where records MLflow does not take are kept (default: the
+    working directory).
+    Yields the stage (``info.run_id``), or a falsy no-op object when tracking is disabled
     (``RAP_TRACKING=0``) or this is not rank 0. The run ends FINISHED, or FAILED when the block
-    raises; the parent's status follows.
+    raises; the parent's status follows. MLflow failing never stops the block: see the module
+    docstring of rap.tracking_spool.
     """
     if not tracking_enabled():
         yield _NoRun()
         return
-    import mlflow
-    from mlflow import MlflowClient
-
     uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient(uri)
-    experiment_id = _experiment_id(client, uri)
-    outer = mlflow.active_run()
-    # Nest under the run this process already has open, else under the pipeline's parent.
-    parent_id = None if outer is not None else _parent_run_id(client, experiment_id, params)
+    outer = _STAGES[-1] if _STAGES else None
+    key = None if outer is not None else pipeline_key()
     run_tags = {ROLE_TAG: "stage", "rap.stage": stage, **_context_tags(params)}
-    if parent_id is not None:
-        run_tags[PIPELINE_KEY_TAG] = pipeline_key()
+    if key is not None:
+        run_tags[PIPELINE_KEY_TAG] = key
     run_tags.update({k: str(v)[:MAX_TAG_VALUE] for k, v in (tags or {}).items()})
-    run = mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=os.environ.get("DVC_STAGE") or stage,
-        nested=outer is not None,
-        parent_run_id=parent_id,
-        tags=run_tags,
-    )
+    start = {
+        "experiment": experiment_name(),
+        "run_name": os.environ.get("DVC_STAGE") or stage,
+        "tags": run_tags,
+        "pipeline_key": key,
+        "parent_tags": _parent_tags(params, key) if key is not None else {},
+        "nested_in": outer.run_id if outer is not None else None,
+    }
+    current = _Stage(run_id=local_run_id(), parent_id=None, uri=uri, spool=Spool(spool_path(spool or Path.cwd())))
+    current.spooling = bool(outer and outer.spooling)
+    record = {"op": "start", "run": current.run_id, "time": _now_ms(), **start}
+
+    def create(client: Any) -> None:
+        current.run_id, current.parent_id = _create_stage_run(client, uri, **_start_args(record, {}))
+
+    _call(current, record, create)
+    if current.spooling and key is not None and current.run_id.startswith("local-"):
+        current.parent_id = "auto"  # the pipeline's parent, found when the run is created
+    _STAGES.append(current)
     status = "FAILED"
     try:
-        if parent_id is not None:
-            client.update_run(parent_id, status="RUNNING")
         if param_values is not None:
             log_params(param_values)
         elif params is not None:
             log_params(params.to_flat_dict())
-        yield run
+        yield current
         status = "FINISHED"
     finally:
-        mlflow.end_run(status=status)
-        if parent_id is not None:
-            client.set_terminated(parent_id, status=status)
+        _STAGES.pop()
+        end = {"op": "end", "run": current.run_id, "status": status, "time": _now_ms(), "parent": current.parent_id}
+
+        def finish(client: Any) -> None:
+            client.set_terminated(current.run_id, status=status, end_time=end["time"])
+            parent = current.parent_id
+            if parent == "auto":  # created by a replay of this stage's spool
+                parent = client.get_run(current.run_id).data.tags.get("mlflow.parentRunId")
+            if parent is not None:
+                client.set_terminated(parent, status=status)
+
+        current.next_try = 0.0  # one last replay attempt before the stage ends
+        _call(current, end, finish)
+        if current.spooling:
+            log.warning(
+                "%d MLflow record(s) of stage %s are in %s: run `rap tracking sync %s` once the server answers",
+                len(current.spool),
+                stage,
+                current.spool.path,
+                current.spool.path.parent,
+            )
+
+
+def _current() -> _Stage | None:
+    """The innermost open stage of this process when it logs (never auto-creates a run)."""
+    if os.environ.get("RAP_TRACKING", "1").strip().lower() in ("0", "false", "no", "off") or _rank() != 0:
+        return None
+    return _STAGES[-1] if _STAGES else None
 
 
 def _active() -> bool:
-    """True inside a :func:`stage_run` that logs (never auto-creates a run)."""
-    if os.environ.get("RAP_TRACKING", "1").strip().lower() in ("0", "false", "no", "off") or _rank() != 0:
-        return False
-    if "mlflow" not in sys.modules:  # no stage_run opened in this process
-        return False
-    import mlflow
-
-    return mlflow.active_run() is not None
+    return _current() is not None
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
     """Log (nested) metrics to the active stage run; ``{"t2v": {"R@1": x}}`` -> ``t2v_R1``.
 
-    A no-op outside :func:`stage_run`, with tracking off, and on ranks other than 0.
+    A no-op outside :func:`stage_run`, with tracking off, and on ranks other than 0. The time
+    of the call is the metric's timestamp, also when it is spooled and replayed later.
     """
     flat = flatten_metrics(metrics)  # validate even when not logging: bad values fail early
-    if not _active():
+    stage = _current()
+    if stage is None:
         return
-    import mlflow
+    now = _now_ms()
 
-    mlflow.log_metrics(flat, step=step)
+    def live(client: Any) -> None:
+        from mlflow.entities import Metric
+
+        client.log_batch(stage.run_id, metrics=[Metric(k, v, now, step or 0) for k, v in flat.items()])
+
+    _call(stage, {"op": "metrics", "run": stage.run_id, "values": flat, "step": step, "time": now}, live)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
@@ -472,34 +820,52 @@ def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"artifact {path} does not exist")
-    if not _active():
+    stage = _current()
+    if stage is None:
         return
-    import mlflow
 
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path)
-    else:
-        mlflow.log_artifact(str(path), artifact_path)
+    def live(client: Any) -> None:
+        if path.is_dir():
+            client.log_artifacts(stage.run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(stage.run_id, str(path), artifact_path)
+
+    record = {"op": "artifact", "run": stage.run_id, "path": str(path.resolve()), "artifact_path": artifact_path}
+    _call(stage, record, live)
 
 
 def log_figure(figure: Any, artifact_file: str) -> None:
-    """Save a matplotlib figure as an artifact of the active stage run."""
-    if _active():
-        import mlflow
+    """Save a matplotlib figure as an artifact of the active stage run (spooled as a PNG beside
+    the spool while MLflow is away)."""
+    stage = _current()
+    if stage is None:
+        return
 
-        mlflow.log_figure(figure, artifact_file)
+    def record() -> dict[str, Any]:
+        saved = stage.spool.path.parent / "mlflow-spool-artifacts" / artifact_file
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(saved)
+        parent = str(Path(artifact_file).parent)
+        return {
+            "op": "artifact",
+            "run": stage.run_id,
+            "path": str(saved),
+            "artifact_path": None if parent == "." else parent,
+        }
+
+    _call(stage, record, lambda client: client.log_figure(stage.run_id, figure, artifact_file))
 
 
 def log_text(text: str, artifact_file: str) -> None:
-    if _active():
-        import mlflow
-
-        mlflow.log_text(text, artifact_file)
+    stage = _current()
+    if stage is not None:
+        record = {"op": "text", "run": stage.run_id, "text": text, "file": artifact_file}
+        _call(stage, record, lambda client: client.log_text(stage.run_id, text, artifact_file))
 
 
 def log_dict(data: Mapping[str, Any], artifact_file: str) -> None:
     """A JSON/YAML artifact (by the file's extension) of the active stage run."""
-    if _active():
-        import mlflow
-
-        mlflow.log_dict(dict(data), artifact_file)
+    stage = _current()
+    if stage is not None:
+        record = {"op": "dict", "run": stage.run_id, "data": dict(data), "file": artifact_file}
+        _call(stage, record, lambda client: client.log_dict(stage.run_id, dict(data), artifact_file))

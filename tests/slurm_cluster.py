@@ -8,9 +8,12 @@ again at the end (an existing one is never touched: the cluster refuses to start
 slurmctld and slurmd run in the foreground as children of the test, so they are stopped by
 pid, on free ports.
 
-The node offers two partitions of the names the profile uses (``cpu`` and ``gpu``) and
-declares the profile's memory (``SlurmdParameters=config_overrides``: the scheduler trusts the
-declared node), so workflow/profiles/slurm runs unmodified.
+The node offers two partitions, ``rapcpu`` and ``rapgpu`` (:data:`PARTITIONS`: not the
+workflow's default names, so a job only starts when the workflow's cluster config reached
+sbatch) and declares the profile's memory (``SlurmdParameters=config_overrides``: the scheduler
+trusts the declared node), so workflow/profiles/slurm runs unmodified. CPU binding is on
+(``TaskPlugin=task/affinity``): a step sees only the CPUs it was given, so the CPU tests can
+fail; declare the machine's real CPU count, since SLURM binds to CPU ids that must exist.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 PACKAGES = ("slurm-wlm", "munge")
+PARTITIONS = {"cpu": "rapcpu", "gpu": "rapgpu"}
 NODE_MEMORY_MB = 300_000  # above the profile's largest request (pre-training: 256,000 MB)
 
 
@@ -105,7 +109,7 @@ class Cluster:
                     f"SlurmctldLogFile={r}/log/slurmctld.log",
                     f"SlurmdLogFile={r}/log/slurmd.log",
                     "ProctrackType=proctrack/linuxproc",
-                    "TaskPlugin=task/none",
+                    "TaskPlugin=task/affinity",  # CPU binding: a step sees only the CPUs it was given
                     "SelectType=select/cons_tres",
                     "SelectTypeParameters=CR_Core",
                     "AccountingStorageType=accounting_storage/none",
@@ -115,8 +119,8 @@ class Cluster:
                     "SlurmdParameters=config_overrides",
                     "SchedulerParameters=sched_interval=2",
                     f"NodeName={self.host} CPUs={cpus} RealMemory={NODE_MEMORY_MB} State=UNKNOWN",
-                    f"PartitionName=cpu Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
-                    f"PartitionName=gpu Nodes={self.host} MaxTime=INFINITE State=UP",
+                    f"PartitionName={PARTITIONS['cpu']} Nodes={self.host} Default=YES MaxTime=INFINITE State=UP",
+                    f"PartitionName={PARTITIONS['gpu']} Nodes={self.host} MaxTime=INFINITE State=UP",
                 ]
             )
             + "\n"

@@ -101,3 +101,26 @@ def test_evaluation_on_cuda_equals_the_cpu(make_params, pretrained_checkpoint):
     torch.testing.assert_close(gpu.t2v, cpu.t2v, rtol=0.02, atol=0.1)
     torch.testing.assert_close(gpu.v2t, cpu.v2t, rtol=0.02, atol=0.1)
     assert torch.equal(gpu.text_to_video, cpu.text_to_video)
+
+
+def test_paper_scale_evaluation_precision_on_cuda(make_params, pretrained_checkpoint):
+    """The paper scale's evaluation settings (precision auto, tf32) on a real device: bf16
+    encoders and TF32 matmuls where native (Ampere or newer), and ITC close to fp32's."""
+    from rap.precision import apply_tf32, bf16_native, evaluation_dtype
+
+    native = bf16_native(CUDA)
+    assert evaluation_dtype("auto", CUDA) == (torch.bfloat16 if native else torch.float32)
+    fp32_cfg = make_params().cfg
+    paper_cfg = make_params({"evaluate.precision": "auto", "evaluate.tf32": True}).cfg
+    model = RaPModel(fp32_cfg.model, fp32_cfg.pretrain.loss)
+    load_model_weights(model, pretrained_checkpoint)
+    tokenizer = build_tokenizer(fp32_cfg.model.text)
+    eval_set = build_eval_set("msvd", TEST_SPLIT, fp32_cfg)
+    try:
+        reference = score_matrices(model, tokenizer, eval_set, fp32_cfg.evaluate, CUDA)
+        fast = score_matrices(model, tokenizer, eval_set, paper_cfg.evaluate, CUDA)
+        assert torch.backends.cuda.matmul.allow_tf32 == native
+        # bf16 keeps ~3 significant digits: cosines within 0.03, the ranking nearly unchanged
+        torch.testing.assert_close(fast.itc, reference.itc, rtol=0, atol=3e-2)
+    finally:
+        apply_tf32(False, CUDA)

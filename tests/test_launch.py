@@ -22,7 +22,7 @@ SLURM_8x8 = {
 def test_one_cpu_process_needs_no_torchrun():
     layout = ProcessLayout()
     assert launch.torchrun_argv(layout, RAP_ARGS, {}) is None
-    assert launch.step_prefix(layout) == "" and launch.slurm_resources(layout) == {"gpu": 0}
+    assert launch.step_prefix(layout, 1) == "" and launch.slurm_resources(layout) == {"gpu": 0}
 
 
 def test_one_node_eight_gpus():
@@ -37,7 +37,7 @@ def test_one_node_eight_gpus():
         "rap.cli",
         *RAP_ARGS,
     ]
-    assert launch.slurm_resources(layout) == {"gpu": 8} and launch.step_prefix(layout) == ""
+    assert launch.slurm_resources(layout) == {"gpu": 8} and launch.step_prefix(layout, 64) == ""
     assert launch.node_cpus(layout, cpus_per_proc=8) == 64
 
 
@@ -61,7 +61,10 @@ def test_eight_nodes_of_eight_gpus_from_slurm_env():
         f"--master_port={20000 + 123456 % 20000}",
         "--rdzv_id=123456",
     ]
-    assert launch.step_prefix(layout) == "srun --nodes=8 --ntasks-per-node=1 --kill-on-bad-exit=1 "
+    # every node's task gets the job's CPUs and GPUs explicitly, whatever srun would inherit
+    assert launch.step_prefix(layout, launch.node_cpus(layout, cpus_per_proc=8)) == (
+        "srun --nodes=8 --ntasks-per-node=1 --cpus-per-task=64 --gres=gpu:8 --kill-on-bad-exit=1 "
+    )
     assert launch.slurm_resources(layout) == {
         "nodes": 8,
         "tasks": 8,

@@ -55,8 +55,15 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     params_file = tmp_path / "params-paper.yaml"
     params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
     params = load_params(params_file)
+    cluster_file = tmp_path / "work" / "my-cluster.yaml"  # where the jobs go: the user's file, no edit
+    cluster_file.parent.mkdir(parents=True)
+    cluster_file.write_text("account: proj7\npartitions: {gpu: a100}\nruntime: {pretrain: 2880}\n")
     out = snakemake_dry_run(
-        REPO, tmp_path / "work", params_file=params_file, profile=REPO / "workflow" / "profiles" / "slurm"
+        REPO,
+        tmp_path / "work",
+        params_file=params_file,
+        profile=REPO / "workflow" / "profiles" / "slurm",
+        config=[f"cluster={cluster_file.name}"],
     )
     jobs = parse_jobs(out)
     assert jobs == expected_jobs(params)
@@ -64,20 +71,25 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     pre = params.cfg.pretrain
     assert (pre.nodes, pre.gpus_per_node) == (8, 8)  # the paper's 64 GPUs
     # several nodes: the job's own srun step starts one `rap pretrain` (one torchrun) per node
+    # with every node's CPUs and GPUs named (what a step inherits differs between Slurm versions)
+    cpus = params.cfg.data.num_workers * pre.gpus_per_node
     assert (
-        f"srun --nodes={pre.nodes} --ntasks-per-node=1 --kill-on-bad-exit=1 rap pretrain "
-        "--out runs/pretrain/main --params params.yaml" in out
+        f"srun --nodes={pre.nodes} --ntasks-per-node=1 --cpus-per-task={cpus} --gres=gpu:{pre.gpus_per_node} "
+        "--kill-on-bad-exit=1 rap pretrain --out runs/pretrain/main --params params.yaml" in out
     )
     assert re.search(
-        rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*nodes={pre.nodes}.*"
-        rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}",
+        rf"rule pretrain:\n(?:.*\n)*?\s+resources: .*nodes={pre.nodes}.*"
+        rf"tasks={pre.nodes}.*mpi=srun.*gres=gpu:{pre.gpus_per_node}.*slurm_partition=a100.*runtime=2880.*"
+        r"slurm_account=proj7",
         out,
     )
+    # the file's partition for GPU rules, the default one for CPU rules
+    assert re.search(r"rule extract:\n(?:.*\n)*?\s+resources: .*slurm_partition=cpu", out)
     # training jobs get SIGURG before their time limit (the profile's preemption set-up)
     assert re.search(r"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_extra=--signal=URG@120", out)
     # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
     assert "rap finetune msrvtt-7k --checkpoint runs/pretrain/main/checkpoint.pt" in out
-    assert re.search(r"rule finetune:\n(?:.*\n)*?\s+resources: .*slurm_partition=gpu.*gpu=8", out)
+    assert re.search(r"rule finetune:\n(?:.*\n)*?\s+resources: .*gpu=8.*slurm_partition=a100", out)
 
 
 @pytest.mark.parametrize("bad", [{"lambda": -1.0}, {"ablations": ["lambda-x"]}])

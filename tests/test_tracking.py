@@ -73,7 +73,7 @@ def test_parent_and_two_nested_stages(store, params, monkeypatch, tmp_path, db_d
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "abc123")
     monkeypatch.setenv("DVC_STAGE", "pretrain")
     with tracking.stage_run("pretrain", params, tags={"extra": 7}) as run:
-        assert run.info.run_id == mlflow.active_run().info.run_id
+        assert run and run.info.run_id == tracking._current().run_id
         tracking.log_metrics({"loss": 1.5}, step=3)
     monkeypatch.setenv("DVC_STAGE", "evaluate@msrvtt")
     with tracking.stage_run("evaluate", params):
@@ -174,8 +174,8 @@ def test_stage_inside_stage_nests_under_the_open_run(store, monkeypatch):
     monkeypatch.setenv("RAP_PIPELINE_RUN_ID", "nest")
     with tracking.stage_run("finetune") as outer:
         with tracking.stage_run("evaluate") as inner:
-            assert mlflow.active_run().info.run_id == inner.info.run_id
-        assert mlflow.active_run().info.run_id == outer.info.run_id
+            assert tracking._current().run_id == inner.info.run_id
+        assert tracking._current().run_id == outer.info.run_id
     runs = _runs(store).set_index("tags.rap.stage")
     assert runs.loc["evaluate", "tags.mlflow.parentRunId"] == outer.info.run_id
 
@@ -312,3 +312,50 @@ def test_ablation_evaluation_carries_the_checkpoints_knobs_and_its_training_run(
     assert 0 <= eval_run["metrics.localisation_token_official_auc"] <= 1
     experiment = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+
+
+def test_unreachable_store_spools_and_sync_delivers(store, params, monkeypatch, tmp_path, caplog):
+    """The spool without a server (tests/test_tracking_server.py has the real outage): nothing
+    raises, one warning, every record in the file; `sync` delivers them under one parent."""
+    from rap.tracking_spool import SPOOL_FILE, Spool
+
+    monkeypatch.setenv("RAP_PIPELINE_RUN_ID", "spooled")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused at once
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv(tracking.RETRY_INTERVAL_ENV, "0")
+    with caplog.at_level("WARNING", logger="rap.tracking"):
+        with tracking.stage_run("pretrain", params, spool=tmp_path) as run:
+            assert run and run.info.run_id.startswith("local-")
+            for step in (1, 2, 3):
+                tracking.log_metrics({"train": {"loss": 1.0 / step}}, step=step)
+            tracking.log_text("note", "note.txt")
+            tracking.log_dict({"a": 1}, "extra/info.json")
+    assert sum("training goes on" in r.getMessage() for r in caplog.records) == 1
+    ops = [r["op"] for r in Spool(tmp_path).records()]
+    assert ops[0] == "start" and ops.count("metrics") == 3 and ops[-1] == "end" and "text" in ops
+
+    (done,) = tracking.sync(tmp_path, uri=store)
+    assert done["records"] == len(ops) and not (tmp_path / SPOOL_FILE).exists()
+    runs = _runs(store).set_index("tags.rap.role")
+    child, parent = runs.loc["stage"], runs.loc["pipeline"]
+    assert child["tags.mlflow.parentRunId"] == parent["run_id"] and parent["tags.rap.pipeline_key"] == "id:spooled"
+    assert child["status"] == "FINISHED" and parent["status"] == "FINISHED"
+    history = mlflow.MlflowClient(store).get_metric_history(child["run_id"], "train_loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert child["params.scale"] == "embedded"
+    client = mlflow.MlflowClient(store)
+    assert {a.path for a in client.list_artifacts(child["run_id"])} == {"note.txt", "extra"}
+    info = client.download_artifacts(child["run_id"], "extra/info.json", str(tmp_path))
+    assert json.loads(Path(info).read_text()) == {"a": 1}
+
+
+def test_multi_node_run_on_sqlite_is_warned_about(store, monkeypatch, caplog):
+    with caplog.at_level("WARNING", logger="rap.tracking"):
+        tracking.check_store(1)
+        assert not caplog.records
+        tracking.check_store(8)
+    (record,) = caplog.records
+    assert "8-node run logs to the SQLite file" in record.getMessage() and "mlflow server" in record.getMessage()
+    monkeypatch.setenv(tracking.RETRY_INTERVAL_ENV, "soon")
+    with pytest.raises(ValueError, match="RAP_TRACKING_RETRY_S='soon'"):
+        tracking.check_store(1)

@@ -32,26 +32,32 @@ __all__ = ["CUBLAS_WORKSPACE", "MODES", "deterministic_mode", "seed_everything"]
 CUBLAS_WORKSPACE = ":4096:8"
 
 
-# RAP_DETERMINISTIC: "1" (default) an op without a deterministic kernel raises; "warn" it warns
-# and runs anyway (a GPU run that would otherwise stop on such an op); "0" leaves torch's settings
-# alone (seeding only).
+# RAP_DETERMINISTIC: "1" an op without a deterministic kernel raises; "warn" it warns and runs
+# anyway (a GPU run that would otherwise stop on such an op); "0" leaves torch's settings alone
+# (seeding only). Unset, the scale's `deterministic` setting decides (params.yaml: `error` at
+# the embedded scale, `warn` at the paper scale, where a multi-day GPU run must not stop on an
+# op PyTorch has no deterministic CUDA kernel for).
 MODES = ("1", "warn", "0")
+CONFIG_MODES = {"error": "1", "warn": "warn", "none": "0"}  # params.yaml's `deterministic` -> MODES
 
 
-def deterministic_mode() -> str:
-    """The ``RAP_DETERMINISTIC`` setting; a value outside ``MODES`` is an error naming it."""
-    mode = os.environ.get("RAP_DETERMINISTIC", "1").strip().lower()
+def deterministic_mode(setting: str = "error") -> str:
+    """``RAP_DETERMINISTIC`` when set, else the params setting ``setting`` (error | warn | none)
+    as one of ``MODES``; a value outside them is an error naming it."""
+    if setting not in CONFIG_MODES:
+        raise ValueError(f"deterministic={setting!r}: expected one of {tuple(CONFIG_MODES)}")
+    mode = os.environ.get("RAP_DETERMINISTIC", CONFIG_MODES[setting]).strip().lower()
     if mode not in MODES:
         raise ValueError(f"RAP_DETERMINISTIC={mode!r}: expected one of {MODES}")
     return mode
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: str = "error") -> None:
     """Seed python, numpy and torch (every CUDA device too) with ``seed`` and make torch use
-    deterministic kernels (``RAP_DETERMINISTIC``): an op without a deterministic implementation
-    raises instead of silently varying, and cuDNN neither benchmarks nor picks
-    non-deterministic algorithms."""
-    mode = deterministic_mode()
+    deterministic kernels (:func:`deterministic_mode`): an op without a deterministic
+    implementation raises (or warns, in ``warn`` mode) instead of silently varying, and cuDNN
+    neither benchmarks nor picks non-deterministic algorithms."""
+    mode = deterministic_mode(deterministic)
     cpu_kernels.check_pinned()  # the pinned mode's oneDNN switch, and a check that pinning took
     random.seed(seed)
     np.random.seed(seed % 2**32)

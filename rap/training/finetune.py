@@ -89,7 +89,7 @@ def run(
     if task not in ft.epochs:
         raise ConfigError(f"finetune.epochs has no entry for task {task!r}")
     with distributed_session() as ctx:
-        seed_everything(params.seed)
+        seed_everything(params.seed, cfg.deterministic)
         model = RaPModel(cfg.model, ft.loss)
         loaded = load_model_weights(model, Path(checkpoint))
         # an imported release checkpoint carries no queue: training state, started empty
@@ -99,7 +99,7 @@ def run(
                 f"{checkpoint}: {len(missing)} weight(s) of the fine-tuning model are "
                 f"missing (pre-trained with another model config?): {missing[:5]}"
             )
-        seed_everything(params.seed + ctx.rank)
+        seed_everything(params.seed + ctx.rank, cfg.deterministic)
         tokenizer = build_tokenizer(cfg.model.text)
         loader = build_finetune_loader(
             task, cfg, tokenizer, seed=params.seed, rank=ctx.rank, world_size=ctx.world, batch_size=ft.optim.batch_size

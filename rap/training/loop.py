@@ -56,12 +56,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from rap import cpu_kernels, tracking
+from rap import cpu_kernels, launch, tracking
 from rap import distributed as rdist
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
 from rap.config import LossConfig, OptimConfig, Params
 from rap.errors import RapError
+from rap.precision import apply_tf32, training_dtype
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import resume as resume_rules
 from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
@@ -178,6 +179,8 @@ def distributed_session() -> Iterator[DistContext]:
     call created it."""
     existed = dist.is_available() and dist.is_initialized()
     rank, world, local_rank, device = rdist.init_distributed()
+    # what SLURM's CPU binding left this rank (tests/test_slurm.py reads this line)
+    log.info("rank %d of %d: %d CPU(s) available to this process", rank, world, launch.available_cpus())
     try:
         yield DistContext(rank, world, local_rank, device)
     finally:
@@ -195,20 +198,8 @@ def distill_alpha(loss: LossConfig, epoch_float: float) -> float:
     return loss.distill_alpha * min(1.0, epoch_float / loss.distill_ramp_epochs)
 
 
-BF16_NATIVE_CAPABILITY = (8, 0)  # Ampere: bf16 tensor cores; before it bf16 is emulated
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on a GPU where bf16 is native (compute capability >= 8.0), fp16 (with the
-    loop's GradScaler) on older GPUs such as the paper's V100s - ``torch.cuda.is_bf16_supported()``
-    also says yes where bf16 is only emulated, several times slower - and fp32 on the CPU.
-    Explicit ``fp16``/``bf16``/``fp32`` are honoured anywhere autocast supports them."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        native = torch.cuda.get_device_capability(device) >= BF16_NATIVE_CAPABILITY
-        return torch.bfloat16 if native else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+# the one definition lives in rap.precision; the loop's name stays for its callers
+resolve_precision = training_dtype
 
 
 def _to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -298,8 +289,9 @@ class _Reporter:
             csv.writer(f).writerow([row.get(c, "") for c in self.columns])
 
 
-def _stage_run(stage: str, params: Params, active: bool) -> contextlib.AbstractContextManager:
-    return tracking.stage_run(stage, params) if active else contextlib.nullcontext()
+def _stage_run(stage: str, params: Params, active: bool, out_dir: Path) -> contextlib.AbstractContextManager:
+    """The stage's MLflow run; what MLflow cannot take is spooled in ``out_dir`` (rap.tracking)."""
+    return tracking.stage_run(stage, params, spool=out_dir) if active else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------------
@@ -703,7 +695,8 @@ def train(
             )
         model.set_grad_checkpointing(True)
     optimizer = build_optimizer(model, optim_cfg)
-    amp_dtype = resolve_precision(optim_cfg.precision, ctx.device)
+    amp_dtype = training_dtype(optim_cfg.precision, ctx.device)
+    apply_tf32(optim_cfg.tf32, ctx.device)
     shaping = {
         "params": {**resume_rules.shaping_params(params, stage), **dict(inputs or {})},
         "code": resume_rules.code_digests(stage),
@@ -734,7 +727,7 @@ def train(
     clips_total = 0
     window = _Window()
 
-    with _stage_run(stage, params, ctx.is_main), _StopSignals() as stop:
+    with _stage_run(stage, params, ctx.is_main, out_dir), _StopSignals() as stop:
         run.net.train()
         bar = tqdm(
             total=stop_at, initial=pos.global_step, desc=stage, unit="step", disable=not ctx.is_main, dynamic_ncols=True

@@ -27,9 +27,11 @@ def run(params: Params, out_dir: Path, *, resume: bool | str = False, max_steps:
     cfg = params.cfg
     pre = cfg.pretrain
     with distributed_session() as ctx:
-        seed_everything(params.seed)  # identical initial weights on every rank
+        seed_everything(params.seed, cfg.deterministic)  # identical initial weights on every rank
         model = RaPModel(cfg.model, pre.loss)
-        seed_everything(params.seed + ctx.rank)  # per-rank streams (dropout, MAC masks, ITM negatives)
+        seed_everything(
+            params.seed + ctx.rank, cfg.deterministic
+        )  # per-rank streams (dropout, MAC masks, ITM negatives)
         tokenizer = build_tokenizer(cfg.model.text)
         loader = build_pretrain_loader(
             cfg, tokenizer, seed=params.seed, rank=ctx.rank, world_size=ctx.world, batch_size=pre.optim.batch_size

@@ -71,6 +71,7 @@ _NEUTRAL_PARAMS = (
     "ablations",
     "finetune.tasks",
     "evaluate.zero_shot",
+    "deterministic",  # error / warn / none changes what an op without a deterministic kernel does, not the weights
 )
 # (the process layout is not neutral: the world size decides each rank's share of every batch)
 # ... and those that belong to the other phase (pre-training vs fine-tuning).

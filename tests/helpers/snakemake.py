@@ -29,6 +29,7 @@ def snakemake_dry_run(
     params_file: Path | None = None,
     profile: Path | None = None,
     targets: list[str] | None = None,
+    config: list[str] | None = None,
 ) -> str:
     """Output of a forced dry run of ``repo``'s workflow executed in ``workdir``.
 
@@ -51,6 +52,8 @@ def snakemake_dry_run(
     ]
     if profile is not None:
         cmd += ["--workflow-profile", str(profile)]
+    if config:
+        cmd += ["--config", *config]
     cmd += targets or []
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=240)
     if proc.returncode != 0:

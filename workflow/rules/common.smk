@@ -20,3 +20,9 @@ def index(dataset: str) -> str:
 def truth(dataset: str) -> str:
     """The ground truth of the indexed clips (rap extract; empty without one)."""
     return f"{DATA}/index/{dataset}.truth.jsonl"
+
+
+def cluster(rule: str) -> dict:
+    """The SLURM partition, account, runtime and memory of ``rule`` (the workflow's `cluster`
+    config, rap/cluster.py); ignored by local runs."""
+    return rule_resources(CLUSTER, rule)

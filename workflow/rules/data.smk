@@ -13,6 +13,8 @@ rule download:
     log:
         "logs/download/{dataset}.log",
     threads: 1
+    resources:
+        **cluster("download"),
     conda:
         RAP_ENV
     shell:
@@ -28,6 +30,8 @@ rule extract:
     log:
         "logs/extract/{dataset}.log",
     threads: max(1, CFG.data.num_workers)
+    resources:
+        **cluster("extract"),
     conda:
         RAP_ENV
     shell:

@@ -2,7 +2,8 @@
 # MSRVTT evaluation of every ablation run (Tables 5-8).
 
 FINETUNE = CFG.finetune
-FINETUNE_STEP = launch.step_prefix(FINETUNE)
+FINETUNE_CPUS = launch.node_cpus(FINETUNE, CFG.data.num_workers)  # per node
+FINETUNE_STEP = launch.step_prefix(FINETUNE, FINETUNE_CPUS)
 # Evaluation takes fine-tuning's process layout (`rap evaluate` shards the encoding and the ITM
 # re-ranking across its ranks, rap.evaluation); Figure 3 runs in one process.
 EVAL_GPUS = 1 if max(CFG.pretrain.gpus_per_node, CFG.finetune.gpus_per_node) > 0 else 0
@@ -21,6 +22,7 @@ rule evaluate_zeroshot:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_zeroshot"),
     conda:
         RAP_ENV
     shell:
@@ -40,6 +42,7 @@ rule finetune:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("finetune"),
     conda:
         RAP_ENV
     shell:
@@ -61,6 +64,7 @@ rule evaluate_finetuned:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_finetuned"),
     conda:
         RAP_ENV
     shell:
@@ -81,6 +85,7 @@ rule evaluate_ablation:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_ablation"),
     conda:
         RAP_ENV
     shell:

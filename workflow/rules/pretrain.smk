@@ -7,7 +7,8 @@
 # job's own srun step starts one `rap pretrain` per node.
 
 PRETRAIN = CFG.pretrain
-PRETRAIN_STEP = launch.step_prefix(PRETRAIN)
+PRETRAIN_CPUS = launch.node_cpus(PRETRAIN, CFG.data.num_workers)  # per node
+PRETRAIN_STEP = launch.step_prefix(PRETRAIN, PRETRAIN_CPUS)
 
 
 rule pretrain:
@@ -23,6 +24,7 @@ rule pretrain:
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
+        **cluster("pretrain"),
     conda:
         RAP_ENV
     shell:
@@ -42,6 +44,7 @@ rule pretrain_ablation:
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
+        **cluster("pretrain_ablation"),
     conda:
         RAP_ENV
     shell:

@@ -29,6 +29,7 @@ rule figure:
     threads: eval_threads()
     resources:
         gpu=EVAL_GPUS,
+        **cluster("figure"),
     conda:
         RAP_ENV
     shell:

@@ -21,6 +21,7 @@ rule pretrain_seed:
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
+        **cluster("pretrain_seed"),
     conda:
         RAP_ENV
     shell:
@@ -41,6 +42,7 @@ rule evaluate_seed:
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
+        **cluster("evaluate_seed"),
     conda:
         RAP_ENV
     shell:
