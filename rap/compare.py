@@ -11,8 +11,13 @@ experiments) and keeps, per row:
 - patch and token AUC of the redundancy weights (the paper's measure) on zero-shot MSRVTT,
   the localisation scores of Table 9.
 
-A cell is empty where the row's commit has no such metrics file (a stage it did not run) and
-``!`` where DVC could not read it. Rows are labelled as ``dvc exp show`` labels them: the
+A cell is empty where the row's commit has no such metrics file and ``!`` where DVC could not
+read it. It says ``not run`` where the file is stale in that row's commit: its stage did not run
+on that row's params and upstream outputs (a ``dvc exp run TARGET`` runs TARGET and what it
+needs; every other metrics file in the experiment's commit is still its baseline's). Stale means,
+read from the row's dvc.lock: a param the stage records differs from the row's params.yaml, a
+dependency's recorded hash differs from the hash its producing stage records, or a stage
+upstream is stale. Rows are labelled as ``dvc exp show`` labels them: the
 baseline by branch (or short commit), each experiment by name; queued, running and failed
 experiments say so in the ``state`` column.
 
@@ -52,6 +57,8 @@ class ExpRow:
     state: str  # workspace | baseline | success | queued | running | failed
     params: dict[str, Any] = field(default_factory=dict)  # flattened params.yaml
     metrics: dict[str, Any] = field(default_factory=dict)  # path -> parsed file (None: unreadable)
+    tree: dict[str, Any] = field(default_factory=dict)  # params.yaml as read
+    stale: set[str] = field(default_factory=set)  # outputs whose stage did not run on this row's inputs
 
 
 def exp_show_json(repo: Path, dvc_args: Sequence[str] = ()) -> list[dict[str, Any]]:
@@ -86,9 +93,11 @@ def _files(data: dict[str, Any] | None, kind: str) -> dict[str, Any]:
 
 def _row(entry: dict[str, Any], label: str, state: str) -> ExpRow:
     data = entry.get("data") or {}
-    params = _files(data, "params").get(PARAMS_FILE) or {}
-    params = {k: v for k, v in flatten(params).items() if k.split(".")[0] not in IGNORED_PARAMS}
-    return ExpRow(label=label, rev=entry.get("rev", ""), state=state, params=params, metrics=_files(data, "metrics"))
+    tree = _files(data, "params").get(PARAMS_FILE) or {}
+    params = {k: v for k, v in flatten(tree).items() if k.split(".")[0] not in IGNORED_PARAMS}
+    return ExpRow(
+        label=label, rev=entry.get("rev", ""), state=state, params=params, metrics=_files(data, "metrics"), tree=tree
+    )
 
 
 def experiment_rows(show: list[dict[str, Any]]) -> Iterator[ExpRow]:
@@ -107,6 +116,68 @@ def experiment_rows(show: list[dict[str, Any]]) -> Iterator[ExpRow]:
             state = (exp_range.get("executor") or {}).get("state") or "success"
             name = exp_range.get("name") or revs[0].get("name") or revs[0].get("rev", "")[:7]
             yield _row(revs[0], name, state)
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    """``tree["embedded"]["model"]`` for ``"embedded.model"`` (a missing key: a unique marker)."""
+    for key in dotted.split("."):
+        if not isinstance(tree, dict) or key not in tree:
+            return _MISSING
+        tree = tree[key]
+    return tree
+
+
+_MISSING = object()
+
+
+def stale_outputs(lock: dict[str, Any], params: dict[str, Any]) -> set[str]:
+    """The outputs in ``lock`` (a parsed dvc.lock) whose stage did not run on the inputs that
+    ``params`` (the revision's params.yaml) and the lock's other stages now give it."""
+    stages: dict[str, Any] = lock.get("stages") or {}
+    producer = {o["path"]: (name, o.get("md5")) for name, s in stages.items() for o in s.get("outs") or []}
+    verdict: dict[str, bool] = {}
+
+    def upstream(stage: dict[str, Any]) -> Iterator[tuple[str, bool]]:
+        """(producing stage, whether the recorded hash still matches) of each produced dependency."""
+        for dep in stage.get("deps") or []:
+            if dep["path"] in producer:
+                name, md5 = producer[dep["path"]]
+                yield name, md5 == dep.get("md5")
+
+    def is_stale(name: str) -> bool:
+        if name not in verdict:
+            verdict[name] = False  # a cycle cannot occur in a DVC pipeline; this only ends recursion
+            stage = stages[name]
+            recorded = (stage.get("params") or {}).get(PARAMS_FILE) or {}
+            verdict[name] = any(_lookup(params, key) != value for key, value in recorded.items()) or any(
+                not same or is_stale(up) for up, same in upstream(stage)
+            )
+        return verdict[name]
+
+    return {o["path"] for name, s in stages.items() if is_stale(name) for o in s.get("outs") or []}
+
+
+def load_yaml(text: str) -> Any:
+    """YAML as DVC reads it (YAML 1.2: ``1e-05`` is a float, which PyYAML reads as a string)."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
+
+
+def read_lock(repo: Path, rev: str) -> dict[str, Any]:
+    """dvc.lock of the workspace (``rev == "workspace"``) or of a commit (empty when it has none)."""
+    if rev == "workspace":
+        path = repo / "dvc.lock"
+        return (load_yaml(path.read_text()) or {}) if path.is_file() else {}
+    proc = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=repo, capture_output=True, text=True)
+    return (load_yaml(proc.stdout) or {}) if proc.returncode == 0 else {}
+
+
+def mark_stale(rows: Sequence[ExpRow], repo: Path) -> None:
+    """Fill each row's ``stale`` from its own dvc.lock (queued rows, without params, are left)."""
+    for r in rows:
+        if r.tree and r.rev:
+            r.stale = stale_outputs(read_lock(repo, r.rev), r.tree)
 
 
 def differing_params(rows: Sequence[ExpRow]) -> list[str]:
@@ -179,7 +250,12 @@ def compare_table(rows: Sequence[ExpRow]) -> tuple[list[str], list[list[str]]]:
     for r in rows:
         cells = [r.label, r.state, *(_param_cell(r.params.get(p)) for p in params)]
         for _, path, read in metrics:
-            cells.append("!" if path in r.metrics and r.metrics[path] is None else read(r.metrics.get(path)))
+            if path in r.stale:
+                cells.append("not run")
+            elif path in r.metrics and r.metrics[path] is None:
+                cells.append("!")
+            else:
+                cells.append(read(r.metrics.get(path)))
         body.append(cells)
     return headers, body
 
@@ -202,7 +278,9 @@ def render(headers: list[str], body: list[list[str]], fmt: str = "github") -> st
 
 def compare(repo: Path, dvc_args: Sequence[str] = (), fmt: str = "github") -> str:
     """``rap compare``: the rendered table of ``dvc exp show --json DVC_ARGS`` in ``repo``."""
-    return render(*compare_table(list(experiment_rows(exp_show_json(repo, dvc_args)))), fmt=fmt)
+    rows = list(experiment_rows(exp_show_json(repo, dvc_args)))
+    mark_stale(rows, repo)
+    return render(*compare_table(rows), fmt=fmt)
 
 
 def mlflow_runs_url(ui: str) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from rap.compare import compare_table, differing_params, experiment_rows, recall_cell
+from rap.compare import compare_table, differing_params, experiment_rows, load_yaml, recall_cell, stale_outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,3 +134,28 @@ def test_compare_rows_differing_params_and_cells():
     assert body[2][4:] == ["!", "!", "!"]  # DVC could not read the file
     assert body[4][2:] == ["", "", "", "", ""]
     assert recall_cell({"t2v": {"R@1": 2.5}}) == "2.5"
+
+
+def test_stale_outputs_follow_params_and_upstream_hashes():
+    """On the committed dvc.lock: nothing is stale with the committed params; a knob makes the
+    main run and everything downstream stale (what `dvc exp run -S lambda=2.0` reruns), not
+    the data or the ablation grid; a changed checkpoint hash makes its evaluations stale."""
+    lock = load_yaml((REPO / "dvc.lock").read_text())
+    params = load_yaml((REPO / "params.yaml").read_text())
+    assert stale_outputs(lock, params) == set()
+
+    stale = stale_outputs(lock, {**params, "lambda": 2.0})
+    assert {
+        "runs/pretrain/main/checkpoint.pt",
+        "runs/eval/zeroshot/didemo.json",  # its checkpoint's stage is stale
+        "runs/finetune/msvd/checkpoint.pt",
+        "runs/eval/finetuned/msvd.json",
+        "reports/table7.md",
+        "reports/figure3.png",
+    } <= stale
+    assert not any(p.startswith(("data/", "runs/ablation/", "runs/eval/ablation/")) for p in stale), sorted(stale)
+
+    (ckpt,) = [d for d in lock["stages"]["zeroshot@msvd"]["deps"] if d["path"].endswith("checkpoint.pt")]
+    ckpt["md5"] = "0" * 32  # it evaluated another checkpoint than pretrain's
+    stale = stale_outputs(lock, params)
+    assert "runs/eval/zeroshot/msvd.json" in stale and "runs/eval/zeroshot/msrvtt.json" not in stale
