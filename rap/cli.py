@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Reads `dvc exp show --json` (arguments after -- go to it, e.g. -- -A or -- -n 3).",
     )
     p.add_argument("--format", choices=("github", "csv", "json"), default="github", help="table format")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--mlflow-ui", metavar="URL", help="also print the MLflow runs table's address under this UI")
     p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc exp show")
     p.set_defaults(func=cmd_compare)

@@ -12,7 +12,7 @@ experiments) and keeps, per row:
   the localisation scores of Table 9.
 
 A cell is empty where the row's commit has no such metrics file and ``!`` where DVC could not
-read it. It says ``not run`` where the file is stale in that row's commit: its stage did not run
+read the file there. It says ``not run`` where the file is stale in that row's commit: its stage did not run
 on that row's params and upstream outputs (a ``dvc exp run TARGET`` runs TARGET and what it
 needs; every other metrics file in the experiment's commit is still its baseline's). Stale means,
 read from the row's dvc.lock: a param the stage records differs from the row's params.yaml, a
@@ -84,10 +84,14 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def _files(data: dict[str, Any] | None, kind: str) -> dict[str, Any]:
-    """``{path: parsed content or None}`` of the params or metrics files of one revision."""
+    """``{path: parsed content, or None where DVC could not read it}`` of the params or metrics
+    files of one revision; files the revision does not have are left out."""
     out = {}
     for path, result in ((data or {}).get(kind) or {}).items():
-        out[path] = None if result.get("error") else result.get("data")
+        error = result.get("error")
+        if error and error.get("type") == "FileNotFoundError":
+            continue
+        out[path] = None if error else result.get("data")
     return out
 
 

@@ -62,6 +62,9 @@ def test_git_keeps_metrics_and_plots_and_ignores_the_rest_of_runs():
     assert _ignored(should_ignore) == set(should_ignore), sorted(set(should_ignore) - _ignored(should_ignore))
 
 
+_NO_FILE = {"error": {"type": "FileNotFoundError", "msg": "[Errno 2] No such file or directory"}}
+
+
 def _entry(rev: str, name: str | None, params: dict, metrics: dict) -> dict:
     """One revision as ``dvc exp show --json`` (DVC 3) writes it."""
     return {
@@ -70,7 +73,8 @@ def _entry(rev: str, name: str | None, params: dict, metrics: dict) -> dict:
         "data": {
             "params": {"params.yaml": {"data": params}},
             "metrics": {
-                path: ({"error": {"msg": "x"}} if data is None else {"data": data}) for path, data in metrics.items()
+                path: ({"error": {"msg": "x"}} if data is None else _NO_FILE if data == "no file" else {"data": data})
+                for path, data in metrics.items()
             },
         },
         "error": None,
@@ -95,7 +99,12 @@ def test_compare_rows_differing_params_and_cells():
     main["experiments"] = [
         {
             "revs": [
-                _entry("b" * 40, "lr-up", {**base, "embedded": {"pretrain": {"optim": {"lr": 0.002}}}}, {ZS: None})
+                _entry(
+                    "b" * 40,
+                    "lr-up",
+                    {**base, "embedded": {"pretrain": {"optim": {"lr": 0.002}}}},
+                    {ZS: None, "runs/eval/zeroshot/didemo.json": "no file"},
+                )
             ],
             "executor": {"state": "success"},
             "name": "lr-up",
