@@ -123,11 +123,13 @@ ZS_MSRVTT = "runs/eval/zeroshot/msrvtt.json"
 
 
 def _declared_metrics_and_plots(repo: Path, env: dict[str, str]) -> set[str]:
-    """The metrics and plots files dvc.yaml declares (as ``dvc exp show`` reads them)."""
+    """The metrics and plots files dvc.yaml and seeds/dvc.yaml declare that the workspace has."""
     metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env))
     plots = json.loads(_run(["dvc", "plots", "show", "--json", "--split"], repo, env))
     (workspace,) = metrics.values()  # the one revision shown (DVC names it "" or "workspace")
-    return set(workspace["data"]) | set(plots["data"])
+    # files that exist: DVC also lists declared ones it could not find (the seed repeats, not run)
+    found = {path for path, entry in workspace["data"].items() if "data" in entry}
+    return found | {path for path, shown in plots["data"].items() if shown}
 
 
 def _check_git_sees_metrics_only(repo: Path, env: dict[str, str]) -> None:
@@ -138,6 +140,7 @@ def _check_git_sees_metrics_only(repo: Path, env: dict[str, str]) -> None:
     declared = {p for p in _declared_metrics_and_plots(repo, env) if p.startswith("runs/")}
     assert ZS_MSRVTT in declared and "runs/pretrain/main/loss.csv" in declared, sorted(declared)
     assert seen == declared, f"git sees {sorted(seen - declared)} too, misses {sorted(declared - seen)}"
+    assert not list((repo / "runs").rglob(".gitignore"))
 
 
 def _number(tree: dict, *keys: str) -> float:
@@ -174,8 +177,12 @@ def _check_comparisons(repo: Path, env: dict[str, str]) -> None:
     points = json.dumps(loss["content"])  # the filled Vega-Lite spec: one point per (rev, step)
     assert '"rev": "main"' in points and f'"rev": "{WORKSPACE_EXP}"' in points, points[:2000]
 
-    compared = _run(["rap", "compare", "--format", "json"], repo, env)
-    table = {row["experiment"]: row for row in json.loads(compared)}
+    # rap compare's Markdown table, then the MLflow runs table's address (id 1 in a new store,
+    # as README's link says)
+    printed = _run(["rap", "compare", "--mlflow-ui", "http://127.0.0.1:5000"], repo, env)
+    assert printed.rstrip().endswith("MLflow runs: http://127.0.0.1:5000/#/experiments/1/runs"), printed
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in printed.splitlines() if line[:1] == "|"]
+    table = {cells[0]: dict(zip(lines[0], cells)) for cells in lines[2:]}
     for label, value in r1.items():
         assert table[label]["lambda"] == repr(rows[label].params["lambda"])
         assert table[label][RERANK] == str(rows[label].params[RERANK])
@@ -184,10 +191,6 @@ def _check_comparisons(repo: Path, env: dict[str, str]) -> None:
     # the targeted experiment ran zero-shot MSRVTT only: its commit's other metrics are main's
     assert table[QUEUED]["zero-shot didemo R@1"] == table[QUEUED]["fine-tuned msvd R@1"] == "not run"
     assert table[WORKSPACE_EXP]["fine-tuned msvd R@1"] not in ("", "not run")
-    # the Markdown table, and the MLflow runs table's address: id 1 in a new store (README's link)
-    printed = _run(["rap", "compare", "--mlflow-ui", "http://127.0.0.1:5000"], repo, env)
-    assert f"| {QUEUED} " in printed and "zero-shot msrvtt R@1" in printed, printed
-    assert printed.rstrip().endswith("MLflow runs: http://127.0.0.1:5000/#/experiments/1/runs"), printed
     headers, _ = compare_table(list(rows.values()))
     assert "seed" not in headers and "embedded.model.embed_dim" not in headers  # equal in every row
 
