@@ -12,14 +12,14 @@ experiments) and keeps, per row:
   the localisation scores of Table 9.
 
 A cell is empty where the row's commit has no such metrics file and ``!`` where DVC could not
-read the file there. It says ``not run`` where the file is stale in that row's commit: its stage did not run
-on that row's params and upstream outputs (a ``dvc exp run TARGET`` runs TARGET and what it
-needs; every other metrics file in the experiment's commit is still its baseline's). Stale means,
-read from the row's dvc.lock: a param the stage records differs from the row's params.yaml, a
-dependency's recorded hash differs from the hash its producing stage records, or a stage
-upstream is stale. Rows are labelled as ``dvc exp show`` labels them: the
-baseline by branch (or short commit), each experiment by name; queued, running and failed
-experiments say so in the ``state`` column.
+read the file there. It says ``not run`` where the file is stale in that row's commit: its stage
+did not run on that row's params and upstream outputs (a ``dvc exp run TARGET`` runs TARGET and
+what it needs; every other metrics file in the experiment's commit is still its baseline's).
+Stale means, read from the row's dvc.lock: a param the stage records differs from the row's
+params.yaml, a dependency's recorded hash differs from the hash its producing stage records, or
+a stage upstream is stale. Rows are labelled as ``dvc exp show`` labels them: the baseline by
+branch (or short commit), each experiment by name; queued, running and failed experiments say
+so in the ``state`` column.
 
 ``--mlflow-ui URL`` adds the address of the MLflow runs table of the experiment the pipeline
 logs to (``<URL>/#/experiments/<id>/runs``; MLflow 3's UI otherwise opens on an overview page).
