@@ -207,6 +207,15 @@ def cmd_figure(args: argparse.Namespace) -> None:
     print(out)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from rap.compare import compare, mlflow_runs_url
+
+    dvc_args = args.dvc_args[1:] if args.dvc_args[:1] == ["--"] else args.dvc_args
+    print(compare(Path.cwd(), dvc_args, fmt=args.format))
+    if args.mlflow_ui:
+        print(f"\nMLflow runs: {mlflow_runs_url(args.mlflow_ui)}")
+
+
 # --------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------
@@ -322,6 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--uri", default=None, help="tracking URI (default: the one the records were meant for)")
     q.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     q.set_defaults(func=cmd_tracking_sync)
+
+    p = sub.add_parser(
+        "compare",
+        help="one row per DVC experiment: the params that differ, t2v R@1 with intervals, patch/token AUC",
+        description="Reads `dvc exp show --json` (arguments after -- go to it, e.g. -- -A or -- -n 3).",
+    )
+    p.add_argument("--format", choices=("github", "csv", "json"), default="github", help="table format")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--mlflow-ui", metavar="URL", help="also print the MLflow runs table's address under this UI")
+    p.add_argument("dvc_args", nargs=argparse.REMAINDER, help="passed on to dvc exp show")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 

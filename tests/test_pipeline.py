@@ -7,6 +7,13 @@ make ``dvc status`` flag only the stages they concern (the other scale's params:
 rap/reports/: tables and figure; rap/data/transforms.py: training, not download or extract),
 ``dvc exp run -S lambda=2.0`` reruns pre-training and what depends on it, and nothing else, and
 a rerun of download and extract keeps the files a user placed in data/raw and data/frames.
+
+DVC's comparisons, on that same run: git sees exactly the metrics and plots files dvc.yaml
+declares under runs/ (so the baseline commit holds them); a second experiment, queued on the
+target ``zeroshot@msrvtt``, runs beside the workspace one; ``dvc exp show --json`` then holds
+zero-shot MSRVTT R@1 for main and both experiments, ``dvc metrics diff main`` prints numeric
+deltas, ``dvc exp diff`` the changed knob, ``dvc plots diff`` the loss curves of both revisions,
+and ``rap compare`` one row each.
 """
 
 from __future__ import annotations
@@ -90,6 +97,104 @@ def _check_user_files_survive(repo: Path, env: dict[str, str]) -> None:
     assert all(p.read_text() == "a user's file" for p in placed)
 
 
+# A folder that keeps the generated corpus between smoke runs (CI caches it, see
+# .github/workflows/ci.yml): `rap download` skips a dataset whose (seed, scale) marker is there,
+# so a warm cache saves only the generation; extraction, training and evaluation still run.
+SMOKE_DATA_ENV = "RAP_SMOKE_DATA"
+
+
+def _restore_corpus(repo: Path) -> None:
+    cache = Path(os.environ.get(SMOKE_DATA_ENV) or "") / "raw"
+    if os.environ.get(SMOKE_DATA_ENV) and cache.is_dir():
+        shutil.copytree(cache, repo / "data" / "raw")
+
+
+def _save_corpus(repo: Path) -> None:
+    cache = Path(os.environ.get(SMOKE_DATA_ENV) or "") / "raw"
+    if os.environ.get(SMOKE_DATA_ENV) and not cache.is_dir():
+        shutil.copytree(repo / "data" / "raw", cache)
+
+
+# The queued experiment changes an evaluation setting only, so that it runs one stage (the
+# cheapest real experiment; the README's sweeps queue knobs such as lambda the same way).
+WORKSPACE_EXP, QUEUED = "lambda-2", "rerank-8"
+RERANK = "embedded.evaluate.itm_rerank_k"
+ZS_MSRVTT = "runs/eval/zeroshot/msrvtt.json"
+
+
+def _declared_metrics_and_plots(repo: Path, env: dict[str, str]) -> set[str]:
+    """The metrics and plots files dvc.yaml and seeds/dvc.yaml declare that the workspace has."""
+    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env))
+    plots = json.loads(_run(["dvc", "plots", "show", "--json", "--split"], repo, env))
+    (workspace,) = metrics.values()  # the one revision shown (DVC names it "" or "workspace")
+    # files that exist: DVC also lists declared ones it could not find (the seed repeats, not run)
+    found = {path for path, entry in workspace["data"].items() if "data" in entry}
+    return found | {path for path, shown in plots["data"].items() if shown}
+
+
+def _check_git_sees_metrics_only(repo: Path, env: dict[str, str]) -> None:
+    """Under runs/, git sees the declared metrics and plots files and nothing else (checkpoints,
+    provenance and timings stay ignored); DVC wrote no .gitignore of its own there."""
+    untracked = _run(["git", "status", "--porcelain", "--untracked-files=all", "runs"], repo, env)
+    seen = {line[3:] for line in untracked.splitlines()}
+    declared = {p for p in _declared_metrics_and_plots(repo, env) if p.startswith("runs/")}
+    assert ZS_MSRVTT in declared and "runs/pretrain/main/loss.csv" in declared, sorted(declared)
+    assert seen == declared, f"git sees {sorted(seen - declared)} too, misses {sorted(declared - seen)}"
+    assert not list((repo / "runs").rglob(".gitignore"))
+
+
+def _number(tree: dict, *keys: str) -> float:
+    for key in keys:
+        tree = tree[key]
+    assert isinstance(tree, (int, float)), tree
+    return float(tree)
+
+
+def _check_comparisons(repo: Path, env: dict[str, str]) -> None:
+    from rap.compare import compare_table, experiment_rows
+
+    rows = {r.label: r for r in experiment_rows(json.loads(_run(["dvc", "exp", "show", "--json"], repo, env)))}
+    assert {"main", WORKSPACE_EXP, QUEUED} <= set(rows), sorted(rows)
+    r1 = {label: _number(rows[label].metrics[ZS_MSRVTT], "t2v", "R@1") for label in ("main", WORKSPACE_EXP, QUEUED)}
+    assert [rows[label].params["lambda"] for label in r1] == [1.0, 2.0, 1.0]
+    assert [rows[label].params[RERANK] for label in r1] == [16, 16, 8]
+    assert rows[QUEUED].state == rows[WORKSPACE_EXP].state == "success"
+
+    diff = json.loads(_run(["dvc", "metrics", "diff", "main", "--json"], repo, env))
+    deltas = [v["diff"] for f in diff.values() for v in f.values() if isinstance(v.get("diff"), (int, float))]
+    assert any(d != 0 for d in deltas), diff  # the workspace holds the lambda=2.0 run
+    printed = _run(["dvc", "metrics", "diff", "main"], repo, env)
+    number = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"
+    assert re.search(rf"^\S+\s+\S+\s+{number}\s+{number}\s+{number}\s*$", printed, re.M), printed
+    exp_diff = json.loads(_run(["dvc", "exp", "diff", QUEUED, WORKSPACE_EXP, "--json"], repo, env))
+    assert exp_diff["params"]["params.yaml"] == {
+        "lambda": {"old": 1.0, "new": 2.0, "diff": 1.0},
+        RERANK: {"old": 8, "new": 16, "diff": 8},
+    }
+    plots = json.loads(_run(["dvc", "plots", "diff", "main", WORKSPACE_EXP, "--json"], repo, env))["data"]
+    loss = plots["runs/pretrain/main/loss.csv"][0]
+    assert set(loss["revisions"]) == {"main", WORKSPACE_EXP}, loss["revisions"]
+    points = json.dumps(loss["content"])  # the filled Vega-Lite spec: one point per (rev, step)
+    assert '"rev": "main"' in points and f'"rev": "{WORKSPACE_EXP}"' in points, points[:2000]
+
+    # rap compare's Markdown table, then the MLflow runs table's address (id 1 in a new store,
+    # as README's link says)
+    printed = _run(["rap", "compare", "--mlflow-ui", "http://127.0.0.1:5000"], repo, env)
+    assert printed.rstrip().endswith("MLflow runs: http://127.0.0.1:5000/#/experiments/1/runs"), printed
+    lines = [[cell.strip() for cell in line.strip("|").split("|")] for line in printed.splitlines() if line[:1] == "|"]
+    table = {cells[0]: dict(zip(lines[0], cells)) for cells in lines[2:]}
+    for label, value in r1.items():
+        assert table[label]["lambda"] == repr(rows[label].params["lambda"])
+        assert table[label][RERANK] == str(rows[label].params[RERANK])
+        assert table[label]["zero-shot msrvtt R@1"].startswith(f"{value:.1f} ("), table[label]
+        assert 0.0 <= float(table[label]["patch AUC (msrvtt)"]) <= 1.0
+    # the targeted experiment ran zero-shot MSRVTT only: its commit's other metrics are main's
+    assert table[QUEUED]["zero-shot didemo R@1"] == table[QUEUED]["fine-tuned msvd R@1"] == "not run"
+    assert table[WORKSPACE_EXP]["fine-tuned msvd R@1"] not in ("", "not run")
+    headers, _ = compare_table(list(rows.values()))
+    assert "seed" not in headers and "embedded.model.embed_dim" not in headers  # equal in every row
+
+
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     dst = tmp_path_factory.mktemp("pipeline") / "rap"
@@ -102,6 +207,7 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     _tiny_params(dst / "params.yaml")
+    _restore_corpus(dst)
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -115,7 +221,7 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
         "HF_HUB_OFFLINE": "1",
     }
     env.pop("DVC_STAGE", None)
-    _run(["git", "init", "-q"], dst, env)
+    _run(["git", "init", "-q", "-b", "main"], dst, env)
     _run(["git", "add", "-A"], dst, env)
     _run(["git", "commit", "-qm", "smoke"], dst, env)
     return dst, env
@@ -124,6 +230,7 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 def test_repro_then_noop_then_experiment(repo_copy):
     repo, env = repo_copy
     first = _run(["dvc", "repro"], repo, env, timeout=1500)
+    _save_corpus(repo)
     for i in range(1, 10):
         table = repo / "reports" / f"table{i}.md"
         assert table.is_file(), f"{table} missing after dvc repro"
@@ -140,9 +247,15 @@ def test_repro_then_noop_then_experiment(repo_copy):
     assert _stages_run(second) == set(), f"second dvc repro was not a no-op:\n{second[-3000:]}"
     _check_status_after_edits(repo, env)
 
+    _check_git_sees_metrics_only(repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "first repro"], repo, env)
-    exp = _run(["dvc", "exp", "run", "-S", "lambda=2.0"], repo, env, timeout=1500)
+    # queued from the clean baseline, before the workspace run below rewrites params.yaml;
+    # a queued run sees git-tracked files only: the data (git-ignored) is copied in
+    _run(
+        ["dvc", "exp", "run", "--queue", "-n", QUEUED, "-S", f"{RERANK}=8", "-C", "data", "zeroshot@msrvtt"], repo, env
+    )
+    exp = _run(["dvc", "exp", "run", "-n", WORKSPACE_EXP, "-S", "lambda=2.0"], repo, env, timeout=1500)
     ran = _stages_run(exp)
     expected = (
         {"pretrain", "tables", "figure"}
@@ -152,6 +265,7 @@ def test_repro_then_noop_then_experiment(repo_copy):
     assert ran == expected, f"unexpected stages: extra {ran - expected}, missing {expected - ran}"
     assert not any(s.startswith(("ablation", "download", "extract")) for s in ran)
 
-    show = _run(["dvc", "exp", "show", "--no-pager", "--csv"], repo, env)
-    assert "R@1" in show
+    queued = _stages_run(_run(["dvc", "exp", "run", "--run-all", "-j", "1"], repo, env, timeout=900))
+    assert queued == {"zeroshot@msrvtt"}, queued  # the copied data and cached checkpoint are up to date
+    _check_comparisons(repo, env)
     _check_user_files_survive(repo, env)
