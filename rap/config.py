@@ -200,6 +200,9 @@ class DatasetFetchConfig:
     ``rap download`` to succeed (dead links are certain: WebVid's and CC3M's URLs rot)."""
 
     min_success: float = 1.0
+    # WebVid, CC3M: where their URL list is fetched from when it is not already in raw/<dataset>/
+    # (null: the publisher's URL; WebVid's has answered 404 since 2024: README "Paper-scale data")
+    list_url: str | None = None
 
     def __post_init__(self) -> None:
         _check(0 <= self.min_success <= 1, "data.<dataset>.min_success", self.min_success, "must be in [0, 1]")

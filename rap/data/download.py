@@ -59,7 +59,7 @@ from rap.data import fetch as fetcher
 from rap.data import img2dataset, manifest, synthetic
 from rap.data.adapters import LSMDC_FILES, PUBLISHED, SPLITS, didemo_video_key, load_records
 from rap.data.manifest import ManifestEntry
-from rap.data.records import ClipRecord, DataError
+from rap.data.records import DataError
 
 log = logging.getLogger(__name__)
 
@@ -325,18 +325,22 @@ def _fetch_required(url: str, dest: Path, what: str) -> None:
         raise DownloadError(f"{err}\n{what}: place {dest.name} in {dest.parent} by hand and re-run") from None
 
 
-def _annotation_text(dataset: str, raw: Path, name: str, url_key: str, what: str, limit: int | None) -> str:
-    """Fetch a dataset's annotation file when absent, cut it to ``limit`` rows, return its text."""
+def _annotation_text(
+    dataset: str, raw: Path, name: str, url_key: str, what: str, limit: int | None, url: str | None = None
+) -> str:
+    """Fetch a dataset's annotation file (from ``url``, else the publisher's) when absent, cut
+    it to ``limit`` rows, return its text."""
     path = raw / name
     if not path.is_file():
-        _fetch_required(URLS[url_key], path, what)
+        _fetch_required(url or URLS[url_key], path, what)
     if limit:
         limit_annotations(dataset, raw, limit)
     return path.read_text(encoding="utf-8", errors="surrogateescape")
 
 
-def _webvid_items(raw: Path, limit: int | None) -> list[fetcher.Item]:
-    text = _annotation_text("webvid", raw, "results_2M_train.csv", "webvid_csv", "WebVid-2M annotation", limit)
+def _webvid_items(raw: Path, limit: int | None, url: str | None) -> list[fetcher.Item]:
+    what = "WebVid-2M annotation (no longer served by its publisher: README, Paper-scale data)"
+    text = _annotation_text("webvid", raw, "results_2M_train.csv", "webvid_csv", what, limit, url)
     rows = list(csv.DictReader(io.StringIO(text)))
     for i, r in enumerate(rows, 2):
         if not all(r.get(c) for c in ("videoid", "contentUrl", "name")):
@@ -344,10 +348,9 @@ def _webvid_items(raw: Path, limit: int | None) -> list[fetcher.Item]:
     return [fetcher.Item(r["videoid"], r["contentUrl"], r["name"]) for r in rows]
 
 
-def _cc3m_items(raw: Path, limit: int | None) -> list[fetcher.Item]:
-    text = _annotation_text(
-        "cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv", "CC3M annotation (Google Conceptual Captions)", limit
-    )
+def _cc3m_items(raw: Path, limit: int | None, url: str | None) -> list[fetcher.Item]:
+    what = "CC3M annotation (Google Conceptual Captions)"
+    text = _annotation_text("cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv", what, limit, url)
     items = []
     for i, line in enumerate(text.splitlines()):
         row = line.split("\t")
@@ -358,14 +361,14 @@ def _cc3m_items(raw: Path, limit: int | None) -> list[fetcher.Item]:
 
 def _fetch_web(dataset: str, raw: Path, cfg: DataConfig, limit: int | None, retry_failed: bool) -> tuple[list, list]:
     """Fetch WebVid's or CC3M's URL list; returns (the list's items, their status rows)."""
-    items = (_webvid_items if dataset == "webvid" else _cc3m_items)(raw, limit)
+    items = (_webvid_items if dataset == "webvid" else _cc3m_items)(raw, limit, getattr(cfg, dataset).list_url)
     f = cfg.fetch
     if dataset == "cc3m" and f.cc3m_tool == "img2dataset":
         out = raw / "img2dataset"
         failed = [it for it in items if img2dataset.statuses(out).get(it.key, {}).get("status") == "failed"]
         if retry_failed and failed:
             img2dataset.run(failed, out, img2dataset.next_retry_name(out), f, cfg.image_size)
-        else:  # img2dataset's incremental mode skips the shards a previous run finished
+        elif len(img2dataset.statuses(out)) < len(items):  # incremental: finished shards are skipped
             img2dataset.run(items, out, "main", f, cfg.image_size)
         latest = img2dataset.statuses(out)
         missing = {"status": "failed", "error_message": "not attempted", "path": None, "digest": None}
@@ -463,23 +466,6 @@ class BelowThreshold(DataError):
     """Less of a dataset arrived than ``data.<dataset>.min_success`` asks."""
 
 
-def _records_manifest(dataset: str, root: Path) -> tuple[list[ManifestEntry], int, list[str]]:
-    """Manifest rows of the annotation's media that are on disk (every split, first listing
-    wins); returns (rows, media listed, absent media)."""
-    web = dataset in manifest.WEB_DATASETS
-    seen: dict[Path, ClipRecord] = {}
-    for split in SPLITS[dataset]:
-        for r in load_records(dataset, root, split):
-            seen.setdefault(r.path, r)
-    rows, absent = [], []
-    for path, r in seen.items():
-        if path.is_file():
-            rows.append(manifest.entry_for_file(root, r.video_id, path, r.captions[0] if web else None, r.kind))
-        else:
-            absent.append(str(path))
-    return rows, len(seen), absent
-
-
 def _status_table(raw: Path, rows: list[dict]) -> Path:
     path = raw / "status.parquet"
     fetcher.write_status(path, rows)
@@ -533,7 +519,7 @@ def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None, re
     else:
         if data_cfg.source == "public":
             PUBLIC[dataset](raw, limit)
-        entries, listed, absent = _records_manifest(dataset, root)
+        entries, listed, absent = manifest.records_manifest(dataset, root)
         failures = [f"{p}: absent" for p in absent]
     rate = len(entries) / listed if listed else 0.0
     threshold = data_cfg.min_success(dataset)

@@ -143,7 +143,7 @@ def _video(data: bytes, min_side: int) -> tuple[bytes, int, int]:
                     raise ItemError("no decodable frame")
                 w, h = frame.width, frame.height
         except (av.error.FFmpegError, StopIteration, ValueError) as err:
-            raise ItemError(f"not a decodable video: {err}") from None
+            raise ItemError(f"not a decodable video: {getattr(err, 'strerror', None) or err}") from None
         if min(w, h) <= min_side:
             return data, w, h
         return _resize_video(src, Path(tmp) / "out.mp4", w, h, min_side)
@@ -226,6 +226,16 @@ STATUS_SCHEMA = pa.schema(
 )
 
 
+def _needs_work(job: ShardJob) -> bool:
+    """A shard without a status record, or (retry_failed) with failures in it."""
+    status = status_path(job.out, job.index)
+    if not status.is_file():
+        return True
+    return job.retry_failed and any(
+        r != "success" for r in pq.read_table(status, columns=["status"])["status"].to_pylist()
+    )
+
+
 def run_shard(job: ShardJob) -> tuple[int, int]:
     """Fetch one input shard (those of its items not yet settled); returns (fetched, kept)."""
     status = status_path(job.out, job.index)
@@ -264,11 +274,13 @@ def fetch_list(
         ShardJob(i, shard, out, kind, min_side, threads, timeout_s, retries, retry_failed)
         for i, shard in enumerate(shards_of(items, shard_size))
     ]
-    if processes > 1 and len(jobs) > 1:
+    jobs_to_run = [job for job in jobs if _needs_work(job)]
+    counts = [(0, len(job.items)) for job in jobs if job not in jobs_to_run]
+    if processes > 1 and len(jobs_to_run) > 1:
         # spawn: the parent may hold threads (tqdm, a server in tests); fork would copy their locks
-        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs))) as pool:
-            counts = pool.map(run_shard, jobs, chunksize=1)
+        with multiprocessing.get_context("spawn").Pool(min(processes, len(jobs_to_run))) as pool:
+            counts += pool.map(run_shard, jobs_to_run, chunksize=1)
     else:
-        counts = [run_shard(job) for job in jobs]
+        counts += [run_shard(job) for job in jobs_to_run]
     rows = [r for job in jobs for r in _read_status(status_path(out, job.index))]
     return rows, sum(fetched for fetched, _ in counts)

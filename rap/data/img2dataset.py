@@ -102,7 +102,9 @@ def run(items: list[Item], out: Path, run_name: str, cfg: FetchConfig, min_side:
     }
     cmd = [str(exe), *(f"--{k}={v}" for k, v in args.items())]
     log.info("running %s", " ".join(cmd))
-    env = {**os.environ, "PYTHONPATH": ""}  # never let the project's packages into the tool's interpreter
+    # never the project's packages in the tool's interpreter; no albumentations update check
+    # (a request to PyPI from every worker at import)
+    env = {**os.environ, "PYTHONPATH": "", "NO_ALBUMENTATIONS_UPDATE": "1"}
     proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if proc.returncode != 0:
         raise DataError(f"img2dataset exited with {proc.returncode} ({' '.join(cmd)})")

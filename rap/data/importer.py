@@ -135,8 +135,6 @@ def _link_raw(dataset: str, src: Path, root: Path) -> None:
 
 def import_copy(dataset: str, src: str | Path, data_cfg: DataConfig) -> dict:
     """Write ``manifest/<dataset>.jsonl`` for the copy at ``src``; returns a summary."""
-    from rap.data.download import _records_manifest  # the media the annotation lists, on disk
-
     src, root = Path(src), Path(data_cfg.root)
     if not src.is_dir():
         raise DataError(f"{src}: not a directory")
@@ -148,7 +146,7 @@ def import_copy(dataset: str, src: str | Path, data_cfg: DataConfig) -> dict:
         entries, layout = _shards(src, root), "webdataset shards / files output"
     if entries is None:
         _link_raw(dataset, src, root)
-        entries, listed, absent = _records_manifest(dataset, root)
+        entries, listed, absent = manifest.records_manifest(dataset, root)
         layout = f"raw/{dataset} layout ({listed:,} media listed, {len(absent):,} absent)"
     if not entries:
         raise DataError(f"{src}: no {dataset} media found (layouts: see `rap import --help`)")

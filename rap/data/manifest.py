@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 from rap.atomic import write_text_atomic
-from rap.data.adapters import load_records
+from rap.data.adapters import SPLITS, load_records
 from rap.data.records import ClipRecord, DataError, Kind
 
 WEB_DATASETS = ("webvid", "cc3m")  # one caption per URL: records come from the manifest itself
@@ -72,7 +72,7 @@ def write_manifest(root: str | Path, dataset: str, entries: list[ManifestEntry])
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
         raise DataError(f"{path}: key {dup!r} listed twice")
-    write_text_atomic(path, "".join(json.dumps(asdict(e), ensure_ascii=False) + "\n" for e in entries))
+    write_text_atomic(path, "".join(json.dumps(asdict(e)) + "\n" for e in entries))
     return path
 
 
@@ -147,3 +147,21 @@ def digest_file(path: Path) -> str:
 def entry_for_file(root: Path, key: str, path: Path, caption: str | None, kind: Kind) -> ManifestEntry:
     """A manifest row for a plain media file under ``root``."""
     return ManifestEntry(key, _relative(path, root), None, caption, digest_file(path), path.stat().st_size, kind)
+
+
+def records_manifest(dataset: str, root: str | Path) -> tuple[list[ManifestEntry], int, list[str]]:
+    """Manifest rows of the media the annotation files list that are on disk (every split,
+    first listing wins, annotation order); returns (rows, media listed, absent media)."""
+    root = Path(root)
+    web = dataset in WEB_DATASETS
+    seen: dict[Path, ClipRecord] = {}
+    for split in SPLITS[dataset]:
+        for r in load_records(dataset, root, split):
+            seen.setdefault(r.path, r)
+    rows, absent = [], []
+    for path, r in seen.items():
+        if path.is_file():
+            rows.append(entry_for_file(root, r.video_id, path, r.captions[0] if web else None, r.kind))
+        else:
+            absent.append(str(path))
+    return rows, len(seen), absent
