@@ -130,22 +130,21 @@ def _video(data: bytes, min_side: int) -> tuple[bytes, int, int]:
     re-encoded (h264) to that short side. Raises ItemError when it does not decode."""
     import av
 
+    try:  # decoded from memory: no temporary file for the check
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.video:
+                raise ItemError("no video stream")
+            frame = next(container.decode(container.streams.video[0]), None)
+    except (av.error.FFmpegError, ValueError) as err:
+        raise ItemError(f"not a decodable video: {getattr(err, 'strerror', None) or err}") from None
+    if frame is None:
+        raise ItemError("no decodable frame")
+    w, h = frame.width, frame.height
+    if min(w, h) <= min_side:
+        return data, w, h
     with tempfile.TemporaryDirectory(prefix="rap-fetch-") as tmp:
         src = Path(tmp) / "in.mp4"
         src.write_bytes(data)
-        try:
-            with av.open(str(src)) as container:
-                if not container.streams.video:
-                    raise ItemError("no video stream")
-                stream = container.streams.video[0]
-                frame = next(container.decode(stream), None)
-                if frame is None:
-                    raise ItemError("no decodable frame")
-                w, h = frame.width, frame.height
-        except (av.error.FFmpegError, StopIteration, ValueError) as err:
-            raise ItemError(f"not a decodable video: {getattr(err, 'strerror', None) or err}") from None
-        if min(w, h) <= min_side:
-            return data, w, h
         return _resize_video(src, Path(tmp) / "out.mp4", w, h, min_side)
 
 
