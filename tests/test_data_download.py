@@ -138,7 +138,7 @@ def test_download_webvid_limit_records_dead_links_and_stops_below_min_success(se
     Handler.files["/v0.mp4"] = b"not a video"
     rows = "".join(f"{i},{server}/v{i}.mp4,PT10S,p1,caption {i}\n" for i in range(5))
     Handler.files["/results.csv"] = ("videoid,contentUrl,duration,page_dir,name\n" + rows).encode()
-    fetch_cfg = FetchConfig(processes=1, threads=2, shard_size=2, timeout_s=5, retries=0)
+    fetch_cfg = FetchConfig(processes=2, threads=2, shard_size=2, timeout_s=5, retries=0)  # 2 shards, 2 processes
     cfg = DataConfig(
         root=str(tmp_path), source="public", fetch=fetch_cfg, webvid=DatasetFetchConfig(0.5, f"{server}/results.csv")
     )

@@ -32,7 +32,13 @@ def _params(path: Path, server: loopback.Loopback, *, webvid_min: float) -> None
     raw["scale"] = "paper"
     data = raw["paper"]["data"]
     data.update(image_size=48, num_workers=0, store_fps=2.0)  # 96x64 clips are resized to 72x48 at download
-    data["fetch"] = {"processes": 2, "threads": 4, "shard_size": 4, "timeout_s": 1, "retries": 1}
+    data["fetch"] = {
+        "processes": 1,
+        "threads": 4,
+        "shard_size": 4,
+        "timeout_s": 1,
+        "retries": 1,
+    }  # 2: tests/test_data_download.py
     data["fetch"]["cc3m_tool"] = "img2dataset"
     data["webvid"] = {"min_success": webvid_min, "list_url": server.url("webvid.csv")}
     data["cc3m"] = {"min_success": 0.4, "list_url": server.url("cc3m.tsv")}
@@ -105,7 +111,9 @@ def test_loopback_downloads_through_dvc_and_snakemake(tmp_path):
         _params(proj / "params.yaml", server, webvid_min=0.5)
         done = _run(["dvc", "repro", "extract@webvid", "extract@cc3m"], proj, env)
         assert len(_media_requests(server, "v")) == videos_before
-        assert "success rate 58.33%" in done.stdout and "success rate 50.00%" in done.stdout, done.stdout[-4000:]
+        assert "success rate 58.33%" in done.stdout, done.stdout[-4000:]
+        # DVC orders the two downloads as it likes: cc3m's may have run (and passed) before webvid's stop
+        assert "cc3m: 5 of 10 items arrived: success rate 50.00%" in out + done.stdout, (out + done.stdout)[-4000:]
         assert "published-size check: webvid/train: 7 items arrived, published 2,500,000" in done.stdout
         _check_arrived(proj / "data", server, "webvid", GOOD_VIDEOS, GOOD_VIDEOS + n_faults)
         _check_arrived(proj / "data", server, "cc3m", GOOD_IMAGES, GOOD_IMAGES + n_faults)
