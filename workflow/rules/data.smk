@@ -11,15 +11,15 @@
 
 rule download:
     output:
-        f"{DATA}/raw/{{dataset}}.downloaded",
-        f"{DATA}/manifest/{{dataset}}.jsonl",
+        marker=f"{DATA}/raw/{{dataset}}.downloaded",
+        manifest=f"{DATA}/manifest/{{dataset}}.jsonl",
     log:
         "logs/download/{dataset}.log",
     threads: 1
     conda:
         RAP_ENV
     shell:
-        f"rap download {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1 && touch {{output[0]}}"
+        f"rap download {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1 && touch {{output.marker}}"
 
 
 rule extract:
