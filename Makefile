@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup lint test test-fast smoke repro bench clean-venv
+.PHONY: setup tools lint test test-fast smoke repro bench clean-venv
 
 setup: $(STAMP)
 
@@ -15,14 +15,28 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The field's download tools, each in its own venv (git-ignored .tools/): img2dataset (CC3M)
+# cannot share the project's pins but resolves alone (rap/data/img2dataset.py; ~45 s from PyPI).
+# `rap download cc3m` makes it too when missing; the stamp keeps a made one.
+IMG2DATASET_VERSION := $(shell sed -n 's/^VERSION = "\(.*\)"/\1/p' rap/data/img2dataset.py)
+TOOLS_STAMP := .tools/img2dataset/.installed-$(IMG2DATASET_VERSION)
+TOOLS_PYTHON ?= python3.11
+
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): rap/data/img2dataset.py
+	test -x .tools/img2dataset/bin/python || $(TOOLS_PYTHON) -m venv .tools/img2dataset
+	.tools/img2dataset/bin/python -m pip install --quiet --disable-pip-version-check img2dataset==$(IMG2DATASET_VERSION)
+	touch $(TOOLS_STAMP)
+
 # ruff (lint, import order, format: pyproject's [tool.ruff]) and actionlint on .github/workflows/
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/actionlint
 
-# Everything: what the README runs (.ci/run runs the same as `make smoke` + `make`).
-test: setup
+# Everything: what CI and the README run (the loopback download test runs img2dataset).
+test: setup tools
 	$(BIN)/python -m pytest -q --timeout=900
 
 # The edit-run loop: no dvc repro, Snakemake or SLURM runs (tests marked slow).

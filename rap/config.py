@@ -196,6 +196,45 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class FetchConfig:
+    """How URL lists (WebVid, CC3M) are fetched at the paper scale (rap/data/fetch.py): each
+    input shard of ``shard_size`` URLs is one status parquet and one output folder; shards run
+    in ``processes`` processes of ``threads`` threads each (img2dataset's and video2dataset's
+    processes x threads). An item that answers 4xx/5xx, times out or does not decode is recorded
+    and skipped, never fatal."""
+
+    processes: int = 4
+    threads: int = 16
+    shard_size: int = 1000
+    timeout_s: float = 30.0
+    retries: int = 1  # extra attempts for a transient failure (timeout, 408/429/5xx)
+    # img2dataset: the field's tool, from its own venv (.tools/img2dataset, `make tools`);
+    # builtin: rap/data/fetch.py (same contract; no extra environment)
+    cc3m_tool: Literal["img2dataset", "builtin"] = "img2dataset"
+
+    def __post_init__(self) -> None:
+        _check(self.processes >= 1, "data.fetch.processes", self.processes, "must be >= 1")
+        _check(self.threads >= 1, "data.fetch.threads", self.threads, "must be >= 1")
+        _check(self.shard_size >= 1, "data.fetch.shard_size", self.shard_size, "must be >= 1")
+        _check(self.timeout_s > 0, "data.fetch.timeout_s", self.timeout_s, "must be > 0")
+        _check(self.retries >= 0, "data.fetch.retries", self.retries, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DatasetFetchConfig:
+    """Per dataset (``data.<dataset>``): the share of its listed items that must arrive for
+    ``rap download`` to succeed (dead links are certain: WebVid's and CC3M's URLs rot)."""
+
+    min_success: float = 1.0
+    # WebVid, CC3M: where their URL list is fetched from when it is not already in raw/<dataset>/
+    # (null: the publisher's URL; WebVid's has answered 404 since 2024: README "Paper-scale data")
+    list_url: str | None = None
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.min_success <= 1, "data.<dataset>.min_success", self.min_success, "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class DataConfig:
     root: str = "data"  # pipeline outputs: raw/<dataset>/, index/, frames/
     # synthetic: `rap download` generates the embedded corpus in each dataset's own format;
@@ -219,6 +258,17 @@ class DataConfig:
     synthetic_seed: int = 0
     synthetic_scale: float = 1.0  # multiplies every split size of the embedded corpus
     hflip: bool = False  # flip augmentation (swaps left/right in the caption); see data/transforms.py
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    webvid: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
+    cc3m: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
+    msrvtt: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
+    didemo: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
+    msvd: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
+    lsmdc: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
+
+    def min_success(self, dataset: str) -> float:
+        """``data.<dataset>.min_success``."""
+        return getattr(self, dataset).min_success
 
     def __post_init__(self) -> None:
         _check(self.frames_train >= 1, "frames", self.frames_train, "must be >= 1")

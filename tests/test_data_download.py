@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import http.server
 import threading
-from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
-from rap.config import DataConfig
+from rap.config import DataConfig, DatasetFetchConfig, FetchConfig
 from rap.data import download as dl
 from rap.data.download import DownloadError, download, fetch
+from rap.data.manifest import read_manifest
 from rap.data.records import DataError
 
 PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
@@ -131,21 +132,31 @@ def test_fetch_404_is_not_retried(server, tmp_path):
     assert len(Handler.log) == 1
 
 
-def test_download_webvid_limit_takes_first_rows_and_lists_missing(server, tmp_path, monkeypatch):
-    Handler.files["/v0.mp4"] = b"video zero"
-    Handler.files["/v1.mp4"] = b"video one"
+def test_download_webvid_limit_records_dead_links_and_stops_below_min_success(server, tmp_path):
+    """--limit cuts the CSV; a non-video and a 404 are recorded, not fatal; below
+    data.webvid.min_success the stage stops naming the rate, the threshold and the status file."""
+    Handler.files["/v0.mp4"] = b"not a video"
     rows = "".join(f"{i},{server}/v{i}.mp4,PT10S,p1,caption {i}\n" for i in range(5))
     Handler.files["/results.csv"] = ("videoid,contentUrl,duration,page_dir,name\n" + rows).encode()
-    monkeypatch.setitem(dl.URLS, "webvid_csv", f"{server}/results.csv")
-    cfg = DataConfig(root=str(tmp_path), source="public")
-    s = download("webvid", cfg, limit=3)
+    fetch_cfg = FetchConfig(processes=2, threads=2, shard_size=2, timeout_s=5, retries=0)  # 2 shards, 2 processes
+    cfg = DataConfig(
+        root=str(tmp_path), source="public", fetch=fetch_cfg, webvid=DatasetFetchConfig(0.5, f"{server}/results.csv")
+    )
     raw = tmp_path / "raw" / "webvid"
-    assert (raw / "videos" / "p1" / "0.mp4").read_bytes() == b"video zero"
-    assert s["downloaded"] == 2 and s["failed"] == 1 and s["missing"] == 1
-    assert "2.mp4" in s["message"] and "1 media files missing" in s["message"]
+    with pytest.raises(dl.BelowThreshold, match=r"0\.00% of 3 items.*min_success = 50\.00%.*status\.parquet"):
+        download("webvid", cfg, limit=3)
     assert (raw / "results_2M_train.csv").read_text().count("\n") == 4  # header + 3 rows
     assert (raw / "results_2M_train.csv.full").read_text().count("\n") == 6
-    assert download("webvid", cfg, limit=3)["skipped"] == 2  # second run: complete files skipped
+    status = pq.read_table(raw / "status.parquet").to_pylist()
+    assert [r["status"] for r in status] == ["failed"] * 3
+    assert "not a decodable video" in status[0]["error_message"] and "HTTP 404" in status[1]["error_message"]
+    asked = len(Handler.log)
+    with pytest.raises(dl.BelowThreshold):
+        download("webvid", cfg, limit=3)
+    assert len(Handler.log) == asked  # recorded failures are not fetched again...
+    with pytest.raises(dl.BelowThreshold):
+        download("webvid", cfg, limit=3, retry_failed=True)
+    assert len(Handler.log) == asked + 3  # ...unless asked
 
 
 def test_download_lsmdc_explains_where_to_get_it(tmp_path):
@@ -153,12 +164,8 @@ def test_download_lsmdc_explains_where_to_get_it(tmp_path):
         download("lsmdc", DataConfig(root=str(tmp_path), source="public"))
 
 
-def test_download_synthetic_generates_the_dataset(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(
-        dl.synthetic,
-        "generate",
-        lambda d, raw, seed, scale: calls.append((d, Path(raw), seed, scale)) or {"dataset": d},
-    )
-    s = download("msvd", DataConfig(root=str(tmp_path), source="synthetic", synthetic_seed=5, synthetic_scale=0.5))
-    assert calls == [("msvd", tmp_path / "raw" / "msvd", 5, 0.5)] and s["source"] == "synthetic"
+def test_download_synthetic_generates_the_dataset_and_its_manifest(tmp_path):
+    s = download("lsmdc", DataConfig(root=str(tmp_path), source="synthetic", synthetic_seed=5, synthetic_scale=0.05))
+    assert s["source"] == "synthetic" and s["success_rate"] == 1.0
+    entries = read_manifest(tmp_path, "lsmdc")
+    assert len(entries) == s["listed"] > 0 and all((tmp_path / e.path).is_file() for e in entries)

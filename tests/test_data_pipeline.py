@@ -15,6 +15,7 @@ from rap.data.adapters import SPLITS, load_records
 from rap.data.datasets import BLANK_PIXEL, build_eval_set, build_finetune_loader, build_pretrain_loader
 from rap.data.decode import probe, read_frames
 from rap.data.extract import extract
+from rap.data.manifest import read_manifest, write_manifest
 from rap.data.records import DataError, read_index
 from rap.model.tokenizer import build_tokenizer
 
@@ -167,7 +168,10 @@ def damaged(tmp_path):
     recs[3].path.unlink()  # missing
     csv_path = root / "raw" / "webvid" / "results_2M_train.csv"
     raw = csv_path.read_bytes().replace(recs[4].captions[0].encode(), b"caf\xe9 \xff broken")
-    csv_path.write_bytes(raw)  # non-UTF-8 caption
+    csv_path.write_bytes(raw)  # non-UTF-8 caption...
+    entries = read_manifest(root, "webvid")  # ...as the manifest, extraction's input, carries it
+    entries[4] = dataclasses.replace(entries[4], caption=load_records("webvid", root, "train")[4].captions[0])
+    write_manifest(root, "webvid", entries)
     imgs = load_records("cc3m", root, "train")
     imgs[0].path.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root, [r.path for r in recs[:5]], imgs[0].path

@@ -10,6 +10,8 @@ import re
 import pytest
 import yaml
 
+from rap.registry import ALL_DATASETS
+
 from helpers.code_deps import REPO, cli_closure
 
 # the `rap` subcommand of each stage (rap/cli.py imports its modules inside the subcommand)
@@ -76,7 +78,10 @@ def test_every_selected_scale_param_exists_in_both_scales():
     """DVC stops on a params key missing from params.yaml: each `${scale}.` key dvc.yaml names
     must be written out in the embedded and the paper block (defaults do not count)."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    keys = set(re.findall(r"\$\{scale\}\.([\w.]+)", (REPO / "dvc.yaml").read_text()))
+    text = (REPO / "dvc.yaml").read_text()
+    keys = set(re.findall(r"\$\{scale\}\.([\w.]+)(?!\$)", text))
+    # a key naming the foreach item (`${scale}.data.${item}`): every dataset's
+    keys |= {f"{k}{d}" for k in re.findall(r"\$\{scale\}\.([\w.]+)\$\{item\}", text) for d in ALL_DATASETS}
     assert keys
     for scale in ("embedded", "paper"):
         for key in keys:

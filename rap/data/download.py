@@ -55,8 +55,10 @@ from tqdm import tqdm
 
 from rap.atomic import atomic_write, write_text_atomic
 from rap.config import DataConfig
-from rap.data import synthetic
-from rap.data.adapters import LSMDC_FILES, SPLITS, didemo_video_key, load_records
+from rap.data import fetch as fetcher
+from rap.data import img2dataset, manifest, synthetic
+from rap.data.adapters import LSMDC_FILES, PUBLISHED, SPLITS, didemo_video_key, load_records
+from rap.data.manifest import ManifestEntry
 from rap.data.records import DataError
 
 log = logging.getLogger(__name__)
@@ -323,38 +325,84 @@ def _fetch_required(url: str, dest: Path, what: str) -> None:
         raise DownloadError(f"{err}\n{what}: place {dest.name} in {dest.parent} by hand and re-run") from None
 
 
-def _annotation_text(dataset: str, raw: Path, name: str, url_key: str, what: str, limit: int | None) -> str:
-    """Fetch a dataset's annotation file when absent, cut it to ``limit`` rows, return its text."""
+def _annotation_text(
+    dataset: str, raw: Path, name: str, url_key: str, what: str, limit: int | None, url: str | None = None
+) -> str:
+    """Fetch a dataset's annotation file (from ``url``, else the publisher's) when absent, cut
+    it to ``limit`` rows, return its text."""
     path = raw / name
     if not path.is_file():
-        _fetch_required(URLS[url_key], path, what)
+        _fetch_required(url or URLS[url_key], path, what)
     if limit:
         limit_annotations(dataset, raw, limit)
     return path.read_text(encoding="utf-8", errors="surrogateescape")
 
 
-def _webvid(raw: Path, limit: int | None) -> dict:
-    text = _annotation_text("webvid", raw, "results_2M_train.csv", "webvid_csv", "WebVid-2M annotation", limit)
+def _webvid_items(raw: Path, limit: int | None, url: str | None) -> list[fetcher.Item]:
+    what = "WebVid-2M annotation (no longer served by its publisher: README, Paper-scale data)"
+    text = _annotation_text("webvid", raw, "results_2M_train.csv", "webvid_csv", what, limit, url)
     rows = list(csv.DictReader(io.StringIO(text)))
-    jobs = [Job(r["contentUrl"], raw / "videos" / r["page_dir"] / f"{r['videoid']}.mp4") for r in rows]
-    done, skipped, missing = fetch_many(jobs, "webvid videos", workers=16)
-    return {"downloaded": done, "skipped": skipped, "missing": missing}
+    for i, r in enumerate(rows, 2):
+        if not all(r.get(c) for c in ("videoid", "contentUrl", "name")):
+            raise DataError(f"{raw / 'results_2M_train.csv'}:{i}: needs videoid, contentUrl and name")
+    return [fetcher.Item(r["videoid"], r["contentUrl"], r["name"]) for r in rows]
 
 
-def _cc3m(raw: Path, limit: int | None) -> dict:
-    text = _annotation_text(
-        "cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv", "CC3M annotation (Google Conceptual Captions)", limit
+def _cc3m_items(raw: Path, limit: int | None, url: str | None) -> list[fetcher.Item]:
+    what = "CC3M annotation (Google Conceptual Captions)"
+    text = _annotation_text("cc3m", raw, "Train_GCC-training.tsv", "cc3m_tsv", what, limit, url)
+    items = []
+    for i, line in enumerate(text.splitlines()):
+        row = line.split("\t")
+        if len(row) >= 2:  # key: the row number, as the release's image names
+            items.append(fetcher.Item(f"{i:09d}", row[1].strip(), row[0]))
+    return items
+
+
+def _fetch_web(dataset: str, raw: Path, cfg: DataConfig, limit: int | None, retry_failed: bool) -> tuple[list, list]:
+    """Fetch WebVid's or CC3M's URL list; returns (the list's items, their status rows)."""
+    items = (_webvid_items if dataset == "webvid" else _cc3m_items)(raw, limit, getattr(cfg, dataset).list_url)
+    f = cfg.fetch
+    if dataset == "cc3m" and f.cc3m_tool == "img2dataset":
+        out = raw / "img2dataset"
+        failed = [it for it in items if img2dataset.statuses(out).get(it.key, {}).get("status") == "failed"]
+        if retry_failed and failed:
+            img2dataset.run(failed, out, img2dataset.next_retry_name(out), f, cfg.image_size)
+        elif len(img2dataset.statuses(out)) < len(items):  # incremental: finished shards are skipped
+            img2dataset.run(items, out, "main", f, cfg.image_size)
+        latest = img2dataset.statuses(out)
+        missing = {"status": "failed", "error_message": "not attempted", "path": None, "digest": None}
+        return items, [
+            latest.get(it.key) or {"key": it.key, "url": it.url, "caption": it.caption, **missing} for it in items
+        ]
+    kind = "video" if dataset == "webvid" else "image"
+    rows, _ = fetcher.fetch_list(
+        items,
+        raw / "shards",
+        kind=kind,
+        min_side=cfg.image_size,
+        processes=f.processes,
+        threads=f.threads,
+        shard_size=f.shard_size,
+        timeout_s=f.timeout_s,
+        retries=f.retries,
+        retry_failed=retry_failed,
     )
-    rows = [line.split("\t") for line in text.splitlines()]
-    jobs, caps = [], []
-    for i, row in enumerate(rows):
-        if len(row) >= 2:
-            jobs.append(Job(row[1].strip(), raw / "images" / f"{i:08d}.jpg"))
-            caps.append(row[0])
-    done, skipped, missing = fetch_many(jobs, "cc3m images", workers=16)
-    have = [{"image": f"images/{j.dest.name}", "caption": c} for j, c in zip(jobs, caps) if j.dest.is_file()]
-    write_text_atomic(raw / "cc3m_train.json", json.dumps(have))
-    return {"downloaded": done, "skipped": skipped, "missing": missing}
+    return items, rows
+
+
+def _web_manifest(dataset: str, root: Path, rows: list[dict]) -> list[ManifestEntry]:
+    kind = "video" if dataset == "webvid" else "image"
+    out = []
+    for r in rows:
+        if r["status"] != "success":
+            continue
+        path = Path(r["path"])
+        digest = r["digest"] or manifest.digest_file(path)
+        out.append(
+            ManifestEntry(r["key"], manifest._relative(path, root), None, r["caption"], digest, r["bytes"], kind)
+        )
+    return out
 
 
 def _archive_videos(
@@ -406,52 +454,102 @@ def _lsmdc(raw: Path, limit: int | None) -> dict:
     return {"downloaded": 0, "skipped": 0, "missing": []}
 
 
-PUBLIC = {"webvid": _webvid, "cc3m": _cc3m, "msrvtt": _msrvtt, "didemo": _didemo, "msvd": _msvd, "lsmdc": _lsmdc}
+PUBLIC = {"msrvtt": _msrvtt, "didemo": _didemo, "msvd": _msvd, "lsmdc": _lsmdc}
 
 
-def _missing_media(dataset: str, root: Path) -> list[str]:
-    out = []
+# ---------------------------------------------------------------------------------------
+# The stage: fetch, count what arrived, write the manifest
+# ---------------------------------------------------------------------------------------
+
+
+class BelowThreshold(DataError):
+    """Less of a dataset arrived than ``data.<dataset>.min_success`` asks."""
+
+
+def _status_table(raw: Path, rows: list[dict]) -> Path:
+    path = raw / "status.parquet"
+    fetcher.write_status(path, rows)
+    return path
+
+
+def _size_warnings(dataset: str, root: Path, entries: list[ManifestEntry]) -> list[str]:
+    """The published-size check on what arrived: a warning with numbers per split off by more
+    than the published tolerance."""
+    warnings = []
     for split in SPLITS[dataset]:
-        try:
-            records = load_records(dataset, root, split)
-        except DataError as err:
-            out.append(str(err))
+        pub = PUBLISHED.get((dataset, split))
+        if pub is None or pub.videos is None:
             continue
-        out += [f"{r.path} ({split})" for r in records if not r.path.is_file()]
-    return out
+        if dataset in manifest.WEB_DATASETS:
+            n = len(entries)
+        else:
+            arrived = {e.path for e in entries}
+            recs = load_records(dataset, root, split)
+            n = len({r.path for r in recs if manifest._relative(r.path, root) in arrived})
+        if abs(n - pub.videos) > pub.tol * pub.videos:
+            warnings.append(
+                f"{dataset}/{split}: {n:,} items arrived, published {pub.videos:,} "
+                f"({n / pub.videos:.1%}; tolerance {pub.tol:.0%}; {pub.source})"
+            )
+    return warnings
 
 
-def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None) -> dict:
-    """Fetch (``public``) or generate (``synthetic``) ``raw/<dataset>/``; returns a summary
-    dict; the summary's ``message`` lists what is still missing."""
+def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None, retry_failed: bool = False) -> dict:
+    """Fetch (``public``) or generate (``synthetic``) ``raw/<dataset>/`` and write the manifest
+    of what arrived (manifest.py). Never fails for one item: raises :class:`BelowThreshold`
+    when the share that arrived is below ``data.<dataset>.min_success``."""
     if dataset not in SPLITS:
         raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(SPLITS)}")
     root = Path(data_cfg.root)
     raw = root / "raw" / dataset
     limit = limit if limit is not None else data_cfg.download_limit
     if data_cfg.source == "synthetic":
-        summary = synthetic.generate(dataset, raw, seed=data_cfg.synthetic_seed, scale=data_cfg.synthetic_scale)
-        return {**summary, "source": "synthetic", "missing": 0, "message": f"{dataset}: synthetic corpus in {raw}"}
-    raw.mkdir(parents=True, exist_ok=True)
-    result = PUBLIC[dataset](raw, limit)
-    missing = sorted(set(_missing_media(dataset, root)))
-    failed = result["missing"]
-    msg = f"{dataset}: {result['downloaded']} downloaded, {result['skipped']} already present"
-    if missing:
-        msg += f"; {len(missing)} media files missing, e.g.:\n  " + "\n  ".join(missing[:10])
+        synthetic.generate(dataset, raw, seed=data_cfg.synthetic_seed, scale=data_cfg.synthetic_scale)
+    else:
+        raw.mkdir(parents=True, exist_ok=True)
+    status_file = None
+    if data_cfg.source == "public" and dataset in manifest.WEB_DATASETS:
+        items, rows = _fetch_web(dataset, raw, data_cfg, limit, retry_failed)
+        entries, listed = _web_manifest(dataset, root, rows), len(items)
+        status_file = _status_table(raw, rows)
+        failures = [f"{r['url']}: {r['error_message']}" for r in rows if r["status"] != "success"]
+        if dataset == "cc3m":  # the release's format too (adapters.py reads it)
+            images = [{"image": manifest._relative(root / e.path, raw), "caption": e.caption} for e in entries]
+            write_text_atomic(raw / "cc3m_train.json", json.dumps(images))
+    else:
+        if data_cfg.source == "public":
+            PUBLIC[dataset](raw, limit)
+        entries, listed, absent = manifest.records_manifest(dataset, root)
+        failures = [f"{p}: absent" for p in absent]
+    rate = len(entries) / listed if listed else 0.0
+    threshold = data_cfg.min_success(dataset)
+    where = status_file or raw
+    msg = f"{dataset}: {len(entries):,} of {listed:,} items arrived: success rate {rate:.2%}"
+    msg += f" (data.{dataset}.min_success {threshold:.2%})"
+    if failures:
+        msg += f"; {len(failures):,} failed, e.g.:\n  " + "\n  ".join(failures[:5]) + f"\n(all of them: {where})"
         if dataset in MANUAL:
             msg += f"\n{MANUAL[dataset]}"
-        log.warning(msg)
-    if failed:
-        log.warning("%s: %d downloads failed, e.g. %s", dataset, len(failed), failed[:3])
+    if rate < threshold or not entries:
+        raise BelowThreshold(
+            f"{dataset}: only {rate:.2%} of {listed:,} items arrived, below data.{dataset}.min_success = "
+            f"{threshold:.2%}; what failed and why: {where}. Re-run with --retry-failed to fetch the failures "
+            f"again, or lower data.{dataset}.min_success in params.yaml.\n{msg}"
+        )
+    manifest_file = manifest.write_manifest(root, dataset, entries)
+    warnings = _size_warnings(dataset, root, entries) if data_cfg.check_sizes else []
+    for w in warnings:
+        log.warning("published-size check: %s", w)
     return {
         "dataset": dataset,
-        "source": "public",
+        "source": data_cfg.source,
         "limit": limit,
-        "downloaded": result["downloaded"],
-        "skipped": result["skipped"],
-        "failed": len(failed),
-        "missing": len(missing),
-        "missing_files": missing[:50],
-        "message": msg,
+        "listed": listed,
+        "arrived": len(entries),
+        "failed": len(failures),
+        "success_rate": rate,
+        "manifest": str(manifest_file),
+        "status": str(where),
+        "size_warnings": warnings,
+        "message": msg + f"\nmanifest: {manifest_file}",
     }

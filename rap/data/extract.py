@@ -21,7 +21,8 @@ from tqdm import tqdm
 from rap.atomic import write_text_atomic
 from rap.config import DataConfig
 from rap.data import decode, ground_truth, store
-from rap.data.adapters import SPLITS, load_records
+from rap.data.adapters import SPLITS
+from rap.data.manifest import local_file, manifest_records
 from rap.data.records import ClipRecord, DataError, IndexEntry, ProbeInfo, clean_captions, index_paths
 from rap.data.records import _rel as index_relpath
 
@@ -37,8 +38,15 @@ class _Probed:
 
 def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path) -> tuple[_Probed, int]:
     """Probe one clip and, when asked, write its store file. Returns (result, bytes written)."""
+    with local_file(rec.path) as media:  # a member of an imported tar shard: a temporary copy
+        return _probe_and_store_file(rec, media, dataset, cfg, root)
+
+
+def _probe_and_store_file(
+    rec: ClipRecord, media: Path, dataset: str, cfg: DataConfig, root: Path
+) -> tuple[_Probed, int]:
     try:
-        info = decode.probe(rec.path)
+        info = decode.probe(media)
     except decode.DecodeError as err:
         return _Probed(None, None, str(err)), 0
     if not cfg.frame_store:
@@ -53,17 +61,17 @@ def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path)
         cfg.store_fps,
         fmt=cfg.store_format,
         quality=cfg.store_jpeg_quality,
-        source_digest=store.source_digest(rec.path),
+        source_digest=store.source_digest(media),
     )
     dest = root / rel
     if store.is_complete(dest):
         return _Probed(info, rel, None), 0
     try:
-        if rec.kind == "image" or decode.is_image(rec.path):
-            frames = decode.read_image(rec.path, cfg.image_size)
+        if rec.kind == "image" or decode.is_image(media):
+            frames = decode.read_image(media, cfg.image_size)
         else:
             idx = store.store_indices(info, cfg.store_fps)
-            frames = decode.read_frames(rec.path, idx, cfg.image_size, src_size=(info.width, info.height))
+            frames = decode.read_frames(media, idx, cfg.image_size, src_size=(info.width, info.height))
     except decode.DecodeError as err:
         return _Probed(None, None, str(err)), 0
     return _Probed(info, rel, None), store.write_clip(dest, frames, quality=cfg.store_jpeg_quality)
@@ -99,7 +107,8 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
     splits = splits or SPLITS.get(dataset, ())
     if not splits:
         raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(SPLITS)}")
-    records = [r for s in splits for r in load_records(dataset, root, s, check_sizes=data_cfg.check_sizes)]
+    # what arrived (rap download / rap import wrote the manifest), not every listed item
+    records = [r for s in splits for r in manifest_records(root, dataset, s, check_sizes=data_cfg.check_sizes)]
     unique: dict[Path, ClipRecord] = {}
     for r in records:
         unique.setdefault(r.path, r)

@@ -681,10 +681,26 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
         if {k: done.get(k) for k in want} == want:
+            _write_manifest(dataset, raw, only_if_absent=True)
             return {"dataset": dataset, "skipped": True, **done.get("counts", {})}
     raw.mkdir(parents=True, exist_ok=True)
     # (seed, dataset index): each dataset's part is independent of which others are generated.
     rng = np.random.default_rng((seed, ALL_DATASETS.index(dataset)))
     counts = GENERATORS[dataset](raw, rng, scale)
     write_text_atomic(marker, json.dumps({**want, "counts": counts}))  # last: a killed run is redone
+    _write_manifest(dataset, raw, only_if_absent=False)
     return {"dataset": dataset, "skipped": False, **counts}
+
+
+def _write_manifest(dataset: str, raw: Path, *, only_if_absent: bool) -> None:
+    """What a download writes: ``<root>/manifest/<dataset>.jsonl`` (rap/data/manifest.py), when
+    the corpus is generated at its place in a data root (``<root>/raw/<dataset>``)."""
+    from rap.data import manifest
+
+    if raw.parent.name != "raw":
+        return
+    root = raw.parent.parent
+    if only_if_absent and manifest.manifest_path(root, dataset).is_file():
+        return
+    entries, _, _ = manifest.records_manifest(dataset, root)
+    manifest.write_manifest(root, dataset, entries)

@@ -38,6 +38,7 @@ import torch
 
 from rap.config import TOP_LEVEL_KNOBS, Params
 from rap.errors import RapError
+from rap.registry import ALL_DATASETS
 from rap.training.checkpoint import latest_checkpoint
 
 __all__ = [
@@ -67,6 +68,8 @@ _NEUTRAL_PARAMS = (
     "data.num_workers",
     "data.root",
     "data.check_sizes",
+    "data.fetch",  # how downloads are fetched, and what share must arrive (data.<dataset>.min_success)
+    *(f"data.{dataset}" for dataset in ALL_DATASETS),
     "datasets",
     "ablations",
     "finetune.tasks",
@@ -90,6 +93,10 @@ _NEUTRAL_CODE = (
     "errors.py",
     "reports/",
     "data/download.py",
+    "data/fetch.py",
+    "data/img2dataset.py",
+    "data/importer.py",
+    "data/manifest.py",
     "data/extract.py",
     "data/synthetic.py",
     "training/resume.py",

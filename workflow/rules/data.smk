@@ -4,12 +4,15 @@
 # `rap download` fills data/raw/<dataset>/, a folder that may hold files placed by hand
 # (LSMDC, DiDeMo). It is not a declared output, since Snakemake deletes a job's outputs
 # before it reruns the job: the rule declares a marker next to it, written once the command
-# succeeds, and a rerun deletes only that marker.
+# succeeds, and a rerun deletes only that marker. Its other output is the manifest of what
+# arrived (rap/data/manifest.py), extraction's one input: a dead URL never fails the job, only a
+# success rate below data.<dataset>.min_success does.
 
 
 rule download:
     output:
-        f"{DATA}/raw/{{dataset}}.downloaded",
+        marker=f"{DATA}/raw/{{dataset}}.downloaded",
+        manifest=f"{DATA}/manifest/{{dataset}}.jsonl",
     log:
         "logs/download/{dataset}.log",
     threads: 1
@@ -18,12 +21,12 @@ rule download:
     conda:
         RAP_ENV
     shell:
-        f"rap download {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1 && touch {{output}}"
+        f"rap download {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1 && touch {{output.marker}}"
 
 
 rule extract:
     input:
-        f"{DATA}/raw/{{dataset}}.downloaded",
+        f"{DATA}/manifest/{{dataset}}.jsonl",
     output:
         f"{DATA}/index/{{dataset}}.jsonl",
         f"{DATA}/index/{{dataset}}.truth.jsonl",
