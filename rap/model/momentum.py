@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rap.distributed import GatherCache, all_gather_no_grad
-from rap.model.features import project_text, project_video
+from rap.model.features import TextFeatures, VideoFeatures, project_text, project_video
 from rap.model.text import TextEncoder
 from rap.model.video import VideoEncoder
 
@@ -71,9 +71,41 @@ class MomentumEncoders(nn.Module):
         self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum global embeddings (B, D) of the same inputs (same MAC ratio, own mask)."""
-        v = project_video(self.vision, self.vision_proj, video, mask_ratio).emb
-        t = project_text(self.text, self.text_proj, input_ids, attention_mask).emb
+        v, t = self.features(video, input_ids, attention_mask, mask_ratio)
+        return v.emb, t.emb
+
+    @torch.no_grad()
+    def features(
+        self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float
+    ) -> tuple[VideoFeatures, TextFeatures]:
+        """Momentum features, global and local (the release's local terms read these)."""
+        v = project_video(self.vision, self.vision_proj, video, mask_ratio)
+        t = project_text(self.text, self.text_proj, input_ids, attention_mask)
         return v, t
+
+    def queue_nce(
+        self,
+        anchor: torch.Tensor,
+        partner_m: torch.Tensor,
+        modality: str,
+        temperature: torch.Tensor,
+        video_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The release's intra-modal i2i / t2t (rap_pretrain.py:172-176): online ``anchor``
+        (B, D) against [momentum embeddings of the batch ``partner_m``; the ``modality``
+        ("video" | "text") queue], hard targets (one-hot, or uniform over the samples of the
+        anchor's video with ``video_ids``), one direction, mean over the batch."""
+        queue = {"video": self.video_queue, "text": self.text_queue}[modality]
+        candidates = torch.cat([partner_m, queue])
+        b, q = anchor.shape[0], queue.shape[0]
+        slot = torch.arange(q, device=self.filled.device)
+        valid = torch.cat(
+            [torch.ones(b, dtype=torch.bool, device=anchor.device), (slot < self.filled).to(anchor.device)]
+        )
+        with torch.no_grad():
+            targets = _hard_targets(b, q, video_ids, self.id_queue, valid)
+        log_p = F.log_softmax(_mask_empty(anchor @ candidates.T / temperature, valid), dim=1)
+        return -(log_p * targets).sum(1).mean()
 
     def distilled_itc(
         self,
@@ -98,13 +130,7 @@ class MomentumEncoders(nn.Module):
             [torch.ones(b, dtype=torch.bool, device=video_emb.device), (slot < self.filled).to(video_emb.device)]
         )
         with torch.no_grad():
-            if video_ids is None:
-                positives = torch.zeros(b, b + q, device=video_emb.device)
-                positives[:, :b] = torch.eye(b, device=video_emb.device)
-            else:
-                ids_all = torch.cat([video_ids, self.id_queue])
-                positives = ((video_ids[:, None] == ids_all[None, :]) & valid[None, :]).float()
-            targets = positives / positives.sum(dim=1, keepdim=True)
+            targets = _hard_targets(b, q, video_ids, self.id_queue, valid)
             tau = temperature.detach()
             soft_v2t = F.softmax(_mask_empty(video_m @ text_all.T / tau, valid), dim=1)
             soft_t2v = F.softmax(_mask_empty(text_m @ video_all.T / tau, valid), dim=1)
@@ -136,6 +162,20 @@ class MomentumEncoders(nn.Module):
         self.id_queue[slots] = video_ids[-k:]
         self.ptr.copy_((self.ptr + k) % q)
         self.filled.copy_(torch.clamp(self.filled + k, max=q))
+
+
+def _hard_targets(
+    b: int, q: int, video_ids: torch.Tensor | None, id_queue: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """(B, B + Q) ground-truth targets over [batch; queue]: one-hot on the own sample, or
+    uniform over every valid entry of the anchor's video with ``video_ids``."""
+    if video_ids is None:
+        positives = torch.zeros(b, b + q, device=valid.device)
+        positives[:, :b] = torch.eye(b, device=valid.device)
+    else:
+        ids_all = torch.cat([video_ids, id_queue.to(video_ids.device)])
+        positives = ((video_ids[:, None] == ids_all[None, :]) & valid[None, :]).float()
+    return positives / positives.sum(dim=1, keepdim=True)
 
 
 def _mask_empty(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
