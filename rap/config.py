@@ -151,6 +151,9 @@ class LossConfig:
     # Clip the momentum encoders see: "first" (the training view) or "second" (the augmented
     # view, as the release's pre-training: ITC targets, queue, i2i and local features).
     momentum_video_view: MomentumVideoView = "first"
+    # Queues at the start: "empty" (slots masked until filled) or "random" (unit random vectors,
+    # all counted as negatives from the first step, as the release: rap_pretrain.py:81-86).
+    queue_init: Literal["empty", "random"] = "empty"
 
     def __post_init__(self) -> None:
         _check(self.racl_lambda >= 0, "lambda", self.racl_lambda, "must be >= 0")
@@ -298,9 +301,37 @@ class ProcessLayout:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of one pre-training source or fine-tuning task
+    (rap/data/transforms.py). ``view``: "crop" (one random resized crop of area ``crop_scale``
+    shared by the K frames), "squash" (the whole frame resized to a square, no crop),
+    "squash_crop" (squashed, then the random resized crop: the release's LSMDC) or "centre"
+    (short side + centre crop); ``flip``: horizontal flip with probability 1/2 (the
+    caption's left/right swapped); ``randaugment``: RandAugment(2, 5) ops on every frame
+    (the release's CC3M, transform/randaugment.py)."""
+
+    view: Literal["crop", "squash", "squash_crop", "centre"] = "crop"
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip: bool = False
+    randaugment: bool = False
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (0.0, 0.0)
+        _check(
+            0 < lo <= hi <= 1, "augment.crop_scale", list(self.crop_scale), "must be [lo, hi] with 0 < lo <= hi <= 1"
+        )
+
+
+@dataclass(frozen=True)
 class PretrainConfig(ProcessLayout):
     sources: tuple[str, ...] = PRETRAIN_SOURCES
-    source_weights: tuple[float, ...] = (1.0, 1.0)  # probability of each source per step
+    source_weights: tuple[float, ...] = (1.0, 1.0)  # probability of each source per step (mixing: weighted)
+    # How an epoch mixes the sources: "weighted" draws each step's source with source_weights
+    # (an epoch is sum(sizes) / batch steps, some samples of a source unseen, others twice);
+    # "exhaust" visits every sample of every source once an epoch, the steps of the sources
+    # in a random order (the release's MetaLoader, meta_dataloader.py:44-46).
+    mixing: Literal["weighted", "exhaust"] = "weighted"
+    augment: Mapping[str, AugmentConfig] = field(default_factory=dict)  # per source
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -308,6 +339,8 @@ class PretrainConfig(ProcessLayout):
         super().__post_init__()
         for s in self.sources:
             _check(s in PRETRAIN_SOURCES, "pretrain.sources", s, f"must be one of {PRETRAIN_SOURCES}")
+        for s in self.augment:
+            _check(s in PRETRAIN_SOURCES, "pretrain.augment", s, f"must be one of {PRETRAIN_SOURCES}")
         _check(
             len(self.source_weights) == len(self.sources),
             "pretrain.source_weights",
@@ -333,9 +366,16 @@ class FinetuneConfig(ProcessLayout):
     # 34 WordPiece tokens on the authors' val/test files), 64 cuts ~1 %, and 64 is what the
     # reference implementations use for DiDeMo (DESIGN.md "Text length").
     max_len_train: Mapping[str, int] = field(default_factory=lambda: {"didemo": 64})
+    # Tasks whose epoch is one sample per video with a caption drawn at random (the release's
+    # MSVD: 1,200 samples an epoch, MSVD_dataset.py:169), instead of one sample per caption.
+    one_caption_per_video: tuple[str, ...] = ()
+    # Augmentation of each task's training clips (missing: the default AugmentConfig).
+    augment: Mapping[str, AugmentConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for t in (*self.one_caption_per_video, *self.augment):
+            _check(t in FINETUNE_TASKS, "finetune.one_caption_per_video/augment", t, f"must be one of {FINETUNE_TASKS}")
         for t in self.tasks:
             _check(t in FINETUNE_TASKS, "finetune.tasks", t, f"must be one of {FINETUNE_TASKS}")
             _check(t in self.epochs, "finetune.epochs", t, "has no epoch count")
@@ -617,6 +657,7 @@ RELEASE_LOSS: Mapping[str, Any] = types.MappingProxyType(
         "racl_locals": "momentum",
         "racl_weight_grad": True,
         "intra_queue": True,
+        "queue_init": "random",
         "itc_weight": 0.5,
         "intra_video_weight": 0.25,
         "intra_text_weight": 0.25,
@@ -709,6 +750,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     bad = ConfigError(f"{source}: invalid value for {key!r}: {value!r} (expected {_hint_name(hint)})")
     if hint is Any:
         return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{source}: invalid value for {key!r}: {value!r} (must be one of {list(args)})")

@@ -34,8 +34,10 @@ class MomentumEncoders(nn.Module):
         *,
         queue_size: int,
         m: float,
+        queue_init: str = "empty",
     ) -> None:
-        """``text=None``: a video-only copy (the intra-video second view), no text tower."""
+        """``text=None``: a video-only copy (the intra-video second view), no text tower.
+        ``queue_init``: "empty", or "random" unit vectors counted as negatives from the start."""
         super().__init__()
         self.vision = copy.deepcopy(vision)
         self.vision_proj = copy.deepcopy(vision_proj)
@@ -53,6 +55,28 @@ class MomentumEncoders(nn.Module):
         self.register_buffer("id_queue", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.queue_init = queue_init
+        self._init_queues()
+
+    @torch.no_grad()
+    def _init_queues(self) -> None:
+        self.ptr.zero_()
+        self.id_queue.fill_(-1)
+        if self.queue_init == "random":  # the release: F.normalize(torch.randn(dim, size), dim=0)
+            for q in (self.video_queue, self.text_queue):
+                q.copy_(F.normalize(torch.randn_like(q), dim=1))
+            self.filled.fill_(self.video_queue.shape[0])
+        else:
+            self.filled.zero_()
+
+    @torch.no_grad()
+    def reset_from(self, online: nn.Module) -> None:
+        """Copy the online weights (BLIP's copy_params) and start the queues afresh: momentum encoders
+        for a model whose checkpoint has none (fine-tuning from a pre-training without them)."""
+        params = dict(online.named_parameters())
+        for name, p_m in self.named_parameters():
+            p_m.copy_(params[name].detach())
+        self._init_queues()
 
     @torch.no_grad()
     def update(self, online: nn.Module) -> None:

@@ -57,6 +57,7 @@ class RaPModel(nn.Module):
                 self.text_proj,
                 queue_size=loss_cfg.queue_size,
                 m=loss_cfg.momentum_m,
+                queue_init=loss_cfg.queue_init,
             )
         elif loss_cfg.intra_video_view == "momentum" and loss_cfg.intra_video_weight > 0:
             # Only the video tower is needed for the second view; no queues.

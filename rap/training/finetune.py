@@ -77,7 +77,15 @@ def run(
     with distributed_session() as ctx:
         seed_everything(params.seed)
         model = RaPModel(cfg.model, ft.loss)
-        loaded = load_model_weights(model, Path(checkpoint))
+        # Momentum encoders come from the checkpoint when pre-training kept the same ones (the
+        # release recipe); else they start as copies of the loaded online towers, queues empty.
+        fresh_momentum = model.momentum is not None and not cfg.pretrain.loss.momentum
+        loaded = load_model_weights(model, Path(checkpoint), skip_prefixes=("momentum.",) if fresh_momentum else ())
+        if fresh_momentum:
+            model.momentum.reset_from(model)
+            loaded["missing"] = [k for k in loaded["missing"] if not k.startswith("momentum.")]
+        elif model.momentum is not None:  # a pre-training queue's ids name pre-training clips
+            model.momentum.id_queue.fill_(-1)
         if loaded["missing"]:
             raise RuntimeError(
                 f"{checkpoint}: {len(loaded['missing'])} weight(s) of the fine-tuning model are "
