@@ -183,12 +183,15 @@ MSRVTT_OFFICIAL_SPLIT = {"train-7k": "train", "val-7k": "validate"}
 
 def _msrvtt_jsonl(path: Path, split: str, video: Callable[[str], Path]) -> list[ClipRecord]:
     """JSON lines ``{caption, clip_name, sen_id}``, the release's format: one video per clip_name."""
+    lines = [(n, line) for n, line in enumerate(_text(path).splitlines(), 1) if line.strip()]
+    try:  # one decode of the whole file (130k lines): several times faster than one per line
+        rows = json.loads("[" + ",".join(line for _, line in lines) + "]")
+    except json.JSONDecodeError:
+        rows = None
     caps: dict[str, list[str]] = {}
-    for n, line in enumerate(_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
+    for i, (n, line) in enumerate(lines):
         try:
-            d = json.loads(line)
+            d = rows[i] if rows is not None else json.loads(line)
             caps.setdefault(d["clip_name"], []).append(d["caption"])
         except (json.JSONDecodeError, KeyError, TypeError):
             raise DataError(f"{path}:{n}: expected a JSON object with clip_name and caption") from None
