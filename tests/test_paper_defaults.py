@@ -5,6 +5,7 @@ MSVD sample per video, per-task augmentation, and momentum encoders for fine-tun
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,18 @@ def test_finetuning_momentum_starts_from_the_pretrained_towers(tmp_path):
     for name, p in ft.momentum.named_parameters():
         assert torch.equal(p, dict(pre.named_parameters())[name]), name
     assert int(ft.momentum.filled) == 0
+
+
+def test_download_limit_keeps_a_7k_validation_split(tmp_path):
+    from rap.data.download import limit_annotations
+
+    raw = tmp_path / "raw" / "msrvtt"
+    raw.mkdir(parents=True)
+    official = ["train"] * 5 + ["validate"] * 2 + ["test"]
+    videos = [{"video_id": f"video{i}", "split": s} for i, s in enumerate(official)]
+    sents = [{"video_id": f"video{i}", "caption": f"c {i}"} for i in range(8)]
+    (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sents}))
+    (raw / "MSRVTT_train.7k.csv").write_text("video_id\n" + "".join(f"video{i}\n" for i in range(7)))
+    limit_annotations("msrvtt", raw, 2)
+    assert [r.video_id for r in load_records("msrvtt", tmp_path, "train-7k")] == ["video0", "video1"]
+    assert [r.video_id for r in load_records("msrvtt", tmp_path, "val-7k")] == ["video5", "video6"]
