@@ -168,7 +168,7 @@ def measure(terms, f) -> dict[str, dict[str, float]]:
         grads = torch.autograd.grad(value, [*feats, f["tau"]], retain_graph=True, allow_unused=True)
         g_feat = math.sqrt(sum(float(g.pow(2).sum()) for g in grads[:-1] if g is not None))
         g_tau = abs(float(grads[-1])) if grads[-1] is not None else 0.0
-        out[name] = {"value": float(value), "weight": weight, "grad_features": g_feat, "grad_tau": g_tau}
+        out[name] = {"value": float(value.detach()), "weight": weight, "grad_features": g_feat, "grad_tau": g_tau}
     return out
 
 
