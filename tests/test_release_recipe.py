@@ -56,12 +56,13 @@ def local_loop(locals_, anchors, partners, tau) -> torch.Tensor:
     b, m = locals_.shape[:2]
     total = 0.0
     for i in range(b):
-        maxes = [max(float(locals_[i, k] @ partners[i, n]) for n in range(partners.shape[1])) / tau for k in range(m)]
+        maxes = [float((partners[i] @ locals_[i, k]).max()) / tau for k in range(m)]  # max over partners
         z = sum(math.exp(x) for x in maxes)
+        others = torch.cat([locals_[j] for j in range(b) if j != i])  # every local of every other sample
         per = 0.0
         for k in range(m):
             pos = float(anchors[i] @ locals_[i, k]) / tau
-            negs = [float(anchors[i] @ locals_[j, n]) / tau for j in range(b) if j != i for n in range(m)]
+            negs = (others @ anchors[i] / tau).tolist()
             log_p = pos - math.log(math.exp(pos) + sum(math.exp(x) for x in negs))
             per += math.exp(maxes[k]) / z * -log_p
         total += per / m
