@@ -522,9 +522,11 @@ def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
 
 def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     n9, n7, nt = _count(160, scale), _count(120, scale), _count(TEST_CLIPS, scale)
-    n7 = min(n7, n9)
-    # The 7k protocol's official-val share (497 of 7,010 videos): the last n_val of the 7k videos.
-    n_val = min(_count(8, scale, minimum=2), n7 - 1)
+    # The 7k protocol's official-val share (497 of 7,010 videos): the last n_val of the 7k
+    # videos, at least 4 of each split where the 9k list allows.
+    n_val = _count(8, scale)
+    n7 = min(max(n7, n_val + 4), n9)
+    n_val = min(n_val, n7 - 1)
     train = _specs(rng, n9, unique=False, size=(64, 64))
     test = _specs(rng, nt, unique=True, size=(64, 64))
     videos, sentences, sen_id = [], [], 0
