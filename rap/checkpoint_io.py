@@ -43,12 +43,15 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return ckpt
 
 
-def load_model_weights(model: nn.Module, path: Path, *, strict: bool = False) -> dict[str, list[str]]:
+def load_model_weights(
+    model: nn.Module, path: Path, *, strict: bool = False, skip_prefixes: tuple[str, ...] = ()
+) -> dict[str, list[str]]:
     """Load the ``model`` state of a checkpoint into ``model`` (fine-tuning from pre-training,
     evaluation). With ``strict=False`` keys present on one side only are allowed (e.g. the LM
     decoder of pre-training when fine-tuning switches it off) and listed in the log; a shape
-    mismatch or an empty overlap is always an error."""
-    state = load_checkpoint(path)["model"]
+    mismatch or an empty overlap is always an error. Keys under ``skip_prefixes`` are not read
+    (the caller initialises them; they are reported missing)."""
+    state = {k: v for k, v in load_checkpoint(path)["model"].items() if not k.startswith(skip_prefixes)}
     own = model.state_dict()
     bad = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"

@@ -30,6 +30,9 @@ from rap.registry import ALL_DATASETS, DOWNSTREAM_DATASETS, FINETUNE, FINETUNE_T
 RaclDirection = Literal["both", "v2t", "t2v", "none"]
 RaclVariant = Literal["paper", "official"]
 IntraVideoView = Literal["online", "momentum"]
+RaclLocals = Literal["online", "momentum"]
+MomentumVideoView = Literal["first", "second"]
+TrainRecipe = Literal["paper", "release"]
 Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
@@ -162,9 +165,36 @@ class LossConfig:
     distill_alpha: float = 0.4
     distill_ramp_epochs: float = 2.0
     lm_label_smoothing: float = 0.1
+    # The release's objective (``train_recipe: release``, :func:`apply_train_recipe`); each off
+    # by default. Local terms divided again by their count (rap/losses.py, official variant only):
+    racl_double_normalise: bool = False
+    # Encoder of RaCL's patch/token features: the online one (gradient into them) or the
+    # momentum copy (the release: no gradient through the local features).
+    racl_locals: RaclLocals = "online"
+    # Intra-modal terms as the release's i2i/t2t: online embedding against [momentum
+    # embedding; queue], one direction, hard targets; instead of in-batch symmetric InfoNCE.
+    intra_queue: bool = False
+    # Clip the momentum encoders see: "first" (the training view) or "second" (the augmented
+    # view, as the release's pre-training: ITC targets, queue, i2i and local features).
+    momentum_video_view: MomentumVideoView = "first"
+    # Queues at the start: "empty" (slots masked until filled) or "random" (unit random vectors,
+    # all counted as negatives from the first step, as the release: rap_pretrain.py:81-86).
+    queue_init: Literal["empty", "random"] = "empty"
 
     def __post_init__(self) -> None:
         _check(self.racl_lambda >= 0, "lambda", self.racl_lambda, "must be >= 0")
+        for name, on in (
+            ("racl_locals", self.racl_locals == "momentum"),
+            ("intra_queue", self.intra_queue),
+            ("momentum_video_view", self.momentum_video_view == "second"),
+        ):
+            _check(not on or self.momentum, f"loss.{name}", getattr(self, name), "needs loss.momentum: true")
+        _check(
+            not self.racl_double_normalise or self.racl_variant == "official",
+            "loss.racl_double_normalise",
+            self.racl_double_normalise,
+            "applies to racl_variant 'official' only",
+        )
         _check(0 < self.racl_weight_floor < 1, "racl_weight_floor", self.racl_weight_floor, "must be in (0, 1)")
         for name in ("itc_weight", "itm_weight", "lm_weight", "intra_video_weight", "intra_text_weight"):
             _check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name), "must be >= 0")
@@ -348,9 +378,37 @@ class ProcessLayout:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation of one pre-training source or fine-tuning task
+    (rap/data/transforms.py). ``view``: "crop" (one random resized crop of area ``crop_scale``
+    shared by the K frames), "squash" (the whole frame resized to a square, no crop),
+    "squash_crop" (squashed, then the random resized crop: the release's LSMDC) or "centre"
+    (short side + centre crop); ``flip``: horizontal flip with probability 1/2 (the
+    caption's left/right swapped); ``randaugment``: RandAugment(2, 5) ops on every frame
+    (the release's CC3M, transform/randaugment.py)."""
+
+    view: Literal["crop", "squash", "squash_crop", "centre"] = "crop"
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip: bool = False
+    randaugment: bool = False
+
+    def __post_init__(self) -> None:
+        lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (0.0, 0.0)
+        _check(
+            0 < lo <= hi <= 1, "augment.crop_scale", list(self.crop_scale), "must be [lo, hi] with 0 < lo <= hi <= 1"
+        )
+
+
+@dataclass(frozen=True)
 class PretrainConfig(ProcessLayout):
     sources: tuple[str, ...] = PRETRAIN_SOURCES
-    source_weights: tuple[float, ...] = (1.0, 1.0)  # probability of each source per step
+    source_weights: tuple[float, ...] = (1.0, 1.0)  # probability of each source per step (mixing: weighted)
+    # How an epoch mixes the sources: "weighted" draws each step's source with source_weights
+    # (an epoch is sum(sizes) / batch steps, some samples of a source unseen, others twice);
+    # "exhaust" visits every sample of every source once an epoch, the steps of the sources
+    # in a random order (the release's MetaLoader, meta_dataloader.py:44-46).
+    mixing: Literal["weighted", "exhaust"] = "weighted"
+    augment: Mapping[str, AugmentConfig] = field(default_factory=dict)  # per source
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
 
@@ -358,6 +416,8 @@ class PretrainConfig(ProcessLayout):
         super().__post_init__()
         for s in self.sources:
             _check(s in PRETRAIN_SOURCES, "pretrain.sources", s, f"must be one of {PRETRAIN_SOURCES}")
+        for s in self.augment:
+            _check(s in PRETRAIN_SOURCES, "pretrain.augment", s, f"must be one of {PRETRAIN_SOURCES}")
         _check(
             len(self.source_weights) == len(self.sources),
             "pretrain.source_weights",
@@ -383,9 +443,16 @@ class FinetuneConfig(ProcessLayout):
     # 34 WordPiece tokens on the authors' val/test files), 64 cuts ~1 %, and 64 is what the
     # reference implementations use for DiDeMo (DESIGN.md "Text length").
     max_len_train: Mapping[str, int] = field(default_factory=lambda: {"didemo": 64})
+    # Tasks whose epoch is one sample per video with a caption drawn at random (the release's
+    # MSVD: 1,200 samples an epoch, MSVD_dataset.py:169), instead of one sample per caption.
+    one_caption_per_video: tuple[str, ...] = ()
+    # Augmentation of each task's training clips (missing: the default AugmentConfig).
+    augment: Mapping[str, AugmentConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        for t in (*self.one_caption_per_video, *self.augment):
+            _check(t in FINETUNE_TASKS, "finetune.one_caption_per_video/augment", t, f"must be one of {FINETUNE_TASKS}")
         for t in self.tasks:
             _check(t in FINETUNE_TASKS, "finetune.tasks", t, f"must be one of {FINETUNE_TASKS}")
             _check(t in self.epochs, "finetune.epochs", t, "has no epoch count")
@@ -551,10 +618,11 @@ class Params:
     knobs: Mapping[str, Any] = field(default_factory=dict)  # resolved top-level knobs
     ablations: tuple[str, ...] = ()  # ablation run names (dvc.yaml foreach)
     seed_runs: tuple[str, ...] = ()  # seed repeats of Tables 5 and 9 (seeds/dvc.yaml foreach)
+    train_recipe: TrainRecipe = "paper"  # the training objective: the paper's or the release's
 
     def to_flat_dict(self) -> dict[str, Any]:
         """Resolved config as ``a.b.c: value`` (what MLflow logs as params)."""
-        flat: dict[str, Any] = {"scale": self.scale, "seed": self.seed, **self.knobs}
+        flat: dict[str, Any] = {"scale": self.scale, "seed": self.seed, "train_recipe": self.train_recipe, **self.knobs}
         _flatten(dataclasses.asdict(self.cfg), "", flat)
         return {key: _unshared(value) for key, value in flat.items()}
 
@@ -579,7 +647,7 @@ def _unshared(value: Any) -> Any:
 # Loading
 # --------------------------------------------------------------------------------------
 
-TOP_LEVEL_KNOBS = ("scale", "seed", *KNOB_BY_NAME, "ablations", "seed_runs")
+TOP_LEVEL_KNOBS = ("scale", "seed", "train_recipe", *KNOB_BY_NAME, "ablations", "seed_runs")
 SCALES = ("embedded", "paper")
 
 
@@ -622,6 +690,8 @@ def params_from_dict(
         )
     cfg = _build(ScaleConfig, block, prefix=scale, source=source)
     cfg = _apply_knobs(cfg, raw, source)
+    recipe = _coerce(raw.get("train_recipe", "paper"), TrainRecipe, "train_recipe", source)
+    cfg = apply_train_recipe(cfg, recipe)
     seed = raw.get("seed", 0)
     _check(
         isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0,
@@ -645,7 +715,13 @@ def params_from_dict(
         _check(split_ablation_name(name)[1] is not None, "seed_runs", name, "needs a +seed-<N> part (or seed-<N>)")
     knobs = {k.name: _get_dotted(cfg, k.path) for k in KNOBS}
     return Params(
-        scale=scale, seed=seed, cfg=cfg, knobs=types.MappingProxyType(knobs), ablations=ablations, seed_runs=seed_runs
+        scale=scale,
+        seed=seed,
+        cfg=cfg,
+        knobs=types.MappingProxyType(knobs),
+        ablations=ablations,
+        seed_runs=seed_runs,
+        train_recipe=recipe,
     )
 
 
@@ -661,13 +737,67 @@ def _apply_knobs(cfg: ScaleConfig, raw: Mapping[str, Any], source: str) -> Scale
 
 # Fine-tuning keeps the RaCL of the pre-trained model it starts from (paper 5.2 fine-tunes
 # with the same objective's retrieval terms): these fields always come from pretrain.loss.
-FINETUNE_INHERITED_LOSS = ("racl_lambda", "racl", "racl_variant", "racl_weight_grad", "racl_weight_floor")
+FINETUNE_INHERITED_LOSS = (
+    "racl_lambda",
+    "racl",
+    "racl_variant",
+    "racl_weight_grad",
+    "racl_weight_floor",
+    "racl_double_normalise",
+    "racl_locals",
+)
 
 
 def finetune_loss(pretrain: LossConfig, finetune: LossConfig) -> LossConfig:
     """Fine-tuning's loss settings: its own block, with RaCL's settings taken from pre-training
     (:data:`FINETUNE_INHERITED_LOSS`); the one place fine-tuning's objective is derived."""
     return dataclasses.replace(finetune, **{f: getattr(pretrain, f) for f in FINETUNE_INHERITED_LOSS})
+
+
+# ``train_recipe: release``: the objective of the authors' release (caskcsg/VLP, RaP/models/
+# rap_pretrain.py:146-178 and rap_retrieval.py:112-143), for pre-training and fine-tuning alike:
+# ITC against a momentum queue with distillation; i2i and t2t against [momentum; queue];
+# loss_ita = (i2t + t2i + i2i + t2t) / 4 + the two local terms (so itc, whose value is the mean
+# of i2t and t2i, weighs 1/2 and i2i, t2t 1/4 each); the local terms weighted by softmax(max
+# similarity / tau), divided again by their count, on momentum local features (DESIGN.md
+# "Table of record"). queue_size, momentum_m and distill_alpha keep their values (the release's).
+RELEASE_LOSS: Mapping[str, Any] = types.MappingProxyType(
+    {
+        "momentum": True,
+        "racl_variant": "official",
+        "racl_double_normalise": True,
+        "racl_locals": "momentum",
+        "racl_weight_grad": True,
+        "intra_queue": True,
+        "queue_init": "random",
+        "itc_weight": 0.5,
+        "intra_video_weight": 0.25,
+        "intra_text_weight": 0.25,
+    }
+)
+# Per stage: pre-training's momentum encoders see the augmented view (rap_pretrain.py:127) and
+# alpha ramps over 2 epochs (pretrain.py:47); fine-tuning's see the training clip itself
+# (rap_retrieval.py:91), alpha ramps over the first epoch (retrieval.py:45-47), no LM.
+RELEASE_PRETRAIN_LOSS: Mapping[str, Any] = types.MappingProxyType(
+    {"momentum_video_view": "second", "distill_ramp_epochs": 2.0}
+)
+RELEASE_FINETUNE_LOSS: Mapping[str, Any] = types.MappingProxyType(
+    {"momentum_video_view": "first", "distill_ramp_epochs": 1.0, "lm_weight": 0.0}
+)
+
+
+def apply_train_recipe(cfg: ScaleConfig, recipe: str) -> ScaleConfig:
+    """``cfg`` trained with ``recipe``: "paper" leaves it as it is; "release" sets the release's
+    objective (:data:`RELEASE_LOSS`) in pre-training and fine-tuning, over any knob."""
+    if recipe == "paper":
+        return cfg
+    pre = dataclasses.replace(cfg.pretrain.loss, **RELEASE_LOSS, **RELEASE_PRETRAIN_LOSS)
+    ft = dataclasses.replace(cfg.finetune.loss, **RELEASE_LOSS, **RELEASE_FINETUNE_LOSS)
+    return dataclasses.replace(
+        cfg,
+        pretrain=dataclasses.replace(cfg.pretrain, loss=pre),
+        finetune=dataclasses.replace(cfg.finetune, loss=finetune_loss(pre, ft)),
+    )
 
 
 def _get_dotted(obj: Any, dotted: str) -> Any:
@@ -732,6 +862,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     bad = ConfigError(f"{source}: invalid value for {key!r}: {value!r} (expected {_hint_name(hint)})")
     if hint is Any:
         return value
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key, source)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{source}: invalid value for {key!r}: {value!r} (must be one of {list(args)})")

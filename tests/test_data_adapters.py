@@ -45,7 +45,9 @@ def _msrvtt(raw):
         for v in range(4)
         for k in range(3)
     ]
-    (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": [], "sentences": sents}))
+    official = ["train", "validate", "train", "test"]  # MSRVTT's own split of each video
+    videos = [{"video_id": f"video{v}", "split": official[v]} for v in range(4)]
+    (raw / "MSRVTT_data.json").write_text(json.dumps({"videos": videos, "sentences": sents}))
     (raw / "MSRVTT_train.9k.csv").write_text("video_id\nvideo0\nvideo1\nvideo2\n")
     (raw / "MSRVTT_train.7k.csv").write_text("video_id\nvideo0\nvideo1\n")
     (raw / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr3,video3,a man sings\n")
@@ -58,12 +60,18 @@ def test_msrvtt_splits(tmp_path):
     assert [r.video_id for r in nine] == ["video0", "video1", "video2"]
     assert nine[1].captions == ("caption 1-0", "caption 1-1", "caption 1-2")
     assert nine[0].path == raw / "videos" / "all" / "video0.mp4"
-    assert len(load_records("msrvtt", tmp_path, "train-7k")) == 2  # from the JSFusion 7k csv
-    (raw / "msrvtt_train_7k.jsonl").write_text(
+    # the 7k protocol: the 7k list split by MSRVTT's official train / validate field
+    assert [r.video_id for r in load_records("msrvtt", tmp_path, "train-7k")] == ["video0"]
+    assert [r.video_id for r in load_records("msrvtt", tmp_path, "val-7k")] == ["video1"]
+    lines = (
         '{"caption": "x", "clip_name": "video5", "sen_id": 1}\n{"caption": "y", "clip_name": "video5", "sen_id": 2}\n'
     )
+    (raw / "msrvtt_train_7k.jsonl").write_text(lines)
     (r,) = load_records("msrvtt", tmp_path, "train-7k")  # the released JSON-lines file wins
     assert r.video_id == "video5" and r.captions == ("x", "y")
+    (raw / "val_videodatainfo.json").write_text(lines.replace("video5", "video6"))
+    (v,) = load_records("msrvtt", tmp_path, "val-7k")  # the release's own val file
+    assert v.video_id == "video6"
     (t,) = load_records("msrvtt", tmp_path, "test")
     assert t.captions == ("a man sings",)
 

@@ -168,7 +168,7 @@ def test_finetune_without_validation_split_keeps_last_epoch(
     make_params, pretrained_checkpoint, tmp_path, single_thread
 ):
     out = tmp_path / "msrvtt"
-    final = finetune.run(make_params(), "msrvtt-7k", pretrained_checkpoint, out)
+    final = finetune.run(make_params(), "msrvtt-9k", pretrained_checkpoint, out)  # 7k validates on val-7k
     summary = json.loads((out / "train_run.json").read_text())
     assert summary["best_epoch"] is None and summary["validation"] == [] and summary["finished"]
     final_loss = json.loads((out / "train_metrics.json").read_text())["final_loss"]

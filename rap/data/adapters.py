@@ -12,8 +12,10 @@ synthetic corpus writes in the same format):
 * ``msrvtt``  CLIP4Clip's ``msrvtt_data`` layout: ``MSRVTT_data.json`` (``sentences``:
   caption, video_id), ``MSRVTT_train.9k.csv`` / ``MSRVTT_train.7k.csv`` (JSFusion id lists,
   column video_id), ``MSRVTT_JSFUSION_test.csv`` (1k-A: key, vid_key, video_id, sentence; one
-  caption per video). ``train-7k`` prefers ``msrvtt_train_7k.jsonl`` (JSON lines
-  ``{caption, clip_name, sen_id}``, the released code's format) when present. Videos at
+  caption per video). ``train-7k`` / ``val-7k`` (the 7k protocol: 6,513 official-train and
+  497 official-val videos) read the release's ``train_videodatainfo.json`` /
+  ``val_videodatainfo.json`` (JSON lines ``{caption, clip_name, sen_id}``) when present, else
+  the 7k list split by MSRVTT_data.json's ``videos[].split``. Videos at
   ``videos/all/{video_id}.mp4``.
 * ``didemo``  LocalizingMoments ``{train,val,test}_data.json``: one entry per moment
   ``{annotation_id, description, video, times, dl_link, num_segments}``. The moments of one
@@ -65,7 +67,8 @@ class Published:
 PUBLISHED: dict[tuple[str, str], Published] = {
     ("webvid", "train"): Published(2_500_000, tol=0.05, source="RaP 5.2: WebVid-2M, 2.5M pairs"),
     ("cc3m", "train"): Published(3_318_333, tol=0.0, source="Train_GCC-training.tsv rows (checked on the TSV)"),
-    ("msrvtt", "train-7k"): Published(7_010, 140_200, source="JSFusion 7k split, 20 captions/video"),
+    ("msrvtt", "train-7k"): Published(6_513, 130_260, source="official train split (7k protocol), 20 captions/video"),
+    ("msrvtt", "val-7k"): Published(497, 9_940, source="official validate split (7k protocol), 20 captions/video"),
     ("msrvtt", "train-9k"): Published(9_000, 180_000, source="JSFusion 9k split, 20 captions/video"),
     ("msrvtt", "test"): Published(1_000, 1_000, source="1k-A test, one caption each"),
     # DiDeMo: one paragraph per Flickr video; the authors' files hold 1,004 test and 1,065 val
@@ -167,6 +170,57 @@ def _msrvtt_captions(raw: Path, split: str) -> dict[str, list[str]]:
     return caps
 
 
+# The 7k protocol of the release (retrieval_msrvtt7k.yaml, MSRVTT_dataset.py:44-53): train on the
+# 6,513 official-train videos, choose the epoch on the 497 official-val videos; the two make
+# JSFusion's 7k list. Its JSON-lines files first (msrvtt_train_7k.jsonl: an earlier name of
+# the same train file), else MSRVTT_data.json's own split field over the 7k list.
+MSRVTT_7K_FILES = {
+    "train-7k": ("train_videodatainfo.json", "msrvtt_train_7k.jsonl"),
+    "val-7k": ("val_videodatainfo.json",),
+}
+MSRVTT_OFFICIAL_SPLIT = {"train-7k": "train", "val-7k": "validate"}
+
+
+def _msrvtt_jsonl(path: Path, split: str, video: Callable[[str], Path]) -> list[ClipRecord]:
+    """JSON lines ``{caption, clip_name, sen_id}``, the release's format: one video per clip_name."""
+    lines = [(n, line) for n, line in enumerate(_text(path).splitlines(), 1) if line.strip()]
+    try:  # one decode of the whole file (130k lines): several times faster than one per line
+        rows = json.loads("[" + ",".join(line for _, line in lines) + "]")
+    except json.JSONDecodeError:
+        rows = None
+    caps: dict[str, list[str]] = {}
+    for i, (n, line) in enumerate(lines):
+        try:
+            d = rows[i] if rows is not None else json.loads(line)
+            caps.setdefault(d["clip_name"], []).append(d["caption"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path}:{n}: expected a JSON object with clip_name and caption") from None
+    return [ClipRecord(v, video(v), tuple(c), split) for v, c in caps.items()]
+
+
+def _msrvtt_official_7k(raw: Path, split: str, video: Callable[[str], Path]) -> list[ClipRecord]:
+    """The videos of JSFusion's 7k list whose MSRVTT_data.json ``split`` is the official train
+    (``train-7k``) or validate (``val-7k``) one."""
+    ids_path = _need(raw / "MSRVTT_train.7k.csv", "msrvtt", split)
+    data_path = raw / "MSRVTT_data.json"
+    all_caps = _msrvtt_captions(raw, split)
+    official = {
+        v.get("video_id"): v.get("split") for v in (_json(data_path).get("videos") or []) if isinstance(v, dict)
+    }
+    want = MSRVTT_OFFICIAL_SPLIT[split]
+    out = []
+    for i, r in enumerate(_csv_rows(ids_path), 2):
+        vid = _col(r, "video_id", ids_path, i)
+        if vid not in official:
+            raise DataError(f"{ids_path}:{i}: video {vid!r} has no entry with a 'split' in {data_path} 'videos'")
+        if official[vid] != want:
+            continue
+        if vid not in all_caps:
+            raise DataError(f"{ids_path}:{i}: video {vid!r} has no captions in {data_path}")
+        out.append(ClipRecord(vid, video(vid), tuple(all_caps[vid]), split))
+    return out
+
+
 def _msrvtt(raw: Path, split: str) -> list[ClipRecord]:
     video = lambda vid: raw / "videos" / "all" / f"{vid}.mp4"  # noqa: E731
     if split == "test":
@@ -175,18 +229,11 @@ def _msrvtt(raw: Path, split: str) -> list[ClipRecord]:
             ClipRecord(_col(r, "video_id", path, i), video(r["video_id"]), (_col(r, "sentence", path, i),), split)
             for i, r in enumerate(_csv_rows(path), 2)
         ]
-    jsonl = raw / "msrvtt_train_7k.jsonl"
-    if split == "train-7k" and jsonl.is_file():
-        caps: dict[str, list[str]] = {}
-        for n, line in enumerate(_text(jsonl).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-                caps.setdefault(d["clip_name"], []).append(d["caption"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{jsonl}:{n}: expected a JSON object with clip_name and caption") from None
-        return [ClipRecord(v, video(v), tuple(c), split) for v, c in caps.items()]
+    if split in MSRVTT_7K_FILES:
+        for name in MSRVTT_7K_FILES[split]:
+            if (raw / name).is_file():
+                return _msrvtt_jsonl(raw / name, split, video)
+        return _msrvtt_official_7k(raw, split, video)
     ids_path = _need(raw / f"MSRVTT_train.{split.split('-')[1]}.csv", "msrvtt", split)
     all_caps = _msrvtt_captions(raw, split)
     out = []

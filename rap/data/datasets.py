@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from rap.config import ConfigError, DataConfig, ScaleConfig, finetune_text_len
+from rap.config import AugmentConfig, ConfigError, DataConfig, ScaleConfig, finetune_text_len
 from rap.data import decode, store, transforms
 from rap.data.adapters import load_records
 from rap.data.mixing import MixedBatchSampler
@@ -109,7 +109,8 @@ class ClipTextDataset(Dataset):
     """(video, caption) training samples of one source.
 
     ``per_caption`` (fine-tuning): one item per (clip, caption), every caption seen each
-    epoch; else (pre-training) one item per clip with a random caption. Items are indexed
+    epoch; else (pre-training, and fine-tuning tasks in ``finetune.one_caption_per_video``) one
+    item per clip with a random caption. ``augment``: the source's or task's augmentation. Items are indexed
     ``(item, sample_seed)`` by :class:`MixedBatchSampler`; a plain int uses the item as seed.
     """
 
@@ -125,8 +126,10 @@ class ClipTextDataset(Dataset):
         per_caption: bool = False,
         index_offset: int = 0,
         name: str = "",
+        augment: AugmentConfig | None = None,
     ):
         self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
+        self.augment = augment or AugmentConfig()
         self.two_views, self.hflip, self.offset, self.name = two_views, hflip, index_offset, name
         if per_caption:
             self.items = [(c, j) for c, clip in enumerate(self.clips) for j in range(len(clip.record.captions))]
@@ -147,14 +150,16 @@ class ClipTextDataset(Dataset):
             raise ValueError(f"{clip.record.path}: empty or non-UTF-8 caption")
         caption = caption[0]
         frames = read_clip_frames(clip, self.frames, self.sampling, rng, self.size)
-        flip = bool(self.hflip and rng.random() < 0.5)
+        aug = self.augment
+        flip = bool((self.hflip or aug.flip) and rng.random() < 0.5)
+        view = dict(view=aug.view, crop_scale=aug.crop_scale, randaugment=aug.randaugment)
         out = {
-            "video": transforms.train_view(frames, self.size, rng, flip=flip),
+            "video": transforms.train_view(frames, self.size, rng, flip=flip, **view),
             "caption": transforms.swap_left_right(caption) if flip else caption,
             "video_index": self.offset + c,
         }
         if self.two_views:
-            out["video_aug"] = transforms.train_view(frames, self.size, rng, flip=flip)
+            out["video_aug"] = transforms.train_view(frames, self.size, rng, flip=flip, **view)
         return out
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
@@ -329,6 +334,7 @@ def build_pretrain_loader(
                 hflip=d.hflip,
                 index_offset=offset,
                 name=name,
+                augment=cfg.pretrain.augment.get(name),
             )
         )
         offset += len(clips)
@@ -340,6 +346,7 @@ def build_pretrain_loader(
         seed=seed,
         rank=rank,
         world_size=world_size,
+        mixing=cfg.pretrain.mixing,
     )
     return TrainLoader(
         ds,
@@ -362,7 +369,8 @@ def build_finetune_loader(
     batch_size: int | None = None,
 ) -> TrainLoader:
     """Fine-tuning on ``task`` (:data:`rap.registry.FINETUNE`: its training split): one item
-    per caption; ``video_index`` marks captions of the same video."""
+    per caption (or per video, ``finetune.one_caption_per_video``); ``video_index`` marks
+    captions of the same video; ``finetune.augment[task]`` its augmentation."""
     if task not in FINETUNE:
         raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {FINETUNE_TASKS}")
     dataset, split = FINETUNE[task].dataset, FINETUNE[task].train
@@ -374,8 +382,9 @@ def build_finetune_loader(
         image_size=d.image_size,
         two_views=False,
         hflip=d.hflip,
-        per_caption=True,
+        per_caption=task not in cfg.finetune.one_caption_per_video,
         name=task,
+        augment=cfg.finetune.augment.get(task),
     )
     mixed = MixedDataset([ds], [dataset])
     sampler = MixedBatchSampler(

@@ -271,6 +271,26 @@ def _limit_lines(path: Path, n: int, header: bool) -> None:
     write_text_atomic(path, "".join(keep), errors="surrogateescape")
 
 
+def _limit_msrvtt_7k(raw: Path, n: int) -> None:
+    """The 7k list cut to the first ``n`` official-train and ``n`` official-val videos, so that
+    the 7k protocol keeps a validation split (the list's head is all official-train)."""
+    path, data = raw / "MSRVTT_train.7k.csv", raw / "MSRVTT_data.json"
+    if not path.is_file() or not data.is_file():
+        return
+    split_of = {
+        v.get("video_id"): v.get("split") for v in json.loads(data.read_text(encoding="utf-8")).get("videos", [])
+    }
+    lines = _keep_full(path).read_text(encoding="utf-8", errors="surrogateescape").splitlines(keepends=True)
+    taken: dict[str | None, int] = {}
+    keep = lines[:1]
+    for line in lines[1:]:
+        split = split_of.get(line.strip().split(",")[0])
+        if taken.get(split, 0) < n:
+            taken[split] = taken.get(split, 0) + 1
+            keep.append(line)
+    write_text_atomic(path, "".join(keep), errors="surrogateescape")
+
+
 def limit_annotations(dataset: str, raw: Path, n: int) -> None:
     """Rewrite each split's annotation to its first ``n`` videos (originals kept as .full)."""
     if dataset == "webvid":
@@ -278,8 +298,9 @@ def limit_annotations(dataset: str, raw: Path, n: int) -> None:
     elif dataset == "cc3m":
         _limit_lines(raw / "Train_GCC-training.tsv", n, header=False)
     elif dataset == "msrvtt":
-        for f in ("MSRVTT_train.9k.csv", "MSRVTT_train.7k.csv", "MSRVTT_JSFUSION_test.csv"):
+        for f in ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"):
             _limit_lines(raw / f, n, header=True)
+        _limit_msrvtt_7k(raw, n)
     elif dataset == "didemo":
         for split in SPLITS["didemo"]:
             p = raw / f"{split}_data.json"

@@ -3,8 +3,10 @@
 Every batch comes from ONE source (WebVid or CC3M in pre-training; the released code also
 draws a random source per step). Everything is a pure function of (seed, epoch, step, rank):
 
-* the source of step t: ``default_rng((seed, epoch, SCHEDULE_KEY)).choice(S, steps, p=weights)[t]``,
-  identical on every rank without any communication or disk access;
+* the source of step t: ``default_rng((seed, epoch, SCHEDULE_KEY)).choice(S, steps, p=weights)[t]``
+  (mixing "weighted"), or with mixing "exhaust" drawn uniformly among the sources that still
+  have a full batch left this epoch, so that every sample is seen once an epoch (the release's
+  MetaLoader, meta_dataloader.py:44-46); identical on every rank without any communication;
 * each source's order: a seeded permutation per (seed, epoch, source, cycle), padded to a
   multiple of ``world_size`` and sharded ``rank::world_size`` (DistributedSampler-style); a
   source drawn more often than its share wraps into its next cycle;
@@ -20,6 +22,23 @@ from typing import Iterator, Sequence
 import numpy as np
 
 SCHEDULE_KEY = 1_000_003  # keeps the schedule stream apart from the per-source permutations
+MIXINGS = ("weighted", "exhaust")
+
+
+def exhaust_schedule(source_steps: Sequence[int], rng: np.random.Generator, steps: int) -> np.ndarray:
+    """Source of each of ``steps`` steps: uniform among the sources with batches left, until
+    each source s has had ``source_steps[s]`` (the release's MetaLoader: ``random.choice`` over
+    the loaders not yet exhausted). A source smaller than one batch still gets one step."""
+    left = [max(n, 0) for n in source_steps]
+    if not any(left):
+        left = [1] * len(source_steps)
+    out = np.empty(steps, dtype=np.int64)
+    for t in range(steps):
+        open_ = [s for s, n in enumerate(left) if n > 0] or list(range(len(left)))
+        s = open_[int(rng.integers(len(open_)))]
+        left[s] -= 1
+        out[t] = s
+    return out
 
 
 class MixedBatchSampler:
@@ -34,6 +53,7 @@ class MixedBatchSampler:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        mixing: str = "weighted",
     ):
         if len(sizes) != len(weights) or not sizes:
             raise ValueError(f"need one weight per source, got sizes={list(sizes)} weights={list(weights)}")
@@ -44,12 +64,20 @@ class MixedBatchSampler:
         w = np.asarray(weights, dtype=np.float64)
         if (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"source weights must be >= 0 with a positive sum, got {list(weights)}")
-        self.sizes, self.p = list(sizes), w / w.sum()
+        if mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {MIXINGS}, got {mixing!r}")
+        self.sizes, self.p, self.mixing = list(sizes), w / w.sum(), mixing
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.epoch, self.start_step = 0, 0
         # per-rank shard length: ceil(n / world) (padding by wrap-around, as DistributedSampler)
         self.shard_len = [-(-n // world_size) for n in self.sizes]
-        self.steps_per_epoch = max(1, sum(self.shard_len) // batch_size)
+        # exhaust: each source's full batches once (its last partial batch dropped, as the
+        # release's drop_last loaders); weighted: the same number of samples as all sources hold
+        self.source_steps = [n // batch_size for n in self.shard_len]
+        if mixing == "exhaust":
+            self.steps_per_epoch = max(1, sum(self.source_steps))
+        else:
+            self.steps_per_epoch = max(1, sum(self.shard_len) // batch_size)
 
     def set_position(self, epoch: int, step: int = 0) -> None:
         if not 0 <= step <= self.steps_per_epoch:
@@ -59,7 +87,9 @@ class MixedBatchSampler:
     def schedule(self, epoch: int) -> np.ndarray:
         """Source of every step of ``epoch`` (the same array on every rank)."""
         rng = np.random.default_rng((self.seed, epoch, SCHEDULE_KEY))
-        return rng.choice(len(self.sizes), size=self.steps_per_epoch, p=self.p)
+        if self.mixing == "weighted":
+            return rng.choice(len(self.sizes), size=self.steps_per_epoch, p=self.p)
+        return exhaust_schedule(self.source_steps, rng, self.steps_per_epoch)
 
     def _shard(self, epoch: int, source: int, cycle: int) -> np.ndarray:
         n = self.sizes[source]

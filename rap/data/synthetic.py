@@ -522,7 +522,11 @@ def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
 
 def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     n9, n7, nt = _count(160, scale), _count(120, scale), _count(TEST_CLIPS, scale)
-    n7 = min(n7, n9)
+    # The 7k protocol's official-val share (497 of 7,010 videos): the last n_val of the 7k
+    # videos, at least 4 of each split where the 9k list allows.
+    n_val = _count(8, scale)
+    n7 = min(max(n7, n_val + 4), n9)
+    n_val = min(n_val, n7 - 1)
     train = _specs(rng, n9, unique=False, size=(64, 64))
     test = _specs(rng, nt, unique=True, size=(64, 64))
     videos, sentences, sen_id = [], [], 0
@@ -532,7 +536,8 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
         vid = f"video{i}"
         ids[i] = vid
         split = "train" if i < n9 else "test"
-        videos.append({"video_id": vid, "split": split, "id": i, "category": int(rng.integers(20))})
+        official = "validate" if n7 - n_val <= i < n7 else split
+        videos.append({"video_id": vid, "split": official, "id": i, "category": int(rng.integers(20))})
         caps = _captions(spec, rng, 5, drop_colour_p=0.15 if split == "train" else 0.0)
         if split == "test":
             caps[0] = _sentence(spec, rng)  # the one 1k-A query always names colour + shape
@@ -550,10 +555,12 @@ def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     by_vid: dict[str, list] = {}
     for s in sentences:
         by_vid.setdefault(s["video_id"], []).append(s)
-    with (raw / "msrvtt_train_7k.jsonl").open("w", encoding="utf-8") as f:
-        for i in range(n7):
-            for s in by_vid[f"video{i}"]:
-                f.write(json.dumps({"caption": s["caption"], "clip_name": s["video_id"], "sen_id": s["sen_id"]}) + "\n")
+    for name, videos_7k in (("train", range(n7 - n_val)), ("val", range(n7 - n_val, n7))):
+        with (raw / f"{name}_videodatainfo.json").open("w", encoding="utf-8") as f:  # the release's files
+            for i in videos_7k:
+                for s in by_vid[f"video{i}"]:
+                    row = {"caption": s["caption"], "clip_name": s["video_id"], "sen_id": s["sen_id"]}
+                    f.write(json.dumps(row) + "\n")
     with (raw / "MSRVTT_JSFUSION_test.csv").open("w", newline="", encoding="utf-8") as f:
         wr = csv.DictWriter(f, fieldnames=["key", "vid_key", "video_id", "sentence"])
         wr.writeheader()

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from rap.data.randaugment import rand_augment
+
 CROP_SCALE = (0.5, 1.0)  # area fraction, as ALPRO/BLIP pre-training
 CROP_RATIO = (3 / 4, 4 / 3)
 
@@ -74,10 +76,38 @@ def crop_params(
     return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
-def train_view(frames: np.ndarray, size: int, rng: np.random.Generator, *, flip: bool = False) -> torch.Tensor:
-    """One augmented view: the same random resized crop (and flip) for every frame."""
-    top, left, ch, cw = crop_params(frames.shape[1], frames.shape[2], rng)
-    return to_tensor(_resize_box(frames, (left, top, left + cw, top + ch), (size, size)), flip)
+def train_view(
+    frames: np.ndarray,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    flip: bool = False,
+    view: str = "crop",
+    crop_scale: tuple[float, float] = CROP_SCALE,
+    randaugment: bool = False,
+) -> torch.Tensor:
+    """One augmented view, the same for every frame: ``view`` "crop" (a random resized crop of
+    area ``crop_scale``), "squash" (the whole frame resized to ``size`` x ``size``, the
+    release's MSRVTT/DiDeMo fine-tuning), "squash_crop" (squashed, then cropped: its LSMDC) or
+    "centre" (:func:`eval_view`, its MSVD); then
+    RandAugment(2, 5) (:mod:`rap.data.randaugment`) and the flip."""
+    if view == "squash_crop":  # the release's LSMDC: squash to size x size, then crop that
+        frames, view = _resize_box(frames, (0, 0, frames.shape[2], frames.shape[1]), (size, size)), "crop"
+    h, w = frames.shape[1:3]
+    if view == "crop":
+        top, left, ch, cw = crop_params(h, w, rng, scale=crop_scale)
+        box = (left, top, left + cw, top + ch)
+    elif view == "squash":
+        box = (0, 0, w, h)
+    elif view == "centre":
+        m = min(h, w)
+        box = ((w - m) / 2, (h - m) / 2, (w + m) / 2, (h + m) / 2)
+    else:
+        raise ValueError(f"view must be crop, squash, squash_crop or centre, got {view!r}")
+    out = _resize_box(frames, box, (size, size))
+    if randaugment:
+        out = rand_augment(out, rng)
+    return to_tensor(out, flip)
 
 
 def eval_view(frames: np.ndarray, size: int) -> torch.Tensor:

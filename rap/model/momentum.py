@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rap.distributed import GatherCache, all_gather_no_grad
-from rap.model.features import project_text, project_video
+from rap.model.features import TextFeatures, VideoFeatures, project_text, project_video
 from rap.model.text import TextEncoder
 from rap.model.video import VideoEncoder
 
@@ -34,8 +34,10 @@ class MomentumEncoders(nn.Module):
         *,
         queue_size: int,
         m: float,
+        queue_init: str = "empty",
     ) -> None:
-        """``text=None``: a video-only copy (the intra-video second view), no text tower."""
+        """``text=None``: a video-only copy (the intra-video second view), no text tower.
+        ``queue_init``: "empty", or "random" unit vectors counted as negatives from the start."""
         super().__init__()
         self.vision = copy.deepcopy(vision)
         self.vision_proj = copy.deepcopy(vision_proj)
@@ -53,6 +55,28 @@ class MomentumEncoders(nn.Module):
         self.register_buffer("id_queue", torch.full((queue_size,), -1, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.queue_init = queue_init
+        self._init_queues()
+
+    @torch.no_grad()
+    def _init_queues(self) -> None:
+        self.ptr.zero_()
+        self.id_queue.fill_(-1)
+        if self.queue_init == "random":  # the release: F.normalize(torch.randn(dim, size), dim=0)
+            for q in (self.video_queue, self.text_queue):
+                q.copy_(F.normalize(torch.randn_like(q), dim=1))
+            self.filled.fill_(self.video_queue.shape[0])
+        else:
+            self.filled.zero_()
+
+    @torch.no_grad()
+    def reset_from(self, online: nn.Module) -> None:
+        """Copy the online weights (BLIP's copy_params) and start the queues afresh: momentum encoders
+        for a model whose checkpoint has none (fine-tuning from a pre-training without them)."""
+        params = dict(online.named_parameters())
+        for name, p_m in self.named_parameters():
+            p_m.copy_(params[name].detach())
+        self._init_queues()
 
     @torch.no_grad()
     def update(self, online: nn.Module) -> None:
@@ -71,9 +95,41 @@ class MomentumEncoders(nn.Module):
         self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum global embeddings (B, D) of the same inputs (same MAC ratio, own mask)."""
-        v = project_video(self.vision, self.vision_proj, video, mask_ratio).emb
-        t = project_text(self.text, self.text_proj, input_ids, attention_mask).emb
+        v, t = self.features(video, input_ids, attention_mask, mask_ratio)
+        return v.emb, t.emb
+
+    @torch.no_grad()
+    def features(
+        self, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, mask_ratio: float
+    ) -> tuple[VideoFeatures, TextFeatures]:
+        """Momentum features, global and local (the release's local terms read these)."""
+        v = project_video(self.vision, self.vision_proj, video, mask_ratio)
+        t = project_text(self.text, self.text_proj, input_ids, attention_mask)
         return v, t
+
+    def queue_nce(
+        self,
+        anchor: torch.Tensor,
+        partner_m: torch.Tensor,
+        modality: str,
+        temperature: torch.Tensor,
+        video_ids: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The release's intra-modal i2i / t2t (rap_pretrain.py:172-176): online ``anchor``
+        (B, D) against [momentum embeddings of the batch ``partner_m``; the ``modality``
+        ("video" | "text") queue], hard targets (one-hot, or uniform over the samples of the
+        anchor's video with ``video_ids``), one direction, mean over the batch."""
+        queue = {"video": self.video_queue, "text": self.text_queue}[modality]
+        candidates = torch.cat([partner_m, queue])
+        b, q = anchor.shape[0], queue.shape[0]
+        slot = torch.arange(q, device=self.filled.device)
+        valid = torch.cat(
+            [torch.ones(b, dtype=torch.bool, device=anchor.device), (slot < self.filled).to(anchor.device)]
+        )
+        with torch.no_grad():
+            targets = _hard_targets(b, q, video_ids, self.id_queue, valid)
+        log_p = F.log_softmax(_mask_empty(anchor @ candidates.T / temperature, valid), dim=1)
+        return -(log_p * targets).sum(1).mean()
 
     def distilled_itc(
         self,
@@ -98,13 +154,7 @@ class MomentumEncoders(nn.Module):
             [torch.ones(b, dtype=torch.bool, device=video_emb.device), (slot < self.filled).to(video_emb.device)]
         )
         with torch.no_grad():
-            if video_ids is None:
-                positives = torch.zeros(b, b + q, device=video_emb.device)
-                positives[:, :b] = torch.eye(b, device=video_emb.device)
-            else:
-                ids_all = torch.cat([video_ids, self.id_queue])
-                positives = ((video_ids[:, None] == ids_all[None, :]) & valid[None, :]).float()
-            targets = positives / positives.sum(dim=1, keepdim=True)
+            targets = _hard_targets(b, q, video_ids, self.id_queue, valid)
             tau = temperature.detach()
             soft_v2t = F.softmax(_mask_empty(video_m @ text_all.T / tau, valid), dim=1)
             soft_t2v = F.softmax(_mask_empty(text_m @ video_all.T / tau, valid), dim=1)
@@ -136,6 +186,20 @@ class MomentumEncoders(nn.Module):
         self.id_queue[slots] = video_ids[-k:]
         self.ptr.copy_((self.ptr + k) % q)
         self.filled.copy_(torch.clamp(self.filled + k, max=q))
+
+
+def _hard_targets(
+    b: int, q: int, video_ids: torch.Tensor | None, id_queue: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """(B, B + Q) ground-truth targets over [batch; queue]: one-hot on the own sample, or
+    uniform over every valid entry of the anchor's video with ``video_ids``."""
+    if video_ids is None:
+        positives = torch.zeros(b, b + q, device=valid.device)
+        positives[:, :b] = torch.eye(b, device=valid.device)
+    else:
+        ids_all = torch.cat([video_ids, id_queue.to(video_ids.device)])
+        positives = ((video_ids[:, None] == ids_all[None, :]) & valid[None, :]).float()
+    return positives / positives.sum(dim=1, keepdim=True)
 
 
 def _mask_empty(logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

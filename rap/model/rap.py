@@ -57,6 +57,7 @@ class RaPModel(nn.Module):
                 self.text_proj,
                 queue_size=loss_cfg.queue_size,
                 m=loss_cfg.momentum_m,
+                queue_init=loss_cfg.queue_init,
             )
         elif loss_cfg.intra_video_view == "momentum" and loss_cfg.intra_video_weight > 0:
             # Only the video tower is needed for the second view; no queues.
@@ -238,30 +239,34 @@ class RaPModel(nn.Module):
         total = torch.zeros((), device=v.emb.device)
         if self.momentum is not None and self.training:
             self.momentum.update(self)
+        mom = None  # momentum features (video, text): ITC targets, queue, release-style terms
+        if lc.momentum and self.momentum is not None:
+            mom = self.momentum.features(self._momentum_video(batch, phase), t_ids, t_mask, r_v)
         if lc.itc_weight > 0:
-            if lc.momentum and self.momentum is not None:
-                v_m, t_m = self.momentum.embed(batch["video"], t_ids, t_mask, r_v)
-                l_v2t, l_t2v = self.momentum.distilled_itc(v.emb, t.emb, v_m, t_m, tau, alpha, video_ids)
-                if self.training:
-                    self.momentum.enqueue(v_m, t_m, video_ids, shared)
+            if mom is not None:
+                l_v2t, l_t2v = self.momentum.distilled_itc(v.emb, t.emb, mom[0].emb, mom[1].emb, tau, alpha, video_ids)
             else:
                 l_v2t, l_t2v = itc_loss(v.emb, t.emb, tau, video_ids=video_ids, gather=shared)
             out["itc"] = (l_v2t + l_t2v) / 2
             total = total + lc.itc_weight * out["itc"]
         if lc.racl != "none" and lc.racl_lambda > 0:
+            # The release's local terms read the momentum encoders' patches and tokens.
+            vl, tl = (mom[0], mom[1]) if lc.racl_locals == "momentum" else (v, t)
+            extra = {"double_normalise": lc.racl_double_normalise} if lc.racl_variant == "official" else {}
             r_v2t, r_t2v = racl_function(lc.racl_variant)(
                 v.emb,
-                v.patches,
+                vl.patches,
                 t.emb,
-                t.tokens,
-                t.token_mask,
+                tl.tokens,
+                tl.token_mask,
                 tau,
-                patch_mask=v.patch_mask,
+                patch_mask=vl.patch_mask,
                 weight_grad=lc.racl_weight_grad,
                 weight_floor=lc.racl_weight_floor,
                 video_ids=video_ids,
                 # the released code's local loss sees the per-GPU batch only
                 gather=shared if lc.racl_variant == "paper" else False,
+                **extra,
             )
             terms = racl_terms(lc.racl, r_v2t, r_t2v)
             out.update(terms)
@@ -272,14 +277,20 @@ class RaPModel(nn.Module):
         if lc.lm_weight > 0:
             out["lm"] = self._lm_loss(v, input_ids, attention_mask)
             total = total + lc.lm_weight * out["lm"]
-        if lc.intra_video_weight > 0:
+        if lc.intra_video_weight > 0 and lc.intra_queue:
+            out["intra_video"] = self.momentum.queue_nce(v.emb, mom[0].emb, "video", tau, video_ids)  # i2i
+            total = total + lc.intra_video_weight * out["intra_video"]
+        elif lc.intra_video_weight > 0:
             if "video_aug" not in batch:
                 raise KeyError("loss.intra_video_weight > 0 needs batch['video_aug'] (a second augmented view)")
             v_aug = self._second_view(batch["video_aug"], r_v)
             a, b = itc_loss(v.emb, v_aug, tau, video_ids=video_ids, gather=shared)
             out["intra_video"] = (a + b) / 2
             total = total + lc.intra_video_weight * out["intra_video"]
-        if lc.intra_text_weight > 0:
+        if lc.intra_text_weight > 0 and lc.intra_queue:
+            out["intra_text"] = self.momentum.queue_nce(t.emb, mom[1].emb, "text", tau, video_ids)  # t2t
+            total = total + lc.intra_text_weight * out["intra_text"]
+        elif lc.intra_text_weight > 0:
             # SimCSE: a second pass over the same (masked) ids; only dropout differs.
             t_aug = project_text(self.text, self.text_proj, t_ids, t_mask)
             a, b = itc_loss(t.emb, t_aug.emb, tau, video_ids=video_ids, gather=shared)
@@ -287,8 +298,19 @@ class RaPModel(nn.Module):
             total = total + lc.intra_text_weight * out["intra_text"]
         if not out:
             raise ValueError("no loss term is switched on: every loss weight is 0 and racl is 'none' or lambda 0")
+        if mom is not None and self.training:  # after every term read the queue (the release's order)
+            self.momentum.enqueue(mom[0].emb, mom[1].emb, video_ids, shared)
         out["loss"] = total
         return out
+
+    def _momentum_video(self, batch: Mapping[str, torch.Tensor], phase: Phase) -> torch.Tensor:
+        """The clip the momentum encoders see: the training view, or in pre-training with
+        ``loss.momentum_video_view: second`` the augmented one (rap_pretrain.py:127)."""
+        if self.loss_cfg.momentum_video_view == "second" and phase == "pretrain":
+            if "video_aug" not in batch:
+                raise KeyError("loss.momentum_video_view 'second' needs batch['video_aug'] (a second augmented view)")
+            return batch["video_aug"]
+        return batch["video"]
 
     def _second_view(self, video_aug: torch.Tensor, mask_ratio: float) -> torch.Tensor:
         """Global embeddings (B, D) of the augmented view for intra-video (A.1), by the encoder

@@ -9,7 +9,8 @@ Checkpoint selection (paper 5.4): "For each benchmark dataset, we select a check
 according to the results of the validation split". After each epoch the model is evaluated
 on the validation split (:func:`rap.evaluation.evaluate`, the test-time procedure) and the
 epoch with the best mean text-to-video R@1/R@5/R@10 becomes ``<out>/checkpoint.pt``.
-MSRVTT (7k and 9k) has no validation split: the last epoch is taken, as the paper does for 9k.
+MSRVTT-7k validates on the 497 official-val videos (the release's protocol); MSRVTT-9k has no
+validation split: the last epoch is taken, as the paper says.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch import nn
 
 from rap.checkpoint_io import file_digest, load_checkpoint, load_model_weights
-from rap.config import ConfigError, Params, ScaleConfig, finetune_text_len
+from rap.config import ConfigError, LossConfig, Params, ScaleConfig, finetune_text_len
 from rap.data.datasets import build_eval_set, build_finetune_loader
 from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
@@ -29,7 +30,7 @@ from rap.registry import FINETUNE, FINETUNE_TASKS
 from rap.release.importer import QUEUE_STATE, adopt_checkpoint_pixels
 from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
 
-__all__ = ["selection_score", "RetrievalValidation", "run"]
+__all__ = ["selection_score", "RetrievalValidation", "load_pretrained", "run"]
 
 
 def selection_score(metrics: dict[str, dict[str, float]]) -> float:
@@ -70,6 +71,27 @@ def _with_checkpoint_pixels(params: Params, checkpoint: Path) -> Params:
     return dataclasses.replace(params, cfg=dataclasses.replace(params.cfg, model=model_cfg))
 
 
+def load_pretrained(model: RaPModel, checkpoint: Path, pretrain_loss: LossConfig) -> None:
+    """The pre-trained weights into the fine-tuning ``model``. Momentum encoders come from the
+    checkpoint when pre-training kept the same ones (``pretrain_loss.momentum``, the release
+    recipe); else they start as copies of the loaded online towers with fresh queues. A
+    missing online weight is an error (another model config)."""
+    fresh_momentum = model.momentum is not None and not pretrain_loss.momentum
+    loaded = load_model_weights(model, checkpoint, skip_prefixes=("momentum.",) if fresh_momentum else ())
+    # an imported release checkpoint carries no queue: training state, started empty
+    loaded["missing"] = [k for k in loaded["missing"] if k not in QUEUE_STATE]
+    if fresh_momentum:
+        model.momentum.reset_from(model)
+        loaded["missing"] = [k for k in loaded["missing"] if not k.startswith("momentum.")]
+    elif model.momentum is not None:  # a pre-training queue's ids name pre-training clips
+        model.momentum.id_queue.fill_(-1)
+    if loaded["missing"]:
+        raise RuntimeError(
+            f"{checkpoint}: {len(loaded['missing'])} weight(s) of the fine-tuning model are "
+            f"missing (pre-trained with another model config?): {loaded['missing'][:5]}"
+        )
+
+
 def run(
     params: Params,
     task: str,
@@ -80,7 +102,7 @@ def run(
     max_steps: int | None = None,
 ) -> Path:
     """Fine-tune the pre-trained ``checkpoint`` on ``task``; returns ``<out_dir>/checkpoint.pt``
-    (the best validation epoch, or the last one for MSRVTT)."""
+    (the best validation epoch, or the last one for MSRVTT-9k)."""
     params = _with_checkpoint_pixels(params, Path(checkpoint))
     cfg = params.cfg
     ft = cfg.finetune
@@ -91,14 +113,7 @@ def run(
     with distributed_session() as ctx:
         seed_everything(params.seed, cfg.deterministic)
         model = RaPModel(cfg.model, ft.loss)
-        loaded = load_model_weights(model, Path(checkpoint))
-        # an imported release checkpoint carries no queue: training state, started empty
-        missing = [k for k in loaded["missing"] if k not in QUEUE_STATE]
-        if missing:
-            raise RuntimeError(
-                f"{checkpoint}: {len(missing)} weight(s) of the fine-tuning model are "
-                f"missing (pre-trained with another model config?): {missing[:5]}"
-            )
+        load_pretrained(model, Path(checkpoint), cfg.pretrain.loss)
         seed_everything(params.seed + ctx.rank, cfg.deterministic)
         tokenizer = build_tokenizer(cfg.model.text)
         loader = build_finetune_loader(
