@@ -33,6 +33,7 @@ IntraVideoView = Literal["online", "momentum"]
 Sampling = Literal["rand", "uniform", "headtail"]
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 LrSchedule = Literal["step", "cosine"]
+GradComm = Literal["fp32", "bf16"]
 
 
 class ConfigError(RapError, ValueError):
@@ -228,6 +229,9 @@ class OptimConfig:
     clip_grad: float = 1.0
     precision: Precision = "auto"
     grad_checkpointing: bool = False
+    # DDP's gradient all-reduce: fp32 (DDP's own), or bf16 (torch's bf16_compress_hook: each
+    # bucket cast to bf16 for the all-reduce, half the bytes; rap.training.loop)
+    grad_comm: GradComm = "fp32"
     checkpoint_every: int = 1000  # steps
     log_every: int = 10
 

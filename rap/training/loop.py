@@ -52,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
@@ -669,15 +670,23 @@ def _resume_mode(resume: bool | str) -> resume_rules.ResumeMode:
     return resume  # type: ignore[return-value]
 
 
-def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+def _wrap(model: nn.Module, ctx: DistContext, grad_comm: str = "fp32") -> nn.Module:
+    """DDP around ``model`` when the world has more than one rank. ``grad_comm`` (``optim.grad_comm``):
+    ``fp32`` keeps DDP's own all-reduce of fp32 gradient buckets; ``bf16`` registers torch's
+    ``bf16_compress_hook`` (each bucket cast to bf16, all-reduced, divided by the world size and
+    cast back: half the bytes of the step's largest transfer, benchmarks/bench_step.py; gloo
+    and NCCL both reduce bf16)."""
     if not (ctx.world > 1 and rdist.is_distributed()):
         return model
     # DDP's search for unused parameters costs a graph walk every step: only where a head is
     # switched off (a zero loss weight) and its parameters get no gradient.
     unused = model.unused_parameter_names() if hasattr(model, "unused_parameter_names") else {"unknown"}
-    return DistributedDataParallel(
+    ddp = DistributedDataParallel(
         model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=bool(unused)
     )
+    if grad_comm == "bf16":
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return ddp
 
 
 def train(
@@ -739,7 +748,7 @@ def train(
     run = _Run(
         stage=stage,
         model=model,
-        net=_wrap(model, ctx),
+        net=_wrap(model, ctx, optim_cfg.grad_comm),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps),
         scaler=torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16),
