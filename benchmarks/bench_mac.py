@@ -1,15 +1,24 @@
 """MAC efficiency: training-step time and FLOPs at r_v = 0.75 vs r_v = 0 on the same model.
 
-Two models, each built from the config (random init, no downloads):
+Two models, each built from the config (random init, no downloads), each running the full
+pre-training step of its scale (every term of eq. 10 its params.yaml block switches on: ITC,
+RaCL, ITM, LM, the intra-modal terms, the momentum encoder where configured):
 
-* ``small``: the embedded model of params.yaml with every loss term on, batch 16 x 4 frames at
+* ``small``: the embedded model and pre-training loss of params.yaml, batch 16 x 4 frames at
   64 px (the embedded training setting);
 * ``base``: ViT-B/16 at 256 px + BERT-base (paper sizes, ``vision.timm_name``
-  vit_base_patch16_224 with img_size 256, BERT 768/12/12/3072), batch 2 x 4 frames, with ITC
-  and RaCL only (ITM/LM/intra-modal switched off to keep the CPU run short).
+  vit_base_patch16_224 with img_size 256, BERT 768/12/12/3072) with the paper scale's
+  pre-training loss, batch 2 x 4 frames (30 per rank at the paper scale: a CPU cannot).
 
-A step = forward + backward + AdamW step (median of ``--reps`` after ``--warmup``). FLOPs =
-forward + backward, counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmul-type ops).
+What is measured, and how:
+
+* step time: forward + backward + AdamW step on this device with real tensors, median of
+  ``--reps`` after ``--warmup``, the two ratios interleaved step by step;
+* FLOPs: forward + backward of the same step, counted by ``FlopCounterMode`` on meta tensors
+  (a meta copy of the model and batch: nothing computed). Counting on real CPU tensors records
+  0 for attention (``scaled_dot_product_attention`` dispatches to a CPU kernel the counter has no
+  formula for); on meta it is counted. Matmul-type ops only: element-wise work and the optimiser
+  are not in the count.
 
     .venv/bin/python benchmarks/bench_mac.py [--which small base] [--reps 5] [--base-reps 1] [--device cpu]
 
@@ -37,7 +46,7 @@ CAPTION = "a small red circle moves from the left corner to the centre while a b
 
 def configs(which: str) -> tuple[ModelConfig, LossConfig, int, int]:
     """(model cfg, loss cfg, batch, image size)."""
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml", {"scale": "embedded" if which == "small" else "paper"})
     if which == "small":
         return (
             params.cfg.model,
@@ -59,15 +68,7 @@ def configs(which: str) -> tuple[ModelConfig, LossConfig, int, int]:
             intermediate_size=3072,
         ),
     )
-    loss = dataclasses.replace(
-        params.cfg.pretrain.loss,
-        itm_weight=0.0,
-        lm_weight=0.0,
-        intra_video_weight=0.0,
-        intra_text_weight=0.0,
-        momentum=False,
-    )
-    return model, loss, 2, 256
+    return model, params.cfg.pretrain.loss, 2, 256
 
 
 def make_batch(model: RaPModel, batch: int, frames: int, size: int, device: torch.device) -> dict:
@@ -88,6 +89,16 @@ def make_batch(model: RaPModel, batch: int, frames: int, size: int, device: torc
             "attention_mask": tok["attention_mask"],
         }.items()
     }
+
+
+def count_flops(model_cfg: ModelConfig, loss_cfg: LossConfig, batch: dict, ratio: float) -> float:
+    """GFLOPs of forward + backward of one step at mask ratio ``ratio``, on meta tensors."""
+    with torch.device("meta"):
+        model = RaPModel(dataclasses.replace(model_cfg, mask_video=ratio), loss_cfg).train()
+    meta_batch = {k: v.to("meta") for k, v in batch.items()}
+    with FlopCounterMode(display=False) as counter:
+        model(meta_batch, phase="pretrain")["loss"].backward()
+    return counter.get_total_flops() / 1e9
 
 
 def step(model: RaPModel, opt: torch.optim.Optimizer, batch: dict) -> list[str]:
@@ -112,21 +123,15 @@ def measure(which: str, ratios: tuple[float, ...], warmup: int, reps: int, devic
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
     batch = make_batch(model, batch_size, 4, size, device)
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    flops, times = {}, {r: [] for r in ratios}
+    flops = {r: count_flops(model_cfg, loss_cfg, batch, r) for r in ratios}
+    times = {r: [] for r in ratios}
     # Ratios alternate step by step so that load drift on a shared machine hits both alike.
-    # The first (warm-up) step of each ratio runs under FlopCounterMode: it counts the matmul-type
-    # ops of forward + backward (the optimiser's element-wise updates are not counted).
     for i in tqdm(range(warmup + reps), desc=f"{which}: steps (each ratio)"):
         for r in ratios:
             model.cfg = dataclasses.replace(model.cfg, mask_video=r)
-            if i == 0:
-                with FlopCounterMode(display=False) as counter:
-                    terms = step(model, opt, batch)
-                flops[r] = counter.get_total_flops() / 1e9
-                continue
             sync(device)
             t0 = time.perf_counter()
-            step(model, opt, batch)
+            terms = step(model, opt, batch)
             sync(device)
             if i >= warmup:
                 times[r].append(time.perf_counter() - t0)
@@ -137,7 +142,7 @@ def measure(which: str, ratios: tuple[float, ...], warmup: int, reps: int, devic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--which", nargs="+", default=["small", "base"], choices=["small", "base"])
-    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per ratio (>= 1; the first counts FLOPs)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps per ratio (>= 1)")
     ap.add_argument("--reps", type=int, default=5, help="timed steps per ratio, small model")
     ap.add_argument("--base-reps", type=int, default=1, help="timed steps per ratio, base model (~1 min each on CPU)")
     ap.add_argument("--device", default="cpu")
@@ -153,10 +158,12 @@ def main() -> None:
         full, masked = res["by_ratio"][0.0], res["by_ratio"][0.75]
         t_ratio = masked["step_s"] / full["step_s"]
         f_ratio = masked["gflops"] / full["gflops"]
-        print(f"\n[{which}] {res['params_m']:.1f}M trainable params, batch {res['batch']}, terms {res['terms']}")
-        print(f"  r_v=0.00: step {full['step_s'] * 1e3:9.1f} ms   fwd+bwd {full['gflops']:9.1f} GFLOP")
-        print(f"  r_v=0.75: step {masked['step_s'] * 1e3:9.1f} ms   fwd+bwd {masked['gflops']:9.1f} GFLOP")
-        print(f"  ratio masked/unmasked: time {t_ratio:.3f}x  FLOPs {f_ratio:.3f}x")
+        print(f"\n[{which}] {res['params_m']:.1f}M trainable params, batch {res['batch']}, full step")
+        print(f"  loss terms: {res['terms']}")
+        print(f"  {'':8}  {'step time (measured, ' + str(device) + ')':>28}  {'fwd+bwd GFLOP (counted on meta)':>32}")
+        for label, r in (("r_v=0.00", full), ("r_v=0.75", masked)):
+            print(f"  {label}  {r['step_s'] * 1e3:25.1f} ms  {r['gflops']:32.1f}")
+        print(f"  ratio masked/unmasked: time {t_ratio:.3f}x (measured)  FLOPs {f_ratio:.3f}x (counted)")
         print(
             f"  'r_v=0.75 step time <= 0.45x unmasked': {'holds' if t_ratio <= 0.45 else 'does NOT hold'}"
             f"  ({time.perf_counter() - start:.0f} s)"

@@ -8,20 +8,28 @@ every term of eq. (10) on. Printed, side by side with ratios:
    * today: the paper scale as it was (``grad_checkpointing: true``, second view through the
      online ViT);
    * after: the paper scale now (no checkpointing, second view through the momentum encoder);
-   * release-equivalent: what the released code computes (momentum ITC with queue, second
-     view through the momentum encoder, the official RaCL weighting, no text second pass,
-     no checkpointing), built from the same model.
+   * release: rap's model in the released code's configuration (momentum ITC with queue,
+     second view through the momentum encoder, the official RaCL weighting, no text second
+     pass, no checkpointing), which runs the momentum ViT on both views;
+   * as released: the released code runs its momentum ViT once, on the augmented view
+     (rap_pretrain.py): the release's count less one momentum-ViT forward.
+   Each printed by part (online ViT, online BERT, momentum ViT, momentum BERT, the rest), so
+   that what each side counts is visible.
    The contrastive scores are counted for this rank's batch against itself (one process);
    against the 1,920 candidates of 64 ranks they add ~25 GFLOP, 0.1 % of the step.
 2. Collectives per micro-batch (forward + backward) and the bytes each rank sends/receives
    through them, counted on real gloo ranks running the real ``RaPModel.forward`` at the
    paper's feature shapes (B = 30, N = 256 patches, L = 30 tokens, D = 256; narrow encoders:
-   the collectives carry only embeddings and features of these shapes). Bytes grow as
+   the collectives carry only embeddings and features of these shapes). The model's bytes grow as
    a * W + b * W^2 with the world size W (gathers of (B, ...) tensors grow as W; RaCL's
    partial log-sum-exps, one per global anchor from every rank, as W^2): fitted on 2 and 4
-   ranks, checked on 3, and extrapolated to 64. "today" runs the code at ``--baseline-ref``
+   ranks, checked on 3, and extrapolated to 64 (printed as extrapolated). "today" runs the code at ``--baseline-ref``
    (the main branch before this work), extracted with ``git archive``, through the same counter.
-   DDP's gradient all-reduce (the parameters once per step, unchanged) is printed apart.
+   DDP's gradient all-reduce (every trainable parameter once per step, whatever the world size)
+   is measured on the same ranks through torch's Python comm hooks (fp32 ``allreduce_hook``, the
+   twin of DDP's built-in all-reduce; ``bf16_compress_hook``, rap's ``optim.grad_comm: bf16``),
+   as bytes per parameter, scaled to the paper model, and added to the step's total. The
+   release's feature gathers are computed from its code (``release_gather_bytes``).
    Bytes count each collective's tensor once (all-gather: the gathered output; all-reduce:
    the tensor), not the transport's ring factor: the same accounting for both columns.
 3. Host syncs per micro-batch in the model's forward + backward (value reads and
@@ -113,8 +121,31 @@ def _batch(device: torch.device | str, vocab: int, rank: int = 0, seed: int = 0)
     }
 
 
+# The parts of a step's forward, by the module that runs them (FlopCounterMode's module names;
+# attributed in the forward only: in the backward the counter's module attribution overlaps).
+PARTS = {
+    "fwd: online ViT": "RaPModel.vision",
+    "fwd: online BERT (ITC, ITM, LM passes)": "RaPModel.text",
+    "fwd: momentum ViT (no grad)": "RaPModel.momentum.vision",
+    "fwd: momentum BERT (no grad)": "RaPModel.momentum.text",
+}
+MOMENTUM_VIT = "fwd: momentum ViT (no grad)"
+
+
+def _parts(forward: FlopCounterMode, backward: FlopCounterMode) -> dict[str, float]:
+    counts = {name: float(sum(ops.values())) for name, ops in forward.get_flop_counts().items()}
+    parts = {label: counts.get(module, 0.0) for label, module in PARTS.items()}
+    parts["fwd: the rest (projections, heads, losses)"] = counts["Global"] - sum(parts.values())
+    parts["bwd: everything with a gradient"] = float(backward.get_total_flops())
+    return parts
+
+
 def count_flops() -> dict[str, dict[str, float]]:
-    """FLOPs of forward + backward of one step per rank, and parameter counts, per variant."""
+    """FLOPs of forward + backward of one step per rank, by part, and parameter counts, per
+    variant. ``release`` is rap's model in the release's configuration, which runs the momentum
+    ViT on both views (ITC distillation on view 1, intra-video on view 2); the released code
+    runs it once, on the augmented view (its momentum ITC features come from it too), so
+    ``release_as_released`` is that count less one momentum-ViT forward of one view."""
     from rap.model import RaPModel
 
     out = {}
@@ -125,14 +156,25 @@ def count_flops() -> dict[str, dict[str, float]]:
         batch = _batch("meta", len(model.tokenizer))
         if model.momentum is not None and loss_cfg.momentum:
             model.momentum.filled.fill_(model.momentum.video_queue.shape[0])  # a full queue (steady state)
-        with FlopCounterMode(display=False) as counter:
-            model(batch, alpha=0.4)["loss"].backward()
+        with FlopCounterMode(display=False) as forward:
+            loss = model(batch, alpha=0.4)["loss"]
+        with FlopCounterMode(display=False) as backward:
+            loss.backward()
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         out[name] = {
-            "flops": float(counter.get_total_flops()),
+            "flops": float(forward.get_total_flops() + backward.get_total_flops()),
+            "parts": _parts(forward, backward),
             "trainable_params": float(trainable),
             "vocab": float(len(model.tokenizer)),
         }
+        if name == "release":
+            with FlopCounterMode(display=False) as one_view, torch.no_grad():
+                model.momentum.embed_video(batch["video"], 0.0)
+            view = float(one_view.get_total_flops())
+            parts = dict(out[name]["parts"])
+            parts[MOMENTUM_VIT] -= view
+            out["release_as_released"] = {**out[name], "flops": out[name]["flops"] - view, "parts": parts}
+            out["release_as_released"]["momentum_view_flops"] = view
     return out
 
 
@@ -173,7 +215,7 @@ def worker(out_path: Path, counter_path: Path) -> None:
     model.zero_grad(set_to_none=True)
     with counting.count_collectives() as c:
         model(batch, **kwargs)["loss"].backward()
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     out_path.write_text(
         json.dumps(
             {
@@ -181,12 +223,41 @@ def worker(out_path: Path, counter_path: Path) -> None:
                 "counts": c.counts,
                 "bytes": c.bytes,
                 "host_syncs": c.host_syncs,
-                "grad_bytes_narrow": trainable,
+                "trainable_params_narrow": trainable,
+                "grad_allreduce_bytes": _grad_allreduce_bytes(model, batch, kwargs, counting),
             }
         )
     )
     dist.barrier()
     dist.destroy_process_group()
+
+
+def _grad_allreduce_bytes(model, batch, kwargs, counting) -> dict[str, int]:
+    """Bytes DDP's gradient all-reduce hands to the collective in one backward, per
+    ``optim.grad_comm`` setting: ``fp32`` through torch's ``allreduce_hook`` (the Python twin of
+    DDP's built-in all-reduce, whose C++ calls a Python counter cannot see), ``bf16`` through
+    ``bf16_compress_hook`` (what rap registers for ``grad_comm: bf16``)."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+    from torch.nn.parallel import DistributedDataParallel
+
+    hooks = {"fp32": default_hooks.allreduce_hook, "bf16": default_hooks.bf16_compress_hook}
+    out = {}
+    for mode, hook in hooks.items():
+        ddp = DistributedDataParallel(model, find_unused_parameters=True)
+        ddp.register_comm_hook(None, hook)
+        model.zero_grad(set_to_none=True)
+        with counting.count_collectives() as c:
+            ddp(batch, **kwargs)["loss"].backward()
+        out[mode] = c.bytes.get("all_reduce", 0) - _model_allreduce_bytes(model, batch, kwargs, counting)
+    return out
+
+
+def _model_allreduce_bytes(model, batch, kwargs, counting) -> int:
+    """The model's own all-reduces in one forward + backward (taken out of the DDP count)."""
+    model.zero_grad(set_to_none=True)
+    with counting.count_collectives() as c:
+        model(batch, **kwargs)["loss"].backward()
+    return c.bytes.get("all_reduce", 0)
 
 
 def _baseline_tree(ref: str, into: Path) -> Path:
@@ -248,6 +319,8 @@ def count_traffic(baseline_ref: str) -> dict[str, dict]:
             a, b = _fit(total)
             predicted = a * CHECK_WORLD + b * CHECK_WORLD**2
             out[label] = {
+                "grad_allreduce_bytes": runs[2]["grad_allreduce_bytes"],
+                "trainable_params_narrow": runs[2]["trainable_params_narrow"],
                 "counts": runs[2]["counts"],
                 "collectives": sum(runs[2]["counts"].values()),
                 "host_syncs": runs[2]["host_syncs"],
@@ -339,30 +412,51 @@ def _itm_throughput(model, device: torch.device, videos: int = 8, texts_per_vide
 
 def _row(label: str, today: float, after: float, unit: str = "") -> str:
     ratio = today / after if after else float("inf")
-    return f"  {label:<44} {today:>14,.4g} {after:>14,.4g} {unit:<6} today/after {ratio:8.2f}x"
+    return f"  {label:<58} {today:>12,.4g} {after:>12,.4g} {unit:<3} today/after {ratio:7.2f}x"
+
+
+def release_gather_bytes(world: int) -> float:
+    """Bytes the released code's collectives gather per step at ``world`` ranks (computed from its
+    code, not measured): ``concat_all_gather`` of the momentum video and text features (B, 256)
+    fp32 and of the sample ids (B,) int64, for the queue; its local terms gather nothing."""
+    return world * (2 * B * EMBED * 4 + B * 8)
+
+
+def _flops_table(flops: dict) -> list[str]:
+    cols = ("today", "after", "release", "release_as_released")
+    heads = ("today", "after", "release cfg", "as released")
+    lines = ["TFLOPs per optimiser step per rank (fwd by part + bwd), counted on meta tensors: nothing computed"]
+    lines.append(f"  {'':<46}" + "".join(f"{h:>13}" for h in heads))
+    for part in flops["after"]["parts"]:
+        lines.append(f"  {part:<46}" + "".join(f"{flops[c]['parts'][part] / 1e12:13.3f}" for c in cols))
+    lines.append(f"  {'total':<46}" + "".join(f"{flops[c]['flops'] / 1e12:13.3f}" for c in cols))
+    rel = flops["release_as_released"]
+    lines += [
+        "  today: grad_checkpointing on, second view through the online ViT (fwd+bwd); after: the paper",
+        "  scale now (no checkpointing, second view through the momentum ViT); release cfg: rap's model in",
+        "  the release's configuration (momentum ITC with queue, official RaCL, no text second pass), which",
+        "  runs the momentum ViT on both views; as released: the released code runs it once, on the augmented",
+        f"  view (rap_pretrain.py), so one momentum-ViT forward ({rel['momentum_view_flops'] / 1e12:.3f} TFLOPs) less.",
+        f"  after / as released = {flops['after']['flops'] / rel['flops']:.3f}x, today / as released = "
+        f"{flops['today']['flops'] / rel['flops']:.3f}x (vocabulary {int(flops['after']['vocab'])} words: "
+        "the builtin tokenizer, not bert's 30,522)",
+    ]
+    return lines
 
 
 def report(flops: dict, traffic: dict, gpu: dict | None) -> str:
-    lines = [
-        "Paper-scale step (ViT-B/16 256 px, 4 frames, bert-base, 30 clips/rank, every term of eq. 10)",
-        f"  {'':<44} {'today':>14} {'after':>14}",
-    ]
-    lines.append(_row("TFLOPs per step per rank", flops["today"]["flops"] / 1e12, flops["after"]["flops"] / 1e12))
-    rel = flops["release"]["flops"]
-    lines.append(
-        f"  release-equivalent step: {rel / 1e12:.4g} TFLOPs; after/release = "
-        f"{flops['after']['flops'] / rel:.3f}x, today/release = {flops['today']['flops'] / rel:.3f}x "
-        f"(vocabulary {int(flops['after']['vocab'])} words: the builtin tokenizer, not bert's 30,522)"
-    )
+    lines = ["Paper-scale step (ViT-B/16 256 px, 4 frames, bert-base, 30 clips/rank, every term of eq. 10)"]
+    lines += _flops_table(flops)
     t, a = traffic["today"], traffic["after"]
-    lines.append(
-        _row(
-            f"MB moved by collectives per micro-batch, {PAPER_RANKS} ranks",
-            t["bytes_64"] / 1e6,
-            a["bytes_64"] / 1e6,
-            "MB",
-        )
-    )
+    params = flops["after"]["trainable_params"]
+    grad = {  # bytes per parameter measured on the narrow model's DDP run, times the paper model's params
+        mode: a["grad_allreduce_bytes"][mode] / a["trainable_params_narrow"] * params for mode in ("fp32", "bf16")
+    }
+    extrapolated = f"extrapolated to {PAPER_RANKS} ranks from {FIT_WORLDS[0]}-{FIT_WORLDS[-1]}"
+    lines.append("\nBytes per optimiser step per rank (grad_accum 1: one micro-batch per step)")
+    lines.append(f"  {'':<58} {'today':>12} {'after':>12}")
+    model_mb = (t["bytes_64"] / 1e6, a["bytes_64"] / 1e6)
+    lines.append(_row(f"model collectives, {PAPER_RANKS} ranks ({extrapolated})", *model_mb, "MB"))
     for w in sorted(t["bytes_by_world"]):
         lines.append(
             _row(f"  measured on {w} gloo ranks", t["bytes_by_world"][w] / 1e6, a["bytes_by_world"][w] / 1e6, "MB")
@@ -370,11 +464,32 @@ def report(flops: dict, traffic: dict, gpu: dict | None) -> str:
     for label, x in (("today", t), ("after", a)):
         err = abs(x["check_predicted"] - x["check_measured"]) / max(1.0, x["check_measured"])
         lines.append(f"  {label}: a W + b W^2 fit on {FIT_WORLDS} predicts {CHECK_WORLD} ranks to {err:.1e} (relative)")
+    lines.append(_row("DDP gradient all-reduce, fp32 (same at any W)", grad["fp32"] / 1e6, grad["fp32"] / 1e6, "MB"))
+    lines.append(
+        _row(
+            f"total, {PAPER_RANKS} ranks (extrapolated model + fp32 gradients)",
+            (t["bytes_64"] + grad["fp32"]) / 1e6,
+            (a["bytes_64"] + grad["fp32"]) / 1e6,
+            "MB",
+        )
+    )
+    lines.append(
+        f"  release, as released: {release_gather_bytes(PAPER_RANKS) / 1e6:.2f} MB of feature gathers at {PAPER_RANKS} "
+        f"ranks (computed from its concat_all_gather calls, not measured) + the same {grad['fp32'] / 1e6:,.0f} MB "
+        f"of fp32 gradients = {(release_gather_bytes(PAPER_RANKS) + grad['fp32']) / 1e6:,.1f} MB; rap's gathers "
+        f"{a['bytes_64'] / 1e6:.2f} MB"
+    )
+    narrow = a["grad_allreduce_bytes"]
+    lines.append(
+        f"  optim.grad_comm: bf16 (torch's bf16_compress_hook): {grad['bf16'] / 1e6:,.0f} MB of gradients instead of "
+        f"{grad['fp32'] / 1e6:,.0f} MB; total per step {(a['bytes_64'] + grad['bf16']) / 1e6:,.0f} MB, "
+        f"{(a['bytes_64'] + grad['fp32']) / (a['bytes_64'] + grad['bf16']):.2f}x less (measured on the narrow model's "
+        f"2-rank DDP backward: {narrow['fp32']:,} vs {narrow['bf16']:,} bytes, {narrow['fp32'] / narrow['bf16']:.2f}x; "
+        f"scaled to {params / 1e6:.0f}M parameters)"
+    )
     lines.append(_row("collectives per micro-batch (model fwd+bwd)", t["collectives"], a["collectives"]))
     lines.append(f"    today {t['counts']}\n    after {a['counts']}")
     lines.append(_row("host syncs per micro-batch (model fwd+bwd)", t["host_syncs"], max(a["host_syncs"], 0)))
-    grad_mb = flops["after"]["trainable_params"] * 4 / 1e6
-    lines.append(f"  DDP gradient all-reduce (unchanged, once per optimiser step): {grad_mb:,.0f} MB of fp32 gradients")
     lines.append(
         "  trainer (rap/training/loop.py, not measured here): today +1 all-reduce and +1 host sync per "
         "micro-batch (non-finite check) and +1 sync per step (grad norm); with rap.distributed.StepTerms "

@@ -143,9 +143,21 @@ def cmd_extract(args: argparse.Namespace) -> None:
     print(summary)
 
 
+def _check_not_locked(out: str, *, is_file: bool = False, force: bool, how_to_force: str) -> None:
+    """Stop at once when another process writes to ``out`` (the run itself takes the lock on
+    rank 0, after any torchrun relaunch: rap.run_lock). Not inside torchrun, where rank 0 may
+    already hold it for this very run (the launcher looked before relaunching)."""
+    if "LOCAL_RANK" in os.environ:
+        return
+    from rap import run_lock
+
+    run_lock.check_free(run_lock.lock_path(Path(out), is_file=is_file), force=force, how_to_force=how_to_force)
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
     extra = ablation_overrides(args.ablation) if args.ablation else None
     params = _params(args, extra)
+    _check_not_locked(args.out, force=args.resume == "force", how_to_force="pass --resume force")
     _relaunch_under_torchrun(params.cfg.pretrain, "pretrain")  # checks the layout first
     _check_tracking(params.cfg.pretrain.nodes)
     _check_weights(params)
@@ -156,6 +168,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_finetune(args: argparse.Namespace) -> None:
     params = _params(args)
+    _check_not_locked(args.out, force=args.resume == "force", how_to_force="pass --resume force")
     _relaunch_under_torchrun(params.cfg.finetune, "finetune")
     _check_tracking(params.cfg.finetune.nodes)
     _check_weights(params)
@@ -166,13 +179,16 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     params = _params(args)
+    _check_not_locked(args.out, is_file=True, force=args.take_over_lock, how_to_force="pass --take-over-lock")
     # fine-tuning's layout: every rank takes a share of the videos, texts and re-ranked pairs
     _relaunch_under_torchrun(params.cfg.finetune, "evaluate")
     _check_tracking(params.cfg.finetune.nodes)
     _check_weights(params)
     from rap.evaluation import run_evaluation
 
-    metrics = run_evaluation(params, args.dataset, args.split, Path(args.checkpoint), Path(args.out))
+    metrics = run_evaluation(
+        params, args.dataset, args.split, Path(args.checkpoint), Path(args.out), take_over_lock=args.take_over_lock
+    )
     t2v = metrics["t2v"]
     print(
         f"{args.dataset}/{args.split} t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} "
@@ -232,8 +248,9 @@ def _add_resume(p: argparse.ArgumentParser) -> None:
         choices=("auto", "force", "no"),
         help="auto (default): continue the run in --out when its training settings and code are "
         "this command's; start a new one when that run had finished; otherwise stop and say "
-        "what changed. force: continue whatever changed. no: start afresh. An earlier run's "
-        "files are moved to <out>/set-aside/, never deleted (rap.training.resume)",
+        "what changed. force: continue whatever changed, and take over <out>/rap.lock from a "
+        "holder on another host that rap cannot check. no: start afresh. An earlier run's "
+        "files are moved to <out>/set-aside/, never deleted (rap.training.resume, rap.run_lock)",
     )
 
 
@@ -301,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--split", default=TEST_SPLIT)
     p.add_argument("--out", required=True, help="metrics JSON")
+    p.add_argument(
+        "--take-over-lock",
+        action="store_true",
+        help="take over <out>.lock from a holder on another host that rap cannot check (after checking it is gone)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -40,6 +40,7 @@ CpuKernels = Literal["native", "avx2"]  # rap.cpu_kernels.KERNELS
 # What an op without a deterministic kernel does (rap.training.determinism): "error" stops the
 # run, "warn" warns and runs on, "none" seeds only (no deterministic kernels asked for).
 Deterministic = Literal["error", "warn", "none"]
+GradComm = Literal["fp32", "bf16"]
 
 
 class ConfigError(RapError, ValueError):
@@ -335,6 +336,9 @@ class OptimConfig:
     precision: Precision = "auto"
     tf32: bool = False  # fp32 matmuls on TF32 tensor cores (Ampere or newer GPUs; rap.precision)
     grad_checkpointing: bool = False
+    # DDP's gradient all-reduce: fp32 (DDP's own), or bf16 (torch's bf16_compress_hook: each
+    # bucket cast to bf16 for the all-reduce, half the bytes; rap.training.loop)
+    grad_comm: GradComm = "fp32"
     checkpoint_every: int = 1000  # steps
     log_every: int = 10
 

@@ -27,7 +27,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -516,3 +516,23 @@ def gather_objects(obj: object) -> list[object]:
     out: list[object] = [None] * get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def on_main(fn: Callable[[], Any], *, share: bool = True) -> Any:
+    """Run ``fn`` on rank 0 alone (a decision that moves files, taking a lock) and make every
+    rank return its result (``share``; otherwise the others get None) or raise its exception
+    together: no rank is left waiting in a collective for one that failed."""
+    result = error = None
+    if get_rank() == 0:
+        try:
+            result = fn()
+        except Exception as err:  # handed to every rank, raised below
+            error = err
+    if is_distributed():
+        box = [result if share else None, error]
+        dist.broadcast_object_list(box, src=0)
+        if get_rank() != 0:
+            result, error = box
+    if error is not None:
+        raise error
+    return result

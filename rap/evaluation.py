@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rap import cpu_kernels, tracking
+from rap import cpu_kernels, run_lock, tracking
 from rap import distributed as rdist
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import file_digest, load_model_weights
@@ -470,11 +470,19 @@ def evaluation_params(params: Params, checkpoint_params: dict[str, Any] | None) 
     return {**trained, **evaluation}
 
 
-def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, out_json: Path) -> dict[str, Any]:
+# how a user takes an evaluation's output over from a holder rap cannot check
+TAKE_OVER = "pass --take-over-lock"
+
+
+def run_evaluation(
+    params: Params, dataset: str, split: str, checkpoint: Path, out_json: Path, *, take_over_lock: bool = False
+) -> dict[str, Any]:
     """``rap evaluate``: load ``checkpoint``, evaluate it on ``dataset``/``split``, write
     ``out_json`` (metrics only: DVC tracks it) and its provenance beside it
     (``<name>.run.json``), and log both to MLflow. Under torchrun every rank takes its share
-    (see the module docstring); rank 0 writes. Returns the metrics dict.
+    (see the module docstring); rank 0 writes, holding ``<out_json>.lock`` before any work to
+    the end (:mod:`rap.run_lock`; ``take_over_lock``: take over a holder on another host that
+    rap cannot check). Returns the metrics dict.
     """
     from rap.checkpoint_io import load_checkpoint
     from rap.data.datasets import build_eval_set
@@ -489,18 +497,25 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
         raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
     created_group = not rdist.is_distributed()
     _, _, _, device = rdist.init_distributed()
-    digest = file_digest(checkpoint)
-    trained_params = load_checkpoint(checkpoint).get("params")
-    tags = {
-        "rap.dataset": dataset,
-        "rap.split": split,
-        "rap.checkpoint": str(checkpoint),
-        tracking.CHECKPOINT_DIGEST_TAG: digest,
-    }
-    trained_by = tracking.find_run_by_tag(tracking.CHECKPOINT_DIGEST_TAG, digest)
-    if trained_by is not None:
-        tags[tracking.TRAINED_BY_TAG] = trained_by
+    lock = None
     try:
+        lock = rdist.on_main(
+            lambda: run_lock.acquire(
+                run_lock.lock_path(out_json, is_file=True), "evaluate", force=take_over_lock, how_to_force=TAKE_OVER
+            ),
+            share=False,
+        )
+        digest = file_digest(checkpoint)
+        trained_params = load_checkpoint(checkpoint).get("params")
+        tags = {
+            "rap.dataset": dataset,
+            "rap.split": split,
+            "rap.checkpoint": str(checkpoint),
+            tracking.CHECKPOINT_DIGEST_TAG: digest,
+        }
+        trained_by = tracking.find_run_by_tag(tracking.CHECKPOINT_DIGEST_TAG, digest)
+        if trained_by is not None:
+            tags[tracking.TRAINED_BY_TAG] = trained_by
         with tracking.stage_run(
             "evaluate",
             params,
@@ -565,6 +580,8 @@ def run_evaluation(params: Params, dataset: str, split: str, checkpoint: Path, o
                 tracking.log_artifact(out_json)
                 tracking.log_artifact(run_info_path(out_json))
     finally:
+        if lock is not None:
+            lock.release()
         if created_group:
             rdist.cleanup()
     return result

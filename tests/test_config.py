@@ -67,6 +67,7 @@ def test_dotted_override_inside_the_scale():
         ({"seed": -3}, "'seed'"),
         ({"pretrain.optim.lrr": 1e-3}, "embedded.pretrain.optim.lrr"),
         ({"pretrain.optim.epochs": 1.5}, "embedded.pretrain.optim.epochs"),
+        ({"pretrain.optim.grad_comm": "fp16"}, "embedded.pretrain.optim.grad_comm"),
         ({"data.sampling_train": "random"}, "embedded.data.sampling_train"),
         ({"datasets": ["webvid", "youtube"]}, "'youtube'"),
         ({"ablations": ["racl-none", "lambda-1.0"]}, "lambda-1.0"),

@@ -13,6 +13,9 @@ Switched off, because they are per-rank by design or draw per-rank randomness:
   per rank: the mean of two means is not the mean over all tokens).
 ITC, both RaCL directions and both intra-modal terms stay on. Parameters are compared after
 3 optimiser steps at atol 1e-5 (float summation order differs between the two runs).
+
+The same 2-rank run with ``optim.grad_comm: bf16`` (torch's ``bf16_compress_hook``) logs the
+same losses within 0.1 % and moves the weights by at most 1e-3 from the fp32 all-reduce's.
 """
 
 from __future__ import annotations
@@ -36,6 +39,9 @@ from helpers.config import NO_DROPOUT, REPO, shrunk_overrides, torch_threads
 
 STEPS = 3
 PER_RANK = 4
+# bf16 gradient all-reduce against fp32: 8 mantissa bits on the averaged gradients
+BF16_LOSS_REL = 1e-3
+BF16_WEIGHTS_ATOL = 1e-3
 
 
 class UnionOfRanks:
@@ -73,25 +79,7 @@ def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_
     params = make_params(overrides)
 
     out = tmp_path / "ddp"
-    env = {
-        **os.environ,
-        "RAP_TRACKING": "0",
-        "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        str(REPO / "tests" / "ddp_train_worker.py"),
-        json.dumps({**shrunk_overrides(corpus_root), **overrides}),
-        str(out),
-        str(STEPS),
-    ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    _run_two_ranks(corpus_root, overrides, out)
     ddp = load_checkpoint(out / "checkpoint.pt")
     assert ddp["step"] == STEPS
     assert json.loads((out / "train_run.json").read_text())["world_size"] == 2
@@ -129,6 +117,41 @@ def test_two_rank_ddp_equals_one_process_on_the_union_batch(make_params, corpus_
     print(f"largest |DDP - one process| after {STEPS} steps: {worst[0]:.2e} ({worst[1]})")
     # rank 0 logs the loss averaged over ranks = the one-process loss on the union batch
     assert _column(out / "loss.csv", "loss") == pytest.approx(_column(ref_out / "loss.csv", "loss"), rel=1e-5)
+
+    # optim.grad_comm: bf16 (torch's bf16_compress_hook on gloo): the same 2-rank run with the
+    # gradient buckets all-reduced in bf16 (half the bytes: benchmarks/bench_step.py measures them)
+    bf16_out = tmp_path / "ddp-bf16"
+    _run_two_ranks(corpus_root, {**overrides, "pretrain.optim.grad_comm": "bf16"}, bf16_out)
+    fp32_loss, bf16_loss = _column(out / "loss.csv", "loss"), _column(bf16_out / "loss.csv", "loss")
+    assert bf16_loss[0] == fp32_loss[0]  # the first step's loss comes before any gradient exchange
+    assert bf16_loss == pytest.approx(fp32_loss, rel=BF16_LOSS_REL)
+    bf16 = load_checkpoint(bf16_out / "checkpoint.pt")["model"]
+    apart = max((bf16[k] - ddp["model"][k]).abs().max().item() for k in ref if ref[k].is_floating_point())
+    assert 0 < apart <= BF16_WEIGHTS_ATOL, apart  # rounded gradients moved the weights, a little
+    print(f"bf16 gradient all-reduce: losses {bf16_loss} vs {fp32_loss}, weights apart by {apart:.2e}")
+
+
+def _run_two_ranks(corpus_root: Path, overrides: dict, out: Path) -> None:
+    """The real pre-training under ``torchrun --standalone --nproc_per_node=2`` (gloo)."""
+    env = {
+        **os.environ,
+        "RAP_TRACKING": "0",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "tests" / "ddp_train_worker.py"),
+        json.dumps({**shrunk_overrides(corpus_root), **overrides}),
+        str(out),
+        str(STEPS),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"torchrun failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 
 def _column(path: Path, name: str) -> list[float]:

@@ -115,7 +115,7 @@ def test_resume_after_crash_equals_uninterrupted_run(make_params, straight, tmp_
         with pytest.raises(RuntimeError, match="simulated kill"):
             pretrain.run(params, out)
     assert not (out / "checkpoint.pt").exists()
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000002.pt", "step-00000004.pt"]
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == ["step-00000002.pt", "step-00000004.pt"]
     final = pretrain.run(params, out, resume="auto")  # the CLI default: from step 4 = epoch 1, step 1
     _assert_same(_weights(final), straight[1])
     assert load_checkpoint(final)["step"] == TOTAL_STEPS
@@ -268,7 +268,7 @@ def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes(
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signum, stderr[-3000:]
     assert f"stopped by {signal.Signals(signum).name}" in stderr and "rerun the same command to resume" in stderr
-    latest = sorted((out / "checkpoints").iterdir())[-1]
+    latest = sorted((out / "checkpoints").glob("*.pt"))[-1]
     stopped_at = load_checkpoint(latest)["position"]
     assert 2 < stopped_at["global_step"] < 10, stopped_at  # at a step boundary after the signal, not the end
     assert not (out / "checkpoint.pt").exists()
@@ -277,3 +277,41 @@ def test_stop_signal_writes_a_checkpoint_and_the_rerun_resumes(
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_same(_weights(out / "checkpoint.pt"), _weights(cli_straight / "checkpoint.pt"))
     print(f"SIGTERM stop at {stopped_at}")
+
+
+# --------------------------------------------------------------------------------------
+# The real command: one writer per directory, a damaged newest checkpoint
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_one_writer_per_directory_then_a_truncated_newest_checkpoint_falls_back(
+    corpus_root, package_copy, cli_straight, tmp_path
+):
+    """Two `rap pretrain` on one --out: the second refuses at once, naming the holder; the
+    first finishes (at --max-steps 6) with each step logged once. Then its newest step
+    checkpoint is cut short (a partial copy): the rerun moves it aside (kept), resumes from the
+    one before and ends with the uninterrupted run's weights."""
+    out = tmp_path / "shared"
+    cmd, env = _command(corpus_root, out), _env(package_copy)
+    first = _start_and_wait_for([*cmd, "--max-steps", "6"], env, out / "rap.lock")
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert "RunLocked" in second.stderr and "Traceback" not in second.stderr
+    assert "still runs on this host: pretrain on host" in second.stderr and f"pid {first.pid}" in second.stderr
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    assert [int(step) for step, _ in _losses(out)] == list(range(1, 7))  # each step logged once
+    assert not (out / "rap.lock").exists()  # released at exit
+
+    newest = out / "checkpoints" / "step-00000006.pt"
+    cut = newest.read_bytes()[: newest.stat().st_size // 2]
+    newest.write_bytes(cut)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"step checkpoint {newest} cannot be used" in done.stderr and "sha256" in done.stderr
+    assert "resumed from" in done.stderr and "step-00000004.pt at epoch 0, step 4" in done.stderr
+    (kept,) = (out / SET_ASIDE_DIR).glob("*-damaged/step-00000006.pt")
+    assert kept.read_bytes() == cut and (kept.parent / "step-00000006.pt.sha256").is_file()
+    _assert_same(_weights(out / "checkpoint.pt"), _weights(cli_straight / "checkpoint.pt"))
+    assert [int(step) for step, _ in _losses(out)] == list(range(1, 11))

@@ -89,7 +89,7 @@ def test_pretraining_loss_falls_and_logs(make_params, tmp_path, monkeypatch, sin
     assert set(metrics) == {"final_loss", "flops_per_step"}  # metrics only: no paths, counts or timings
     ckpt = load_checkpoint(final)
     assert ckpt["stage"] == "pretrain" and ckpt["step"] == 15
-    kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+    kept = sorted(p.name for p in (out / "checkpoints").glob("*.pt"))
     assert kept == ["step-00000012.pt", "step-00000014.pt", "step-00000015.pt"]  # only the last 3
     assert not list(out.glob("**/.*.tmp-*"))  # atomic writes leave no temporary files
 

@@ -28,7 +28,14 @@ from rap.evaluation import evaluate
 from rap.model import RaPModel, build_tokenizer
 from rap.registry import FINETUNE, FINETUNE_TASKS
 from rap.release.importer import QUEUE_STATE, adopt_checkpoint_pixels
-from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
+from rap.training.loop import (
+    LoaderEpochs,
+    distill_alpha,
+    distributed_session,
+    run_dir_lock,
+    seed_everything,
+    train,
+)
 
 __all__ = ["selection_score", "RetrievalValidation", "load_pretrained", "run"]
 
@@ -110,7 +117,7 @@ def run(
         raise ConfigError(f"unknown fine-tuning task {task!r}; expected one of {FINETUNE_TASKS}")
     if task not in ft.epochs:
         raise ConfigError(f"finetune.epochs has no entry for task {task!r}")
-    with distributed_session() as ctx:
+    with distributed_session() as ctx, run_dir_lock(Path(out_dir), f"finetune-{task}", ctx, resume) as lock:
         seed_everything(params.seed, cfg.deterministic)
         model = RaPModel(cfg.model, ft.loss)
         load_pretrained(model, Path(checkpoint), cfg.pretrain.loss)
@@ -135,6 +142,7 @@ def run(
                 ctx=ctx,
                 resume=resume,
                 max_steps=max_steps,
+                lock=lock,
                 validation=validation,
                 forward_kwargs=lambda epoch: {"phase": "finetune", "alpha": distill_alpha(ft.loss, epoch)},
                 text_pad=(finetune_text_len(cfg, task), tokenizer.pad_token_id),

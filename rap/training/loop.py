@@ -52,11 +52,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Protocol
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
-from rap import cpu_kernels, launch, tracking
+from rap import cpu_kernels, launch, run_lock, tracking
 from rap import distributed as rdist
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import atomic_save, file_digest, load_checkpoint
@@ -65,7 +66,13 @@ from rap.errors import RapError
 from rap.precision import apply_tf32, training_dtype
 from rap.run_files import TRAIN_METRICS, TRAIN_RUN, TRAIN_TIMINGS
 from rap.training import resume as resume_rules
-from rap.training.checkpoint import capture_rng_state, prune_checkpoints, restore_rng_state, step_checkpoint_path
+from rap.training.checkpoint import (
+    capture_rng_state,
+    prune_checkpoints,
+    restore_rng_state,
+    save_step_checkpoint,
+    step_checkpoint_path,
+)
 from rap.training.determinism import seed_everything  # re-exported: pretrain/finetune import it here
 from rap.training.optim import build_optimizer, build_scheduler
 
@@ -77,6 +84,7 @@ __all__ = [
     "TrainingInterrupted",
     "RUN_OUTPUTS",
     "distributed_session",
+    "run_dir_lock",
     "distill_alpha",
     "DistContext",
     "EpochData",
@@ -186,6 +194,20 @@ def distributed_session() -> Iterator[DistContext]:
     finally:
         if not existed:
             rdist.cleanup()
+
+
+@contextlib.contextmanager
+def run_dir_lock(out_dir: Path, stage: str, ctx: DistContext, resume: bool | str) -> Iterator[run_lock.RunLock | None]:
+    """One writer per run directory (:mod:`rap.run_lock`): rank 0 takes ``<out_dir>/rap.lock``
+    before any work and holds it to the end; every rank stops at once when it cannot.
+    ``--resume force`` takes over a holder on another host that rap cannot check."""
+    force = _resume_mode(resume) == "force"
+    lock = rdist.on_main(lambda: run_lock.acquire(run_lock.lock_path(out_dir), stage, force=force), share=False)
+    try:
+        yield lock
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def distill_alpha(loss: LossConfig, epoch_float: float) -> float:
@@ -399,15 +421,19 @@ class _Run:
     ckpt_rng: dict | None = None
     epoch_rng: dict | None = None
     resumed_from: Path | None = None
+    lock: run_lock.RunLock | None = None  # rank 0's hold on out_dir
 
     # ---- start -------------------------------------------------------------------------
 
     def start(self, mode: resume_rules.ResumeMode) -> None:
-        """Decide (every rank, before anyone moves a file), set the earlier run aside (rank 0)
-        and restore the checkpoint to continue from, if any."""
-        plan = resume_rules.plan_start(self.out_dir, self.stage, self.shaping["params"], self.shaping["code"], mode)
+        """Decide (rank 0, which also moves damaged checkpoints aside; every rank gets the
+        plan), set the earlier run aside (rank 0) and restore the checkpoint to continue from."""
+        plan = rdist.on_main(
+            lambda: resume_rules.plan_start(
+                self.out_dir, self.stage, self.shaping["params"], self.shaping["code"], mode
+            )
+        )
         log.info("%s: %s", self.stage, plan.reason)
-        rdist.barrier()
         if plan.set_aside and self.ctx.is_main:
             resume_rules.set_aside(self.out_dir)
         rdist.barrier()
@@ -446,6 +472,8 @@ class _Run:
         rngs = rdist.gather_objects(capture_rng_state())
         epoch_rngs = rdist.gather_objects(epoch_rng_now)
         if self.ctx.is_main:
+            if self.lock is not None:
+                self.lock.check()  # another process took out_dir over: stop writing there
             state = {
                 "stage": self.stage,
                 "model": self.model.state_dict(),
@@ -460,7 +488,7 @@ class _Run:
                 "shaping": self.shaping,
                 "total_steps": self.total_steps,
             }
-            atomic_save(state, path)
+            save_step_checkpoint(state, path)
             prune_checkpoints(self.out_dir, KEEP_STEP_CHECKPOINTS)
         rdist.barrier()
         return path
@@ -635,15 +663,23 @@ def _resume_mode(resume: bool | str) -> resume_rules.ResumeMode:
     return resume  # type: ignore[return-value]
 
 
-def _wrap(model: nn.Module, ctx: DistContext) -> nn.Module:
+def _wrap(model: nn.Module, ctx: DistContext, grad_comm: str = "fp32") -> nn.Module:
+    """DDP around ``model`` when the world has more than one rank. ``grad_comm`` (``optim.grad_comm``):
+    ``fp32`` keeps DDP's own all-reduce of fp32 gradient buckets; ``bf16`` registers torch's
+    ``bf16_compress_hook`` (each bucket cast to bf16, all-reduced, divided by the world size and
+    cast back: half the bytes of the step's largest transfer, benchmarks/bench_step.py; gloo
+    and NCCL both reduce bf16)."""
     if not (ctx.world > 1 and rdist.is_distributed()):
         return model
     # DDP's search for unused parameters costs a graph walk every step: only where a head is
     # switched off (a zero loss weight) and its parameters get no gradient.
     unused = model.unused_parameter_names() if hasattr(model, "unused_parameter_names") else {"unknown"}
-    return DistributedDataParallel(
+    ddp = DistributedDataParallel(
         model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None, find_unused_parameters=bool(unused)
     )
+    if grad_comm == "bf16":
+        ddp.register_comm_hook(None, default_hooks.bf16_compress_hook)
+    return ddp
 
 
 def train(
@@ -663,6 +699,7 @@ def train(
     extra_params: Mapping[str, Any] | None = None,
     text_pad: tuple[int, int] | None = None,
     inputs: Mapping[str, str] | None = None,
+    lock: run_lock.RunLock | None = None,
 ) -> Path:
     """Train ``model`` for ``epochs`` epochs of ``data``; returns ``<out_dir>/checkpoint.pt``.
 
@@ -673,7 +710,8 @@ def train(
     checkpoint holds the best-scoring epoch's weights (``best.pt``), otherwise the last.
     ``max_steps`` stops after that many optimiser steps in total (a checkpoint is written).
     ``text_pad`` = ``(length, pad_id)``: under DDP every rank's text is padded to ``length``
-    (equal shapes for the all-gathers of the losses).
+    (equal shapes for the all-gathers of the losses). ``lock``: rank 0's hold on ``out_dir``
+    (:func:`run_dir_lock`), checked before each step checkpoint.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -704,7 +742,7 @@ def train(
     run = _Run(
         stage=stage,
         model=model,
-        net=_wrap(model, ctx),
+        net=_wrap(model, ctx, optim_cfg.grad_comm),
         optimizer=optimizer,
         scheduler=build_scheduler(optimizer, optim_cfg, steps_per_epoch, total_steps),
         scaler=torch.amp.GradScaler(ctx.device.type, enabled=amp_dtype == torch.float16),
@@ -716,6 +754,7 @@ def train(
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         shaping=shaping,
+        lock=lock,
     )
     run.start(_resume_mode(resume))
     pos = run.pos

@@ -13,7 +13,14 @@ from pathlib import Path
 from rap.config import Params
 from rap.data.datasets import build_pretrain_loader
 from rap.model import RaPModel, build_tokenizer
-from rap.training.loop import LoaderEpochs, distill_alpha, distributed_session, seed_everything, train
+from rap.training.loop import (
+    LoaderEpochs,
+    distill_alpha,
+    distributed_session,
+    run_dir_lock,
+    seed_everything,
+    train,
+)
 
 __all__ = ["run"]
 
@@ -26,7 +33,7 @@ def run(params: Params, out_dir: Path, *, resume: bool | str = False, max_steps:
     """
     cfg = params.cfg
     pre = cfg.pretrain
-    with distributed_session() as ctx:
+    with distributed_session() as ctx, run_dir_lock(Path(out_dir), "pretrain", ctx, resume) as lock:
         seed_everything(params.seed, cfg.deterministic)  # identical initial weights on every rank
         model = RaPModel(cfg.model, pre.loss)
         seed_everything(
@@ -48,6 +55,7 @@ def run(params: Params, out_dir: Path, *, resume: bool | str = False, max_steps:
                 ctx=ctx,
                 resume=resume,
                 max_steps=max_steps,
+                lock=lock,
                 forward_kwargs=lambda epoch: {"phase": "pretrain", "alpha": distill_alpha(pre.loss, epoch)},
                 text_pad=(cfg.model.text.max_len_train, tokenizer.pad_token_id),
                 extra_params={"global_batch": pre.optim.batch_size * pre.optim.grad_accum * ctx.world},

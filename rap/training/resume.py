@@ -20,6 +20,14 @@ now:
 ``force``               continue from the newest checkpoint whatever changed (logged).
 ``no``                  start afresh; the earlier run's files are moved aside.
 
+The checkpoint continued from is the newest one that loads: a step checkpoint that fails its
+recorded sha256 or cannot be read (cut short by a partial copy, a filesystem fault) is named in
+the log and moved to ``<out_dir>/set-aside/<time>-damaged/``, and the next newest is tried. When
+none loads, ``auto`` stops (nothing moved) naming each file and why; ``no`` starts afresh, and
+so does ``force`` (there is nothing to continue from). A file that ``torch.load(weights_only=True)``
+refuses (:class:`rap.checkpoint_io.UnsafeCheckpoint`) is not damaged but foreign: it stops the
+command.
+
 Nothing here deletes a file: :func:`set_aside` moves ``checkpoints/``, ``best.pt``,
 ``checkpoint.pt`` and ``loss.csv`` to ``<out_dir>/set-aside/<time>-step-<N>/``.
 """
@@ -34,12 +42,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import torch
-
+from rap.checkpoint_io import DamagedCheckpoint, load_checkpoint
 from rap.config import TOP_LEVEL_KNOBS, Params
 from rap.errors import RapError
 from rap.registry import ALL_DATASETS
-from rap.training.checkpoint import latest_checkpoint
+from rap.training.checkpoint import digest_path, latest_checkpoint, step_checkpoints, verify_step_checkpoint
 
 __all__ = [
     "ResumeMode",
@@ -48,6 +55,8 @@ __all__ = [
     "shaping_params",
     "code_digests",
     "plan_start",
+    "newest_loadable",
+    "move_damaged",
     "set_aside",
     "SET_ASIDE_DIR",
 ]
@@ -87,6 +96,7 @@ _OTHER_PHASE_PARAMS = {
 # Source files that do not shape the weights (repository-relative to rap/; dirs end in "/").
 _NEUTRAL_CODE = (
     "atomic.py",
+    "run_lock.py",
     "cli.py",
     "launch.py",
     "tracking.py",
@@ -174,6 +184,38 @@ def describe_changes(ckpt: Mapping[str, Any], shaping: Mapping[str, Any], code: 
     )
 
 
+def _stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+def newest_loadable(out_dir: Path) -> tuple[Path | None, dict[str, Any] | None, list[tuple[Path, str]]]:
+    """The newest step checkpoint that matches its recorded digest and loads (its tensors
+    memory-mapped), its content, and the newer ones that did not, with why: ``(path, ckpt,
+    damaged)``; ``(None, None, damaged)`` when none loads."""
+    damaged: list[tuple[Path, str]] = []
+    for _, path in reversed(step_checkpoints(out_dir)):
+        try:
+            verify_step_checkpoint(path)
+            return path, load_checkpoint(path, mmap=True), damaged
+        except DamagedCheckpoint as err:
+            damaged.append((path, str(err)))
+    return None, None, damaged
+
+
+def move_damaged(out_dir: Path, damaged: list[tuple[Path, str]]) -> Path | None:
+    """Move each damaged checkpoint and its digest record to ``<out_dir>/set-aside/<time>-damaged/``."""
+    if not damaged:
+        return None
+    dest = Path(out_dir) / SET_ASIDE_DIR / f"{_stamp()}-damaged"
+    dest.mkdir(parents=True)
+    for path, why in damaged:
+        for file in (path, digest_path(path)):
+            if file.exists():
+                shutil.move(str(file), str(dest / file.name))
+        log.warning("step checkpoint %s cannot be used (%s): moved to %s", path, why, dest)
+    return dest
+
+
 def _has_run_files(out_dir: Path) -> bool:
     return any((out_dir / name).exists() for name in RUN_FILES)
 
@@ -187,12 +229,21 @@ def plan_start(
     out_dir = Path(out_dir)
     if mode not in ("auto", "force", "no"):
         raise ValueError(f"resume mode must be auto, force or no, got {mode!r}")
-    latest = latest_checkpoint(out_dir)
     if mode == "no":
         return StartPlan(None, _has_run_files(out_dir), "fresh start requested (--resume no)")
-    if latest is None:
+    latest, ckpt, damaged = newest_loadable(out_dir)
+    if latest is None and damaged:
+        listing = "\n  ".join(f"{path}: {why}" for path, why in damaged)
+        if mode == "force":
+            return StartPlan(None, True, f"--resume force: no step checkpoint loads, starting afresh:\n  {listing}")
+        raise ResumeConflict(
+            f"no step checkpoint in {out_dir / 'checkpoints'} loads, nothing was moved:\n  {listing}\n"
+            f"Start afresh with --resume no (or force): the run's files are then moved to "
+            f"{out_dir / SET_ASIDE_DIR}/, nothing is deleted."
+        )
+    move_damaged(out_dir, damaged)
+    if latest is None or ckpt is None:
         return StartPlan(None, _has_run_files(out_dir), f"no step checkpoint in {out_dir / 'checkpoints'}")
-    ckpt = torch.load(latest, map_location="cpu", weights_only=False, mmap=True)
     if ckpt.get("stage") != stage:
         raise ResumeConflict(
             f"{latest} is a checkpoint of stage {ckpt.get('stage')!r}, not {stage!r}: "
@@ -230,8 +281,7 @@ def set_aside(out_dir: Path) -> Path | None:
         return None
     latest = latest_checkpoint(out_dir)
     step = latest.stem.removeprefix("step-").lstrip("0") or "0" if latest else "none"
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
-    dest = out_dir / SET_ASIDE_DIR / f"{stamp}-step-{step}"
+    dest = out_dir / SET_ASIDE_DIR / f"{_stamp()}-step-{step}"
     dest.mkdir(parents=True)
     for name in present:
         shutil.move(str(out_dir / name), str(dest / name))
