@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from rap.config import LossConfig, ModelConfig, TextConfig, VisionConfig, load_params
 from rap.model import RaPModel
+from rap.speed import synthetic_batch
 
 ROOT = Path(__file__).resolve().parents[1]
-CAPTION = "a small red circle moves from the left corner to the centre while a blue square spins"
 
 
 def configs(which: str) -> tuple[ModelConfig, LossConfig, int, int]:
@@ -72,23 +72,7 @@ def configs(which: str) -> tuple[ModelConfig, LossConfig, int, int]:
 
 
 def make_batch(model: RaPModel, batch: int, frames: int, size: int, device: torch.device) -> dict:
-    tok = model.tokenizer(
-        [CAPTION] * batch,
-        padding="max_length",
-        truncation=True,
-        max_length=model.cfg.text.max_len_train,
-        return_tensors="pt",
-    )
-    video = torch.randn(batch, frames, 3, size, size)
-    return {
-        k: v.to(device)
-        for k, v in {
-            "video": video,
-            "video_aug": torch.randn_like(video),
-            "input_ids": tok["input_ids"],
-            "attention_mask": tok["attention_mask"],
-        }.items()
-    }
+    return {k: v.to(device) for k, v in synthetic_batch(model, batch, frames, size).items()}
 
 
 def count_flops(model_cfg: ModelConfig, loss_cfg: LossConfig, batch: dict, ratio: float) -> float:

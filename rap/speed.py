@@ -32,7 +32,7 @@ from rap.atomic import write_json_atomic, write_text_atomic
 from rap.config import Params, ablation_overrides
 from rap.training.determinism import seed_everything
 
-__all__ = ["mask_ratios", "measure_mask_speed", "render_speed_table", "run_speed"]
+__all__ = ["mask_ratios", "measure_mask_speed", "render_speed_table", "run_speed", "synthetic_batch"]
 
 CAPTION = "a small red circle moves from the left corner to the centre while a blue square spins"
 
@@ -48,17 +48,17 @@ def mask_ratios(params: Params) -> list[float]:
     return ratios
 
 
-def _batch(model: torch.nn.Module, params: Params) -> dict[str, torch.Tensor]:
-    cfg = params.cfg
-    b, k, size = cfg.pretrain.optim.batch_size, params.knobs["frames"], cfg.model.vision.img_size
+def synthetic_batch(model: torch.nn.Module, batch: int, frames: int, size: int) -> dict[str, torch.Tensor]:
+    """A pre-training batch of the shapes and dtypes the loader delivers (uint8 frames, two
+    views, tokenised captions) with random pixels: a step's cost does not depend on them."""
     tok = model.tokenizer(
-        [CAPTION] * b,
+        [CAPTION] * batch,
         padding="max_length",
         truncation=True,
-        max_length=cfg.model.text.max_len_train,
+        max_length=model.cfg.text.max_len_train,
         return_tensors="pt",
     )
-    video = torch.randint(0, 256, (b, k, 3, size, size), dtype=torch.uint8)
+    video = torch.randint(0, 256, (batch, frames, 3, size, size), dtype=torch.uint8)
     return {
         "video": video,
         "video_aug": video.flip(-1),
@@ -74,7 +74,8 @@ def measure_mask_speed(params: Params, ratios: list[float], warmup: int = 2, rep
     seed_everything(params.seed, params.cfg.deterministic)
     model = RaPModel(params.cfg.model, params.cfg.pretrain.loss).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    batch = _batch(model, params)
+    cfg = params.cfg
+    batch = synthetic_batch(model, cfg.pretrain.optim.batch_size, params.knobs["frames"], cfg.model.vision.img_size)
     times: dict[float, list[float]] = {r: [] for r in ratios}
     for i in tqdm(range(warmup + reps), desc="speed: steps of each mask ratio"):
         for r in ratios:
