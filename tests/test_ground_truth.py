@@ -108,3 +108,44 @@ def test_ranking_metrics_against_a_hand_computed_case() -> None:
     assert out["auc"] == pytest.approx((1 + 3) / 6)  # 0.2 beats 0.1 only; 0.9 beats all three
     tok = token_separation([0.9, 0.1, 0.8, 0.2], [gt.SHOWN, gt.REDUNDANT_PHRASE, None, gt.REDUNDANT_PHRASE])
     assert tok["auc"] == 1.0 and tok["ap"] == 1.0 and tok["negatives"] == 2
+
+
+def _painted_fraction(pixels: np.ndarray, grid: int) -> np.ndarray:
+    """(G, G) share of each patch's pixels marked in ``pixels`` (H, W) bool (H = W = G * p)."""
+    p = pixels.shape[0] // grid
+    return pixels.reshape(grid, p, grid, p).mean(axis=(1, 3))
+
+
+def test_coverage_matches_the_painted_pixels_of_decoded_frames(tmp_path: Path) -> None:
+    """Issue 20: coverage follows the painter (synthetic.render tests shapes at integer pixel
+    coordinates). On the rendered frames it is exact (a 64 px square, 8 x 8 patches of 8 px: the
+    supersampling points are the pixels); on the decoded h264 frames it agrees within the codec's
+    own error, and better than the half-pixel-off ``centre`` convention."""
+    from rap.data.decode import read_frames
+
+    grid, mismatch = 8, {gt.PAINTER: [], gt.CENTRE: []}
+    codec_error = []
+    for seed, shape in enumerate(("circle", "triangle", "star", "diamond")):
+        spec = synthetic.ClipSpec(shape, "red", "grow", None, ("blue", "cross"), 64, 64, 16, seed=seed)
+        entry = synthetic.ground_truth("v.mp4", spec, [])
+        frames = synthetic.render(spec)
+        synthetic.write_video(tmp_path / f"{seed}.mp4", frames)
+        decoded = read_frames(tmp_path / f"{seed}.mp4", list(range(len(frames))))
+        _, per_frame = synthetic.scene(spec)
+        for t in (0, len(frames) - 1):  # small object alone; large object and the second one
+            exact = _object_pixels(spec, t)
+            colours = [np.asarray(d.rgb, np.float32) for d in per_frame[t] if d.role in gt.CAPTIONED]
+            dist = np.min([np.abs(decoded[t].astype(np.float32) - c).sum(-1) for c in colours], axis=0)
+            seen = dist < 90  # near a captioned colour (background and clutter are dull)
+            codec_error.append(np.abs(_painted_fraction(seen, grid) - _painted_fraction(exact, grid)).mean())
+            for convention in gt.CONVENTIONS:
+                cov = gt.frame_coverage(entry, t, grid, convention=convention)["captioned"]
+                mismatch[convention].append(np.abs(_painted_fraction(seen, grid) - cov).mean())
+            painter = gt.frame_coverage(entry, t, grid, convention=gt.PAINTER)["captioned"]
+            # the ground truth rounds positions to 1/100 px: a boundary pixel may flip
+            assert np.abs(painter - _painted_fraction(exact, grid)).max() <= 2 / 64
+    painter, centre, codec = (float(np.mean(v)) for v in (mismatch[gt.PAINTER], mismatch[gt.CENTRE], codec_error))
+    assert painter <= codec + 0.002, (painter, codec)
+    assert painter < centre, (painter, centre)
+    with pytest.raises(ValueError, match="pixel convention"):
+        gt.frame_coverage(entry, 0, grid, convention="corner")
