@@ -16,6 +16,8 @@ Scored by ROC-AUC and average precision (:mod:`rap.redundancy_metrics`):
 
 * ``paper`` / ``official``: pooled over all pairs, with the paper's ``w = 1 - r`` and with the
   release's ``softmax((1 - r) / tau)`` per pair;
+* ``auc_ci95``: beside each pooled AUC, its 95 % bootstrap interval over queries (pairs
+  resampled, :func:`rap.redundancy_metrics.pair_bootstrap_auc`);
 * ``pair_auc``: the mean over pairs of the AUC within each pair (pairs with both classes); it
   is the same for both weightings, since softmax keeps the order within a pair;
 * ``cls_query``: what the paper's Figure 3 actually draws (its caption and section 5.6): the
@@ -44,7 +46,7 @@ from tqdm.auto import tqdm
 from rap.data import ground_truth as gt
 from rap.feature_diagnostics import FeatureDiagnostics
 from rap.losses import racl_weights, redundancy
-from rap.redundancy_metrics import OBJECT_MIN, roc_auc, separation
+from rap.redundancy_metrics import OBJECT_MIN, pair_bootstrap_auc, roc_auc, separation
 
 if TYPE_CHECKING:
     from rap.config import ScaleConfig
@@ -137,6 +139,7 @@ class _Pooled:
             for name, parts in self.scores.items():
                 if len(parts) == len(self.labels):
                     out[name] = separation(np.concatenate(parts), labels, ~labels)
+                    out[name]["auc_ci95"] = list(pair_bootstrap_auc(parts, self.labels))
         if self.pair_aucs:
             out["pair_auc"] = float(np.mean(self.pair_aucs))
         out["pairs"] = len(self.pair_aucs)

@@ -13,7 +13,13 @@ from rap.config import load_params
 from rap.data import ground_truth as gt
 from rap.data import synthetic
 from rap.model import build_tokenizer
-from rap.redundancy_metrics import average_precision, patch_separation, roc_auc, token_separation
+from rap.redundancy_metrics import (
+    average_precision,
+    pair_bootstrap_auc,
+    patch_separation,
+    roc_auc,
+    token_separation,
+)
 
 from helpers.config import PARAMS_YAML
 
@@ -149,3 +155,15 @@ def test_coverage_matches_the_painted_pixels_of_decoded_frames(tmp_path: Path) -
     assert painter < centre, (painter, centre)
     with pytest.raises(ValueError, match="pixel convention"):
         gt.frame_coverage(entry, 0, grid, convention="corner")
+
+
+def test_pair_bootstrap_auc_equals_resampling_by_hand() -> None:
+    rng = np.random.default_rng(3)
+    scores = [rng.normal(size=n) + 0.5 * (np.arange(n) % 2) for n in (5, 7, 4, 6, 8)]
+    labels = [np.arange(len(s)) % 2 == 1 for s in scores]
+    scores[1][2] = scores[1][3] = 0.25  # a tie across classes
+    lo, hi = pair_bootstrap_auc(scores, labels, resamples=40, seed=7)
+    draws = np.random.default_rng(7).integers(0, 5, size=(40, 5))  # the same draws, resampled by hand
+    by_hand = [roc_auc(np.concatenate([scores[i] for i in d]), np.concatenate([labels[i] for i in d])) for d in draws]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(by_hand, [2.5, 97.5])))
+    assert lo <= roc_auc(np.concatenate(scores), np.concatenate(labels)) <= hi
