@@ -297,6 +297,9 @@ def test_redundancy_weights_are_eqs_4_to_8(tiny_setup):
         # 1 - vr_n = 1 - min_l (1 - s) = max_l s (eqs. 4-5); 1 - tr_l = max_n s (eq. 6)
         assert torch.allclose(torch.from_numpy(w.patch.reshape(-1)), sim.max(dim=1).values, atol=1e-5)
         assert torch.allclose(torch.from_numpy(w.token), sim.max(dim=0).values, atol=1e-5)
+        # the paper's Figure 3: s(T_cls, P_n) over patches, s(P_cls, T_l) over tokens
+        assert torch.allclose(torch.from_numpy(w.cls_patch.reshape(-1)), v.patches[b] @ t.emb[b], atol=1e-5)
+        assert torch.allclose(torch.from_numpy(w.cls_token), t.tokens[b, :n_tok] @ v.emb[b], atol=1e-5)
 
 
 def test_draw_figure_writes_png(tiny_setup):
