@@ -16,7 +16,7 @@ Scored by ROC-AUC and average precision (:mod:`rap.redundancy_metrics`):
 
 * ``paper`` / ``official``: pooled over all pairs, with the paper's ``w = 1 - r`` and with the
   release's ``softmax((1 - r) / tau)`` per pair;
-* ``auc_ci95``: beside each pooled AUC, its 95 % bootstrap interval over queries (pairs
+* ``auc_lo`` / ``auc_hi``: beside each pooled AUC, its 95 % bootstrap interval over queries (pairs
   resampled, :func:`rap.redundancy_metrics.pair_bootstrap_auc`);
 * ``pair_auc``: the mean over pairs of the AUC within each pair (pairs with both classes); it
   is the same for both weightings, since softmax keeps the order within a pair;
@@ -139,7 +139,7 @@ class _Pooled:
             for name, parts in self.scores.items():
                 if len(parts) == len(self.labels):
                     out[name] = separation(np.concatenate(parts), labels, ~labels)
-                    out[name]["auc_ci95"] = list(pair_bootstrap_auc(parts, self.labels))
+                    out[name]["auc_lo"], out[name]["auc_hi"] = pair_bootstrap_auc(parts, self.labels)
         if self.pair_aucs:
             out["pair_auc"] = float(np.mean(self.pair_aucs))
         out["pairs"] = len(self.pair_aucs)

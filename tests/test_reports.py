@@ -329,7 +329,14 @@ def test_load_model_rejects_partial_checkpoint(tiny_setup):
 
 def _localisation(patch_auc: float, token_auc: float) -> dict:
     def part(auc: float) -> dict:
-        scores = {"auc": auc, "ap": auc / 2, "positives": 10, "negatives": 30, "auc_ci95": [auc - 0.05, auc + 0.05]}
+        scores = {
+            "auc": auc,
+            "ap": auc / 2,
+            "positives": 10,
+            "negatives": 30,
+            "auc_lo": auc - 0.05,
+            "auc_hi": auc + 0.05,
+        }
         cls = {**scores, "auc": auc + 0.05}
         return {"paper": scores, "official": {**scores, "auc": 1 - auc}, "cls_query": cls, "pair_auc": auc, "pairs": 4}
 

@@ -462,10 +462,11 @@ def localisation_value(block: dict[str, Any] | None, part: str, weighting: str, 
 
 
 def localisation_interval(block: dict[str, Any] | None, part: str, weighting: str) -> tuple[float, float] | None:
-    """The 95 % bootstrap interval over queries of a pooled AUC (``auc_ci95``), or None."""
+    """The 95 % bootstrap interval over queries of a pooled AUC (``auc_lo``, ``auc_hi``), or None."""
     entry = (block or {}).get(part, {}).get(weighting)
-    ci = entry.get("auc_ci95") if isinstance(entry, dict) else None
-    return None if ci is None else (float(ci[0]), float(ci[1]))
+    if not isinstance(entry, dict) or entry.get("auc_lo") is None or entry.get("auc_hi") is None:
+        return None
+    return float(entry["auc_lo"]), float(entry["auc_hi"])
 
 
 def read_diagnostics(path: Path) -> dict[str, Any] | None:
