@@ -430,7 +430,10 @@ def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None) ->
     raw = root / "raw" / dataset
     limit = limit if limit is not None else data_cfg.download_limit
     if data_cfg.source == "synthetic":
-        summary = synthetic.generate(dataset, raw, seed=data_cfg.synthetic_seed, scale=data_cfg.synthetic_scale)
+        look = synthetic.SceneLook(data_cfg.synthetic_object_scale, data_cfg.synthetic_texture)
+        summary = synthetic.generate(
+            dataset, raw, seed=data_cfg.synthetic_seed, scale=data_cfg.synthetic_scale, look=look
+        )
         return {**summary, "source": "synthetic", "missing": 0, "message": f"{dataset}: synthetic corpus in {raw}"}
     raw.mkdir(parents=True, exist_ok=True)
     result = PUBLIC[dataset](raw, limit)
