@@ -414,3 +414,36 @@ def test_seed_tables_mean_and_sd(tmp_path):
     assert mean_interval([]) == "-" and mean_interval([3.0]) == "3.00 (n=1)"
     mean, lo, hi = t_interval([1.0, 3.0])  # t(0.975, 1) = 12.706, sd sqrt(2), n 2: half-width 12.706
     assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - 12.706, 2.0 + 12.706), abs=1e-3)
+
+
+def test_controlled_experiment_table(tmp_path):
+    """controlled/params.yaml is read and checked; the table pools each look and setting over
+    its seeds (mean with the t interval) from the metrics controlled/dvc.yaml writes."""
+    from rap.data.synthetic import DEFAULT_LOOK
+    from rap.reports.controlled import eval_path, read_spec, write_controlled_table
+
+    spec = read_spec(REPO / "controlled/params.yaml")
+    assert spec.looks["reference"] == DEFAULT_LOOK and spec.looks["large-object"].object_scale == 2.0
+    assert "seed-0" in spec.runs and "racl-none+seed-2" in spec.runs
+    with pytest.raises(MissingMetricsError, match="reference/seed-0.json"):
+        write_controlled_table(REPO / "controlled/params.yaml", tmp_path / "runs", tmp_path / "out")
+    for look in spec.looks:
+        for run in spec.runs:
+            seed = int(run.rsplit("-", 1)[1])
+            auc = (0.3 if run.startswith("racl-none") else 0.2) + 0.1 * seed + (0.3 if look == "large-object" else 0)
+            path = eval_path(tmp_path / "runs", look, run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            diag = {"token_collapse": 0.9, "background_token_alignment": 0.8, "object_token_alignment": 0.4}
+            path.write_text(
+                json.dumps({**_metrics(20.0), "localisation": _localisation(auc, 0.5), "diagnostics": diag})
+            )
+    (out,) = write_controlled_table(REPO / "controlled/params.yaml", tmp_path / "runs", tmp_path / "out")
+    text = out.read_text(encoding="utf-8")
+    row = next(ln for ln in text.splitlines() if ln.startswith("| large-object") and "RaCL both" in ln)
+    # patch AUC 0.5, 0.6, 0.7 over seeds 0-2: sd 0.1, t(0.975, 2) = 4.303 -> half-width 0.248
+    assert _cells(row)[3:6] == ["0, 1, 2", "0.60 [0.35, 0.85] q ±0.05", "0.65 [0.40, 0.90] q ±0.05"]
+    assert "object x2, texture x1" in row and "0.90 [0.90, 0.90]" in row
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "controlled/params.yaml").read_text().replace("texture: 3.0", "texture: -1"))
+    with pytest.raises(ConfigError, match="looks.textured: texture"):
+        read_spec(bad)

@@ -117,7 +117,7 @@ def test_workflow_runs_for_real(tmp_path):
     again = run_snakemake(tmp_path, "--cores", "2", "--config", f"params={params_file.name}", timeout=120)
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr
 
-    seeds = run_snakemake(tmp_path, "--cores", "2", "--config", f"params={params_file.name}", "seeds")
+    seeds = run_snakemake(tmp_path, "seeds", "--cores", "2", "--config", f"params={params_file.name}")
     logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(tmp_path.glob("logs/**/seed*.log")))
     assert seeds.returncode == 0, f"snakemake seeds failed:\n{seeds.stderr[-6000:]}\n{logs}"
     assert "4 of 4 steps (100%) done" in seeds.stderr  # pretrain_seed, evaluate_seed, seed_tables, seeds

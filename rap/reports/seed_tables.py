@@ -77,7 +77,7 @@ def _columns(table: int) -> list[tuple[str, str]]:
 _RECALLS = ("R@1", "R@5", "R@10", "MdR")
 
 
-def _values(path: Path, columns: Sequence[tuple[str, str]]) -> list[tuple[float | None, float | None]]:
+def column_values(path: Path, columns: Sequence[tuple[str, str]]) -> list[tuple[float | None, float | None]]:
     """(value, half-width of its bootstrap interval over queries or None) of each column in one
     metrics file (read once)."""
     recalls = read_metrics(path, DIRECTION)
@@ -108,7 +108,7 @@ def seed_table(params: Params, groups: list[layout.SeedGroup], table: int, missi
             continue
         present = [(s, p) for s, p in zip(g.seeds, g.metrics) if p is not None and p.is_file()]
         missing += [p for p in g.metrics if p is not None and not p.is_file()]
-        per_seed = [_values(p, columns) for _, p in present]
+        per_seed = [column_values(p, columns) for _, p in present]
         cells = [
             mean_interval(
                 [row[c][0] for row in per_seed if row[c][0] is not None],
