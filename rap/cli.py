@@ -207,7 +207,11 @@ def cmd_import_release(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     params = _params(args)
-    if args.seeds:
+    if args.controlled:
+        from rap.reports.controlled import write_controlled_table
+
+        paths = write_controlled_table(Path(args.controlled), Path(args.runs), Path(args.out))
+    elif args.seeds:
         from rap.reports.seed_tables import write_seed_tables
 
         paths = write_seed_tables(params, Path(args.runs), Path(args.out))
@@ -343,7 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="runs", help="root of the pipeline's run outputs")
     p.add_argument("--out", default="reports")
     p.add_argument(
-        "--seeds", action="store_true", help="Tables 5 and 9 over the seeds of params.yaml seed_runs (mean +- sd)"
+        "--seeds",
+        action="store_true",
+        help="Tables 5 and 9 over the seeds of params.yaml seed_runs (mean, 95 %% t interval)",
+    )
+    p.add_argument(
+        "--controlled",
+        default=None,
+        metavar="SPEC",
+        help="the controlled experiment's table (SPEC: controlled/params.yaml) into --out/table.md",
     )
     p.set_defaults(func=cmd_tables)
 

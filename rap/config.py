@@ -288,6 +288,10 @@ class DataConfig:
     download_limit: int | None = None  # take a small real subset (smoke runs)
     synthetic_seed: int = 0
     synthetic_scale: float = 1.0  # multiplies every split size of the embedded corpus
+    # the controlled experiment's generator knobs (controlled/dvc.yaml; rap.data.synthetic.SceneLook):
+    # 1.0 = the default corpus
+    synthetic_object_scale: float = 1.0  # captioned objects' radii
+    synthetic_texture: float = 1.0  # background stripes and noise (0 = uniform)
     hflip: bool = False  # flip augmentation (swaps left/right in the caption); see data/transforms.py
     fetch: FetchConfig = field(default_factory=FetchConfig)
     webvid: DatasetFetchConfig = field(default_factory=DatasetFetchConfig)
@@ -314,6 +318,15 @@ class DataConfig:
             "must be in [1, 100]",
         )
         _check(self.synthetic_scale > 0, "data.synthetic_scale", self.synthetic_scale, "must be > 0")
+        _check(
+            0 < self.synthetic_object_scale <= 3,
+            "data.synthetic_object_scale",
+            self.synthetic_object_scale,
+            "must be in (0, 3]",
+        )
+        _check(
+            0 <= self.synthetic_texture <= 10, "data.synthetic_texture", self.synthetic_texture, "must be in [0, 10]"
+        )
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from rap import distributed as rdist
 from rap.atomic import write_json_atomic
 from rap.checkpoint_io import file_digest, load_model_weights
 from rap.config import KNOBS, EvalConfig
-from rap.localisation import has_ground_truth, localisation_metrics
+from rap.localisation import redundancy_probe
 from rap.metrics import t2v_v2t_metrics
 from rap.precision import apply_tf32, evaluation_dtype
 from rap.tracking_spool import SPOOL_FILE
@@ -557,9 +557,10 @@ def run_evaluation(
             result: dict[str, Any] = dict(scores.metrics(with_intervals=True))
             if scores.rerank_k > 0:
                 result["itc_only"] = scores.itc_metrics()  # what the re-ranking adds, for the record
-            if has_ground_truth(cfg, dataset) and rdist.get_rank() == 0 and cfg.evaluate.recipe == "rap":
-                # where the redundancy weights point (embedded corpus only; rap.localisation)
-                result["localisation"] = localisation_metrics(model, tokenizer, eval_set, cfg, device)
+            if rdist.get_rank() == 0 and cfg.evaluate.recipe == "rap":
+                # the features' diagnostics, and where the redundancy weights point (embedded
+                # corpus only: it has a ground truth); rap.localisation, rap.feature_diagnostics
+                result.update(redundancy_probe(model, tokenizer, eval_set, cfg, device))
             info = {
                 "dataset": dataset,
                 "split": split,

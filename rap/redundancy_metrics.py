@@ -17,10 +17,19 @@ from typing import Sequence
 import numpy as np
 
 from rap.data.ground_truth import REDUNDANT_PHRASE, SHOWN
+from rap.metrics import CI_LEVEL, CI_RESAMPLES, CI_SEED
 
 OBJECT_MIN = 0.5
 
-__all__ = ["OBJECT_MIN", "average_precision", "patch_separation", "roc_auc", "separation", "token_separation"]
+__all__ = [
+    "OBJECT_MIN",
+    "average_precision",
+    "pair_bootstrap_auc",
+    "patch_separation",
+    "roc_auc",
+    "separation",
+    "token_separation",
+]
 
 
 def _checked(scores: Sequence[float], labels: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,18 +48,49 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
     """P(score of a random positive > score of a random negative), ties counting 1/2
     (Mann-Whitney U / (n_pos * n_neg), from average ranks)."""
     s, y = _checked(scores, labels)
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(s.size)
-    sorted_s = s[order]
-    i = 0
-    while i < s.size:  # average rank over each run of tied scores
-        j = i
-        while j + 1 < s.size and sorted_s[j + 1] == sorted_s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    # average rank of each tied group: its last rank minus half of its extra members
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[inverse]
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def pair_bootstrap_auc(
+    scores: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    resamples: int = CI_RESAMPLES,
+    seed: int = CI_SEED,
+    level: float = CI_LEVEL,
+) -> tuple[float, float]:
+    """95 % bootstrap interval of the pooled ROC-AUC over queries: the pairs (one array of
+    scores and labels per query and its video) are resampled with replacement ``resamples``
+    times (seeded, as the recall intervals of :func:`rap.metrics.recall_intervals`); a pair
+    drawn c times weighs c. Percentile method."""
+    _checked(np.concatenate([np.ravel(a) for a in scores]), np.concatenate([np.ravel(a) for a in labels]))
+    n = len(scores)
+    pos = [np.asarray(a, np.float64)[np.asarray(b, bool)] for a, b in zip(scores, labels)]
+    neg = [np.sort(np.asarray(a, np.float64)[~np.asarray(b, bool)]) for a, b in zip(scores, labels)]
+    # wins[p, q]: Mann-Whitney count of pair p's positives over pair q's negatives (ties 1/2);
+    # a draw with pair counts c has U = c' wins c, n_pos = c.P, n_neg = c.N
+    all_pos = np.concatenate(pos)
+    owner = np.repeat(np.arange(n), [len(a) for a in pos])
+    wins = np.zeros((n, n))
+    for q, negatives in enumerate(neg):
+        below = np.searchsorted(negatives, all_pos, side="left")
+        tied = np.searchsorted(negatives, all_pos, side="right") - below
+        wins[:, q] = np.bincount(owner, weights=below + tied / 2, minlength=n)
+    n_pos_of = np.array([len(a) for a in pos], np.float64)
+    n_neg_of = np.array([len(a) for a in neg], np.float64)
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    counts = np.zeros((resamples, n))
+    np.add.at(counts, (np.arange(resamples)[:, None], draws), 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = np.einsum("rp,pq,rq->r", counts, wins, counts) / ((counts @ n_pos_of) * (counts @ n_neg_of))
+    values = values[np.isfinite(values)]  # a draw with one class only has no AUC
+    tail = 100.0 * (1.0 - level) / 2.0
+    lo, hi = np.percentile(values, [tail, 100.0 - tail])
+    return float(lo), float(hi)
 
 
 def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float:

@@ -283,7 +283,10 @@ def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):
     out = tmp_path / "eval" / "metrics.json"
     result = run_evaluation(msvd_params, "msvd", "test", ckpt, out)
     written = json.loads(out.read_text())
-    assert written == result and set(written) == {"t2v", "v2t", "itc_only", "ci95"}  # metrics only
+    # metrics only; no ground truth here: the features' diagnostics without the localisation
+    assert written == result and set(written) == {"t2v", "v2t", "itc_only", "ci95", "diagnostics"}
+    assert written["diagnostics"]["videos"] == 4 and -1 <= written["diagnostics"]["token_collapse"] <= 1
+    assert "background_token_alignment" not in written["diagnostics"]
     info = json.loads(run_info_path(out).read_text())
     assert info["dataset"] == "msvd" and info["split"] == "test" and info["checkpoint"] == str(ckpt)
     assert info["num_videos"] == 4 and info["num_queries"] > info["num_videos"]  # multi-caption
@@ -308,6 +311,7 @@ def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):
     assert stage["metrics.v2t_MnR"] == pytest.approx(written["v2t"]["MnR"])
     assert stage["metrics.itc_only_t2v_R1"] == pytest.approx(written["itc_only"]["t2v"]["R@1"])
     assert stage["params.evaluate.itm_rerank_k"] == "3"
+    assert stage["metrics.diagnostics_patch_spread"] == pytest.approx(written["diagnostics"]["patch_spread"])
 
 
 def test_run_evaluation_rejects_incomplete_checkpoint(msvd_params, tmp_path, monkeypatch):

@@ -90,8 +90,9 @@ class _Planted(torch.nn.Module):
         self.next_video += len(video)
         patches = torch.stack([torch.where((c > 0)[:, None], e[0], e[1]) for c in covs])
         b, n = patches.shape[:2]
+        cls = e[0].expand(b, 4)  # P_cls: the object's direction, so s(P_cls, T_l) finds the shown words
         return VideoFeatures(
-            patches[:, 0], patches, torch.ones(b, n, dtype=torch.bool), patches, torch.ones(b, n + 1, dtype=torch.bool)
+            cls, patches, torch.ones(b, n, dtype=torch.bool), patches, torch.ones(b, n + 1, dtype=torch.bool)
         )
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
@@ -99,7 +100,7 @@ class _Planted(torch.nn.Module):
         labels = self.labels[tuple(input_ids[0][attention_mask[0].bool()].tolist())][1:]
         rows = [e[0] if lab == gt.SHOWN else e[2] if lab == gt.REDUNDANT_PHRASE else e[3] for lab in labels]
         tokens = torch.stack(rows)[None]
-        return TextFeatures(tokens[:, 0], tokens, attention_mask[:, 1:].bool(), tokens)
+        return TextFeatures(e[0][None], tokens, attention_mask[:, 1:].bool(), tokens)  # T_cls: e1
 
 
 def test_planted_weights_localise_perfectly(make_params) -> None:
@@ -114,8 +115,59 @@ def test_planted_weights_localise_perfectly(make_params) -> None:
     for part in ("patch", "token"):
         assert out[part]["paper"]["auc"] == 1.0 and out[part]["paper"]["ap"] == 1.0
         assert out[part]["official"]["auc"] == 1.0
+        assert out[part]["cls_query"]["auc"] == 1.0  # the paper's Figure 3 maps
         assert out[part]["pair_auc"] == 1.0
     assert out["token"]["paper"]["negatives"] > 0  # redundant phrases are in the test captions
+    probe = localisation.redundancy_probe(_Planted(eval_set, cfg, tokenizer), tokenizer, eval_set, cfg, "cpu")
+    assert probe["localisation"] == out
+    diag = probe["diagnostics"]
+    assert diag["videos"] == len(eval_set.videos) and diag["pairs"] == len(eval_set.texts)
+    # object patches (e1) share the shown words' direction; background patches (e2) none of the tokens'
+    assert diag["object_token_alignment"] > 0.3 and diag["background_token_alignment"] == pytest.approx(0.0)
+    assert 0 < diag["token_collapse"] < 1 and 0 < diag["patch_spread"] < 1
+
+
+def test_scored_in_eval_mode_whatever_mode_the_model_was_in(make_params) -> None:
+    """Issue 20: `rap evaluate` hands the model over in training mode; the scores must not carry
+    dropout (the text tower's 0.1 here), and the model's own mode comes back."""
+    from rap.model.rap import RaPModel
+
+    cfg = make_params().cfg
+    assert cfg.model.text.dropout is None  # BERT's own 0.1: dropout is on in training mode
+    eval_set = build_eval_set("msrvtt", "test", cfg)
+    torch.manual_seed(0)
+    model = RaPModel(cfg.model, cfg.pretrain.loss)
+    outs = {}
+    for training in (True, False):
+        model.train(training)
+        torch.manual_seed(1)
+        outs[training] = localisation.redundancy_probe(model, model.tokenizer, eval_set, cfg, torch.device("cpu"))
+        assert model.training is training
+    assert outs[True] == outs[False]
+    assert outs[True]["localisation"]["patch"]["cls_query"]["positives"] > 0
+
+
+def test_feature_diagnostics_by_hand() -> None:
+    from rap.feature_diagnostics import FeatureDiagnostics, mean_pairwise_cosine, spread
+
+    # three unit rows: cosines e1.e2 = 0, e1.(e1+e2)/sqrt2 = e2.(e1+e2)/sqrt2 = 1/sqrt2
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    assert mean_pairwise_cosine(rows) == pytest.approx(2 / np.sqrt(2) / 3)
+    assert mean_pairwise_cosine(rows[:1]) is None
+    assert spread(np.array([[2.0, 0.0], [1.0, 0.0]])) == pytest.approx(0.0)
+    assert spread(np.array([[1.0, 0.0], [-1.0, 0.0]])) == pytest.approx(1.0)
+    d = FeatureDiagnostics()
+    patches = np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    d.add_video(patches, np.array([True, True, False]))
+    # tokens along e1 only: the mean token direction is e1
+    d.add_pair(patches, np.array([True, True, True]), np.array([[1.0, 0.0], [2.0, 0.0]]), np.array([True, True]),
+               coverage=np.array([1.0, 0.0, 0.3]))  # fmt: skip
+    out = d.summary()
+    assert out["patch_collapse"] == pytest.approx(0.0) and out["token_collapse"] == pytest.approx(1.0)
+    assert out["object_token_alignment"] == pytest.approx(1.0)
+    assert out["background_token_alignment"] == pytest.approx(0.0)
+    assert out["patch_token_alignment"] == pytest.approx((1.0 + 0.0 + 0.6) / 3)
+    assert (out["videos"], out["pairs"]) == (1, 1)
 
 
 def test_public_data_has_no_ground_truth(tmp_path: Path, make_params) -> None:

@@ -12,7 +12,7 @@ import pytest
 from rap.config import ConfigError, load_params
 from rap.reports import layout
 from rap.reports.paper_results import PAPER_ROWS, paper_blocks, paper_rap_row, paper_rows
-from rap.reports.seed_tables import mean_sd, write_seed_tables
+from rap.reports.seed_tables import mean_interval, t_interval, write_seed_tables
 from rap.reports.tables import BadMetricsError, MissingMetricsError, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_write_tables_paper_scale(tmp_path):
     readme = (tmp_path / "reports/README.md").read_text(encoding="utf-8")
     assert all(f"(table{i}.md)" in readme for i in range(1, 10))
     t9 = (tmp_path / "reports/table9.md").read_text(encoding="utf-8")
-    assert t9.count("no ground truth") == 7 * 6  # paper scale: no localisation block, 6 runs x 7 columns
+    assert t9.count("no ground truth") == 9 * 6  # paper scale: no localisation block, 6 runs x 9 columns
     # `rap evaluate` writes 95 % bootstrap intervals (ci95): this run's R@K show them, the Δ row not
     (root / "eval/zeroshot/msrvtt.json").write_text(
         json.dumps(
@@ -297,6 +297,9 @@ def test_redundancy_weights_are_eqs_4_to_8(tiny_setup):
         # 1 - vr_n = 1 - min_l (1 - s) = max_l s (eqs. 4-5); 1 - tr_l = max_n s (eq. 6)
         assert torch.allclose(torch.from_numpy(w.patch.reshape(-1)), sim.max(dim=1).values, atol=1e-5)
         assert torch.allclose(torch.from_numpy(w.token), sim.max(dim=0).values, atol=1e-5)
+        # the paper's Figure 3: s(T_cls, P_n) over patches, s(P_cls, T_l) over tokens
+        assert torch.allclose(torch.from_numpy(w.cls_patch.reshape(-1)), v.patches[b] @ t.emb[b], atol=1e-5)
+        assert torch.allclose(torch.from_numpy(w.cls_token), t.tokens[b, :n_tok] @ v.emb[b], atol=1e-5)
 
 
 def test_draw_figure_writes_png(tiny_setup):
@@ -326,8 +329,16 @@ def test_load_model_rejects_partial_checkpoint(tiny_setup):
 
 def _localisation(patch_auc: float, token_auc: float) -> dict:
     def part(auc: float) -> dict:
-        scores = {"auc": auc, "ap": auc / 2, "positives": 10, "negatives": 30}
-        return {"paper": scores, "official": {**scores, "auc": 1 - auc}, "pair_auc": auc, "pairs": 4}
+        scores = {
+            "auc": auc,
+            "ap": auc / 2,
+            "positives": 10,
+            "negatives": 30,
+            "auc_lo": auc - 0.05,
+            "auc_hi": auc + 0.05,
+        }
+        cls = {**scores, "auc": auc + 0.05}
+        return {"paper": scores, "official": {**scores, "auc": 1 - auc}, "cls_query": cls, "pair_auc": auc, "pairs": 4}
 
     return {"patch": part(patch_auc), "token": part(token_auc), "object_min": 0.5, "skipped_videos": 0}
 
@@ -356,9 +367,13 @@ def test_table9_localisation_rows(tmp_path):
     assert cells[0] == "RaCL both, paper w, w grad off"
     # patch AUC (paper w), release w, per pair, AP; token AUC, release w, AP
     assert cells[2:9] == ["0.60", "0.40", "0.60", "0.30", "0.90", "0.10", "0.45"]
+    assert cells[9:11] == ["0.65", "0.95"]  # the paper's Figure 3 maps: [CLS] query over patches, tokens
     main = next(ln for ln in t9.splitlines() if "main run" in ln)
     assert _cells(main)[0] == "RaCL both, paper w, w grad on" and _cells(main)[2] == "0.40"
     assert "AP at chance = the share of positives (patch 0.25, token 0.25)" in t9
+    # the features behind it: written by rap evaluate beside the scores; absent: "-"
+    diag = next(ln for ln in t9.splitlines() if ln.startswith("| RaCL both, paper w, w grad off") and "0.60" not in ln)
+    assert set(_cells(diag)[1:]) == {"-"}
 
 
 def test_seed_tables_mean_and_sd(tmp_path):
@@ -367,7 +382,8 @@ def test_seed_tables_mean_and_sd(tmp_path):
     _fabricate(params, root)
     groups = layout.seed_groups(params, root)
     none = next(g for g in groups if g.row.key == "racl-none")
-    assert none.seeds == (0, 1, 2) and none.metrics[1] == root / "eval/seeds/racl-none+seed-1.json"
+    assert none.seeds == (0, 1, 2, 3, 4) and none.metrics[1] == root / "eval/seeds/racl-none+seed-1.json"
+    assert next(g for g in groups if g.row.key == "racl-v2t").seeds == (0, 1, 2)
     main = next(g for g in groups if g.row.setting.is_main)
     assert main.metrics[2] == root / "eval/seeds/seed-2.json"  # the main setting with seed 2
     with pytest.raises(MissingMetricsError, match="racl-none\\+seed-1"):
@@ -375,15 +391,59 @@ def test_seed_tables_mean_and_sd(tmp_path):
     for g in groups:
         for k, path in enumerate(g.metrics):
             path.parent.mkdir(parents=True, exist_ok=True)
-            r1 = {"racl-none": 10.0, "weightgrad-false": 20.0}.get(g.row.key, 15.0) + 2.0 * k  # seeds 0, 1, 2
-            path.write_text(json.dumps({**_metrics(r1), "localisation": _localisation(0.2 + 0.1 * k, 0.5)}))
+            r1 = {"racl-none": 10.0, "weightgrad-false": 20.0}.get(g.row.key, 15.0) + 2.0 * k  # seeds 0, 1, ...
+            ci = {"t2v": {"R@1_lo": r1 - 4, "R@1_hi": r1 + 4, "R@5_lo": 45, "R@5_hi": 55, "R@10_lo": 55, "R@10_hi": 65}}
+            diag = {"token_collapse": 0.9 - 0.1 * k, "videos": 20, "pairs": 20}
+            loc = _localisation(0.2 + 0.1 * k, 0.5)
+            path.write_text(json.dumps({**_metrics(r1), "ci95": ci, "localisation": loc, "diagnostics": diag}))
     paths = write_seed_tables(params, root, tmp_path / "seeds")
     assert [p.name for p in paths] == ["table5.md", "table9.md"]
     t5 = paths[0].read_text(encoding="utf-8")
     row = next(ln for ln in t5.splitlines() if ln.startswith("| RaCL none"))
-    assert _cells(row)[1:3] == ["0, 1, 2", "12.00 ± 2.00 (n=3)"]  # 10, 12, 14
+    # 10, 12, 14, 16, 18: mean 14, sd sqrt(10), t(0.975, 4) = 2.776 -> half-width 3.93
+    assert _cells(row)[1:3] == ["0, 1, 2, 3, 4", "14.00 [10.07, 17.93] q ±4.00"]
     assert "variant" not in t5.split("|---")[1]  # Table 9's own rows are not in Table 5
     t9 = paths[1].read_text(encoding="utf-8")
     row = next(ln for ln in t9.splitlines() if ln.startswith("| RaCL both, paper w, w grad off"))
-    assert _cells(row)[2] == "0.30 ± 0.10 (n=3)" and _cells(row)[-1] == "22.00 ± 2.00 (n=3)"
-    assert mean_sd([]) == "-" and mean_sd([3.0]) == "3.00 (n=1)"
+    # patch AUC 0.2, 0.3, ..., 0.6 over five seeds: mean 0.4, sd 0.158, half-width 0.196
+    assert _cells(row)[2] == "0.40 [0.20, 0.60] q ±0.05" and _cells(row)[-1] == "24.00 [20.07, 27.93] q ±4.00"
+    heads = _cells(next(ln for ln in t9.splitlines() if ln.startswith("| Pre-training")))
+    assert _cells(row)[heads.index("token collapse")] == "0.70 [0.50, 0.90]"  # no bootstrap for a diagnostic
+    v2t = next(ln for ln in t9.splitlines() if ln.startswith("| RaCL v2t"))
+    assert _cells(v2t)[1] == "0, 1, 2"
+    assert mean_interval([]) == "-" and mean_interval([3.0]) == "3.00 (n=1)"
+    mean, lo, hi = t_interval([1.0, 3.0])  # t(0.975, 1) = 12.706, sd sqrt(2), n 2: half-width 12.706
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - 12.706, 2.0 + 12.706), abs=1e-3)
+
+
+def test_controlled_experiment_table(tmp_path):
+    """controlled/params.yaml is read and checked; the table pools each look and setting over
+    its seeds (mean with the t interval) from the metrics controlled/dvc.yaml writes."""
+    from rap.data.synthetic import DEFAULT_LOOK
+    from rap.reports.controlled import eval_path, read_spec, write_controlled_table
+
+    spec = read_spec(REPO / "controlled/params.yaml")
+    assert spec.looks["reference"] == DEFAULT_LOOK and spec.looks["large-object"].object_scale == 2.0
+    assert "seed-0" in spec.runs and "racl-none+seed-2" in spec.runs
+    with pytest.raises(MissingMetricsError, match="reference/seed-0.json"):
+        write_controlled_table(REPO / "controlled/params.yaml", tmp_path / "runs", tmp_path / "out")
+    for look in spec.looks:
+        for run in spec.runs:
+            seed = int(run.rsplit("-", 1)[1])
+            auc = (0.3 if run.startswith("racl-none") else 0.2) + 0.1 * seed + (0.3 if look == "large-object" else 0)
+            path = eval_path(tmp_path / "runs", look, run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            diag = {"token_collapse": 0.9, "background_token_alignment": 0.8, "object_token_alignment": 0.4}
+            path.write_text(
+                json.dumps({**_metrics(20.0), "localisation": _localisation(auc, 0.5), "diagnostics": diag})
+            )
+    (out,) = write_controlled_table(REPO / "controlled/params.yaml", tmp_path / "runs", tmp_path / "out")
+    text = out.read_text(encoding="utf-8")
+    row = next(ln for ln in text.splitlines() if ln.startswith("| large-object") and "RaCL both" in ln)
+    # patch AUC 0.5, 0.6, 0.7 over seeds 0-2: sd 0.1, t(0.975, 2) = 4.303 -> half-width 0.248
+    assert _cells(row)[3:6] == ["0, 1, 2", "0.60 [0.35, 0.85] q ±0.05", "0.65 [0.40, 0.90] q ±0.05"]
+    assert "object x2, texture x1" in row and "0.90 [0.90, 0.90]" in row
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "controlled/params.yaml").read_text().replace("texture: 3.0", "texture: -1"))
+    with pytest.raises(ConfigError, match="looks.textured: texture"):
+        read_spec(bad)

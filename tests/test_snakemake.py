@@ -10,12 +10,14 @@ dvc.yaml's stages.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
 import pytest
 import yaml
 
+from rap.checkpoint_io import load_checkpoint
 from rap.config import load_params
 
 from helpers.snakemake import (
@@ -114,8 +116,10 @@ def test_lint_is_clean(tmp_path):
 @pytest.mark.slow
 def test_workflow_runs_for_real(tmp_path):
     """Every job runs its real `rap` command, each declared output is written (no
-    MissingOutputException), and a second invocation finds nothing to do."""
-    params_file = tiny_params(tmp_path)
+    MissingOutputException), and a second invocation finds nothing to do. Then the seed
+    repeats' own target (`seeds`, not part of `all`) runs for real on one repeat, reusing the
+    seed-0 runs: one pre-training, its evaluation, the seed tables."""
+    params_file = tiny_params(tmp_path, top_level={"seed_runs": ["racl-none+seed-1"]})
     proc = run_snakemake(tmp_path, "--cores", "2", "--config", f"params={params_file.name}")
     logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(tmp_path.glob("logs/**/*.log")))
     assert proc.returncode == 0, f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs}"
@@ -124,6 +128,20 @@ def test_workflow_runs_for_real(tmp_path):
     assert not (tmp_path / "params.yaml").exists()  # every command read the tiny file
     again = run_snakemake(tmp_path, "--cores", "2", "--config", f"params={params_file.name}", timeout=120)
     assert again.returncode == 0 and "Nothing to be done" in again.stderr, again.stderr
+
+    seeds = run_snakemake(tmp_path, "seeds", "--cores", "2", "--config", f"params={params_file.name}")
+    logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(tmp_path.glob("logs/**/seed*.log")))
+    assert seeds.returncode == 0, f"snakemake seeds failed:\n{seeds.stderr[-6000:]}\n{logs}"
+    assert "4 of 4 steps (100%) done" in seeds.stderr  # pretrain_seed, evaluate_seed, seed_tables, seeds
+    trained = load_checkpoint(tmp_path / "runs/seeds/racl-none+seed-1/checkpoint.pt")["params"]
+    assert (trained["seed"], trained["racl"]) == (1, "none")
+    metrics = json.loads((tmp_path / "runs/eval/seeds/racl-none+seed-1.json").read_text())
+    assert 0 <= metrics["localisation"]["patch"]["cls_query"]["auc"] <= 1
+    assert -1 <= metrics["diagnostics"]["token_collapse"] <= 1
+    table9 = (tmp_path / "reports/seeds/table9.md").read_text()
+    none_row = next(ln for ln in table9.splitlines() if ln.startswith("| RaCL none"))
+    cells = [c.strip() for c in none_row.strip().strip("|").split("|")]
+    assert cells[1] == "0, 1" and " q ±" in cells[2]  # two seeds: a t interval and the bootstrap
 
 
 def test_unknown_workflow_config_key(tmp_path):

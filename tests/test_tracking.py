@@ -310,6 +310,10 @@ def test_ablation_evaluation_carries_the_checkpoints_knobs_and_its_training_run(
     scores = json.loads((tmp_path / "eval" / "lambda-2.0.json").read_text())["localisation"]
     assert eval_run["metrics.localisation_patch_paper_auc"] == pytest.approx(scores["patch"]["paper"]["auc"])
     assert 0 <= eval_run["metrics.localisation_token_official_auc"] <= 1
+    # and the features' diagnostics, in the JSON and in MLflow (issue 20)
+    diag = json.loads((tmp_path / "eval" / "lambda-2.0.json").read_text())["diagnostics"]
+    assert eval_run["metrics.diagnostics_token_collapse"] == pytest.approx(diag["token_collapse"])
+    assert -1 <= eval_run["metrics.diagnostics_background_token_alignment"] <= 1
     experiment = mlflow.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
     assert experiment.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
 

@@ -525,7 +525,8 @@ def download(dataset: str, data_cfg: DataConfig, *, limit: int | None = None, re
     raw = root / "raw" / dataset
     limit = limit if limit is not None else data_cfg.download_limit
     if data_cfg.source == "synthetic":
-        synthetic.generate(dataset, raw, seed=data_cfg.synthetic_seed, scale=data_cfg.synthetic_scale)
+        look = synthetic.SceneLook(data_cfg.synthetic_object_scale, data_cfg.synthetic_texture)
+        synthetic.generate(dataset, raw, seed=data_cfg.synthetic_seed, scale=data_cfg.synthetic_scale, look=look)
     else:
         raw.mkdir(parents=True, exist_ok=True)
     status_file = None

@@ -15,6 +15,14 @@ are sampled. This module reproduces the evaluation pipeline's geometry (docs/DES
 * coverage: the fraction of that square inside a captioned shape (the "object" and "second"
   roles, minus what is painted over them later), measured on ``SUPERSAMPLE`` x ``SUPERSAMPLE``
   points per patch with the generator's own shape test.
+
+Pixel conventions (issue 20). The resize (PIL's box filter) treats source pixel k as the area
+[k, k + 1), centre k + 0.5 (``CENTRE``). The painter, :func:`rap.data.synthetic.render`, tests a
+shape at the integer coordinate k of pixel k (``PAINTER``): in the resize's coordinates the
+painted shape sits half a pixel right and down of its recorded centre. Coverage follows the
+painter by default (a point u of the continuous square is tested at u - 0.5); ``CENTRE`` is the
+earlier reading, kept by name so the two can be compared (tests/test_ground_truth.py: against
+the decoded frames the painter's convention mismatches fewer pixels).
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from rap.data.synthetic import GROUND_TRUTH, REDUNDANT_PHRASE, SHOWN, _mask
 
 CAPTIONED = ("object", "second")  # roles a caption names; "clutter" and the background are not
 SUPERSAMPLE = 8
+PAINTER = "painter"  # pixel k is the point k (synthetic.render's shape test): the default
+CENTRE = "centre"  # pixel k is the area [k, k + 1) tested at its centre k + 0.5
+CONVENTIONS = (PAINTER, CENTRE)
 
 
 def truth_index_path(root: str | Path, dataset: str) -> Path:
@@ -81,12 +92,16 @@ def eval_source_frames(entry: dict, *, frames: int, store_fps: float) -> list[in
     return [kept[i] for i in sample_indices(len(kept), frames, "uniform")]
 
 
-def _patch_points(entry: dict, grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """Source-pixel (x, y) of SUPERSAMPLE^2 points per patch, shaped (G, G, S*S)."""
+def _patch_points(entry: dict, grid: int, convention: str = PAINTER) -> tuple[np.ndarray, np.ndarray]:
+    """Source-pixel (x, y) of SUPERSAMPLE^2 points per patch, shaped (G, G, S*S), in the
+    coordinates of the shape test under ``convention`` (module docstring)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown pixel convention {convention!r}; expected one of {CONVENTIONS}")
     w, h = entry["width"], entry["height"]
     m = min(w, h)
     step = m / (grid * SUPERSAMPLE)
-    centres = (np.arange(grid * SUPERSAMPLE) + 0.5) * step
+    shift = -0.5 if convention == PAINTER else 0.0
+    centres = (np.arange(grid * SUPERSAMPLE) + 0.5) * step + shift
     xs = (w - m) / 2 + centres
     ys = (h - m) / 2 + centres
     yy, xx = np.meshgrid(ys, xs, indexing="ij")  # (G*S, G*S)
@@ -97,10 +112,10 @@ def _patch_points(entry: dict, grid: int) -> tuple[np.ndarray, np.ndarray]:
     return per_patch(xx), per_patch(yy)
 
 
-def frame_coverage(entry: dict, frame: int, grid: int) -> dict[str, np.ndarray]:
+def frame_coverage(entry: dict, frame: int, grid: int, *, convention: str = PAINTER) -> dict[str, np.ndarray]:
     """(G, G) fractions of each patch showing a captioned shape (``"captioned"``) and clutter
     (``"clutter"``) on source frame ``frame``; the rest is background."""
-    xx, yy = _patch_points(entry, grid)
+    xx, yy = _patch_points(entry, grid, convention)
     owner = np.full(xx.shape, "", dtype=object)  # last painter wins, as in render()
     for role, shape, cx, cy, r in entry["frames"][frame]:
         owner[_mask(shape, xx, yy, cx, cy, r)] = role
@@ -109,7 +124,7 @@ def frame_coverage(entry: dict, frame: int, grid: int) -> dict[str, np.ndarray]:
 
 
 def patch_coverage(
-    entry: dict, *, image_size: int, patch_size: int, frames: int, store_fps: float
+    entry: dict, *, image_size: int, patch_size: int, frames: int, store_fps: float, convention: str = PAINTER
 ) -> dict[str, np.ndarray]:
     """Captioned-object coverage per patch of the evaluated view: ``per_frame`` (K, G, G) for
     the K sampled frames and ``averaged`` (G, G), their mean -- the grid of the frame-averaged
@@ -117,7 +132,10 @@ def patch_coverage(
     if image_size % patch_size:
         raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
     grid = image_size // patch_size
-    covs = [frame_coverage(entry, t, grid) for t in eval_source_frames(entry, frames=frames, store_fps=store_fps)]
+    covs = [
+        frame_coverage(entry, t, grid, convention=convention)
+        for t in eval_source_frames(entry, frames=frames, store_fps=store_fps)
+    ]
     per_frame = np.stack([c["captioned"] for c in covs])
     return {
         "per_frame": per_frame,
@@ -144,6 +162,9 @@ def token_labels(caption: dict, offsets: list[tuple[int, int]]) -> list[str | No
 
 __all__ = [
     "CAPTIONED",
+    "CENTRE",
+    "CONVENTIONS",
+    "PAINTER",
     "REDUNDANT_PHRASE",
     "SHOWN",
     "SUPERSAMPLE",

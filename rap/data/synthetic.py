@@ -32,6 +32,7 @@ and scale (tests/test_reproducible.py).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import pickle
 import string
@@ -96,6 +97,27 @@ CORPUS_VERSION = 2
 
 
 @dataclass(frozen=True)
+class SceneLook:
+    """Generator knobs of the controlled experiment (issue 20; ``controlled/dvc.yaml``), never of
+    the default corpus: ``object_scale`` multiplies the captioned objects' radii (2: about four
+    times the area, so the background is a smaller share of the patches), ``texture`` the
+    background's stripes and noise (0: a uniform background). At (1, 1) every file is byte for
+    byte the default corpus's (the same draws, multiplied by one)."""
+
+    object_scale: float = 1.0
+    texture: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (0 < self.object_scale <= 3):
+            raise ValueError(f"object_scale must be in (0, 3], got {self.object_scale}")
+        if not (0 <= self.texture <= 10):
+            raise ValueError(f"texture must be in [0, 10], got {self.texture}")
+
+
+DEFAULT_LOOK = SceneLook()
+
+
+@dataclass(frozen=True)
 class ClipSpec:
     shape: str
     colour: str
@@ -106,6 +128,7 @@ class ClipSpec:
     height: int
     frames: int
     seed: int  # background texture, clutter and jitter
+    look: SceneLook = DEFAULT_LOOK
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,6 +145,7 @@ def _specs(
     change_p: float = 0.25,
     second_p: float = 0.35,
     at_least_one_event: bool = False,
+    look: SceneLook = DEFAULT_LOOK,
 ) -> list[ClipSpec]:
     """``n`` clip specs; ``unique`` gives every clip its own (colour, shape, motion), with
     distinct (colour, shape) as long as there are enough of them (test splits)."""
@@ -162,7 +186,9 @@ def _specs(
             sc = colours[(colours.index(c) + 1 + rng.integers(5)) % 6]
             ss = SHAPES[(SHAPES.index(s) + 1 + rng.integers(5)) % 6]
             sec = (sc, ss)
-        out.append(ClipSpec(s, c, m, c2, sec, size[0], size[1], int(rng.integers(16, 33)), int(rng.integers(2**31))))
+        out.append(
+            ClipSpec(s, c, m, c2, sec, size[0], size[1], int(rng.integers(16, 33)), int(rng.integers(2**31)), look)
+        )
     return out
 
 
@@ -302,13 +328,17 @@ def _mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: f
     raise ValueError(f"unknown shape {shape!r}")
 
 
-def _background(rng: np.random.Generator, w: int, h: int) -> tuple[np.ndarray, list]:
-    """Muted textured background plus small clutter shapes (visual redundancy)."""
+def _background(rng: np.random.Generator, w: int, h: int, texture: float = 1.0) -> tuple[np.ndarray, list]:
+    """Muted textured background plus small clutter shapes (visual redundancy); ``texture``
+    scales the stripes and the noise (:class:`SceneLook`)."""
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     base = rng.integers(70, 150) + rng.integers(-15, 16, size=3)
     angle, freq = rng.uniform(0, np.pi), rng.uniform(0.15, 0.6)
     stripes = 14 * np.sin(freq * (np.cos(angle) * xx + np.sin(angle) * yy))
-    img = base[None, None, :] + stripes[..., None] + rng.normal(0, 5, size=(h, w, 3))
+    noise = rng.normal(0, 5, size=(h, w, 3))
+    if texture != 1.0:  # the default corpus keeps its exact arithmetic
+        stripes, noise = stripes * np.float32(texture), noise * texture
+    img = base[None, None, :] + stripes[..., None] + noise
     clutter = []
     m = min(w, h)
     for _ in range(int(rng.integers(2, 5))):
@@ -352,8 +382,8 @@ def scene(spec: ClipSpec, static: bool = False) -> tuple[np.ndarray, list[list[D
     rng = np.random.default_rng(spec.seed)
     w, h = spec.width, spec.height
     m = min(w, h)
-    bg, clutter = _background(rng, w, h)
-    r0 = 0.22 * m
+    bg, clutter = _background(rng, w, h, spec.look.texture)
+    r0 = 0.22 * m if spec.look.object_scale == 1.0 else 0.22 * m * spec.look.object_scale
     oy, ox = rng.uniform(-0.06, 0.06, size=2) * m
     sx, sy = rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h  # second object's place
     n = 1 if static else spec.frames
@@ -382,7 +412,7 @@ def scene(spec: ClipSpec, static: bool = False) -> tuple[np.ndarray, list[list[D
         drawn.append(Drawn("object", spec.shape, COLOURS[colour], cx, cy, r))
         if spec.second and (static or a >= 0.5):
             c2, s2 = spec.second
-            drawn.append(Drawn("second", s2, COLOURS[c2], sx, sy, 0.13 * m))
+            drawn.append(Drawn("second", s2, COLOURS[c2], sx, sy, 0.13 * m * spec.look.object_scale))
         frames.append(drawn)
     return bg, frames
 
@@ -472,9 +502,9 @@ def _clips(specs: list[ClipSpec], paths: list[Path], desc: str) -> None:
         write_video(p, render(spec))
 
 
-def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float, look: SceneLook = DEFAULT_LOOK) -> dict:
     n = _count(240, scale)
-    specs = _specs(rng, n, unique=False, size=(96, 64))
+    specs = _specs(rng, n, unique=False, size=(96, 64), look=look)
     rows, paths, truth = [], [], []
     for i, spec in enumerate(specs):
         vid = f"{int(rng.integers(10**6, 10**8))}{i:04d}"  # numeric like WebVid's; suffix keeps it unique
@@ -500,9 +530,9 @@ def _gen_webvid(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     return {"videos": n, "captions": n}
 
 
-def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float, look: SceneLook = DEFAULT_LOOK) -> dict:
     n = _count(160, scale)
-    specs = _specs(rng, n, unique=False, size=(80, 80), change_p=0.0, second_p=0.4)
+    specs = _specs(rng, n, unique=False, size=(80, 80), change_p=0.0, second_p=0.4, look=look)
     items, truth = [], []
     for i, spec in enumerate(tqdm(specs, desc="cc3m", unit="img", leave=False)):
         name = f"images/{i:08d}.jpg"
@@ -520,15 +550,15 @@ def _gen_cc3m(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     return {"images": n, "captions": n}
 
 
-def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+def _gen_msrvtt(raw: Path, rng: np.random.Generator, scale: float, look: SceneLook = DEFAULT_LOOK) -> dict:
     n9, n7, nt = _count(160, scale), _count(120, scale), _count(TEST_CLIPS, scale)
     # The 7k protocol's official-val share (497 of 7,010 videos): the last n_val of the 7k
     # videos, at least 4 of each split where the 9k list allows.
     n_val = _count(8, scale)
     n7 = min(max(n7, n_val + 4), n9)
     n_val = min(n_val, n7 - 1)
-    train = _specs(rng, n9, unique=False, size=(64, 64))
-    test = _specs(rng, nt, unique=True, size=(64, 64))
+    train = _specs(rng, n9, unique=False, size=(64, 64), look=look)
+    test = _specs(rng, nt, unique=True, size=(64, 64), look=look)
     videos, sentences, sen_id = [], [], 0
     test_rows, truth = [], []
     ids = {}
@@ -574,12 +604,12 @@ def _flickr_name(rng: np.random.Generator, i: int) -> str:
     return f"{int(rng.integers(10**7, 10**8))}@N0{i % 9}_{int(rng.integers(10**9, 10**10))}_{hexs}.mp4"
 
 
-def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+def _gen_didemo(raw: Path, rng: np.random.Generator, scale: float, look: SceneLook = DEFAULT_LOOK) -> dict:
     counts = {"train": _count(80, scale), "val": _count(20, scale), "test": _count(TEST_CLIPS, scale)}
     n_caps, n_vid, ann = 0, 0, 0
     truth: list[dict] = []
     for split, n in counts.items():
-        specs = _specs(rng, n, unique=split != "train", size=(96, 72), at_least_one_event=True)
+        specs = _specs(rng, n, unique=split != "train", size=(96, 72), at_least_one_event=True, look=look)
         items, paths = [], []
         for spec in specs:
             name = _flickr_name(rng, n_vid)
@@ -606,12 +636,12 @@ def _youtube_id(rng: np.random.Generator) -> str:
     return "".join(rng.choice(alphabet, size=11)) + f"_{s}_{s + int(rng.integers(3, 12))}"
 
 
-def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float, look: SceneLook = DEFAULT_LOOK) -> dict:
     counts = {"train": _count(60, scale), "val": _count(10, scale), "test": _count(MSVD_TEST_CLIPS, scale)}
     captions: dict[str, list[list[str]]] = {}
     truth: list[dict] = []
     for split, n in counts.items():
-        specs = _specs(rng, n, unique=split != "train", size=(80, 64))
+        specs = _specs(rng, n, unique=split != "train", size=(80, 64), look=look)
         ids = [_youtube_id(rng) for _ in specs]
         for vid, spec in zip(ids, specs):
             k = int(rng.integers(8, 13))
@@ -626,7 +656,7 @@ def _gen_msvd(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     return {"videos": len(captions), "captions": sum(len(v) for v in captions.values())}
 
 
-def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
+def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float, look: SceneLook = DEFAULT_LOOK) -> dict:
     files = {
         "train": "LSMDC16_annos_training.csv",
         "val": "LSMDC16_annos_val.csv",
@@ -636,7 +666,7 @@ def _gen_lsmdc(raw: Path, rng: np.random.Generator, scale: float) -> dict:
     total = 0
     truth: list[dict] = []
     for m_i, (split, n) in enumerate(counts.items()):
-        specs = _specs(rng, n, unique=split != "train", size=(112, 64))
+        specs = _specs(rng, n, unique=split != "train", size=(112, 64), look=look)
         movie = f"{m_i + 1:04d}_Synthetic_Shapes_{split.capitalize()}"
         lines, paths = [], []
         t = 10.0
@@ -671,11 +701,14 @@ GENERATORS: dict[str, Callable[[Path, np.random.Generator, float], dict]] = {
 }
 
 
-def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float = 1.0) -> dict:
+def generate(
+    dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float = 1.0, look: SceneLook = DEFAULT_LOOK
+) -> dict:
     """Write the synthetic part for ``dataset`` under ``raw_dir`` (= ``<root>/raw/<dataset>``).
 
-    ``scale`` multiplies every split size (tests use ~0.1). Idempotent: a completed
-    generation with the same (seed, scale) is detected via a marker file and skipped.
+    ``scale`` multiplies every split size (tests use ~0.1); ``look``: the controlled
+    experiment's generator knobs (:class:`SceneLook`). Idempotent: a completed generation with
+    the same (seed, scale, look) is detected via a marker file and skipped.
     Returns a summary dict (counts, whether it was skipped).
     """
     if dataset not in GENERATORS:
@@ -685,15 +718,18 @@ def generate(dataset: str, raw_dir: str | Path, *, seed: int = 0, scale: float =
     raw = Path(raw_dir)
     marker = raw / MARKER
     want = {"seed": seed, "scale": scale, "ground_truth": GROUND_TRUTH_VERSION, "corpus": CORPUS_VERSION}
+    if look != DEFAULT_LOOK:  # only then in the marker: a default corpus's marker stays valid
+        want["look"] = dataclasses.asdict(look)
     if marker.is_file():
         done = json.loads(marker.read_text(encoding="utf-8"))
-        if {k: done.get(k) for k in want} == want:
+        done.setdefault("look", None)  # a marker without one: the default look
+        if {k: done.get(k) for k in want} == want and (done["look"] is None) == ("look" not in want):
             _write_manifest(dataset, raw, only_if_absent=True)
             return {"dataset": dataset, "skipped": True, **done.get("counts", {})}
     raw.mkdir(parents=True, exist_ok=True)
     # (seed, dataset index): each dataset's part is independent of which others are generated.
     rng = np.random.default_rng((seed, ALL_DATASETS.index(dataset)))
-    counts = GENERATORS[dataset](raw, rng, scale)
+    counts = GENERATORS[dataset](raw, rng, scale, look)
     write_text_atomic(marker, json.dumps({**want, "counts": counts}))  # last: a killed run is redone
     _write_manifest(dataset, raw, only_if_absent=False)
     return {"dataset": dataset, "skipped": False, **counts}

@@ -1,13 +1,16 @@
-"""`rap figure`: Figure 3 of the paper, the redundancy weights a model gives to patches and tokens.
+"""`rap figure`: Figure 3 of the paper, and the redundancy weights RaCL gives to patches and tokens.
 
 For a few test clips and their first caption, each model encodes the video and the caption
-(:meth:`RaPModel.encode_video` / :meth:`RaPModel.encode_text`) and the redundancy of every
-non-[CLS] patch and token is measured within the pair (:func:`rap.losses.redundancy`,
-eqs. 4-6). Drawn are the RaCL weights of eqs. (7)-(8):
+(:meth:`RaPModel.encode_video` / :meth:`RaPModel.encode_text`). Two kinds of maps are drawn:
 
-* patches: ``w_n = 1 - vr_n`` as a heat map over the frames (red = low redundancy, high
-  weight; blue = high redundancy, as in the paper's Figure 3a);
-* tokens: ``w_l = 1 - tr_l`` as a bar per token (Figure 3b; [SEP] included, as in the loss).
+* what the paper's Figure 3 plots (its caption and section 5.6): the [CLS]-query maps, the
+  similarity s(T_cls, P_n) of the caption's [CLS] feature with every patch (a heat map over a
+  frame) and s(P_cls, T_l) of the video's [CLS] feature with every token (bars);
+* beside them, the RaCL weights of eqs. (7)-(8) measured within the pair
+  (:func:`rap.losses.redundancy`, eqs. 4-6): patches ``w_n = 1 - vr_n`` as a heat map over the
+  frames, tokens ``w_l = 1 - tr_l`` as bars ([SEP] included, as in the loss).
+
+Red = high similarity / weight (low redundancy), blue = low, as in the paper's Figure 3.
 
 The RaCL model (the main run) is drawn beside the model pre-trained without RaCL (the
 ``racl-none`` ablation run), the paper's baseline. Patch features are averaged over the K
@@ -43,6 +46,8 @@ class Weights:
     tokens: list[str]  # caption tokens after [CLS] (padding dropped)
     token: np.ndarray  # (len(tokens),) 1 - tr
     kept: np.ndarray | None = None  # (L-1,) bool: which tokens after [CLS] are in ``tokens``
+    cls_patch: np.ndarray | None = None  # (side, side) s(T_cls, P_n): the paper's Figure 3 map
+    cls_token: np.ndarray | None = None  # (len(tokens),) s(P_cls, T_l)
 
 
 @dataclass
@@ -58,17 +63,21 @@ def localisation_text(w: Weights, truth: ClipTruth) -> str:
     (rap.redundancy_metrics); "-" where the clip lacks positives or negatives."""
     from rap.redundancy_metrics import patch_separation, token_separation
 
-    parts = []
-    try:
-        parts.append(f"patch AUC {patch_separation(w.patch, truth.coverage.mean(0))['auc']:.2f}")
-    except ValueError:
-        parts.append("patch AUC -")
+    def auc(score, *args) -> str:
+        try:
+            return f"{score(*args)['auc']:.2f}"
+        except ValueError:  # the clip lacks positives or negatives
+            return "-"
+
     labels = [lab for lab, keep in zip(truth.token_labels, w.kept) if keep] if w.kept is not None else []
-    try:
-        parts.append(f"token AUC {token_separation(w.token, labels)['auc']:.2f}")
-    except ValueError:
-        parts.append("token AUC -")
-    return ", ".join(parts)
+    cover = truth.coverage.mean(0)
+    text = f"patch AUC {auc(patch_separation, w.patch, cover)}, token AUC {auc(token_separation, w.token, labels)}"
+    if w.cls_patch is not None and w.cls_token is not None:
+        text += (
+            f"\n[CLS] query: patch {auc(patch_separation, w.cls_patch, cover)}, "
+            f"token {auc(token_separation, w.cls_token, labels)}"
+        )
+    return text
 
 
 def load_model(params: Params, checkpoint: Path, device: torch.device | str = "cpu"):
@@ -94,14 +103,18 @@ def redundancy_weights(
     model, video: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> list[Weights]:
     """Weights ``1 - vr`` (patches) and ``1 - tr`` (tokens) of each pair (video i, caption i),
-    eqs. (4)-(8). ``video`` (B, K, 3, H, W) uint8 pixels, as the loaders give (the model
-    normalises them); ``input_ids``/``attention_mask`` (B, L)."""
+    eqs. (4)-(8), and the paper's Figure 3 maps s(T_cls, P_n), s(P_cls, T_l). ``video``
+    (B, K, 3, H, W) uint8 pixels, as the loaders give (the model normalises them);
+    ``input_ids``/``attention_mask`` (B, L)."""
     device = next(model.parameters()).device
     v = model.encode_video(video.to(device, non_blocking=True))
     t = model.encode_text(input_ids.to(device), attention_mask.to(device))
     vr, tr = redundancy(v.patches, t.tokens, t.token_mask, patch_mask=v.patch_mask)
     w_patch = (1.0 - vr).masked_fill(~v.patch_mask, float("nan")).float().cpu().numpy()
     w_token = (1.0 - tr).float().cpu().numpy()
+    cls_patch = torch.einsum("bnd,bd->bn", v.patches.float(), t.emb.float())
+    cls_patch = cls_patch.masked_fill(~v.patch_mask, float("nan")).cpu().numpy()
+    cls_token = torch.einsum("bld,bd->bl", t.tokens.float(), v.emb.float()).cpu().numpy()
     n = w_patch.shape[1]
     side = math.isqrt(n)
     if side * side != n:
@@ -111,7 +124,14 @@ def redundancy_weights(
         keep = t.token_mask[b].cpu().numpy()
         ids = input_ids[b, 1:][torch.from_numpy(keep)].tolist()
         out.append(
-            Weights(w_patch[b].reshape(side, side), model.tokenizer.convert_ids_to_tokens(ids), w_token[b][keep], keep)
+            Weights(
+                w_patch[b].reshape(side, side),
+                model.tokenizer.convert_ids_to_tokens(ids),
+                w_token[b][keep],
+                keep,
+                cls_patch[b].reshape(side, side),
+                cls_token[b][keep],
+            )
         )
     return out
 
@@ -149,17 +169,25 @@ def plot_weights(
     show = np.unique(np.linspace(0, k - 1, min(show_frames, k)).round().astype(int))
     models = list(weights)
     n_rows = n_clips * len(models)
+    with_cls = all(w.cls_patch is not None for ws in weights.values() for w in ws)
     max_tokens = max(len(w.tokens) for ws in weights.values() for w in ws)
     row_height = max(2.5, 0.13 * max_tokens)  # room for one readable label per token
-    fig = plt.figure(figsize=(2.3 * len(show) + 4.0, row_height * n_rows + 1.2))
-    grid = fig.add_gridspec(n_rows, len(show) + 1, width_ratios=[1.0] * len(show) + [1.5], hspace=0.55, wspace=0.3)
+    # columns: [the paper's [CLS]-query map over the middle shown frame], the weight map over each
+    # shown frame, [the [CLS]-query token bars], the token weight bars
+    n_maps = len(show) + int(with_cls)
+    bars = 2 if with_cls else 1
+    fig = plt.figure(figsize=(2.3 * n_maps + 3.0 * bars + 1.0, row_height * n_rows + 1.4))
+    grid = fig.add_gridspec(n_rows, n_maps + bars, width_ratios=[1.0] * n_maps + [1.5] * bars, hspace=0.55, wspace=0.35)
     for c in range(n_clips):
         frames = _display_frames(videos[c])
         for m, name in enumerate(models):
             w = weights[name][c]
             row = c * len(models) + m
-            heat, lo, hi = _normalised(w.patch)
-            for j, f in enumerate(show):
+            panels = [(f, w.patch, "1-vr") for f in show]
+            if with_cls:
+                panels.insert(0, (show[len(show) // 2], w.cls_patch, "s(T_cls, P)"))
+            for j, (f, values, label) in enumerate(panels):
+                heat, lo, hi = _normalised(values)
                 ax = fig.add_subplot(grid[row, j])
                 h, wd = frames[f].shape[:2]
                 ax.imshow(frames[f])
@@ -181,29 +209,37 @@ def plot_weights(
                     )
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.set_xlabel(f"frame {f + 1}/{k}", fontsize=7)
+                ax.set_xlabel(f"{label} in [{lo:.2f}, {hi:.2f}], frame {f + 1}/{k}", fontsize=6)
                 if j == 0:
                     scores = f"\n{localisation_text(w, truths[c])}" if truths is not None else ""
-                    ax.set_ylabel(f"{name}\n1-vr in [{lo:.2f}, {hi:.2f}]{scores}", fontsize=7)
+                    ax.set_ylabel(f"{name}{scores}", fontsize=7)
                 if j == 0 and m == 0:
                     caption = textwrap.shorten(captions[c], width=90, placeholder=" ...")
                     ax.set_title(f'clip {c + 1}: "{caption}"', fontsize=8, loc="left", style="italic")
-            ax = fig.add_subplot(grid[row, len(show)])
-            y = np.arange(len(w.tokens))
-            tok_norm, _, _ = _normalised(w.token)
-            ax.barh(y, w.token, color=plt.get_cmap(CMAP)(tok_norm))
-            ax.set_yticks(y, w.tokens, fontsize=6)
-            ax.invert_yaxis()
-            ax.tick_params(axis="x", labelsize=6)
-            ax.set_xlabel("token weight 1-tr", fontsize=7)
+            token_panels = [(w.cls_token, "s(P_cls, T_l)")] if with_cls else []
+            for b, (values, label) in enumerate(token_panels + [(w.token, "token weight 1-tr")]):
+                ax = fig.add_subplot(grid[row, n_maps + b])
+                y = np.arange(len(w.tokens))
+                tok_norm, _, _ = _normalised(values)
+                ax.barh(y, values, color=plt.get_cmap(CMAP)(tok_norm))
+                ax.set_yticks(y, w.tokens, fontsize=6)
+                ax.invert_yaxis()
+                ax.tick_params(axis="x", labelsize=6)
+                ax.set_xlabel(label, fontsize=7)
     fig.suptitle(title or "Redundancy weights (RaP Figure 3)", fontsize=10)
     fig.text(
         0.01,
         0.005,
-        "Patch features are averaged over the K frames (paper 3.2): each patch position has one "
-        "weight, drawn over every shown frame. Colours scaled per row; red = low redundancy (high weight)."
+        (
+            "s(T_cls, P) / s(P_cls, T_l): what the paper's Figure 3 plots, the similarity of the caption's [CLS] "
+            "feature with each patch and of the video's [CLS] feature with each token. "
+            if with_cls
+            else ""
+        )
+        + "1-vr / 1-tr: RaCL's weights (eqs. 4-8). Patch features are averaged over the K frames (paper 3.2): "
+        "each patch position has one value, drawn over every shown frame. Colours scaled per panel; red = high."
         + (
-            " Black: outline of the captioned objects (ground truth of the embedded corpus); AUC: the weights "
+            " Black: outline of the captioned objects (ground truth of the embedded corpus); AUC: the map "
             "at separating object patches from untouched ones and shown words from redundant phrases "
             "(0.5 = chance; Table 9 pools every test query)."
             if truths is not None
@@ -327,7 +363,8 @@ def draw_figure(
         del model
     title = (
         f"Redundancy weights on {dataset} {split} (scale {params.scale}, "
-        f"{format_value(params.cfg.data.frames_eval)} frames): RaCL vs w/o RaCL"
+        f"{format_value(params.cfg.data.frames_eval)} frames): the paper's [CLS]-query maps and RaCL's "
+        "weights, RaCL vs w/o RaCL"
     )
     if not track:
         return plot_weights(

@@ -377,6 +377,17 @@ LOCALISATION_COLUMNS = (
     ("token AUC", "token", "paper", "auc"),
     ("token AUC, release w", "token", "official", "auc"),
     ("token AP", "token", "paper", "ap"),
+    # the paper's Figure 3 draws these: s(T_cls, P_n) over patches, s(P_cls, T_l) over tokens
+    ("patch AUC, [CLS] query", "patch", "cls_query", "auc"),
+    ("token AUC, [CLS] query", "token", "cls_query", "auc"),
+)
+# (column head, key of the ``diagnostics`` block rap.feature_diagnostics writes)
+DIAGNOSTIC_COLUMNS = (
+    ("token collapse", "token_collapse"),
+    ("patch collapse", "patch_collapse"),
+    ("patch spread", "patch_spread"),
+    ("background · u", "background_token_alignment"),
+    ("object · u", "object_token_alignment"),
 )
 
 
@@ -384,6 +395,27 @@ def localisation_value(block: dict[str, Any] | None, part: str, weighting: str, 
     """One number of a ``localisation`` block (None where the split had no such score)."""
     entry = (block or {}).get(part, {}).get(weighting)
     value = entry if stat is None else (entry or {}).get(stat)
+    return None if value is None else float(value)
+
+
+def localisation_interval(block: dict[str, Any] | None, part: str, weighting: str) -> tuple[float, float] | None:
+    """The 95 % bootstrap interval over queries of a pooled AUC (``auc_lo``, ``auc_hi``), or None."""
+    entry = (block or {}).get(part, {}).get(weighting)
+    if not isinstance(entry, dict) or entry.get("auc_lo") is None or entry.get("auc_hi") is None:
+        return None
+    return float(entry["auc_lo"]), float(entry["auc_hi"])
+
+
+def read_diagnostics(path: Path) -> dict[str, Any] | None:
+    """The ``diagnostics`` block `rap evaluate` writes (:mod:`rap.feature_diagnostics`), or None."""
+    block = _read_json(path).get("diagnostics")
+    if block is not None and not isinstance(block, dict):
+        raise BadMetricsError(f"{path}: 'diagnostics' must be a mapping, got {block!r:.80}")
+    return block
+
+
+def diagnostic_value(block: dict[str, Any] | None, key: str) -> float | None:
+    value = (block or {}).get(key)
     return None if value is None else float(value)
 
 
@@ -425,8 +457,12 @@ def _table9(ctx: _Context) -> str:
         "weights at separating shown words (colour, shape, motion, the second object) from redundant phrases. "
         "AUC 0.5 = chance, 1 = every positive above every negative, below 0.5 = the weights point at the "
         "redundancy instead. Pooled over all pairs with the paper's w and with the release's softmax((1 - r)/tau); "
-        "'per pair': the mean AUC within each pair (the same for both weightings). AP at chance = the share of "
-        f"positives ({chance_text or '-'}). R@1: zero-shot MSRVTT text-to-video with its 95 % interval.",
+        "'per pair': the mean AUC within each pair (the same for both weightings). '[CLS] query': what the "
+        "paper's Figure 3 draws (caption, section 5.6), the similarity of the caption's [CLS] feature with each "
+        "patch, s(T_cls, P_n), and of the video's [CLS] feature with each token, s(P_cls, T_l), scored the same "
+        f"way. AP at chance = the share of positives ({chance_text or '-'}). R@1: zero-shot MSRVTT "
+        "text-to-video with its 95 % interval. Scored in eval mode, coverage in the painter's pixel convention "
+        "(`rap.data.ground_truth`).",
         tabulate(
             body,
             headers=headers,
@@ -435,10 +471,33 @@ def _table9(ctx: _Context) -> str:
             colalign=("left", "left") + ("right",) * (len(headers) - 2),
         ),
     ]
+    text += _diagnostics_table(rows)
     sources = [f"`{ctx.rel(r.metrics)}`" for r in rows if r.metrics is not None]
     notes = ["This run's metrics (under the runs root): " + "; ".join(sources) + "."] if sources else []
     text.append("\n".join(notes + _reference_note(ctx, rows)))
     return "\n\n".join(text) + "\n"
+
+
+def _diagnostics_table(rows: Sequence[TableRow]) -> list[str]:
+    """The features behind Table 9 (:mod:`rap.feature_diagnostics`), one row per setting."""
+    body = []
+    for r in rows:
+        diag = read_diagnostics(r.metrics) if r.metrics is not None and r.metrics.is_file() else None
+        body.append([setting_label(r), *[_fmt2(diagnostic_value(diag, key)) for _, key in DIAGNOSTIC_COLUMNS]])
+    return [
+        "The features behind it (`rap/feature_diagnostics.py`), means over the same test pairs: token collapse = "
+        "mean pairwise cosine of a caption's token features ([SEP] included); patch collapse = the same over a "
+        "video's patches; patch spread = 1 - |mean unit patch vector|; background / object · u = mean cosine of "
+        "background patches (coverage 0) / object patches (coverage >= 0.5) with the caption's mean token "
+        "direction u.",
+        tabulate(
+            body,
+            headers=["Pre-training", *[c[0] for c in DIAGNOSTIC_COLUMNS]],
+            tablefmt="github",
+            disable_numparse=True,
+            colalign=("left",) + ("right",) * len(DIAGNOSTIC_COLUMNS),
+        ),
+    ]
 
 
 def _fmt2(v: float | None) -> str:

@@ -147,10 +147,10 @@ def write_params(path: Path, overrides: dict, top_level: dict | None = None) -> 
     return path
 
 
-def tiny_params(workdir: Path, extra: dict | None = None) -> Path:
+def tiny_params(workdir: Path, extra: dict | None = None, top_level: dict | None = None) -> Path:
     """The tiny workflow's params file in ``workdir`` (data under ``workdir/data``)."""
     overrides = {**shrunk_overrides(Path("data")), **TINY_WORKFLOW, **(extra or {})}
-    return write_params(workdir / "params-tiny.yaml", overrides, {"ablations": ["racl-none"]})
+    return write_params(workdir / "params-tiny.yaml", overrides, {"ablations": ["racl-none"], **(top_level or {})})
 
 
 def workflow_env() -> dict[str, str]:

@@ -1,5 +1,5 @@
 # Seed repeats of Tables 5 and 9 (seeds/dvc.yaml): `snakemake -s workflow/Snakefile seeds`.
-# Not part of `all`: 12 more pre-trainings. Each run is a Table 5 / 9 setting with another seed
+# Not part of `all`: 20 more pre-trainings. Each run is a Table 5 / 9 setting with another seed
 # (params.yaml `seed_runs`); the seed-0 runs are the default workflow's own.
 
 
