@@ -10,7 +10,8 @@ embedded default) every ``rap`` command, before torch loads:
   conditional numerical reproducibility: the AVX2 code path on any Intel or AMD processor that
   has it) and ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's JIT), overriding what the environment says;
 - fixes the thread count (``OMP_NUM_THREADS`` = ``cpu.threads``) unless the environment sets it
-  explicitly (torchrun sets 1 per process; a user's explicit choice is respected and recorded);
+  explicitly (torchrun sets 1 per process; a user's explicit choice is respected and recorded),
+  and makes ``MKL_NUM_THREADS`` agree (torch starts with MKL's count where both are set);
 and, once torch is loaded (:func:`rap.training.determinism.seed_everything`):
 
 - turns torch's oneDNN (mkldnn) convolutions off: their blocking follows the host's cache
@@ -71,9 +72,11 @@ def pin(kernels: str, threads: int | None, environ: MutableMapping[str, str] = o
         )
     environ.update(PINNED_ENV[kernels])
     environ[PIN_MARKER] = kernels
-    if threads is not None and THREADS_VARS[0] not in environ:
-        for var in THREADS_VARS:
-            environ[var] = str(threads)
+    omp, mkl = THREADS_VARS
+    if threads is not None and omp not in environ:
+        environ[omp] = str(threads)
+    if omp in environ:  # torch starts with MKL's count where both are set: one count for both
+        environ[mkl] = environ[omp]
     if "torch" in sys.modules:
         check_pinned()
 

@@ -40,8 +40,6 @@ def _fabricate(params, root: Path, seed: int = 0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.name == "train_metrics.json":
             data = {"final_loss": {"loss": 1.0}, "flops_per_step": 2.5e12 * (1 - 0.5 * ("mask" in path.parent.name))}
-            timings = {"wall_time_s": 600.0, "clips_per_s": rnd.uniform(10, 90), "measured_on": "test machine"}
-            (path.parent / "train_timings.json").write_text(json.dumps(timings), encoding="utf-8")
         else:
             data = _metrics(round(rnd.uniform(1, 40), 3))
         path.write_text(json.dumps(data), encoding="utf-8")
@@ -111,7 +109,6 @@ def test_layout_paths_and_ablation_rows(tmp_path):
     assert [r.setting.value for r in rows[6]] == [1, 2, 4, 8]
     assert layout.table_metrics_path(params, 5, "racl-none", tmp_path) == tmp_path / "eval/ablation/racl-none.json"
     assert rows[8][1].train_metrics == tmp_path / "ablation/mask-0.5/train_metrics.json"
-    assert rows[8][1].timings == tmp_path / "ablation/mask-0.5/train_timings.json"
     inputs = layout.report_inputs(params, tmp_path)
     assert len(inputs) == len(set(inputs)) and tmp_path / "pretrain/main/train_metrics.json" in inputs
     assert not any(p.name == "train_timings.json" for p in inputs)  # measured: never a dependency
@@ -143,7 +140,7 @@ def test_write_tables_paper_scale(tmp_path):
     # a known value: zero-shot MSRVTT R@1 30.0 against the paper's 28.9
     (root / "eval/zeroshot/msrvtt.json").write_text(json.dumps(_metrics(30.0, 47.0, 60.04, 7.0)))
     paths = write_tables(params, root, tmp_path / "reports", run_id=RUN_ID)
-    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 10)] + ["README.md", "table8-speed.md"]
+    assert [p.name for p in paths] == [f"table{i}.md" for i in range(1, 10)] + ["README.md"]
     label = f"RaP (this run, paper, {RUN_ID})"
     for i in range(1, 8):
         text = (tmp_path / "reports" / f"table{i}.md").read_text(encoding="utf-8")
@@ -167,9 +164,8 @@ def test_write_tables_paper_scale(tmp_path):
     assert f"**{label}** [racl-none]" in t5
     t8 = (tmp_path / "reports/table8.md").read_text(encoding="utf-8")
     assert "mask-0.75" in t8 and "2500.0" in t8 and "0.50x" in t8  # GFLOPs/step, FLOPs vs r_v = 0
-    assert "Clips/s" not in t8 and "timings/table8-speed.md" in t8  # wall-clock figures live apart
-    speed = (tmp_path / "reports/timings/table8-speed.md").read_text(encoding="utf-8")
-    assert "measured while training, on test machine" in speed and "1.00x" in speed
+    assert "Clips/s" not in t8 and "timings/table8-speed.md" in t8  # wall-clock figures live apart (rap speed)
+    assert not (tmp_path / "reports/timings").exists()  # measured by `rap speed`, not by the tables
     readme = (tmp_path / "reports/README.md").read_text(encoding="utf-8")
     assert all(f"(table{i}.md)" in readme for i in range(1, 10))
     t9 = (tmp_path / "reports/table9.md").read_text(encoding="utf-8")
