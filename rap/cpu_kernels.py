@@ -21,7 +21,8 @@ and, once torch is loaded (:func:`rap.training.determinism.seed_everything`):
   gets a clear error, not silently different bytes).
 
 ``cpu.kernels: native`` (the paper scale, and the switch for an unpinned CPU run) leaves the
-host's best kernels. The settings a run used are its provenance (:func:`provenance`, written to
+host's best kernels (and undoes a pin inherited from a pinned parent process; in a process whose
+torch already runs pinned kernels it changes nothing, and the provenance says so). The settings a run used are its provenance (:func:`provenance`, written to
 ``train_run.json`` and MLflow). This module does not import torch at load time.
 """
 
@@ -61,7 +62,11 @@ def pin(kernels: str, threads: int | None, environ: MutableMapping[str, str] = o
     :class:`PinningError` names what to do.
     """
     if kernels == "native":
-        environ.pop(PIN_MARKER, None)
+        if environ is os.environ and "torch" in sys.modules:
+            return  # this process's kernels are fixed already: provenance reports what is in effect
+        inherited = environ.pop(PIN_MARKER, None)  # undo a pin inherited from a pinned parent
+        for key in PINNED_ENV.get(inherited or "", {}):
+            environ.pop(key, None)
         return
     if kernels not in PINNED_ENV:
         raise PinningError(f"cpu.kernels={kernels!r}: expected one of {KERNELS}")

@@ -5,6 +5,7 @@ torch, MKL and oneDNN or withheld from them, i.e. on an AVX-512 machine and on a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rap.config import ConfigError, load_params
-from rap.cpu_kernels import PIN_MARKER, PINNED_ENV, PinningError, pin
+from rap.cpu_kernels import PIN_MARKER, PINNED_ENV, PinningError, pin, pinned_isa
 from rap.run_files import TRAIN_RUN
 
 from helpers.cli import rap_command, run_ok, subprocess_env
@@ -82,9 +83,18 @@ def test_pin_sets_every_library_and_respects_an_explicit_thread_count() -> None:
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "2"}  # e.g. a child of a pinned process under torchrun
     pin("avx2", 2, env)
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
-    env = {PIN_MARKER: "avx2"}
+    env = {PIN_MARKER: "avx2", **PINNED_ENV["avx2"], "OMP_NUM_THREADS": "2"}  # a pinned parent's
     pin("native", 2, env)
-    assert env == {}
+    assert env == {"OMP_NUM_THREADS": "2"}
+
+
+def test_native_in_a_pinned_process_keeps_the_truth() -> None:
+    """This test process runs pinned kernels (tests/helpers/config.py): a `rap` command run in it
+    with `cpu.kernels: native` (e.g. the paper scale) cannot unpin torch, and its provenance
+    must keep saying avx2."""
+    before = dict(os.environ)
+    pin("native", None)
+    assert dict(os.environ) == before and pinned_isa() == "avx2"
 
 
 def test_pinning_after_torch_loaded_is_an_error() -> None:

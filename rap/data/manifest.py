@@ -41,8 +41,9 @@ from typing import Iterator
 from rap.atomic import write_text_atomic
 from rap.data.adapters import SPLITS, load_records
 from rap.data.records import ClipRecord, DataError, Kind
+from rap.registry import PRETRAIN_SOURCES
 
-WEB_DATASETS = ("webvid", "cc3m")  # one caption per URL: records come from the manifest itself
+WEB_DATASETS = PRETRAIN_SOURCES  # one caption per URL: records come from the manifest itself
 TAR_SEP = "::"  # ClipRecord.path of a tar member: <shard.tar>::<member>
 
 
