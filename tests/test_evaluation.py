@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 from torch import nn
@@ -17,6 +16,8 @@ from rap.data.datasets import EvalSet
 from rap.evaluation import evaluate, rerank_scores, run_evaluation, run_info_path, score_matrices
 from rap.metrics import retrieval_ranks
 from rap.model.features import TextFeatures, VideoFeatures
+
+from helpers.mlflow_search import search_runs
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT_OFFSET = 10  # stub token id of text i is i + TEXT_OFFSET
@@ -303,8 +304,7 @@ def test_run_evaluation_end_to_end(msvd_params, tmp_path, monkeypatch):
         assert all(ci[f"R@{k}_lo"] <= written[direction][f"R@{k}"] <= ci[f"R@{k}_hi"] for k in (1, 5, 10))
     assert not list(out.parent.glob(".*tmp*"))  # atomic write left nothing behind
 
-    mlflow.set_tracking_uri(uri)
-    runs = mlflow.search_runs(experiment_names=["rap-eval-test"])
+    runs = search_runs(uri, "rap-eval-test")
     stage = runs[runs["tags.rap.role"] == "stage"].iloc[0]
     assert stage["tags.rap.dataset"] == "msvd" and stage["status"] == "FINISHED"
     assert stage["metrics.t2v_R1"] == pytest.approx(written["t2v"]["R@1"])

@@ -15,6 +15,8 @@ import pytest
 from rap import tracking
 from rap.config import load_params
 
+from helpers.mlflow_search import search_runs
+
 REPO = Path(__file__).resolve().parents[1]
 ENV_VARS = (
     "RAP_TRACKING",
@@ -61,10 +63,7 @@ def params():
 
 
 def _runs(uri: str):
-    mlflow.set_tracking_uri(uri)
-    return mlflow.search_runs(
-        experiment_names=[os.environ["MLFLOW_EXPERIMENT_NAME"]], order_by=["attributes.start_time ASC"]
-    )
+    return search_runs(uri, os.environ["MLFLOW_EXPERIMENT_NAME"], order_by=["attributes.start_time ASC"])
 
 
 def test_parent_and_two_nested_stages(store, params, monkeypatch, tmp_path, db_dir):
