@@ -22,8 +22,9 @@ and, once torch is loaded (:func:`rap.training.determinism.seed_everything`):
 
 ``cpu.kernels: native`` (the paper scale, and the switch for an unpinned CPU run) leaves the
 host's best kernels (and undoes a pin inherited from a pinned parent process; in a process whose
-torch already runs pinned kernels it changes nothing, and the provenance says so). The settings a run used are its provenance (:func:`provenance`, written to
-``train_run.json`` and MLflow). This module does not import torch at load time.
+torch already runs pinned kernels it changes nothing, and the provenance says so). The
+settings a run used are its provenance (:func:`provenance`, written to ``train_run.json`` and
+MLflow). This module does not import torch at load time.
 """
 
 from __future__ import annotations
