@@ -141,7 +141,7 @@ def render_speed_table(result: dict[str, Any], title: str) -> str:
 
 def run_speed(params: Params, out_md: Path, out_json: Path, reps: int = 10) -> dict[str, Any]:
     """``rap speed``: measure, write the timing table and its JSON, log to MLflow."""
-    from rap.reports.tables import TABLE8_TITLE
+    from rap.reports.titles import TABLE8_TITLE
 
     ratios = mask_ratios(params)
     with tracking.stage_run("speed", params):

@@ -31,13 +31,13 @@ from rap.errors import RapError
 from rap.reports import layout
 from rap.reports.layout import TableRow, format_value
 from rap.reports.paper_results import DATA_SYMBOLS, TABLE_TITLES, PaperRow, paper_blocks, paper_rap_row, paper_rows
+from rap.reports.titles import TABLE8_TITLE, TABLE9_TITLE
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "MdR")
 DIRECTION = "t2v"  # the paper reports text-to-video retrieval only
 # Where what cannot reproduce (Table 8's wall-clock figures, written by `rap speed`, rap/speed.py)
 # lies beside the tables, in a file that says so; it is no DVC output and a rerun rewrites it.
 TIMINGS_DIR = "timings"
-TABLE8_TITLE = "MAC mask sampling: video mask ratio r_v vs pre-training speed and zero-shot MSRVTT"
 _ABLATION_HEAD = {5: "RaCL", 6: "#frames K", 7: "lambda"}
 _MISSING = "missing"
 _NO_RUN = "n/a"
@@ -367,7 +367,6 @@ def _table8(ctx: _Context) -> str:
 # Table 9: where the redundancy weights point
 # --------------------------------------------------------------------------------------
 
-TABLE9_TITLE = "Where RaCL's weights point: localising the captioned object and the shown words (zero-shot MSRVTT)"
 # (column head, block, weighting or "pair_auc", statistic) of the localisation cells
 LOCALISATION_COLUMNS = (
     ("patch AUC", "patch", "paper", "auc"),
