@@ -29,10 +29,12 @@ $(TOOLS_STAMP): rap/data/img2dataset.py
 	.tools/img2dataset/bin/python -m pip install --quiet --disable-pip-version-check img2dataset==$(IMG2DATASET_VERSION)
 	touch $(TOOLS_STAMP)
 
-# ruff (lint, import order, format: pyproject's [tool.ruff]) and actionlint on .github/workflows/
+# ruff (lint, import order, format: pyproject's [tool.ruff]), snakefmt on workflow/ (the Snakemake
+# catalog's format; `snakemake --lint` runs in tests/test_snakemake.py) and actionlint on .github/workflows/
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/actionlint
 
 # Everything: what CI and the README run (the loopback download test runs img2dataset).

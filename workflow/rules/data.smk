@@ -15,11 +15,11 @@ rule download:
         manifest=f"{DATA}/manifest/{{dataset}}.jsonl",
     log:
         "logs/download/{dataset}.log",
+    conda:
+        RAP_ENV
     threads: 1
     resources:
         **cluster("download"),
-    conda:
-        RAP_ENV
     shell:
         f"rap download {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1 && touch {{output.marker}}"
 
@@ -32,10 +32,10 @@ rule extract:
         f"{DATA}/index/{{dataset}}.truth.jsonl",
     log:
         "logs/extract/{dataset}.log",
+    conda:
+        RAP_ENV
     threads: max(1, CFG.data.num_workers)
     resources:
         **cluster("extract"),
-    conda:
-        RAP_ENV
     shell:
         f"rap extract {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1"

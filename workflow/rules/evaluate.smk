@@ -19,12 +19,12 @@ rule evaluate_zeroshot:
         f"{RUNS}/eval/zeroshot/{{dataset}}.json",
     log:
         "logs/evaluate/zeroshot-{dataset}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
         **cluster("evaluate_zeroshot"),
-    conda:
-        RAP_ENV
     shell:
         f"{FINETUNE_STEP}rap evaluate {{wildcards.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"
 
@@ -35,16 +35,16 @@ rule finetune:
         index=lambda wc: index(layout.task_dataset(wc.task)),
     output:
         f"{RUNS}/finetune/{{task}}/checkpoint.pt",
-    params:
-        out=f"{RUNS}/finetune/{{task}}",
     log:
         "logs/finetune/{task}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
         **cluster("finetune"),
-    conda:
-        RAP_ENV
+    params:
+        out=f"{RUNS}/finetune/{{task}}",
     shell:
         f"{FINETUNE_STEP}rap finetune {{wildcards.task}} --checkpoint {{input.checkpoint}} --out {{params.out}} "
         f"{RAP_PARAMS} > {{log}} 2>&1"
@@ -57,16 +57,16 @@ rule evaluate_finetuned:
         truth=lambda wc: truth(layout.task_dataset(wc.task)),
     output:
         f"{RUNS}/eval/finetuned/{{task}}.json",
-    params:
-        dataset=lambda wc: layout.task_dataset(wc.task),
     log:
         "logs/evaluate/finetuned-{task}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
         **cluster("evaluate_finetuned"),
-    conda:
-        RAP_ENV
+    params:
+        dataset=lambda wc: layout.task_dataset(wc.task),
     shell:
         f"{FINETUNE_STEP}rap evaluate {{params.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"
 
@@ -78,15 +78,15 @@ rule evaluate_ablation:
         truth=truth(layout.ABLATION_EVAL_DATASET),
     output:
         f"{RUNS}/eval/ablation/{{name}}.json",
-    params:
-        dataset=layout.ABLATION_EVAL_DATASET,
     log:
         "logs/evaluate/ablation-{name}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
         **cluster("evaluate_ablation"),
-    conda:
-        RAP_ENV
+    params:
+        dataset=layout.ABLATION_EVAL_DATASET,
     shell:
         f"{FINETUNE_STEP}rap evaluate {{params.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"

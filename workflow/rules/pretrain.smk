@@ -17,16 +17,16 @@ rule pretrain:
     output:
         checkpoint=layout.checkpoint_path("pretrain", layout.MAIN_RUN, RUNS),
         metrics=layout.train_metrics_path("pretrain", layout.MAIN_RUN, RUNS),
-    params:
-        out=layout.run_dir("pretrain", layout.MAIN_RUN, RUNS),
     log:
         "logs/pretrain/main.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
         **cluster("pretrain"),
-    conda:
-        RAP_ENV
+    params:
+        out=layout.run_dir("pretrain", layout.MAIN_RUN, RUNS),
     shell:
         f"{PRETRAIN_STEP}rap pretrain --out {{params.out}} {RAP_PARAMS} > {{log}} 2>&1"
 
@@ -37,15 +37,15 @@ rule pretrain_ablation:
     output:
         checkpoint=f"{RUNS}/ablation/{{name}}/checkpoint.pt",
         metrics=f"{RUNS}/ablation/{{name}}/train_metrics.json",
-    params:
-        out=f"{RUNS}/ablation/{{name}}",
     log:
         "logs/pretrain/{name}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
         **cluster("pretrain_ablation"),
-    conda:
-        RAP_ENV
+    params:
+        out=f"{RUNS}/ablation/{{name}}",
     shell:
         f"{PRETRAIN_STEP}rap pretrain --ablation {{wildcards.name}} --out {{params.out}} {RAP_PARAMS} > {{log}} 2>&1"

@@ -26,12 +26,12 @@ rule figure:
         FIGURE,
     log:
         "logs/reports/figure.log",
-    threads: eval_threads()
-    resources:
-        gpu=EVAL_GPUS,
-        **cluster("figure"),
     conda:
         RAP_ENV
+    threads: eval_threads()
+    resources:
+        **cluster("figure"),
+        gpu=EVAL_GPUS,
     shell:
         f"rap figure --racl-checkpoint {{input.racl}} --baseline-checkpoint {{input.baseline}} --out {{output}} "
         f"{RAP_PARAMS} > {{log}} 2>&1"
@@ -42,10 +42,10 @@ rule speed:
         SPEED,
     log:
         "logs/reports/speed.log",
+    conda:
+        RAP_ENV
     threads: eval_threads()
     resources:
         gpu=EVAL_GPUS,
-    conda:
-        RAP_ENV
     shell:
         f"rap speed --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"

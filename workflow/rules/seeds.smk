@@ -14,16 +14,16 @@ rule pretrain_seed:
     output:
         checkpoint=f"{RUNS}/seeds/{{seed_run}}/checkpoint.pt",
         metrics=f"{RUNS}/seeds/{{seed_run}}/train_metrics.json",
-    params:
-        out=f"{RUNS}/seeds/{{seed_run}}",
     log:
         "logs/pretrain/seeds/{seed_run}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(PRETRAIN, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(PRETRAIN),
         **cluster("pretrain_seed"),
-    conda:
-        RAP_ENV
+    params:
+        out=f"{RUNS}/seeds/{{seed_run}}",
     shell:
         f"{PRETRAIN_STEP}rap pretrain --ablation {{wildcards.seed_run}} --out {{params.out}} {RAP_PARAMS} > {{log}} 2>&1"
 
@@ -35,16 +35,16 @@ rule evaluate_seed:
         truth=truth(layout.ABLATION_EVAL_DATASET),
     output:
         f"{RUNS}/eval/seeds/{{seed_run}}.json",
-    params:
-        dataset=layout.ABLATION_EVAL_DATASET,
     log:
         "logs/evaluate/seeds/{seed_run}.log",
+    conda:
+        RAP_ENV
     threads: launch.node_cpus(FINETUNE, CFG.data.num_workers)
     resources:
         **launch.slurm_resources(FINETUNE),
         **cluster("evaluate_seed"),
-    conda:
-        RAP_ENV
+    params:
+        dataset=layout.ABLATION_EVAL_DATASET,
     shell:
         f"{FINETUNE_STEP}rap evaluate {{params.dataset}} --checkpoint {{input.checkpoint}} --out {{output}} {RAP_PARAMS} > {{log}} 2>&1"
 
