@@ -47,11 +47,22 @@ def _tiny_params(path: Path) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+def _completed(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}"
-    return out
+    return proc
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
+    proc = _completed(cmd, cwd, env, timeout)
+    return proc.stdout + proc.stderr
+
+
+def _run_json(cmd: list[str], cwd: Path, env: dict[str, str]) -> dict:
+    """A `dvc ... --json` command's document: stdout only, since DVC warns on stderr (e.g. of the
+    declared metrics of a pipeline not run here, controlled/dvc.yaml's)."""
+    return json.loads(_completed(cmd, cwd, env).stdout)
 
 
 def _stages_run(log: str) -> set[str]:
@@ -65,7 +76,7 @@ def _stale_after(repo: Path, env: dict[str, str], rel: str, edit) -> set[str]:
     before = path.read_text()
     path.write_text(edit(before))
     try:
-        return set(json.loads(_run(["dvc", "status", "--json", "dvc.yaml"], repo, env) or "{}"))
+        return set(json.loads(_completed(["dvc", "status", "--json", "dvc.yaml"], repo, env).stdout or "{}"))
     finally:
         path.write_text(before)
 
@@ -124,8 +135,8 @@ ZS_MSRVTT = "runs/eval/zeroshot/msrvtt.json"
 
 def _declared_metrics_and_plots(repo: Path, env: dict[str, str]) -> set[str]:
     """The metrics and plots files dvc.yaml and seeds/dvc.yaml declare that the workspace has."""
-    metrics = json.loads(_run(["dvc", "metrics", "show", "--json"], repo, env))
-    plots = json.loads(_run(["dvc", "plots", "show", "--json", "--split"], repo, env))
+    metrics = _run_json(["dvc", "metrics", "show", "--json"], repo, env)
+    plots = _run_json(["dvc", "plots", "show", "--json", "--split"], repo, env)
     (workspace,) = metrics.values()  # the one revision shown (DVC names it "" or "workspace")
     # files that exist: DVC also lists declared ones it could not find (the seed repeats, not run)
     found = {path for path, entry in workspace["data"].items() if "data" in entry}
@@ -153,25 +164,25 @@ def _number(tree: dict, *keys: str) -> float:
 def _check_comparisons(repo: Path, env: dict[str, str]) -> None:
     from rap.compare import compare_table, experiment_rows
 
-    rows = {r.label: r for r in experiment_rows(json.loads(_run(["dvc", "exp", "show", "--json"], repo, env)))}
+    rows = {r.label: r for r in experiment_rows(_run_json(["dvc", "exp", "show", "--json"], repo, env))}
     assert {"main", WORKSPACE_EXP, QUEUED} <= set(rows), sorted(rows)
     r1 = {label: _number(rows[label].metrics[ZS_MSRVTT], "t2v", "R@1") for label in ("main", WORKSPACE_EXP, QUEUED)}
     assert [rows[label].params["lambda"] for label in r1] == [1.0, 2.0, 1.0]
     assert [rows[label].params[RERANK] for label in r1] == [16, 16, 8]
     assert rows[QUEUED].state == rows[WORKSPACE_EXP].state == "success"
 
-    diff = json.loads(_run(["dvc", "metrics", "diff", "main", "--json"], repo, env))
+    diff = _run_json(["dvc", "metrics", "diff", "main", "--json"], repo, env)
     deltas = [v["diff"] for f in diff.values() for v in f.values() if isinstance(v.get("diff"), (int, float))]
     assert any(d != 0 for d in deltas), diff  # the workspace holds the lambda=2.0 run
     printed = _run(["dvc", "metrics", "diff", "main"], repo, env)
     number = r"-?\d+(?:\.\d+)?(?:e-?\d+)?"
     assert re.search(rf"^\S+\s+\S+\s+{number}\s+{number}\s+{number}\s*$", printed, re.M), printed
-    exp_diff = json.loads(_run(["dvc", "exp", "diff", QUEUED, WORKSPACE_EXP, "--json"], repo, env))
+    exp_diff = _run_json(["dvc", "exp", "diff", QUEUED, WORKSPACE_EXP, "--json"], repo, env)
     assert exp_diff["params"]["params.yaml"] == {
         "lambda": {"old": 1.0, "new": 2.0, "diff": 1.0},
         RERANK: {"old": 8, "new": 16, "diff": 8},
     }
-    plots = json.loads(_run(["dvc", "plots", "diff", "main", WORKSPACE_EXP, "--json"], repo, env))["data"]
+    plots = _run_json(["dvc", "plots", "diff", "main", WORKSPACE_EXP, "--json"], repo, env)["data"]
     loss = plots["runs/pretrain/main/loss.csv"][0]
     assert set(loss["revisions"]) == {"main", WORKSPACE_EXP}, loss["revisions"]
     points = json.dumps(loss["content"])  # the filled Vega-Lite spec: one point per (rev, step)
