@@ -270,7 +270,7 @@ _RELEASE_NOTE = (
     "Authors' checkpoint rows: the files the release published (its README reports the paper's RaP "
     "numbers for them, from its own evaluation), evaluated by rap with `evaluate.recipe: release` (the "
     "release's evaluation) and `rap` (rap's). Place them under `<data.root>/release/` and run "
-    "`dvc repro release/dvc.yaml`, then `dvc repro -f -s tables` (README, \"The authors' checkpoints\")."
+    "`dvc repro release/dvc.yaml`, then `dvc repro -f -s tables` (README, the authors' checkpoints)."
 )
 _NOT_PLACED = "not placed"
 _NOT_EVALUATED = "not evaluated"  # placed, but release/dvc.yaml has not run
