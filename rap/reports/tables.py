@@ -10,6 +10,10 @@ clips/s, FLOPs) and zero-shot MSRVTT R@1; Table 9 measures where RaCL's weights 
 embedded corpus (:mod:`rap.localisation`). :mod:`rap.reports.seed_tables` repeats Tables 5 and
 9 over seeds.
 
+Tables 1-4 also show, per block, the authors' released checkpoint evaluated by rap with the
+release's evaluation recipe and with rap's (release/dvc.yaml): read when those metrics exist,
+otherwise the row says why not (not placed, not evaluated); they are never required.
+
 Which file feeds which row is decided by :mod:`rap.reports.layout` (shared with dvc.yaml and
 the Snakefile). Output is a pure function of the inputs (no timestamps, absolute paths or
 dictionary-order effects), so the same metrics give the same bytes.
