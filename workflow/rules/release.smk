@@ -3,7 +3,7 @@
 # (rap/release/__init__.py names them). Each is imported (`rap import-release`) and evaluated
 # with both recipes (evaluate.recipe release and rap): the pre-trained file zero-shot on every
 # downstream dataset, each fine-tuned file on its task. Tables 1-4 show the metrics at the next
-# `rap tables` (`snakemake -f tables`).
+# `rap tables`: the `tables` rule lists those that exist, so the next run of `all` reruns it.
 
 
 rule release:
