@@ -168,7 +168,7 @@ def test_placed_files_are_imported_evaluated_with_both_recipes_and_tabled(releas
 
     out = release_repo / "runs" / "finetune-from-release"
     argv = ["finetune", "msrvtt-7k", "--checkpoint", str(layout.release_checkpoint_path(PRETRAINED))]
-    assert main([*argv, "--out", str(out), "--max-steps", "1", *params, "--set", "evaluate.recipe=rap"]) == 0
+    assert main([*argv, "--out", str(out), "--max-steps", "1", *params]) == 0
     assert (out / "checkpoint.pt").is_file()
 
 
