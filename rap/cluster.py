@@ -41,6 +41,10 @@ RULE_KINDS = {
     "evaluate_ablation": "gpu",
     "evaluate_seed": "gpu",
     "figure": "gpu",
+    # the authors' released files (release/dvc.yaml): a conversion, then evaluations
+    "release_import": "cpu",
+    "release_zeroshot": "gpu",
+    "release_finetuned": "gpu",
 }
 PARTITION_KINDS = ("cpu", "gpu")
 # Minutes per attempt: a longer pre-training continues in the next attempt from its newest step
@@ -57,6 +61,9 @@ DEFAULT_RUNTIME = {
     "evaluate_ablation": 120,
     "evaluate_seed": 120,
     "figure": 30,
+    "release_import": 30,
+    "release_zeroshot": 120,
+    "release_finetuned": 120,
 }
 DEFAULT_MEM_MB = {  # per node
     "download": 16000,
@@ -70,6 +77,9 @@ DEFAULT_MEM_MB = {  # per node
     "evaluate_ablation": 64000,
     "evaluate_seed": 64000,
     "figure": 16000,
+    "release_import": 32000,  # a 2 GB release file and its converted copy
+    "release_zeroshot": 64000,
+    "release_finetuned": 64000,
 }
 
 

@@ -45,10 +45,13 @@ CONTROLLED_STAGE_COMMANDS = {
     "zeroshot": "evaluate",
     "table": "tables",
 }
+# release/dvc.yaml: the authors' released checkpoints imported and evaluated (`dvc repro release/dvc.yaml`)
+RELEASE_STAGE_COMMANDS = {"import": "import_release", "zeroshot": "evaluate", "finetuned": "evaluate"}
 PIPELINES = {
     "dvc.yaml": STAGE_COMMANDS,
     "seeds/dvc.yaml": SEED_STAGE_COMMANDS,
     "controlled/dvc.yaml": CONTROLLED_STAGE_COMMANDS,
+    "release/dvc.yaml": RELEASE_STAGE_COMMANDS,
 }
 
 

@@ -10,6 +10,10 @@ Layout under the runs root (default ``runs/``)::
     eval/ablation/<name>.json         their zero-shot MSRVTT metrics
     seeds/<name>/                     seed repeats of Tables 5 and 9 (``racl-none+seed-1``; seeds/dvc.yaml)
     eval/seeds/<name>.json            their zero-shot MSRVTT metrics
+    release/<name>/                   the authors' released files imported (``pretrain`` or a task;
+                                      release/dvc.yaml, only where a user placed them: rap.release)
+    eval/release/<recipe>-recipe/zeroshot/<dataset>.json   their evaluations with evaluate.recipe
+    eval/release/<recipe>-recipe/finetuned/<task>.json     (release, rap): rows of Tables 1-4
 
 Ablation runs (paper Tables 5-7, and Table 8 for MAC) are listed by name in params.yaml's
 ``ablations`` (``racl-none``, ``frames-2``, ``lambda-2.0``, ``mask-0.75``, ...); each is the
@@ -36,6 +40,7 @@ from rap.config import (
     split_ablation_name,
 )
 from rap.registry import DOWNSTREAM_DATASETS, FINETUNE, FINETUNE_TASKS
+from rap.release import PRETRAINED, RECIPES, RELEASE_DIR, RELEASED_FILES, RELEASED_TASKS
 from rap.run_files import TRAIN_METRICS
 
 MAIN_RUN = "main"
@@ -282,6 +287,90 @@ def table_rows(params: Params, root: str | Path = "runs") -> dict[int, list[Tabl
         dataclasses.replace(r, table=LOCALISATION_TABLE) for r in rows[ABLATION_TABLES["racl"]]
     ] + rows[LOCALISATION_TABLE]
     return rows
+
+
+# --------------------------------------------------------------------------------------
+# The authors' released checkpoints (release/dvc.yaml; rap.release): placed, imported, evaluated
+# --------------------------------------------------------------------------------------
+
+RELEASE_KINDS = ("zeroshot", "finetuned")
+
+
+def release_file(name: str, data_root: str | Path) -> Path:
+    """Where a user places the released file of ``name`` (``pretrain`` or a task):
+    ``<data.root>/release/<its published name>``."""
+    if name not in RELEASED_FILES:
+        raise ConfigError(f"release_file({name!r}): the release published files for {tuple(RELEASED_FILES)}")
+    return Path(data_root) / RELEASE_DIR / RELEASED_FILES[name]
+
+
+def release_checkpoint_path(name: str, root: str | Path = "runs") -> Path:
+    """The rap checkpoint ``rap import-release`` writes from the released file of ``name``."""
+    if name not in RELEASED_FILES:
+        raise ConfigError(f"release_checkpoint_path({name!r}): expected one of {tuple(RELEASED_FILES)}")
+    return Path(root) / "release" / name / "checkpoint.pt"
+
+
+def release_metrics_path(recipe: str, kind: str, name: str, root: str | Path = "runs") -> Path:
+    """Metrics of a released file evaluated with ``evaluate.recipe: <recipe>``: ``kind``
+    zeroshot (the pre-trained file; name = dataset) or finetuned (name = a released task)."""
+    if recipe not in RECIPES:
+        raise ConfigError(f"release_metrics_path: recipe must be one of {RECIPES}, got {recipe!r}")
+    names = {"zeroshot": DOWNSTREAM_DATASETS, "finetuned": RELEASED_TASKS}.get(kind)
+    if names is None:
+        raise ConfigError(f"release_metrics_path: kind must be one of {RELEASE_KINDS}, got {kind!r}")
+    if name not in names:
+        raise ConfigError(f"release_metrics_path({recipe!r}, {kind!r}, {name!r}): expected one of {names}")
+    return Path(root) / "eval" / "release" / f"{recipe}-recipe" / kind / f"{name}.json"
+
+
+@dataclass(frozen=True)
+class ReleaseRow:
+    """A row "authors' checkpoint, evaluated by rap (<recipe> recipe)" of Tables 1-4."""
+
+    table: int
+    block: str
+    recipe: str
+    name: str | None  # the released file's import name; None: the release has no file for this block
+    file: Path | None  # where a user places that file
+    metrics: Path | None  # its evaluation's metrics (written by release/dvc.yaml)
+
+
+def release_rows(params: Params, root: str | Path = "runs") -> dict[int, list[ReleaseRow]]:
+    """The released files' rows of Tables 1-4, per block and recipe: the pre-trained file
+    evaluated zero-shot, each fine-tuned file on its task. Unlike this run's rows they do not
+    follow ``evaluate.zero_shot`` / ``finetune.tasks``: they are the release's, not this run's."""
+    rows: dict[int, list[ReleaseRow]] = {}
+    for table, (dataset, blocks) in RESULT_TABLES.items():
+        rows[table] = []
+        for block, task in blocks:
+            kind, key = ("zeroshot", dataset) if task is None else ("finetuned", task)
+            name = PRETRAINED if task is None else task if task in RELEASED_TASKS else None
+            for recipe in RECIPES:
+                rows[table].append(
+                    ReleaseRow(
+                        table,
+                        block,
+                        recipe,
+                        name,
+                        None if name is None else release_file(name, params.cfg.data.root),
+                        None if name is None else release_metrics_path(recipe, kind, key, root),
+                    )
+                )
+    return rows
+
+
+def release_evaluations() -> list[tuple[str, str, str]]:
+    """Every evaluation of the released files as ``(recipe, kind, name)``, in the order of
+    release/dvc.yaml: the pre-trained file zero-shot on each dataset, each fine-tuned file on
+    its task, each with every recipe."""
+    out = [(r, "zeroshot", d) for r in RECIPES for d in DOWNSTREAM_DATASETS]
+    return out + [(r, "finetuned", t) for r in RECIPES for t in RELEASED_TASKS]
+
+
+def release_inputs(root: str | Path = "runs") -> list[Path]:
+    """Every metrics file of the release pipeline (the Snakemake target ``release``)."""
+    return [release_metrics_path(r, k, n, root) for r, k, n in release_evaluations()]
 
 
 @dataclass(frozen=True)

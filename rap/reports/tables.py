@@ -10,6 +10,10 @@ clips/s, FLOPs) and zero-shot MSRVTT R@1; Table 9 measures where RaCL's weights 
 embedded corpus (:mod:`rap.localisation`). :mod:`rap.reports.seed_tables` repeats Tables 5 and
 9 over seeds.
 
+Tables 1-4 also show, per block, the authors' released checkpoint evaluated by rap with the
+release's evaluation recipe and with rap's (release/dvc.yaml): read when those metrics exist,
+otherwise the row says why not (not placed, not evaluated); they are never required.
+
 Which file feeds which row is decided by :mod:`rap.reports.layout` (shared with dvc.yaml and
 the Snakefile). Output is a pure function of the inputs (no timestamps, absolute paths or
 dictionary-order effects), so the same metrics give the same bytes.
@@ -190,6 +194,7 @@ class _Context:
         self.root = metrics_root
         self.run_id = run_id
         self.rows = layout.table_rows(params, metrics_root)
+        self.release_rows = layout.release_rows(params, metrics_root)
         self.at_paper_scale = params.scale == "paper"
         self.label = f"RaP (this run, {params.scale}, {run_id})"
         self.extra_files: dict[str, str] = {}  # relative path under the reports dir -> text
@@ -235,7 +240,8 @@ class _Context:
 def _result_table(ctx: _Context, table: int) -> str:
     mine = {r.block: r for r in ctx.rows[table]}
     parts = [_header(table, TABLE_TITLES[table], ctx)]
-    sources = []
+    sources: list[str] = []
+    release_sources: list[str] = []
     for block in paper_blocks(table):
         body = [[r.label, r.data or "", *[_fmt(v) for v in r.values]] for r in paper_rows(table, block)]
         row = mine.get(block)
@@ -249,13 +255,55 @@ def _result_table(ctx: _Context, table: int) -> str:
             if ctx.at_paper_scale and paper is not None:
                 body.append(["Δ (this run − paper RaP)", "", *_diff_cells(m, paper)])
             sources.append(f"{block}: `{ctx.rel(row.metrics)}`")
+        body += _release_rows(ctx, [r for r in ctx.release_rows[table] if r.block == block], release_sources)
         parts.append(f"## {block}\n\n" + _md_table(["Method", "Data", "R@1 ↑", "R@5 ↑", "R@10 ↑", "MdR ↓"], body))
     symbols = sorted({r.data for r in paper_rows(table) if r.data}, key=list(DATA_SYMBOLS).index)
     notes = ["Pre-training data: " + "; ".join(f"{s} {DATA_SYMBOLS[s]}" for s in symbols) + "."]
     if sources:
         notes.append("This run's metrics (under the runs root): " + "; ".join(sources) + ".")
+    notes.append(_RELEASE_NOTE)
+    if release_sources:
+        notes.append("The authors' checkpoints' metrics (under the runs root): " + "; ".join(release_sources) + ".")
     parts.append("\n".join(notes))
     return "\n\n".join(parts) + "\n"
+
+
+# The authors' released checkpoints (rap.release; release/dvc.yaml): read when their evaluation
+# has run, never required (the tables stage cannot depend on files a user may never place).
+_RELEASE_NOTE = (
+    "Authors' checkpoint rows: the files the release published (its README reports the paper's RaP "
+    "numbers for them, from its own evaluation), evaluated by rap with `evaluate.recipe: release` (the "
+    "release's evaluation) and `rap` (rap's). Place them under `<data.root>/release/` and run "
+    "`dvc repro release/dvc.yaml`, then `dvc repro -f -s tables` (README, the authors' checkpoints)."
+)
+_NOT_PLACED = "not placed"
+_NOT_EVALUATED = "not evaluated"  # placed, but release/dvc.yaml has not run
+
+
+def _release_label(row: layout.ReleaseRow) -> str:
+    what = "authors' checkpoint" if row.file is None else f"authors' checkpoint `{row.file.name}`"
+    return f"{what}, evaluated by rap ({row.recipe} recipe)"
+
+
+def _release_rows(ctx: _Context, rows: Sequence[layout.ReleaseRow], sources: list[str]) -> list[list[str]]:
+    """The released file's rows of one block, one per recipe: its metrics when its evaluation has
+    run, else why not (no file released for this task; not placed at its path; not evaluated)."""
+    if rows and rows[0].file is None:
+        return [["authors' checkpoint: none released for this task", "", "-", "-", "-", "-"]]
+    body = []
+    for row in rows:
+        assert row.file is not None and row.metrics is not None
+        if not row.metrics.is_file():
+            why = f"{_NOT_EVALUATED}: `dvc repro release/dvc.yaml`" if row.file.is_file() else _NOT_PLACED
+            body.append([f"{_release_label(row)}: {why} (`{row.file.as_posix()}`)", "♣", "-", "-", "-", "-"])
+            continue
+        m = RunMetrics(read_metrics(row.metrics), intervals=read_intervals(row.metrics))
+        body.append([f"**{_release_label(row)}**", "♣", *_cells(m)])
+        paper = paper_rap_row(row.table, row.block)
+        if ctx.at_paper_scale and paper is not None:
+            body.append([f"Δ (authors' checkpoint, {row.recipe} recipe − paper RaP)", "", *_diff_cells(m, paper)])
+        sources.append(f"{row.block}, {row.recipe} recipe: `{ctx.rel(row.metrics)}`")
+    return body
 
 
 # --------------------------------------------------------------------------------------
