@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from rap.config import DataConfig
-from rap.data.clipindex import Clip, ClipIndex, StringColumn
+from rap.data.clipindex import Clip, ClipIndex, FloatColumn, StringColumn
 from rap.data.datasets import ClipTextDataset, load_clips
 from rap.data.records import ClipRecord, IndexEntry, ProbeInfo, index_paths, read_index
 
@@ -43,6 +43,28 @@ def test_columns_give_back_every_clip_exactly():
     assert len(index.path.dirs) == 12  # directories are interned: 2 x 5 + /data/raw/x/ + ''
     with pytest.raises(IndexError, match="outside"):
         index[len(clips)]
+
+
+def test_ids_from_file_names_and_one_caption_per_clip_take_no_column():
+    clips = [
+        Clip(ClipRecord(Path(p).stem, Path(p), (f"c{i}",), "train", "image"))
+        for i, p in enumerate(["/r/a/0001.jpg", "/r/a/x.y.jpg", "/r/b/.hidden", "/r/b/noext", "rel.mp4"])
+    ]
+    index = ClipIndex.from_clips(clips)
+    assert index.video_id is None and index.cap_offsets is None
+    assert list(index) == clips
+    other = clips + [Clip(ClipRecord("not-the-stem", Path("/r/a/0002.jpg"), ("a", "b"), "train", "image"))]
+    index = ClipIndex.from_clips(other)
+    assert index.video_id is not None and index.cap_offsets is not None and list(index) == other
+
+
+def test_floats_keep_their_bits():
+    values = np.array([0.0, -0.0, np.nan, 30000 / 1001, 25.0, 25.0, np.inf, -np.nan])
+    for a in (values, np.random.default_rng(0).random(70_000)):  # few distinct: codes; many: raw
+        col = FloatColumn.build(a)
+        assert (col.codes is None) == (a.size > 65_536)
+        got = np.array([col[i] for i in range(a.size)])
+        assert got.view(np.uint64).tolist() == a.view(np.uint64).tolist()
 
 
 def test_string_column_round_trip_and_compact_offsets():
