@@ -155,7 +155,7 @@ def test_lsmdc_clip_with_several_sentences_is_one_video(tmp_path):
     ds = ClipTextDataset(
         load_clips("lsmdc", "val", data_cfg), frames=1, sampling="rand", image_size=8, two_views=False, per_caption=True
     )
-    video_index = [c for c, _ in ds.items]  # what a fine-tuning batch carries as video_index
+    video_index = [ds.item(i)[0] for i in range(len(ds))]  # what a fine-tuning batch carries as video_index
     assert video_index == [0, 0, 1]  # the two sentences of clip_a are positives, never negatives
 
 

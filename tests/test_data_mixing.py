@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rap.data.mixing import MixedBatchSampler
+from rap.data.mixing import MixedBatchSampler, sample_seeds
 
 
 def _epoch(s: MixedBatchSampler) -> list[list[tuple[int, int, int]]]:
@@ -69,3 +69,56 @@ def test_bad_arguments():
         MixedBatchSampler([3], [1.0], 2, seed=0, rank=2, world_size=2)
     with pytest.raises(ValueError, match="step 99"):
         MixedBatchSampler([3], [1.0], 1, seed=0).set_position(0, 99)
+
+
+# The schedule as main computed it before the permutation cache (issue 17): a full permutation
+# per batch and one SeedSequence per sample. Kept here, not in rap/, as the reference.
+def _old_batch(s: MixedBatchSampler, epoch: int, step: int) -> list[tuple[int, int, int]]:
+    sched = s.schedule(epoch)
+    src = int(sched[step])
+    start = int((sched[:step] == src).sum()) * s.batch_size
+    L = s.shard_len[src]
+    out, cache = [], {}
+    for j in range(s.batch_size):
+        pos = start + j
+        cycle = pos // L
+        if cycle not in cache:
+            perm = np.random.default_rng((s.seed, epoch, src, cycle)).permutation(s.sizes[src])
+            cache[cycle] = np.resize(perm, L * s.world_size)[s.rank :: s.world_size]
+        seed = int(np.random.SeedSequence((s.seed, epoch, step, j, s.rank)).generate_state(1)[0])
+        out.append((src, int(cache[cycle][pos % L]), seed))
+    return out
+
+
+@pytest.mark.parametrize(
+    "seed,mixing,world,rank",
+    [(0, "weighted", 1, 0), (7, "exhaust", 3, 2), (2**40 + 11, "weighted", 4, 1), (123, "exhaust", 2, 0)],
+)
+def test_cached_permutations_give_the_old_batches(seed, mixing, world, rank):
+    sizes = [37, 101, 5]  # a source smaller than a batch wraps into new cycles within a step
+    s = MixedBatchSampler(sizes, [0.5, 0.3, 0.2], 7, seed=seed, rank=rank, world_size=world, mixing=mixing)
+    for epoch in (0, 3, 1):  # an epoch change clears the cache; going back recomputes
+        s.set_position(epoch)
+        new = list(s)
+        assert new == [_old_batch(s, epoch, t) for t in range(s.steps_per_epoch)]
+        assert s.batch(epoch, s.steps_per_epoch - 1) == new[-1]  # random access after the epoch
+    s.set_position(1, step=2)
+    assert list(s) == [_old_batch(s, 1, t) for t in range(2, s.steps_per_epoch)]  # exact resume
+
+
+def test_permutation_cache_stays_small_and_per_epoch():
+    s = MixedBatchSampler([5, 9], [0.5, 0.5], 4, seed=3)  # many cycles of both sources
+    s.set_position(0)
+    list(s)
+    assert 0 < len(s._perms) <= 2 * len(s.sizes) and s._cache_epoch == 0
+    s.batch(1, 0)
+    assert s._cache_epoch == 1 and len(s._perms) <= 2
+
+
+@pytest.mark.parametrize(
+    "seed,epoch,step,rank", [(0, 0, 0, 0), (1, 2, 3, 5), (2**40 + 7, 3, 1000, 63), (2**64 + 5, 2**33, 0, 0)]
+)
+def test_vectorised_sample_seeds_equal_seedsequence(seed, epoch, step, rank):
+    got = sample_seeds(seed, epoch, step, rank, 70).tolist()
+    ref = [int(np.random.SeedSequence((seed, epoch, step, j, rank)).generate_state(1)[0]) for j in range(70)]
+    assert got == ref

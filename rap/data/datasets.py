@@ -42,8 +42,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from rap.config import AugmentConfig, ConfigError, DataConfig, ScaleConfig, finetune_text_len
 from rap.data import decode, store, transforms
 from rap.data.adapters import load_records
+from rap.data.clipindex import Clip, ClipIndex, ClipIndexBuilder
 from rap.data.mixing import MixedBatchSampler
-from rap.data.records import ClipRecord, DataError, ProbeInfo, clean_captions, index_paths, read_index
+from rap.data.records import ClipRecord, DataError, clean_captions, index_paths, iter_index
 from rap.data.sampling import sample_indices
 from rap.registry import FINETUNE, FINETUNE_TASKS
 
@@ -56,38 +57,34 @@ PREFETCH_FACTOR = 2  # batches in flight per worker (with num_workers > 0)
 BLANK_PIXEL = (124, 116, 104)
 
 
-@dataclass(frozen=True)
-class Clip:
-    """A clip as the loaders see it: record, probe info (None: probe on first use) and the
-    absolute store file (None: decode on the fly)."""
-
-    record: ClipRecord
-    info: ProbeInfo | None = None
-    store: Path | None = None
-
-
-def load_clips(dataset: str, split: str, data_cfg: DataConfig) -> list[Clip]:
-    """Usable clips of a split: from ``index/<dataset>.jsonl`` when ``rap extract`` ran,
-    else straight from the raw annotation (clips with no valid caption dropped and logged)."""
+def load_clips(dataset: str, split: str, data_cfg: DataConfig) -> ClipIndex:
+    """Usable clips of a split, as columns (:class:`ClipIndex`): from ``index/<dataset>.jsonl``
+    when ``rap extract`` ran, else straight from the raw annotation (clips with no valid
+    caption dropped and logged)."""
     root = Path(data_cfg.root)
+    clips = ClipIndexBuilder()
     if index_paths(root, dataset)[0].is_file():
-        clips = []
-        for e in read_index(root, dataset, split):
-            st = root / e.store if (data_cfg.frame_store and e.store) else None
-            clips.append(Clip(e.record, e.info, st))
-        if not clips:
+        for e in iter_index(root, dataset, split):
+            clips.append(e.record, e.info, root / e.store if (data_cfg.frame_store and e.store) else None)
+        index = clips.finish()
+        if not len(index):
             raise DataError(f"{index_paths(root, dataset)[0]}: no usable clips for split {split!r}")
-        return clips
-    clips = []
+        return index
     for r in load_records(dataset, root, split, check_sizes=data_cfg.check_sizes):
         caps, dropped = clean_captions(r.captions)
         if dropped:
             log.warning("%s: dropped %d unusable caption(s) of %s", r.path, dropped, r.video_id)
         if caps:
-            clips.append(Clip(ClipRecord(r.video_id, r.path, caps, r.split, r.kind)))
-    if not clips:
+            clips.append(ClipRecord(r.video_id, r.path, caps, r.split, r.kind), None, None)
+    index = clips.finish()
+    if not len(index):
         raise DataError(f"{root / 'raw' / dataset}: no clip with a usable caption in split {split!r}")
-    return clips
+    return index
+
+
+def as_index(clips: Sequence[Clip] | ClipIndex) -> ClipIndex:
+    """``clips`` as columns (a list of :class:`Clip`, as tests and benchmarks build, is packed)."""
+    return clips if isinstance(clips, ClipIndex) else ClipIndex.from_clips(clips)
 
 
 def read_clip_frames(
@@ -116,7 +113,7 @@ class ClipTextDataset(Dataset):
 
     def __init__(
         self,
-        clips: Sequence[Clip],
+        clips: Sequence[Clip] | ClipIndex,
         *,
         frames: int,
         sampling: str,
@@ -128,20 +125,32 @@ class ClipTextDataset(Dataset):
         name: str = "",
         augment: AugmentConfig | None = None,
     ):
-        self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
+        self.clips = as_index(clips)
+        self.frames, self.sampling, self.size = frames, sampling, image_size
         self.augment = augment or AugmentConfig()
         self.two_views, self.hflip, self.offset, self.name = two_views, hflip, index_offset, name
+        # item -> (clip, caption) as arrays (None: item i is clip i with a random caption), so
+        # a forked worker shares them instead of copying millions of tuples
+        self.item_clip: np.ndarray | None = None
+        self.item_caption: np.ndarray | None = None
         if per_caption:
-            self.items = [(c, j) for c, clip in enumerate(self.clips) for j in range(len(clip.record.captions))]
-        else:
-            self.items = [(c, -1) for c in range(len(self.clips))]
+            counts = self.clips.num_captions()
+            self.item_clip = np.repeat(np.arange(len(self.clips), dtype=np.int64), counts)
+            starts = np.repeat(np.cumsum(counts) - counts, counts)
+            self.item_caption = np.arange(len(self.item_clip), dtype=np.int64) - starts
         self.skipped = 0  # in this process (workers keep their own: use the batch's n_skipped)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.clips) if self.item_clip is None else len(self.item_clip)
+
+    def item(self, i: int) -> tuple[int, int]:
+        """(clip, caption) of item ``i``; caption -1: one drawn at random."""
+        if self.item_clip is None:
+            return int(i), -1
+        return int(self.item_clip[i]), int(self.item_caption[i])
 
     def _load(self, i: int, rng: np.random.Generator) -> dict[str, Any]:
-        c, j = self.items[i]
+        c, j = self.item(i)
         clip = self.clips[c]
         caps = clip.record.captions
         caption = caps[j] if j >= 0 else caps[int(rng.integers(len(caps)))]
@@ -166,7 +175,7 @@ class ClipTextDataset(Dataset):
         i, seed = (key, key) if isinstance(key, (int, np.integer)) else key
         skipped: list[str] = []
         for t in range(MAX_SUBSTITUTES):
-            j = (i + t) % len(self.items)  # the next item replaces a bad one: deterministic
+            j = (i + t) % len(self)  # the next item replaces a bad one: deterministic
             try:
                 out = self._load(j, np.random.default_rng((seed, t)))
             except (decode.DecodeError, OSError, ValueError) as err:
@@ -432,8 +441,8 @@ class EvalVideos(Dataset):
     decode becomes a blank clip (:data:`BLANK_PIXEL`) flagged ``failed`` (it still ranks, as a
     miss: dropping it would change the test set), counted by :meth:`EvalSet.iter_videos`."""
 
-    def __init__(self, clips: Sequence[Clip], *, frames: int, sampling: str, image_size: int):
-        self.clips, self.frames, self.sampling, self.size = list(clips), frames, sampling, image_size
+    def __init__(self, clips: Sequence[Clip] | ClipIndex, *, frames: int, sampling: str, image_size: int):
+        self.clips, self.frames, self.sampling, self.size = as_index(clips), frames, sampling, image_size
 
     def __len__(self) -> int:
         return len(self.clips)

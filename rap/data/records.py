@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 from rap.errors import RapError
 
@@ -104,10 +104,14 @@ def index_paths(root: str | Path, dataset: str) -> tuple[Path, Path]:
 
 def read_index(root: str | Path, dataset: str, split: str | None = None) -> list[IndexEntry]:
     """Usable clips of ``dataset`` (optionally one split) as written by ``rap extract``."""
+    return list(iter_index(root, dataset, split))
+
+
+def iter_index(root: str | Path, dataset: str, split: str | None = None) -> Iterator[IndexEntry]:
+    """:func:`read_index` one entry at a time (the loaders keep columns, not the entries)."""
     path, _ = index_paths(root, dataset)
     if not path.is_file():
         raise DataError(f"{path}: no index; run `rap extract {dataset}` first")
-    out = []
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -117,8 +121,7 @@ def read_index(root: str | Path, dataset: str, split: str | None = None) -> list
             except (KeyError, ValueError, TypeError) as err:
                 raise DataError(f"{path}:{n}: malformed index line ({err})") from None
             if split is None or entry.record.split == split:
-                out.append(entry)
-    return out
+                yield entry
 
 
 def valid_caption(text: object) -> bool:
