@@ -206,7 +206,10 @@ def _results(work: Callable[[Item], Any], todo: list[Item], processes: int) -> I
         return
     procs = min(processes, len(todo))
     chunk = max(1, min(16, len(todo) // (procs * 4)))  # small chunks: even load, steady journal
-    with multiprocessing.get_context(_START_METHOD).Pool(procs) as pool:
+    ctx = multiprocessing.get_context(_START_METHOD)
+    if _START_METHOD == "forkserver":  # the decoders are imported once, in the server, not per worker
+        ctx.set_forkserver_preload([__name__])
+    with ctx.Pool(procs) as pool:
         yield from pool.imap_unordered(work, todo, chunksize=chunk)
 
 
