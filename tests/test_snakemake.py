@@ -87,6 +87,11 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     )
     # the file's partition for GPU rules, the default one for CPU rules
     assert re.search(r"rule extract:\n(?:.*\n)*?\s+resources: .*slurm_partition=cpu", out)
+    # extraction as a job array: data.extract_shards jobs per dataset, then their merge
+    n = params.cfg.data.extract_shards
+    assert n > 1 and f"rap extract webvid --shard {n - 1}/{n} --params params.yaml" in out
+    assert f"rap extract webvid --merge {n} --params params.yaml" in out
+    assert re.search(r"rule extract_shard:\n(?:.*\n)*?\s+resources: .*slurm_partition=cpu", out)
     # training jobs get SIGURG before their time limit (the profile's preemption set-up)
     assert re.search(r"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_extra=--signal=URG@120", out)
     # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
