@@ -143,3 +143,15 @@ def test_cli_rejects_a_bad_shard(value, capsys):
     with pytest.raises(SystemExit) as err:
         main(["extract", DATASET, f"--shard={value}"])
     assert err.value.code == 2 and f"argument --shard: {value!r}: expected I/N" in capsys.readouterr().err
+
+
+def test_reordered_manifest_reuses_results_at_their_new_positions(source, tmp_path):
+    fresh = _copy(source, tmp_path / "fresh")
+    write_manifest(fresh, DATASET, read_manifest(fresh, DATASET)[::-1])
+    extract(DATASET, _cfg(fresh))
+    root = _copy(source, tmp_path / "data")
+    extract(DATASET, _cfg(root))
+    write_manifest(root, DATASET, read_manifest(root, DATASET)[::-1])  # same rows, other order
+    again = extract(DATASET, _cfg(root))
+    assert (again["reused"], again["processed"]) == (12, 0)
+    assert index_paths(root, DATASET)[0].read_bytes() == index_paths(fresh, DATASET)[0].read_bytes()

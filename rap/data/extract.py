@@ -303,7 +303,8 @@ def extract_shard(
     head, done = _read_rows(out, dataset, data_cfg)
     recorded = {r.get("key"): r for r in done}
     recorded.update((r.get("key"), r) for r in _read_rows(journal, dataset, data_cfg)[1])
-    rows = {it.pos: recorded[it.key] for it in items if _reusable(recorded.get(it.key), it, root)}
+    # at the item's position now (a manifest rewritten with other rows moves it)
+    rows = {it.pos: {**recorded[it.key], "p": it.pos} for it in items if _reusable(recorded.get(it.key), it, root)}
     n_proc = processes or processes_for(data_cfg)
     summary = {
         "dataset": dataset,
@@ -393,12 +394,12 @@ def _shard_rows(root: Path, dataset: str, cfg: DataConfig, items: list[Item], sh
         if not path.is_file():
             raise DataError(f"{path}: shard {shard}/{shards} of {dataset} is not finished; {redo}")
         head, done = _read_rows(path, dataset, cfg)
-        expected = [(it.key, it.digest) for it in shard_items(items, shard, shards)]
+        mine = shard_items(items, shard, shards)
         if head is None or (head["shard"], head["shards"]) != (shard, shards):
             raise DataError(f"{path}: made with other store settings ({_settings(cfg)} now); {redo}")
-        if [(r["key"], r["digest"]) for r in done] != expected:
+        if [(r["key"], r["digest"]) for r in done] != [(it.key, it.digest) for it in mine]:
             raise DataError(f"{path}: made from another manifest ({manifest_path(root, dataset)} changed); {redo}")
-        rows.update((r["p"], r) for r in done)
+        rows.update((it.pos, r) for it, r in zip(mine, done))
     return rows
 
 
