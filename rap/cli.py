@@ -135,12 +135,42 @@ def cmd_import(args: argparse.Namespace) -> None:
     print(import_copy(args.dataset, Path(args.path), params.cfg.data)["message"])
 
 
+def _shard_arg(value: str) -> tuple[int, int]:
+    """``--shard I/N`` -> (I, N), with 0 <= I < N."""
+    i, sep, n = value.partition("/")
+    try:
+        shard, shards = int(i), int(n)
+    except ValueError:
+        shard = shards = -1
+    if not sep or not (shards >= 1 and 0 <= shard < shards):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected I/N with N >= 1 and 0 <= I < N (e.g. 0/4)")
+    return shard, shards
+
+
+def _positive_int(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected an integer >= 1")
+    return n
+
+
 def cmd_extract(args: argparse.Namespace) -> None:
     params = _params(args)
-    from rap.data.extract import extract
+    from rap.data import extract
 
-    summary = extract(args.dataset, params.cfg.data)
+    cfg = params.cfg.data
+    if args.merge is not None:
+        summary = extract.merge(args.dataset, cfg, args.merge)
+    elif args.shard is not None and args.shard[1] > 1:
+        summary = extract.extract_shard(args.dataset, cfg, *args.shard, stop_after=args.stop_after)
+    else:  # unsharded, or --shard 0/1: the one shard and its merge
+        summary = extract.extract(args.dataset, cfg, stop_after=args.stop_after)
     print(summary)
+    if not summary.get("complete", True):
+        print(f"stopped after --stop-after {args.stop_after} items; run the same command again to go on")
 
 
 def _check_not_locked(out: str, *, is_file: bool = False, force: bool, how_to_force: str) -> None:
@@ -298,6 +328,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("extract", parents=[common], help="probe videos, index usable clips, build the frame store")
     p.add_argument("dataset", choices=ALL_DATASETS)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--shard",
+        type=_shard_arg,
+        metavar="I/N",
+        help="do only the items at manifest positions p with p %% N == I and write their shard file "
+        "(index/DATASET.shards/I-of-N.jsonl); then --merge N makes the index",
+    )
+    how.add_argument("--merge", type=_positive_int, metavar="N", help="make the index of the N finished shards")
+    p.add_argument(
+        "--stop-after",
+        type=_positive_int,
+        metavar="K",
+        help="do at most K new items, then stop (a time-boxed job); the next run resumes where it stopped",
+    )
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("pretrain", parents=[common], help="pre-train RaP (torchrun-aware)")

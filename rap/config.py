@@ -276,7 +276,12 @@ class DataConfig:
     sampling_train: Sampling = "rand"
     sampling_eval: Sampling = "uniform"
     image_size: int = 256
+    # loader workers; also caps `rap extract`'s process pool (at most the CPUs the job has; 0: one
+    # process) and sets the CPUs the Snakemake extract job reserves
     num_workers: int = 4
+    # `rap extract --shard I/N` jobs of the Snakemake workflow per dataset (rap/data/extract.py);
+    # 1: one job, unsharded
+    extract_shards: int = 1
     frame_store: bool = True  # train from pre-extracted frames rather than decoding videos
     store_fps: float = 2.0  # frame rate of the pre-extracted store
     # npy: raw uint8 frames, memory-mapped (fastest, ~10 MB per 15 s clip at 256 px); jpeg: one
@@ -310,6 +315,7 @@ class DataConfig:
         _check(self.frames_eval >= 1, "data.frames_eval", self.frames_eval, "must be >= 1")
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _check(self.extract_shards >= 1, "data.extract_shards", self.extract_shards, "must be >= 1")
         _check(self.store_format in ("npy", "jpeg"), "data.store_format", self.store_format, "must be npy or jpeg")
         _check(
             1 <= self.store_jpeg_quality <= 100,

@@ -13,6 +13,7 @@ from rap.config import ConfigError, DataConfig, ScaleConfig, TextConfig
 from rap.data import store, synthetic
 from rap.data.datasets import build_eval_set, build_finetune_loader
 from rap.data.extract import extract
+from rap.data.manifest import digest_file
 from rap.data.records import read_index
 from rap.model.tokenizer import build_tokenizer
 from rap.model.video import normalize_frames
@@ -134,9 +135,9 @@ def test_store_paths_are_keyed_by_format_and_quality_and_config_checks(tmp_path)
         store.store_relpath(*args, fmt="png", quality=90)
     # a clip replaced at the same path (a regenerated corpus) gets a store file of its own
     (tmp_path / "v.mp4").write_bytes(b"first clip")
-    first = store.store_relpath(*args, fmt="npy", quality=90, source_digest=store.source_digest(tmp_path / "v.mp4"))
+    first = store.store_relpath(*args, fmt="npy", quality=90, source_digest=digest_file(tmp_path / "v.mp4"))
     (tmp_path / "v.mp4").write_bytes(b"second clip")
-    second = store.store_relpath(*args, fmt="npy", quality=90, source_digest=store.source_digest(tmp_path / "v.mp4"))
+    second = store.store_relpath(*args, fmt="npy", quality=90, source_digest=digest_file(tmp_path / "v.mp4"))
     assert first != second and first != npy and first.rsplit("/", 1)[0] == npy.rsplit("/", 1)[0]
     assert DataConfig().store_format == "jpeg"  # the paper-scale default
     with pytest.raises(ConfigError, match="store_jpeg_quality"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 import yaml
@@ -29,6 +30,7 @@ from helpers.snakemake import (
     snakemake_dry_run,
     snakemake_jobs,
     tiny_params,
+    workflow_env,
 )
 
 
@@ -87,6 +89,11 @@ def test_dry_run_paper_scale_slurm_profile(tmp_path):
     )
     # the file's partition for GPU rules, the default one for CPU rules
     assert re.search(r"rule extract:\n(?:.*\n)*?\s+resources: .*slurm_partition=cpu", out)
+    # extraction as a job array: data.extract_shards jobs per dataset, then their merge
+    n = params.cfg.data.extract_shards
+    assert n > 1 and f"rap extract webvid --shard {n - 1}/{n} --params params.yaml" in out
+    assert f"rap extract webvid --merge {n} --params params.yaml" in out
+    assert re.search(r"rule extract_shard:\n(?:.*\n)*?\s+resources: .*slurm_partition=cpu", out)
     # training jobs get SIGURG before their time limit (the profile's preemption set-up)
     assert re.search(r"rule pretrain:\n(?:.*\n)*?\s+resources: .*slurm_extra=--signal=URG@120", out)
     # fine-tuning on one node of 8 GPUs: one task, rap starts torchrun itself
@@ -151,3 +158,31 @@ def test_unknown_workflow_config_key(tmp_path):
     shutil.copyfile(REPO / "params.yaml", tmp_path / "params.yaml")
     proc = run_snakemake(tmp_path, "-n", "--cores", "1", "--config", "lambda=2.0", timeout=120)
     assert proc.returncode != 0 and "unknown key(s) ['lambda']" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_sharded_extraction_runs_for_real(tmp_path):
+    """data.extract_shards 3: three `rap extract --shard I/3` jobs and the merge, for real; the
+    index is byte-identical to the one of the unsharded command (dvc.yaml's), run beside it."""
+    params_file = tiny_params(tmp_path, {"data.extract_shards": 3})
+    proc = run_snakemake(tmp_path, "data/index/msrvtt.jsonl", "--cores", "2", "--config", f"params={params_file.name}")
+    logs = "\n".join(f"== {p}\n{p.read_text()[-2000:]}" for p in sorted(tmp_path.glob("logs/**/*.log")))
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stderr[-6000:]}\n{logs}"
+    assert "5 of 5 steps (100%) done" in proc.stderr  # download, 3 shards, the merge
+    assert sorted(p.name for p in (tmp_path / "data/index/msrvtt.shards").glob("?-of-3.jsonl")) == [
+        "0-of-3.jsonl",
+        "1-of-3.jsonl",
+        "2-of-3.jsonl",
+    ]
+    sharded = (tmp_path / "data/index/msrvtt.jsonl").read_bytes()
+    (tmp_path / "data/index").rename(tmp_path / "data/index-sharded")
+    one = subprocess.run(
+        ["rap", "extract", "msrvtt", "--params", params_file.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=workflow_env(),
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert (tmp_path / "data/index/msrvtt.jsonl").read_bytes() == sharded

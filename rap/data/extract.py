@@ -6,15 +6,36 @@ with cleaned captions + probe info + store file), ``index/<dataset>.bad.jsonl`` 
 unusable (split, clip) with the reason), ``frames/<dataset>/...`` (store.py).
 Stops with :class:`DataError` (after writing the ``.bad.jsonl``, without an index) when the
 unusable fraction of the dataset's distinct clips exceeds ``data.max_bad_fraction``.
+
+In parallel and in shards (issue 17). The items are the distinct media files of the manifest,
+each at its manifest position p. ``rap extract DATASET --shard I/N`` does the items with
+``p % N == I`` in a process pool (:func:`processes_for`: the CPUs the job has, at most
+``data.num_workers``) and, once they are all done, writes what it found for each (probe, store
+file, or why it is unusable) to ``index/<dataset>.shards/<I>-of-<N>.jsonl`` atomically;
+``--merge N`` makes the index of the N shard files; ``rap extract DATASET`` is shard 0/1 and its
+merge. The index is a function of the items' results taken in manifest order: byte-identical
+whatever the process and shard counts.
+
+Restart: each item's result is also appended to the shard's journal
+(``<I>-of-<N>.journal.jsonl``) as it arrives. A rerun takes an item's result from the shard file
+or the journal when its manifest row has the same key and content digest (the manifest's
+``sha256``, computed once by ``rap download`` / ``rap import``), the store settings are the same
+and its store file has the size recorded (one stat): no probe, no hash. A finished shard whose
+items all pass is left as it is. An unusable item's result is kept too: the same bytes fail the
+same way; a new download of it changes its digest, and it is tried again.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import multiprocessing
+import os
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -22,11 +43,39 @@ from rap.atomic import write_text_atomic
 from rap.config import DataConfig
 from rap.data import decode, ground_truth, store
 from rap.data.adapters import SPLITS
-from rap.data.manifest import local_file, manifest_records
-from rap.data.records import ClipRecord, DataError, IndexEntry, ProbeInfo, clean_captions, index_paths
+from rap.data.manifest import TAR_SEP, local_file, manifest_path, manifest_records, read_manifest
+from rap.data.manifest import _relative as manifest_relpath
+from rap.data.records import (
+    ClipRecord,
+    DataError,
+    IndexEntry,
+    ProbeInfo,
+    clean_captions,
+    index_paths,
+    shard_index_path,
+)
 from rap.data.records import _rel as index_relpath
 
 log = logging.getLogger(__name__)
+
+# Version of the shard files' and journals' rows: files of another version are not read (their
+# items are done again), so a change in what a row means never reuses stale results.
+SHARD_FORMAT = 1
+# Pool start method: never fork, since the caller may hold threads (torch, a decoder) that a forked
+# child would inherit mid-lock; the forkserver forks from a clean single-threaded process.
+_START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One distinct media file to extract: its manifest position and row (the media's path
+    relative to data.root, ``<tar>::<member>`` for a member of a tar, and the content digest),
+    and the first record that lists it."""
+
+    pos: int
+    key: str
+    digest: str
+    record: ClipRecord
 
 
 @dataclass
@@ -36,15 +85,10 @@ class _Probed:
     reason: str | None
 
 
-def _probe_and_store(rec: ClipRecord, dataset: str, cfg: DataConfig, root: Path) -> tuple[_Probed, int]:
-    """Probe one clip and, when asked, write its store file. Returns (result, bytes written)."""
-    with local_file(rec.path) as media:  # a member of an imported tar shard: a temporary copy
-        return _probe_and_store_file(rec, media, dataset, cfg, root)
-
-
 def _probe_and_store_file(
-    rec: ClipRecord, media: Path, dataset: str, cfg: DataConfig, root: Path
+    rec: ClipRecord, media: Path, dataset: str, cfg: DataConfig, root: Path, digest: str
 ) -> tuple[_Probed, int]:
+    """Probe one clip and, when asked, write its store file. Returns (result, bytes written)."""
     try:
         info = decode.probe(media)
     except decode.DecodeError as err:
@@ -52,7 +96,8 @@ def _probe_and_store_file(
     if not cfg.frame_store:
         return _Probed(info, None, None), 0
     # keyed by the clip's path as the index writes it (relative to data.root): the store's names,
-    # and so its DVC hash, do not depend on where the data directory lives
+    # and so its DVC hash, do not depend on where the data directory lives; and by the manifest's
+    # content digest (no second read of the file to hash it)
     rel = store.store_relpath(
         dataset,
         Path(index_relpath(rec.path, root)),
@@ -61,7 +106,7 @@ def _probe_and_store_file(
         cfg.store_fps,
         fmt=cfg.store_format,
         quality=cfg.store_jpeg_quality,
-        source_digest=store.source_digest(media),
+        source_digest=digest,
     )
     dest = root / rel
     if store.is_complete(dest):
@@ -75,6 +120,245 @@ def _probe_and_store_file(
     except decode.DecodeError as err:
         return _Probed(None, None, str(err)), 0
     return _Probed(info, rel, None), store.write_clip(dest, frames, quality=cfg.store_jpeg_quality)
+
+
+def extract_item(dataset: str, cfg: DataConfig, root: Path, item: Item) -> tuple[dict[str, Any], int]:
+    """Probe (and store) one item in whichever process runs it; returns (its row, bytes written).
+    The row is what the shard file and the journal record and the merge reads."""
+    with local_file(item.record.path) as media:  # a member of an imported tar shard: a temporary copy
+        probed, written = _probe_and_store_file(item.record, media, dataset, cfg, root, item.digest)
+    return {
+        "p": item.pos,
+        "key": item.key,
+        "digest": item.digest,
+        "id": item.record.video_id,
+        "info": None if probed.info is None else list(astuple(probed.info)),
+        "store": probed.store,
+        "size": (root / probed.store).stat().st_size if probed.store else None,
+        "reason": probed.reason,
+    }, written
+
+
+# ---------------------------------------------------------------------------------------
+# Items, shards, processes
+# ---------------------------------------------------------------------------------------
+
+
+def _records(root: Path, dataset: str, cfg: DataConfig) -> list[ClipRecord]:
+    """Every (split, clip) record whose media arrived (rap download / rap import wrote the
+    manifest), not every listed item."""
+    splits = SPLITS.get(dataset, ())
+    if not splits:
+        raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(SPLITS)}")
+    return [r for s in splits for r in manifest_records(root, dataset, s, check_sizes=cfg.check_sizes)]
+
+
+def items_of(root: Path, dataset: str, records: Iterable[ClipRecord]) -> list[Item]:
+    """The distinct media files of ``records`` in manifest order (the first row of a file and
+    the first record listing it win)."""
+    rows: dict[str, tuple[int, str, str]] = {}
+    for pos, e in enumerate(read_manifest(root, dataset)):
+        row = (pos, f"{e.path}{TAR_SEP}{e.member}" if e.member else e.path, e.digest)
+        rows.setdefault(str(e.media_path(root)), row)  # a web dataset's records: the media path itself
+        if not e.member:
+            rows.setdefault(e.path, row)  # the annotation's records: found by path under data.root
+    items: dict[Path, Item] = {}
+    for r in records:
+        if r.path in items:
+            continue
+        row = rows.get(str(r.path)) or rows.get(_relpath(r.path, root))
+        if row is None:
+            raise DataError(f"{manifest_path(root, dataset)}: no row for {r.path} (listed by {dataset}'s records)")
+        items[r.path] = Item(row[0], row[1], row[2], r)
+    return sorted(items.values(), key=lambda it: it.pos)
+
+
+def _relpath(path: Path, root: Path) -> str:
+    try:
+        return manifest_relpath(path, root)
+    except ValueError:  # outside data.root (an imported copy): matched by its full path only
+        return str(path)
+
+
+def check_shard(shard: int, shards: int) -> None:
+    if not (shards >= 1 and 0 <= shard < shards):
+        raise DataError(f"shard {shard}/{shards}: expected I/N with N >= 1 and 0 <= I < N")
+
+
+def shard_items(items: list[Item], shard: int, shards: int) -> list[Item]:
+    """The items of shard ``shard`` of ``shards``: manifest positions p with p % shards == shard."""
+    check_shard(shard, shards)
+    return [it for it in items if it.pos % shards == shard]
+
+
+def processes_for(cfg: DataConfig) -> int:
+    """Extraction processes: the CPUs this job may run on (its affinity mask: what SLURM's CPU
+    binding leaves it), at most ``data.num_workers``; one when that is 0."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, cfg.num_workers))
+
+
+def _results(work: Callable[[Item], Any], todo: list[Item], processes: int) -> Iterator[Any]:
+    """``work`` over ``todo``: here with one process, else in a pool (results as they finish,
+    in any order: the caller orders them by manifest position)."""
+    if processes <= 1 or len(todo) <= 1:
+        yield from map(work, todo)
+        return
+    procs = min(processes, len(todo))
+    chunk = max(1, min(16, len(todo) // (procs * 4)))  # small chunks: even load, steady journal
+    ctx = multiprocessing.get_context(_START_METHOD)
+    if _START_METHOD == "forkserver":  # the decoders are imported once, in the server, not per worker
+        ctx.set_forkserver_preload([__name__])
+    with ctx.Pool(procs) as pool:
+        yield from pool.imap_unordered(work, todo, chunksize=chunk)
+
+
+# ---------------------------------------------------------------------------------------
+# Shard files and journals
+# ---------------------------------------------------------------------------------------
+
+
+def _settings(cfg: DataConfig) -> dict[str, Any]:
+    """What an item's result depends on besides its bytes: a change makes recorded rows stale."""
+    return {
+        "frame_store": cfg.frame_store,
+        "image_size": cfg.image_size,
+        "store_fps": cfg.store_fps,
+        "store_format": cfg.store_format,
+        "store_jpeg_quality": cfg.store_jpeg_quality,
+    }
+
+
+def _header(dataset: str, cfg: DataConfig, shard: int, shards: int, n_items: int) -> dict[str, Any]:
+    return {
+        "format": SHARD_FORMAT,
+        "dataset": dataset,
+        "shard": shard,
+        "shards": shards,
+        "items": n_items,
+        "settings": _settings(cfg),
+    }
+
+
+def _journal_path(shard_file: Path) -> Path:
+    return shard_file.with_name(shard_file.name.replace(".jsonl", ".journal.jsonl"))
+
+
+def _read_rows(path: Path, dataset: str, cfg: DataConfig) -> tuple[dict | None, list[dict]]:
+    """(header, rows) of a shard file or journal; (None, []) when absent or made by another
+    format or other settings. A torn last line (a kill in mid-append) ends the rows."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return None, []
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break
+    if not rows:
+        return None, []
+    head = rows[0]
+    ok = isinstance(head, dict) and head.get("format") == SHARD_FORMAT and head.get("dataset") == dataset
+    if not ok or head.get("settings") != _settings(cfg):
+        return None, []
+    return head, rows[1:]
+
+
+def _reusable(row: dict | None, item: Item, root: Path) -> bool:
+    """A recorded result that still holds: same content (manifest digest), same record, and its
+    store file (if any) still of the size it was written with (a stat, not a read)."""
+    if row is None or row.get("digest") != item.digest or row.get("id") != item.record.video_id:
+        return False
+    if row.get("store") is None:
+        return True
+    try:
+        return (root / row["store"]).stat().st_size == row["size"]
+    except OSError:
+        return False
+
+
+def _write_rows(path: Path, head: dict, rows: Iterable[dict]) -> None:
+    # ASCII escapes: a path or reason holding undecodable bytes (lone surrogates) round-trips
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in [head, *rows]))
+
+
+def extract_shard(
+    dataset: str,
+    data_cfg: DataConfig,
+    shard: int,
+    shards: int,
+    *,
+    processes: int | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Probe (and store) the items of shard ``shard``/``shards``; once all are done, write the
+    shard file. ``stop_after``: do at most that many new items, then stop (the shard is then not
+    complete; a rerun resumes from the journal). Returns a summary dict of counts."""
+    root = Path(data_cfg.root)
+    items = shard_items(items_of(root, dataset, _records(root, dataset, data_cfg)), shard, shards)
+    out = shard_index_path(root, dataset, shard, shards)
+    journal = _journal_path(out)
+    head, done = _read_rows(out, dataset, data_cfg)
+    recorded = {r.get("key"): r for r in done}
+    recorded.update((r.get("key"), r) for r in _read_rows(journal, dataset, data_cfg)[1])
+    # at the item's position now (a manifest rewritten with other rows moves it)
+    rows = {it.pos: {**recorded[it.key], "p": it.pos} for it in items if _reusable(recorded.get(it.key), it, root)}
+    n_proc = processes or processes_for(data_cfg)
+    summary = {
+        "dataset": dataset,
+        "shard": f"{shard}/{shards}",
+        "items": len(items),
+        "reused": len(rows),
+        "processed": 0,
+        "processes": n_proc,
+        "store_bytes_written": 0,
+        "shard_index": str(out),
+    }
+    same = head is not None and (head["shard"], head["shards"]) == (shard, shards)
+    if (
+        same
+        and len(rows) == len(items)
+        and [(r["key"], r["digest"]) for r in done] == [(it.key, it.digest) for it in items]
+    ):
+        return {**summary, "bad": sum(r["reason"] is not None for r in done), "complete": True}
+    todo = [it for it in items if it.pos not in rows]
+    todo = todo if stop_after is None else todo[: max(0, stop_after)]
+    new_head = _header(dataset, data_cfg, shard, shards, len(items))
+    # the journal restarts from what still holds (a torn line or a stale row dropped), then grows
+    _write_rows(journal, new_head, (rows[it.pos] for it in items if it.pos in rows))
+    work = functools.partial(extract_item, dataset, data_cfg, root)
+    desc = f"extract {dataset}" + (f" {shard}/{shards}" if shards > 1 else "")
+    with (
+        journal.open("a", encoding="utf-8") as jf,
+        tqdm(total=len(items), initial=len(rows), desc=desc, unit="clip") as bar,
+    ):
+        for row, nbytes in _results(work, todo, n_proc):
+            jf.write(json.dumps(row) + "\n")
+            jf.flush()  # a kill loses at most the item in flight
+            rows[row["p"]] = row
+            summary["processed"] += 1
+            summary["store_bytes_written"] += nbytes
+            bar.update()
+    complete = len(rows) == len(items)
+    if complete:
+        _write_rows(out, new_head, (rows[it.pos] for it in items))
+    else:
+        log.info(
+            "extract %s %d/%d: stopped with %d of %d items left",
+            dataset,
+            shard,
+            shards,
+            len(items) - len(rows),
+            len(items),
+        )
+    return {**summary, "bad": sum(r["reason"] is not None for r in rows.values()), "complete": complete}
+
+
+# ---------------------------------------------------------------------------------------
+# The merge: index, bad list, ground truth
+# ---------------------------------------------------------------------------------------
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -101,43 +385,53 @@ def _under(paths: set[str], root: Path, raw: Path) -> list[Path]:
     return out
 
 
-def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | None = None) -> dict:
-    """Probe (and store) every clip of ``dataset``; returns a summary dict of counts."""
+def _shard_rows(root: Path, dataset: str, cfg: DataConfig, items: list[Item], shards: int) -> dict[int, dict]:
+    """Every item's row from the ``shards`` shard files, each checked against the manifest."""
+    rows: dict[int, dict] = {}
+    for shard in range(shards):
+        path = shard_index_path(root, dataset, shard, shards)
+        redo = f"run `rap extract {dataset} --shard {shard}/{shards}`"
+        if not path.is_file():
+            raise DataError(f"{path}: shard {shard}/{shards} of {dataset} is not finished; {redo}")
+        head, done = _read_rows(path, dataset, cfg)
+        mine = shard_items(items, shard, shards)
+        if head is None or (head["shard"], head["shards"]) != (shard, shards):
+            raise DataError(f"{path}: made with other store settings ({_settings(cfg)} now); {redo}")
+        if [(r["key"], r["digest"]) for r in done] != [(it.key, it.digest) for it in mine]:
+            raise DataError(f"{path}: made from another manifest ({manifest_path(root, dataset)} changed); {redo}")
+        rows.update((it.pos, r) for it, r in zip(mine, done))
+    return rows
+
+
+def merge(dataset: str, data_cfg: DataConfig, shards: int, *, store_bytes_written: int = 0) -> dict[str, Any]:
+    """Write the index, the bad list and the ground truth of ``dataset`` from its ``shards``
+    shard files; returns a summary dict of counts."""
     root = Path(data_cfg.root)
-    splits = splits or SPLITS.get(dataset, ())
-    if not splits:
-        raise DataError(f"unknown dataset {dataset!r}; expected one of {tuple(SPLITS)}")
-    # what arrived (rap download / rap import wrote the manifest), not every listed item
-    records = [r for s in splits for r in manifest_records(root, dataset, s, check_sizes=data_cfg.check_sizes)]
-    unique: dict[Path, ClipRecord] = {}
-    for r in records:
-        unique.setdefault(r.path, r)
-    probed: dict[Path, _Probed] = {}
-    written = 0
-    for path, rec in tqdm(unique.items(), desc=f"extract {dataset}", unit="clip"):
-        probed[path], nbytes = _probe_and_store(rec, dataset, data_cfg, root)
-        written += nbytes
+    records = _records(root, dataset, data_cfg)
+    items = items_of(root, dataset, records)
+    rows = _shard_rows(root, dataset, data_cfg, items, shards)
+    probed = {it.record.path: rows[it.pos] for it in items}
     good, bad, dropped = [], [], 0
     per_split: Counter = Counter()
     for r in records:
-        p = probed[r.path]
+        row = probed[r.path]
         caps, n_drop = clean_captions(r.captions)
         dropped += n_drop
-        reason = p.reason or (None if caps else f"no usable caption in {r.captions!r:.100}")
+        reason = row["reason"] or (None if caps else f"no usable caption in {r.captions!r:.100}")
         if reason:
             bad.append({"video_id": r.video_id, "path": str(r.path), "split": r.split, "reason": reason})
             continue
         rec = ClipRecord(r.video_id, r.path, caps, r.split, r.kind)
-        good.append(IndexEntry(rec, p.info, p.store).to_json(root))
+        good.append(IndexEntry(rec, ProbeInfo(*row["info"]), row["store"]).to_json(root))
         per_split[r.split] += 1
     index_path, bad_path = index_paths(root, dataset)
     _write_jsonl(bad_path, bad)
     bad_videos = {b["path"] for b in bad}
-    frac = len(bad_videos) / max(1, len(unique))
+    frac = len(bad_videos) / max(1, len(items))
     summary = {
         "dataset": dataset,
         "records": len(records),
-        "videos": len(unique),
+        "videos": len(items),
         "usable": len(good),
         "bad": len(bad),
         "bad_videos": len(bad_videos),
@@ -146,7 +440,8 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
         "per_split": dict(per_split),
         "frame_store": data_cfg.frame_store,
         "store_format": data_cfg.store_format,
-        "store_bytes_written": written,
+        "store_bytes_written": store_bytes_written,
+        "shards": shards,
         "index": str(index_path),
         "bad_index": str(bad_path),
     }
@@ -157,7 +452,7 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
             index_path.unlink()  # a stale index must not let training go on with this data
         reasons = Counter(b["reason"].split(": ", 1)[-1].split(" (")[0] for b in bad)
         raise DataError(
-            f"{dataset}: {len(bad_videos)}/{len(unique)} clips unusable ({frac:.1%} > "
+            f"{dataset}: {len(bad_videos)}/{len(items)} clips unusable ({frac:.1%} > "
             f"data.max_bad_fraction={data_cfg.max_bad_fraction:.1%}); see {bad_path}; "
             f"e.g. {bad[0]['path']}: {bad[0]['reason']}; reasons: {dict(reasons.most_common(3))}"
         )
@@ -165,3 +460,16 @@ def extract(dataset: str, data_cfg: DataConfig, *, splits: tuple[str, ...] | Non
     _write_truth_index(root, dataset, {r["path"] for r in good})
     log.info("extract %s: %s", dataset, summary)
     return summary
+
+
+def extract(
+    dataset: str, data_cfg: DataConfig, *, processes: int | None = None, stop_after: int | None = None
+) -> dict[str, Any]:
+    """Probe (and store) every clip of ``dataset`` and write its index: shard 0/1, then its
+    merge (:func:`extract_shard`, :func:`merge`). Returns a summary dict of counts; with
+    ``stop_after`` items done before the end, the shard's summary (``complete`` False, no index)."""
+    part = extract_shard(dataset, data_cfg, 0, 1, processes=processes, stop_after=stop_after)
+    if not part["complete"]:
+        return part
+    summary = merge(dataset, data_cfg, 1, store_bytes_written=part["store_bytes_written"])
+    return {**summary, **{k: part[k] for k in ("reused", "processed", "processes")}}

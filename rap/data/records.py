@@ -102,6 +102,12 @@ def index_paths(root: str | Path, dataset: str) -> tuple[Path, Path]:
     return idx / f"{dataset}.jsonl", idx / f"{dataset}.bad.jsonl"
 
 
+def shard_index_path(root: str | Path, dataset: str, shard: int, shards: int) -> Path:
+    """``index/<dataset>.shards/<I>-of-<N>.jsonl``: what ``rap extract DATASET --shard I/N``
+    found for each of its items (rap/data/extract.py); the merge of the N makes the index."""
+    return Path(root) / "index" / f"{dataset}.shards" / f"{shard}-of-{shards}.jsonl"
+
+
 def read_index(root: str | Path, dataset: str, split: str | None = None) -> list[IndexEntry]:
     """Usable clips of ``dataset`` (optionally one split) as written by ``rap extract``."""
     return list(iter_index(root, dataset, split))

@@ -49,26 +49,17 @@ def store_relpath(
     """``frames/<dataset>/<size>px-<fps>fps[-jpeg<q>]/<xx>/<id>-<hash>[-<src>].<npy|jpgs>``: keyed
     by the clip's path (ids of different splits may repeat; extract passes it relative to the data
     root, so the names do not depend on where the tree lives), by the clip file's content
-    (``source_digest``, :func:`source_digest`: a video replaced at the same path, e.g. a
-    regenerated corpus, never reuses the old one's frames) and by every store setting (changing
-    the size, rate, format or JPEG quality never reuses stale frames); two-character fan-out
-    keeps directories small at 2.5M clips."""
+    (``source_digest``: the manifest's ``sha256:<hex>`` of its bytes, rap/data/manifest.py; a
+    video replaced at the same path, e.g. a regenerated corpus, never reuses the old one's
+    frames) and by every store setting (changing the size, rate, format or JPEG quality never
+    reuses stale frames); two-character fan-out keeps directories small at 2.5M clips."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown frame-store format {fmt!r}; expected one of {tuple(FORMATS)}")
     h = hashlib.sha1(str(clip_path).encode("utf-8", "surrogateescape")).hexdigest()
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id)[:80]
     setting = f"{image_size}px-{store_fps:g}fps" + (f"-jpeg{quality}" if fmt == "jpeg" else "")
-    src = f"-{source_digest[:10]}" if source_digest else ""
+    src = f"-{source_digest.rpartition(':')[2][:10]}" if source_digest else ""
     return f"frames/{dataset}/{setting}/{h[:2]}/{safe}-{h[:10]}{src}{FORMATS[fmt]}"
-
-
-def source_digest(path: Path, chunk: int = 1 << 20) -> str:
-    """sha1 of a clip file's bytes (read once more beside decoding; names its store file)."""
-    digest = hashlib.sha1()
-    with Path(path).open("rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def store_indices(info: ProbeInfo, store_fps: float) -> list[int]:

@@ -99,6 +99,9 @@ def expected_jobs(params) -> set[str]:
         zeroshot.add("msrvtt")
     jobs = {"all", "pretrain", "tables", "figure", "speed"}
     jobs |= {f"download@{d}" for d in cfg.datasets} | {f"extract@{d}" for d in cfg.datasets}
+    if cfg.data.extract_shards > 1:  # one job per shard, then the merge (extract@dataset)
+        n = cfg.data.extract_shards
+        jobs |= {f"extract_shard@dataset={d},shard={i}" for d in cfg.datasets for i in range(n)}
     jobs |= {f"evaluate_zeroshot@{d}" for d in zeroshot}
     jobs |= {f"{r}@{t}" for t in cfg.finetune.tasks for r in ("finetune", "evaluate_finetuned")}
     jobs |= {f"{r}@{n}" for n in params.ablations for r in ("pretrain_ablation", "evaluate_ablation")}

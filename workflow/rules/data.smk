@@ -24,9 +24,33 @@ rule download:
         f"rap download {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1 && touch {{output.marker}}"
 
 
-rule extract:
+# data.extract_shards N > 1: N jobs `rap extract DATASET --shard I/N` (each over the CPUs it
+# reserves: rap/data/extract.py), then the merge `rap extract DATASET --merge N` makes the index.
+# N = 1: one job `rap extract DATASET` (its one shard and the merge), the command of dvc.yaml.
+
+
+rule extract_shard:
     input:
         f"{DATA}/manifest/{{dataset}}.jsonl",
+    output:
+        extract_shard_file("{dataset}", "{shard}"),
+    log:
+        "logs/extract/{dataset}.{shard}.log",
+    wildcard_constraints:
+        shard=r"\d+",
+    conda:
+        RAP_ENV
+    threads: max(1, CFG.data.num_workers)
+    resources:
+        **cluster("extract"),
+    shell:
+        f"rap extract {{wildcards.dataset}} --shard {{wildcards.shard}}/{CFG.data.extract_shards} "
+        f"{RAP_PARAMS} > {{log}} 2>&1"
+
+
+rule extract:
+    input:
+        extract_input,
     output:
         f"{DATA}/index/{{dataset}}.jsonl",
         f"{DATA}/index/{{dataset}}.truth.jsonl",
@@ -34,8 +58,8 @@ rule extract:
         "logs/extract/{dataset}.log",
     conda:
         RAP_ENV
-    threads: max(1, CFG.data.num_workers)
+    threads: 1 if CFG.data.extract_shards > 1 else max(1, CFG.data.num_workers)
     resources:
         **cluster("extract"),
     shell:
-        f"rap extract {{wildcards.dataset}} {RAP_PARAMS} > {{log}} 2>&1"
+        f"rap extract {{wildcards.dataset}}{extract_merge_flag()} {RAP_PARAMS} > {{log}} 2>&1"
