@@ -42,6 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.legacy_index import forked_private_kb, old_batch  # noqa: E402  (the references the tests check)
+
 TARGETS = {"rss_mb": 1024.0, "worker_mb": 100.0, "sampler_ms": 1.0}  # issue 17, point 4
 WORLD, BATCH = 64, 64
 ROOT_NAME = "data"  # index paths are relative to the data root; the loaders make them absolute
@@ -125,33 +128,6 @@ def _status_kb(key: str, pid: int | str = "self") -> int:
     raise RuntimeError(f"/proc/{pid}/status: no {key}")
 
 
-def _private_dirty_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Private_Dirty:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/{pid}/smaps_rollup: no Private_Dirty")
-
-
-def _forked_worker_kb(touch) -> int:
-    """Private_Dirty (kB) of a forked child after ``touch()`` and a full gc."""
-    gc.collect()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            touch()
-            gc.collect()
-            os.write(w, str(_private_dirty_kb(os.getpid())).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        kb = int(f.read())
-    os.waitpid(pid, 0)
-    return kb
-
-
 def _old_load(root: Path, dataset: str) -> tuple[list, list]:
     """main's load_clips + ClipTextDataset before the columns: Clip objects and item tuples."""
     from rap.data.clipindex import Clip  # the same frozen dataclass main had in datasets.py
@@ -187,7 +163,7 @@ def measure(kind: str, root: Path) -> dict:
     from rap.data.datasets import ClipTextDataset, load_clips
 
     gc.collect()
-    control_kb = _forked_worker_kb(lambda: None)
+    control_kb = forked_private_kb(lambda: None)[0]
     before = _status_kb("VmRSS")
     t0 = time.perf_counter()
     if kind == "old":
@@ -202,7 +178,7 @@ def measure(kind: str, root: Path) -> dict:
     gc.collect()
     after, peak = _status_kb("VmRSS"), _status_kb("VmHWM")
     t0 = time.perf_counter()
-    worker_kb = _forked_worker_kb(lambda: (_touch_old if kind == "old" else _touch_new)(sources))
+    worker_kb, _ = forked_private_kb(lambda: (_touch_old if kind == "old" else _touch_new)(sources))
     touch_s = time.perf_counter() - t0
     return {
         "n": n,
@@ -216,24 +192,6 @@ def measure(kind: str, root: Path) -> dict:
         "load_s": load_s,
         "touch_s": touch_s,
     }
-
-
-def _old_batch(s, epoch: int, step: int, sched: np.ndarray) -> list[tuple[int, int, int]]:
-    """MixedBatchSampler.batch as main computed it: a full permutation of the source every
-    step and one SeedSequence per sample (the reference of tests/test_data_mixing.py)."""
-    src = int(sched[step])
-    start = int((sched[:step] == src).sum()) * s.batch_size
-    L = s.shard_len[src]
-    out, cache = [], {}
-    for j in range(s.batch_size):
-        pos = start + j
-        cycle = pos // L
-        if cycle not in cache:
-            perm = np.random.default_rng((s.seed, epoch, src, cycle)).permutation(s.sizes[src])
-            cache[cycle] = np.resize(perm, L * s.world_size)[s.rank :: s.world_size]
-        seed = int(np.random.SeedSequence((s.seed, epoch, step, j, s.rank)).generate_state(1)[0])
-        out.append((src, int(cache[cycle][pos % L]), seed))
-    return out
 
 
 def sampler_costs(sizes: list[int], steps: int) -> dict:
@@ -250,7 +208,7 @@ def sampler_costs(sizes: list[int], steps: int) -> dict:
     old_ms, new_ms, batches = [], [], []
     for t in range(steps):
         t0 = time.perf_counter()
-        batches.append(_old_batch(s, 0, t, sched))
+        batches.append(old_batch(s, 0, t, sched))
         old_ms.append((time.perf_counter() - t0) * 1e3)
     t_epoch = time.perf_counter()
     for t, batch in zip(range(steps), iter(s)):

@@ -3,9 +3,7 @@ forked worker that reads every clip and collects garbage does not copy it."""
 
 from __future__ import annotations
 
-import gc
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,8 @@ from rap.config import DataConfig
 from rap.data.clipindex import Clip, ClipIndex, FloatColumn, StringColumn
 from rap.data.datasets import ClipTextDataset, load_clips
 from rap.data.records import ClipRecord, IndexEntry, ProbeInfo, index_paths, read_index
+
+from helpers.legacy_index import forked_private_kb
 
 
 def _clips(n: int) -> list[Clip]:
@@ -101,32 +101,10 @@ def test_per_caption_items_as_arrays():
     assert [one.item(i) for i in range(len(one))] == [(c, -1) for c in range(len(clips))]
 
 
-def _private_dirty_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Private_Dirty:"):
-            return int(line.split()[1])
-    raise AssertionError(f"/proc/{pid}/smaps_rollup has no Private_Dirty")
-
-
 def _forked_private_kb(clips) -> int:
-    """Private memory (kB) of a forked child after it read every clip and collected garbage
-    (the interpreter's own objects included: compare children of the same process)."""
-    gc.collect()
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        try:
-            n = sum(len(clips[i].record.captions) for i in range(len(clips)))
-            gc.collect()
-            os.write(w, json.dumps([_private_dirty_kb(os.getpid()), n]).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        kb, n = json.loads(f.read())
-    os.waitpid(pid, 0)
-    assert n == sum(len(clips[i].record.captions) for i in range(len(clips)))
+    """Private memory (kB) of a forked child after it read every clip and collected garbage."""
+    kb, n = forked_private_kb(lambda: sum(len(clips[i].record.captions) for i in range(len(clips))))
+    assert int(n) == sum(len(clips[i].record.captions) for i in range(len(clips)))
     return kb
 
 

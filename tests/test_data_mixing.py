@@ -7,6 +7,8 @@ import pytest
 
 from rap.data.mixing import MixedBatchSampler, sample_seeds
 
+from helpers.legacy_index import old_batch
+
 
 def _epoch(s: MixedBatchSampler) -> list[list[tuple[int, int, int]]]:
     return list(s)
@@ -71,25 +73,6 @@ def test_bad_arguments():
         MixedBatchSampler([3], [1.0], 1, seed=0).set_position(0, 99)
 
 
-# The schedule as main computed it before the permutation cache (issue 17): a full permutation
-# per batch and one SeedSequence per sample. Kept here, not in rap/, as the reference.
-def _old_batch(s: MixedBatchSampler, epoch: int, step: int) -> list[tuple[int, int, int]]:
-    sched = s.schedule(epoch)
-    src = int(sched[step])
-    start = int((sched[:step] == src).sum()) * s.batch_size
-    L = s.shard_len[src]
-    out, cache = [], {}
-    for j in range(s.batch_size):
-        pos = start + j
-        cycle = pos // L
-        if cycle not in cache:
-            perm = np.random.default_rng((s.seed, epoch, src, cycle)).permutation(s.sizes[src])
-            cache[cycle] = np.resize(perm, L * s.world_size)[s.rank :: s.world_size]
-        seed = int(np.random.SeedSequence((s.seed, epoch, step, j, s.rank)).generate_state(1)[0])
-        out.append((src, int(cache[cycle][pos % L]), seed))
-    return out
-
-
 @pytest.mark.parametrize(
     "seed,mixing,world,rank",
     [(0, "weighted", 1, 0), (7, "exhaust", 3, 2), (2**40 + 11, "weighted", 4, 1), (123, "exhaust", 2, 0)],
@@ -100,10 +83,10 @@ def test_cached_permutations_give_the_old_batches(seed, mixing, world, rank):
     for epoch in (0, 3, 1):  # an epoch change clears the cache; going back recomputes
         s.set_position(epoch)
         new = list(s)
-        assert new == [_old_batch(s, epoch, t) for t in range(s.steps_per_epoch)]
+        assert new == [old_batch(s, epoch, t, s.schedule(epoch)) for t in range(s.steps_per_epoch)]
         assert s.batch(epoch, s.steps_per_epoch - 1) == new[-1]  # random access after the epoch
     s.set_position(1, step=2)
-    assert list(s) == [_old_batch(s, 1, t) for t in range(2, s.steps_per_epoch)]  # exact resume
+    assert list(s) == [old_batch(s, 1, t, s.schedule(1)) for t in range(2, s.steps_per_epoch)]  # exact resume
 
 
 def test_permutation_cache_stays_small_and_per_epoch():
