@@ -285,8 +285,15 @@ class DataConfig:
     frame_store: bool = True  # train from pre-extracted frames rather than decoding videos
     store_fps: float = 2.0  # frame rate of the pre-extracted store
     # npy: raw uint8 frames, memory-mapped (fastest, ~10 MB per 15 s clip at 256 px); jpeg: one
-    # JPEG per frame in one file per clip (~17x smaller at q90; rap/data/store.py, bench_loader.py)
-    store_format: Literal["npy", "jpeg"] = "jpeg"
+    # JPEG per frame in one file per clip (~17x smaller at q90; rap/data/store.py, bench_loader.py);
+    # wds / wds-npy: the jpeg / npy clips packed into tar shards of wds_shard_clips clips (thousands
+    # of files at the paper scale instead of millions)
+    store_format: Literal["npy", "jpeg", "wds", "wds-npy"] = "wds"
+    # clips per tar shard (wds formats): the manifest positions [c * n, (c + 1) * n) make tar c.
+    # Not listed in dvc.yaml's extract params (the embedded scale does not write it; listing it
+    # would need it there and make the committed dvc.lock stale): `rap extract` itself notices a
+    # change and redoes the tars
+    wds_shard_clips: int = 1000
     store_jpeg_quality: int = 90
     max_bad_fraction: float = 0.05  # stop when more of a dataset than this is unusable
     check_sizes: bool = False  # verify split sizes against the published numbers
@@ -316,7 +323,9 @@ class DataConfig:
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", self.max_bad_fraction, "must be in [0, 1]")
         _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
         _check(self.extract_shards >= 1, "data.extract_shards", self.extract_shards, "must be >= 1")
-        _check(self.store_format in ("npy", "jpeg"), "data.store_format", self.store_format, "must be npy or jpeg")
+        formats = ("npy", "jpeg", "wds", "wds-npy")
+        _check(self.store_format in formats, "data.store_format", self.store_format, f"must be one of {formats}")
+        _check(self.wds_shard_clips >= 1, "data.wds_shard_clips", self.wds_shard_clips, "must be >= 1")
         _check(
             1 <= self.store_jpeg_quality <= 100,
             "data.store_jpeg_quality",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -110,8 +111,8 @@ def test_extract_writes_index_and_store_then_loaders(corpus, tokenizer):
         s = extract(d, cfg.data)
         assert s["bad"] == 0 and s["usable"] == s["records"]
     idx = read_index(corpus, "msrvtt", "test")
-    assert idx and all(e.store and (corpus / e.store).is_file() for e in idx)
-    assert idx[0].store.endswith(".jpgs")  # the default store format: JPEG frames
+    assert idx and all(e.store and (corpus / store.store_file(e.store)).is_file() for e in idx)
+    assert re.fullmatch(r"frames/msrvtt/.+-jpeg90-wds/\d{6}-\w{10}\.tar#\d+,\d+", idx[0].store)  # the default: wds
     arr = np.asarray(store.read_clip(corpus / idx[0].store))
     assert arr.dtype == np.uint8 and min(arr.shape[1:3]) == 32 and arr.shape[0] == idx[0].info.num_frames
 

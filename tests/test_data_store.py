@@ -139,7 +139,7 @@ def test_store_paths_are_keyed_by_format_and_quality_and_config_checks(tmp_path)
     (tmp_path / "v.mp4").write_bytes(b"second clip")
     second = store.store_relpath(*args, fmt="npy", quality=90, source_digest=digest_file(tmp_path / "v.mp4"))
     assert first != second and first != npy and first.rsplit("/", 1)[0] == npy.rsplit("/", 1)[0]
-    assert DataConfig().store_format == "jpeg"  # the paper-scale default
+    assert DataConfig().store_format == "wds"  # the paper-scale default: JPEG clips in tar shards
     with pytest.raises(ConfigError, match="store_jpeg_quality"):
         DataConfig(store_jpeg_quality=0)
     with pytest.raises(ConfigError, match="store_format"):

@@ -5,7 +5,9 @@ or re-probing finished items; bad media inside a shard is skipped and counted.""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -41,9 +43,11 @@ def _cfg(root: Path, **kw) -> DataConfig:
 
 
 def _outputs(root: Path) -> dict[str, bytes]:
-    """Index, bad list, ground truth and every store file, by path under the root."""
+    """Index, bad list, ground truth and every store file (one per clip, or tar shards), by path
+    under the root."""
     index, bad = index_paths(root, DATASET)
-    files = [index, bad, root / "index" / f"{DATASET}.truth.jsonl", *sorted((root / "frames").rglob("*.npy"))]
+    stored = sorted(p for p in (root / "frames").rglob("*") if p.is_file())
+    files = [index, bad, root / "index" / f"{DATASET}.truth.jsonl", *stored]
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
@@ -155,3 +159,66 @@ def test_reordered_manifest_reuses_results_at_their_new_positions(source, tmp_pa
     again = extract(DATASET, _cfg(root))
     assert (again["reused"], again["processed"]) == (12, 0)
     assert index_paths(root, DATASET)[0].read_bytes() == index_paths(fresh, DATASET)[0].read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tar shards (data.store_format wds / wds-npy): 3 clips per tar, so the 12 items make 4 tars
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["wds", "wds-npy"])
+def test_tar_shards_same_for_1_or_2_processes_and_1_or_2_shards(source, tmp_path, fmt):
+    root = _copy(source, tmp_path / "data")
+    cfg = _cfg(root, store_format=fmt, wds_shard_clips=3)
+    one = extract(DATASET, cfg, processes=1)
+    assert (one["usable"], one["bad"]) == (11, 1)  # the corrupt clip: skipped inside its tar, counted
+    ref = _outputs(root)
+    tars = [name for name in ref if name.startswith("frames/")]
+    assert len(tars) == 4 and all(name.endswith(".tar") for name in tars), sorted(ref)
+    entries = read_index(root, DATASET)
+    assert all(re.fullmatch(r"frames/.+\.tar#\d+,\d+", e.store) for e in entries)
+    suffix = ".jpgs" if fmt == "wds" else ".npy"
+    members = [m for name in tars for m in tarfile.open(root / name).getmembers()]
+    assert len(members) == 11 and all(m.name.endswith(suffix) and m.mtime == 0 for m in members)
+
+    _clear(root)
+    assert extract(DATASET, cfg, processes=2)["processed"] == 12
+    assert _outputs(root) == ref
+
+    _clear(root)
+    parts = [extract_shard(DATASET, cfg, i, 2, processes=1) for i in range(2)]
+    assert [p["items"] for p in parts] == [6, 6]  # tars 0, 2 and 1, 3
+    merge(DATASET, cfg, 2)
+    assert _outputs(root) == ref
+
+
+def test_killed_tar_shard_extraction_resumes_whole_tars(source, tmp_path):
+    ref_root = _copy(source, tmp_path / "ref")
+    extract(DATASET, _cfg(ref_root, store_format="wds", wds_shard_clips=3), processes=1)
+    root = _copy(source, tmp_path / "data")
+    cfg = _cfg(root, store_format="wds", wds_shard_clips=3)
+    items = items_of(root, DATASET, manifest_records(root, DATASET, "train"))
+
+    # shard 0 finished (tars 0 and 2); shard 1 killed after its first tar (items 3-5)
+    assert extract_shard(DATASET, cfg, 0, 2)["complete"]
+    cut = extract_shard(DATASET, cfg, 1, 2, stop_after=1)  # stops at the end of a tar
+    assert (cut["complete"], cut["processed"]) == (False, 3)
+    tars_before = {p: p.stat() for p in (root / "frames").rglob("*.tar")}
+    assert len(tars_before) == 3
+    for it in shard_items(items, 0, 2, 3) + shard_items(items, 1, 2, 3)[:3]:
+        it.record.path.write_bytes(b"not a video any more")  # any re-probe would now fail it
+
+    again = [extract_shard(DATASET, cfg, i, 2) for i in range(2)]
+    assert [(a["reused"], a["processed"]) for a in again] == [(6, 0), (3, 3)]
+    for p, st in tars_before.items():  # finished tars are never rewritten
+        assert (p.stat().st_ino, p.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert merge(DATASET, cfg, 2)["usable"] == 11
+    same = {name: data for name, data in _outputs(root).items() if not name.endswith(".bad.jsonl")}
+    assert same == {name: data for name, data in _outputs(ref_root).items() if not name.endswith(".bad.jsonl")}
+
+    # a torn tar: its chunk (3 items) is done again, nothing else
+    torn = sorted(tars_before)[0]
+    torn.write_bytes(torn.read_bytes()[:-700])
+    chunk = int(torn.name[:6])
+    redo = extract_shard(DATASET, cfg, chunk % 2, 2)
+    assert (redo["processed"], redo["reused"]) == (3, 3)

@@ -16,6 +16,14 @@ file, or why it is unusable) to ``index/<dataset>.shards/<I>-of-<N>.jsonl`` atom
 merge. The index is a function of the items' results taken in manifest order: byte-identical
 whatever the process and shard counts.
 
+Tar shards (``data.store_format`` wds / wds-npy, rap/data/store.py): the items at manifest
+positions ``[c * K, (c + 1) * K)`` (K = ``data.wds_shard_clips``) make chunk c, stored as one tar;
+shard I/N then does the chunks with ``c % N == I`` (with one file per clip, K is 1: the items
+with ``p % N == I``), so the tars, like the index, do not depend on the shard or process count.
+A chunk's items are done in manifest order (the pool's ordered map) and its tar is written
+atomically once all are done; a chunk with any item to redo is done again whole (a killed run
+loses at most the chunks in flight; ``stop_after`` stops at a chunk's end).
+
 Restart: each item's result is also appended to the shard's journal
 (``<I>-of-<N>.journal.jsonl``) as it arrives. A rerun takes an item's result from the shard file
 or the journal when its manifest row has the same key and content digest (the manifest's
@@ -28,6 +36,8 @@ same way; a new download of it changes its digest, and it is tried again.
 from __future__ import annotations
 
 import functools
+import hashlib
+import itertools
 import json
 import logging
 import multiprocessing
@@ -85,6 +95,14 @@ class _Probed:
     reason: str | None
 
 
+def _store_frames(rec: ClipRecord, media: Path, info: ProbeInfo, cfg: DataConfig):
+    """The uint8 (T, H, W, 3) frames a store keeps of one clip (raises decode.DecodeError)."""
+    if rec.kind == "image" or decode.is_image(media):
+        return decode.read_image(media, cfg.image_size)
+    idx = store.store_indices(info, cfg.store_fps)
+    return decode.read_frames(media, idx, cfg.image_size, src_size=(info.width, info.height))
+
+
 def _probe_and_store_file(
     rec: ClipRecord, media: Path, dataset: str, cfg: DataConfig, root: Path, digest: str
 ) -> tuple[_Probed, int]:
@@ -112,14 +130,24 @@ def _probe_and_store_file(
     if store.is_complete(dest):
         return _Probed(info, rel, None), 0
     try:
-        if rec.kind == "image" or decode.is_image(media):
-            frames = decode.read_image(media, cfg.image_size)
-        else:
-            idx = store.store_indices(info, cfg.store_fps)
-            frames = decode.read_frames(media, idx, cfg.image_size, src_size=(info.width, info.height))
+        frames = _store_frames(rec, media, info, cfg)
     except decode.DecodeError as err:
         return _Probed(None, None, str(err)), 0
     return _Probed(info, rel, None), store.write_clip(dest, frames, quality=cfg.store_jpeg_quality)
+
+
+def _row(item: Item, info: ProbeInfo | None, reason: str | None) -> dict[str, Any]:
+    """An item's result as the shard file and the journal record it (store and size: see callers)."""
+    return {
+        "p": item.pos,
+        "key": item.key,
+        "digest": item.digest,
+        "id": item.record.video_id,
+        "info": None if info is None else list(astuple(info)),
+        "store": None,
+        "size": None,
+        "reason": reason,
+    }
 
 
 def extract_item(dataset: str, cfg: DataConfig, root: Path, item: Item) -> tuple[dict[str, Any], int]:
@@ -127,16 +155,24 @@ def extract_item(dataset: str, cfg: DataConfig, root: Path, item: Item) -> tuple
     The row is what the shard file and the journal record and the merge reads."""
     with local_file(item.record.path) as media:  # a member of an imported tar shard: a temporary copy
         probed, written = _probe_and_store_file(item.record, media, dataset, cfg, root, item.digest)
-    return {
-        "p": item.pos,
-        "key": item.key,
-        "digest": item.digest,
-        "id": item.record.video_id,
-        "info": None if probed.info is None else list(astuple(probed.info)),
-        "store": probed.store,
-        "size": (root / probed.store).stat().st_size if probed.store else None,
-        "reason": probed.reason,
-    }, written
+    row = _row(item, probed.info, probed.reason)
+    if probed.store:
+        row |= {"store": probed.store, "size": (root / probed.store).stat().st_size}
+    return row, written
+
+
+def extract_member(cfg: DataConfig, item: Item) -> tuple[dict[str, Any], bytes | None]:
+    """Probe one item and encode its frames as a tar-shard member (wds formats), in whichever
+    process runs it; returns (its row, without store and size yet; the member's bytes, None for
+    an unusable item). The caller writes the chunk's tar in manifest order."""
+    with local_file(item.record.path) as media:
+        try:
+            info = decode.probe(media)
+            frames = _store_frames(item.record, media, info, cfg)
+        except decode.DecodeError as err:
+            return _row(item, None, str(err)), None
+    fmt = store.WDS_FORMATS[cfg.store_format]
+    return _row(item, info, None), store.encode_clip(frames, fmt, quality=cfg.store_jpeg_quality)
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,10 +221,16 @@ def check_shard(shard: int, shards: int) -> None:
         raise DataError(f"shard {shard}/{shards}: expected I/N with N >= 1 and 0 <= I < N")
 
 
-def shard_items(items: list[Item], shard: int, shards: int) -> list[Item]:
-    """The items of shard ``shard`` of ``shards``: manifest positions p with p % shards == shard."""
+def chunk_size(cfg: DataConfig) -> int:
+    """Items per unit of work and storage: a tar shard's clips (wds formats), else 1."""
+    return cfg.wds_shard_clips if cfg.frame_store and cfg.store_format in store.WDS_FORMATS else 1
+
+
+def shard_items(items: list[Item], shard: int, shards: int, chunk: int = 1) -> list[Item]:
+    """The items of shard ``shard`` of ``shards``: those of the chunks c (manifest positions p
+    with p // chunk == c) with c % shards == shard."""
     check_shard(shard, shards)
-    return [it for it in items if it.pos % shards == shard]
+    return [it for it in items if (it.pos // chunk) % shards == shard]
 
 
 def processes_for(cfg: DataConfig) -> int:
@@ -198,9 +240,9 @@ def processes_for(cfg: DataConfig) -> int:
     return max(1, min(cpus, cfg.num_workers))
 
 
-def _results(work: Callable[[Item], Any], todo: list[Item], processes: int) -> Iterator[Any]:
+def _results(work: Callable[[Item], Any], todo: list[Item], processes: int, *, ordered: bool = False) -> Iterator[Any]:
     """``work`` over ``todo``: here with one process, else in a pool (results as they finish,
-    in any order: the caller orders them by manifest position)."""
+    in any order, for the caller to order by manifest position; or, ``ordered``, in ``todo``'s)."""
     if processes <= 1 or len(todo) <= 1:
         yield from map(work, todo)
         return
@@ -210,7 +252,50 @@ def _results(work: Callable[[Item], Any], todo: list[Item], processes: int) -> I
     if _START_METHOD == "forkserver":  # the decoders are imported once, in the server, not per worker
         ctx.set_forkserver_preload([__name__])
     with ctx.Pool(procs) as pool:
-        yield from pool.imap_unordered(work, todo, chunksize=chunk)
+        yield from (pool.imap if ordered else pool.imap_unordered)(work, todo, chunksize=chunk)
+
+
+def _chunks(items: list[Item], per_chunk: int) -> list[list[Item]]:
+    """``items`` (in manifest order) grouped by chunk (manifest position // per_chunk)."""
+    return [list(group) for _, group in itertools.groupby(items, key=lambda it: it.pos // per_chunk)]
+
+
+def _tar_chunk_rows(
+    dataset: str, cfg: DataConfig, root: Path, todo: list[Item], processes: int
+) -> Iterator[tuple[dict[str, Any], int]]:
+    """Do ``todo`` (whole chunks) chunk by chunk: its items in manifest order, their members
+    written into the chunk's tar as they arrive, then (row, bytes written) for each item, rows
+    naming their member (``<tar>#<offset>,<length>``) and the tar's size (what a rerun checks)."""
+    work = functools.partial(extract_member, cfg)
+    for chunk in _chunks(todo, chunk_size(cfg)):
+        content = "".join(f"{it.key}\t{it.digest}\n" for it in chunk).encode("utf-8", "surrogateescape")
+        tar_rel = store.wds_tar_relpath(
+            dataset,
+            chunk[0].pos // chunk_size(cfg),
+            hashlib.sha1(content).hexdigest(),
+            cfg.image_size,
+            cfg.store_fps,
+            fmt=cfg.store_format,
+            quality=cfg.store_jpeg_quality,
+        )
+        names = [
+            store.member_name(Path(index_relpath(it.record.path, root)), it.record.video_id, cfg.store_format)
+            for it in chunk
+        ]
+        rows: list[dict[str, Any]] = []
+
+        def members() -> Iterator[tuple[str, bytes]]:
+            for name, (row, data) in zip(names, _results(work, chunk, processes, ordered=True)):
+                rows.append(row)
+                if data is not None:
+                    yield name, data
+
+        spans = store.write_tar(root / tar_rel, members())
+        size = (root / tar_rel).stat().st_size
+        for i, (name, row) in enumerate(zip(names, rows)):
+            if row["reason"] is None:
+                row |= {"store": store.member_ref(tar_rel, *spans[name]), "size": size}
+            yield row, size if i == 0 else 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -220,13 +305,14 @@ def _results(work: Callable[[Item], Any], todo: list[Item], processes: int) -> I
 
 def _settings(cfg: DataConfig) -> dict[str, Any]:
     """What an item's result depends on besides its bytes: a change makes recorded rows stale."""
-    return {
+    settings = {
         "frame_store": cfg.frame_store,
         "image_size": cfg.image_size,
         "store_fps": cfg.store_fps,
         "store_format": cfg.store_format,
         "store_jpeg_quality": cfg.store_jpeg_quality,
     }
+    return settings | ({"wds_shard_clips": cfg.wds_shard_clips} if chunk_size(cfg) > 1 else {})
 
 
 def _header(dataset: str, cfg: DataConfig, shard: int, shards: int, n_items: int) -> dict[str, Any]:
@@ -274,7 +360,7 @@ def _reusable(row: dict | None, item: Item, root: Path) -> bool:
     if row.get("store") is None:
         return True
     try:
-        return (root / row["store"]).stat().st_size == row["size"]
+        return (root / store.store_file(row["store"])).stat().st_size == row["size"]
     except OSError:
         return False
 
@@ -297,7 +383,8 @@ def extract_shard(
     shard file. ``stop_after``: do at most that many new items, then stop (the shard is then not
     complete; a rerun resumes from the journal). Returns a summary dict of counts."""
     root = Path(data_cfg.root)
-    items = shard_items(items_of(root, dataset, _records(root, dataset, data_cfg)), shard, shards)
+    per_chunk = chunk_size(data_cfg)
+    items = shard_items(items_of(root, dataset, _records(root, dataset, data_cfg)), shard, shards, per_chunk)
     out = shard_index_path(root, dataset, shard, shards)
     journal = _journal_path(out)
     head, done = _read_rows(out, dataset, data_cfg)
@@ -305,6 +392,11 @@ def extract_shard(
     recorded.update((r.get("key"), r) for r in _read_rows(journal, dataset, data_cfg)[1])
     # at the item's position now (a manifest rewritten with other rows moves it)
     rows = {it.pos: {**recorded[it.key], "p": it.pos} for it in items if _reusable(recorded.get(it.key), it, root)}
+    if per_chunk > 1:  # a tar is never appended to: a chunk with an item to do is done again whole
+        for chunk in _chunks(items, per_chunk):
+            if any(it.pos not in rows for it in chunk):
+                for it in chunk:
+                    rows.pop(it.pos, None)
     n_proc = processes or processes_for(data_cfg)
     summary = {
         "dataset": dataset,
@@ -324,17 +416,22 @@ def extract_shard(
     ):
         return {**summary, "bad": sum(r["reason"] is not None for r in done), "complete": True}
     todo = [it for it in items if it.pos not in rows]
-    todo = todo if stop_after is None else todo[: max(0, stop_after)]
+    if stop_after is not None:  # whole chunks: those started before stop_after items were done
+        starts = [i for i, it in enumerate(todo) if i == 0 or it.pos // per_chunk != todo[i - 1].pos // per_chunk]
+        todo = todo[: next((i for i in starts if i >= max(0, stop_after)), len(todo))]
     new_head = _header(dataset, data_cfg, shard, shards, len(items))
     # the journal restarts from what still holds (a torn line or a stale row dropped), then grows
     _write_rows(journal, new_head, (rows[it.pos] for it in items if it.pos in rows))
-    work = functools.partial(extract_item, dataset, data_cfg, root)
+    if per_chunk > 1:
+        new_rows = _tar_chunk_rows(dataset, data_cfg, root, todo, n_proc)
+    else:
+        new_rows = _results(functools.partial(extract_item, dataset, data_cfg, root), todo, n_proc)
     desc = f"extract {dataset}" + (f" {shard}/{shards}" if shards > 1 else "")
     with (
         journal.open("a", encoding="utf-8") as jf,
         tqdm(total=len(items), initial=len(rows), desc=desc, unit="clip") as bar,
     ):
-        for row, nbytes in _results(work, todo, n_proc):
+        for row, nbytes in new_rows:
             jf.write(json.dumps(row) + "\n")
             jf.flush()  # a kill loses at most the item in flight
             rows[row["p"]] = row
@@ -394,7 +491,7 @@ def _shard_rows(root: Path, dataset: str, cfg: DataConfig, items: list[Item], sh
         if not path.is_file():
             raise DataError(f"{path}: shard {shard}/{shards} of {dataset} is not finished; {redo}")
         head, done = _read_rows(path, dataset, cfg)
-        mine = shard_items(items, shard, shards)
+        mine = shard_items(items, shard, shards, chunk_size(cfg))
         if head is None or (head["shard"], head["shards"]) != (shard, shards):
             raise DataError(f"{path}: made with other store settings ({_settings(cfg)} now); {redo}")
         if [(r["key"], r["digest"]) for r in done] != [(it.key, it.digest) for it in mine]:

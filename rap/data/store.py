@@ -10,6 +10,16 @@ resized to ``image_size``, in one of two formats (``data.store_format``):
   (little endian; frame t is bytes ``offsets[t]:offsets[t + 1]`` of the file, which ends at
   ``offsets[T]``). Reading returns a :class:`JpegClip` that decodes only the frames indexed.
 
+In tar shards (``wds``, the paper-scale default, and ``wds-npy``): at 2.5M clips one file per
+clip means millions of inodes and a stat plus two opens per sample; these formats pack about
+``data.wds_shard_clips`` clips (1,000) into one webdataset-style tar (member ``<id>-<hash>.jpgs``
+for ``wds``, ``<id>-<hash>.npy`` for ``wds-npy``: the bytes a one-file-per-clip store would hold,
+so the frames are the same uint8 values as the ``jpeg`` / ``npy`` store). A tar is written once,
+complete and atomically, and never appended to. Random access needs no scan of the tar: the
+index row of a clip names its member as ``<tar path>#<offset>,<length>`` (the member's data
+bytes, recorded when the tar is written), so a sample is one open and one mmap/pread, the
+batches stay a pure function of (seed, epoch, step, rank) and exact resume is untouched.
+
 Why a store at all: decoding h264 is the data-loading bottleneck (a K-frame sample needs
 seeking to and decoding from the previous key frame); from the store a sample is K slices (npy)
 or K small JPEG decodes. benchmarks/bench_loader.py measures speed and size of both.
@@ -21,8 +31,9 @@ import hashlib
 import io
 import re
 import struct
+import tarfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -31,8 +42,11 @@ from rap.atomic import atomic_write
 from rap.data.records import ProbeInfo
 
 FORMATS = {"npy": ".npy", "jpeg": ".jpgs"}  # store format -> file suffix (read/write dispatch on it)
+# tar-shard formats -> the one-file format of their members
+WDS_FORMATS = {"wds": "jpeg", "wds-npy": "npy"}
 _MAGIC = b"RAPJPGS1"
 _HEAD = struct.Struct("<8s3I")  # magic, T, H, W
+_MEMBER_REF = re.compile(r"^(?P<tar>.+\.tar)#(?P<offset>\d+),(?P<length>\d+)$")
 
 
 def store_relpath(
@@ -60,6 +74,79 @@ def store_relpath(
     setting = f"{image_size}px-{store_fps:g}fps" + (f"-jpeg{quality}" if fmt == "jpeg" else "")
     src = f"-{source_digest.rpartition(':')[2][:10]}" if source_digest else ""
     return f"frames/{dataset}/{setting}/{h[:2]}/{safe}-{h[:10]}{src}{FORMATS[fmt]}"
+
+
+def wds_tar_relpath(
+    dataset: str,
+    chunk: int,
+    members_digest: str,
+    image_size: int,
+    store_fps: float,
+    *,
+    fmt: str,
+    quality: int,
+) -> str:
+    """``frames/<dataset>/<size>px-<fps>fps[-jpeg<q>]-wds/<chunk>-<hash>.tar``: the tar of chunk
+    ``chunk`` (the items at manifest positions ``chunk * wds_shard_clips`` onwards, see
+    rap/data/extract.py), keyed by ``members_digest`` (what the chunk holds: its items' keys and
+    content digests) and by every store setting, so that no tar of other content is reused."""
+    if fmt not in WDS_FORMATS:
+        raise ValueError(f"not a tar-shard store format {fmt!r}; expected one of {tuple(WDS_FORMATS)}")
+    member = WDS_FORMATS[fmt]
+    setting = f"{image_size}px-{store_fps:g}fps" + (f"-jpeg{quality}" if member == "jpeg" else "") + "-wds"
+    return f"frames/{dataset}/{setting}/{chunk:06d}-{members_digest[:10]}.tar"
+
+
+def member_name(clip_path: Path, video_id: str, fmt: str) -> str:
+    """A clip's member name inside a tar shard: ``<id>-<path hash>.<jpgs|npy>`` (webdataset's
+    ``<key>.<ext>``; the key is unique within the tar, as the store's file names are)."""
+    h = hashlib.sha1(str(clip_path).encode("utf-8", "surrogateescape")).hexdigest()
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", video_id)[:80]
+    return f"{safe}-{h[:10]}{FORMATS[WDS_FORMATS[fmt]]}"
+
+
+def member_ref(tar_relpath: str, offset: int, length: int) -> str:
+    """The index's name of a tar member: ``<tar>#<offset>,<length>`` (its data bytes)."""
+    return f"{tar_relpath}#{offset},{length}"
+
+
+def store_file(ref: str | Path) -> Path:
+    """The file holding a store reference: the tar of a member reference, else the file itself."""
+    m = _MEMBER_REF.match(str(ref))
+    return Path(m["tar"]) if m else Path(ref)
+
+
+def encode_clip(frames: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
+    """The bytes of a one-file clip of format ``fmt`` (npy or jpeg): what :func:`write_clip`
+    writes and what a tar shard holds as one member."""
+    _check_frames(frames, f"{fmt} clip")
+    if fmt == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(frames))
+        return buf.getvalue()
+    return _encode_jpegs(frames, quality)
+
+
+def write_tar(path: Path, members: Iterable[tuple[str, bytes]]) -> dict[str, tuple[int, int]]:
+    """Write ``members`` ((name, bytes), in order) as one tar, atomically; returns each member's
+    (data offset, length) in the file. Reproducible bytes: no times, owners or modes of the
+    writing machine (GNU format, mtime 0, uid/gid 0, mode 0644)."""
+    spans: dict[str, tuple[int, int]] = {}
+
+    def write(f) -> None:
+        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for name, data in members:
+                if name in spans:
+                    raise ValueError(f"{path}: member {name!r} twice")
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode, info.uid, info.gid = len(data), 0, 0o644, 0, 0
+                start = f.tell()
+                header = len(info.tobuf(tarfile.GNU_FORMAT, tar.encoding, tar.errors))
+                tar.addfile(info, io.BytesIO(data))
+                spans[name] = (start + header, len(data))
+
+    atomic_write(path, write, fsync=False)
+    return spans
 
 
 def store_indices(info: ProbeInfo, store_fps: float) -> list[int]:
@@ -91,16 +178,17 @@ def _encode_jpegs(frames: np.ndarray, quality: int) -> bytes:
     return _HEAD.pack(_MAGIC, t, h, w) + offsets.tobytes() + b"".join(blobs)
 
 
+def _check_frames(frames: np.ndarray, what: object) -> None:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise ValueError(f"{what}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
+
+
 def write_clip(path: Path, frames: np.ndarray, *, quality: int = 90) -> int:
     """Write uint8 (T, H, W, 3) ``frames`` in the format of ``path``'s suffix (``FORMATS``);
     atomically (:func:`rap.atomic.atomic_write`): a killed extract never leaves a torn file.
     Returns the file's size in bytes."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
-        raise ValueError(f"{path}: frames must be uint8 (T, H, W, 3) with T >= 1, got {frames.dtype} {frames.shape}")
-    if _format(path) == "npy":
-        atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(frames)), fsync=False)
-    else:
-        atomic_write(path, _encode_jpegs(frames, quality), fsync=False)
+    _check_frames(frames, path)
+    atomic_write(path, encode_clip(frames, _format(path), quality=quality), fsync=False)
     return path.stat().st_size
 
 
@@ -118,8 +206,9 @@ class JpegClip:
     dtype = np.dtype(np.uint8)
     ndim = 4
 
-    def __init__(self, path: Path, shape: tuple[int, int, int, int], offsets: np.ndarray):
-        self.path, self.shape, self.offsets = path, shape, offsets
+    def __init__(self, path: Path, shape: tuple[int, int, int, int], offsets: np.ndarray, base: int = 0):
+        # base: where the clip starts in the file (a member of a tar shard); offsets are the clip's own
+        self.path, self.shape, self.offsets, self.base = path, shape, offsets, base
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -143,7 +232,7 @@ class JpegClip:
         decoded = {}
         with self.path.open("rb") as f:
             for i in sorted(set(idx)):
-                f.seek(int(self.offsets[i]))
+                f.seek(self.base + int(self.offsets[i]))
                 data = f.read(int(self.offsets[i + 1] - self.offsets[i]))
                 try:
                     frame = _decode_jpeg(data)
@@ -155,10 +244,12 @@ class JpegClip:
         return np.stack([decoded[i] for i in idx]) if idx else np.empty((0, *self.shape[1:]), np.uint8)
 
 
-def _open_jpegs(path: Path) -> JpegClip:
-    """Parse and check the header and offset table (no frame is decoded)."""
-    size = path.stat().st_size
+def _open_jpegs(path: Path, base: int = 0, size: int | None = None) -> JpegClip:
+    """Parse and check the header and offset table (no frame is decoded) of the clip that fills
+    ``path`` or, in a tar shard, its ``size`` bytes from ``base``."""
+    size = path.stat().st_size if size is None else size
     with path.open("rb") as f:
+        f.seek(base)
         head = f.read(_HEAD.size)
         if len(head) < _HEAD.size or head[:8] != _MAGIC:
             raise ValueError(f"{path}: not a JPEG frame-store clip (bad header)")
@@ -173,23 +264,48 @@ def _open_jpegs(path: Path) -> JpegClip:
         raise ValueError(f"{path}: corrupt JPEG frame-store offset table")
     if offsets[-1] != size:
         raise ValueError(f"{path}: truncated or torn JPEG frame-store clip ({size} bytes, expected {offsets[-1]})")
-    return JpegClip(path, (t, h, w, 3), offsets)
+    return JpegClip(path, (t, h, w, 3), offsets, base)
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    arr = np.load(path, mmap_mode="r")
+def _read_npy(path: Path, base: int = 0, size: int | None = None) -> np.ndarray:
+    """The memory-mapped array of a ``.npy`` file or, in a tar shard, of the member at ``base``."""
+    if base == 0 and size is None:
+        arr = np.load(path, mmap_mode="r")
+    else:
+        with path.open("rb") as f:
+            f.seek(base)
+            try:
+                version = np.lib.format.read_magic(f)
+                fmt = np.lib.format
+                read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+                shape, fortran, dtype = read_header(f)
+            except ValueError as err:
+                raise ValueError(f"{path}: no npy member at byte {base}: {err}") from None
+            header = f.tell() - base
+        if fortran or header + int(np.prod(shape)) * dtype.itemsize != size:
+            raise ValueError(f"{path}: npy member at byte {base} does not fill its {size} bytes")
+        arr = np.memmap(path, dtype=dtype, mode="r", offset=base + header, shape=shape)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
         raise ValueError(f"{path}: not a frame-store clip (dtype {arr.dtype}, shape {arr.shape})")
     return arr
 
 
-_READERS: dict[str, Callable[[Path], np.ndarray | JpegClip]] = {"npy": _read_npy, "jpeg": _open_jpegs}
+_READERS: dict[str, Callable[..., np.ndarray | JpegClip]] = {"npy": _read_npy, "jpeg": _open_jpegs}
 
 
 def read_clip(path: Path) -> np.ndarray | JpegClip:
-    """(T, H, W, 3) uint8 frames of a store file, read lazily: a memory-mapped array (npy) or a
-    :class:`JpegClip` (jpeg); only the frames indexed later are read (and decoded)."""
-    return _READERS[_format(path)](path)
+    """(T, H, W, 3) uint8 frames of a store file or tar member (``<tar>#<offset>,<length>``),
+    read lazily: a memory-mapped array (npy) or a :class:`JpegClip` (jpeg); only the frames
+    indexed later are read (and decoded)."""
+    m = _MEMBER_REF.match(str(path))
+    if m is None:
+        return _READERS[_format(path)](path)
+    tar, offset, length = Path(m["tar"]), int(m["offset"]), int(m["length"])
+    with tar.open("rb") as f:  # the member's format from its own first bytes: one short read
+        f.seek(offset)
+        magic = f.read(len(_MAGIC))
+    fmt = "jpeg" if magic == _MAGIC else "npy"
+    return _READERS[fmt](tar, offset, length)
 
 
 def is_complete(path: Path) -> bool:
