@@ -5,6 +5,7 @@ or re-probing finished items; bad media inside a shard is skipped and counted.""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
 import tarfile
@@ -51,6 +52,14 @@ def _outputs(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
+def _check_store_digests(root: Path) -> None:
+    """The index pins each clip's stored bytes (its file, or its member's span in a tar)."""
+    for e in read_index(root, DATASET):
+        m = re.fullmatch(r"(.+)#(\d+),(\d+)", e.store)
+        data = (root / e.store).read_bytes() if m is None else (root / m[1]).read_bytes()[int(m[2]) :][: int(m[3])]
+        assert e.store_sha256 == hashlib.sha256(data).hexdigest(), e.store
+
+
 def _clear(root: Path) -> None:
     """Extraction's outputs moved out of the way (kept beside the root), so a rerun starts afresh."""
     aside = root.parent / f"{root.name}-aside-{len(list(root.parent.glob(root.name + '-aside-*')))}"
@@ -66,6 +75,7 @@ def test_same_index_for_1_or_2_processes_and_1_or_3_shards(source, tmp_path):
     assert one["processes"] == 1 and one["usable"] == 11 and one["bad"] == 1 and one["bad_videos"] == 1
     ref = _outputs(root)
     assert len(ref) == 3 + 11  # one store file per usable clip
+    _check_store_digests(root)
 
     _clear(root)
     two = extract(DATASET, cfg, processes=2)
@@ -177,6 +187,7 @@ def test_tar_shards_same_for_1_or_2_processes_and_1_or_2_shards(source, tmp_path
     assert len(tars) == 4 and all(name.endswith(".tar") for name in tars), sorted(ref)
     entries = read_index(root, DATASET)
     assert all(re.fullmatch(r"frames/.+\.tar#\d+,\d+", e.store) for e in entries)
+    _check_store_digests(root)
     suffix = ".jpgs" if fmt == "wds" else ".npy"
     members = [m for name in tars for m in tarfile.open(root / name).getmembers()]
     assert len(members) == 11 and all(m.name.endswith(suffix) and m.mtime == 0 for m in members)

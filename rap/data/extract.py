@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
-from rap.atomic import write_text_atomic
+from rap.atomic import atomic_write, write_text_atomic
 from rap.config import DataConfig
 from rap.data import decode, ground_truth, store
 from rap.data.adapters import SPLITS
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 # Version of the shard files' and journals' rows: files of another version are not read (their
 # items are done again), so a change in what a row means never reuses stale results.
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2  # 2: rows hold the stored bytes' sha256
 # Pool start method: never fork, since the caller may hold threads (torch, a decoder) that a forked
 # child would inherit mid-lock; the forkserver forks from a clean single-threaded process.
 _START_METHOD = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
@@ -93,6 +93,7 @@ class _Probed:
     info: ProbeInfo | None
     store: str | None
     reason: str | None
+    sha256: str | None = None  # of the store file's bytes
 
 
 def _store_frames(rec: ClipRecord, media: Path, info: ProbeInfo, cfg: DataConfig):
@@ -128,12 +129,14 @@ def _probe_and_store_file(
     )
     dest = root / rel
     if store.is_complete(dest):
-        return _Probed(info, rel, None), 0
+        return _Probed(info, rel, None, hashlib.sha256(dest.read_bytes()).hexdigest()), 0
     try:
         frames = _store_frames(rec, media, info, cfg)
     except decode.DecodeError as err:
         return _Probed(None, None, str(err)), 0
-    return _Probed(info, rel, None), store.write_clip(dest, frames, quality=cfg.store_jpeg_quality)
+    data = store.encode_clip(frames, cfg.store_format, quality=cfg.store_jpeg_quality)
+    atomic_write(dest, data, fsync=False)  # a kill never leaves a torn file under the final name
+    return _Probed(info, rel, None, hashlib.sha256(data).hexdigest()), len(data)
 
 
 def _row(item: Item, info: ProbeInfo | None, reason: str | None) -> dict[str, Any]:
@@ -146,6 +149,7 @@ def _row(item: Item, info: ProbeInfo | None, reason: str | None) -> dict[str, An
         "info": None if info is None else list(astuple(info)),
         "store": None,
         "size": None,
+        "store_sha256": None,
         "reason": reason,
     }
 
@@ -157,7 +161,7 @@ def extract_item(dataset: str, cfg: DataConfig, root: Path, item: Item) -> tuple
         probed, written = _probe_and_store_file(item.record, media, dataset, cfg, root, item.digest)
     row = _row(item, probed.info, probed.reason)
     if probed.store:
-        row |= {"store": probed.store, "size": (root / probed.store).stat().st_size}
+        row |= {"store": probed.store, "size": (root / probed.store).stat().st_size, "store_sha256": probed.sha256}
     return row, written
 
 
@@ -288,6 +292,7 @@ def _tar_chunk_rows(
             for name, (row, data) in zip(names, _results(work, chunk, processes, ordered=True)):
                 rows.append(row)
                 if data is not None:
+                    row["store_sha256"] = hashlib.sha256(data).hexdigest()
                     yield name, data
 
         spans = store.write_tar(root / tar_rel, members())
@@ -519,7 +524,7 @@ def merge(dataset: str, data_cfg: DataConfig, shards: int, *, store_bytes_writte
             bad.append({"video_id": r.video_id, "path": str(r.path), "split": r.split, "reason": reason})
             continue
         rec = ClipRecord(r.video_id, r.path, caps, r.split, r.kind)
-        good.append(IndexEntry(rec, ProbeInfo(*row["info"]), row["store"]).to_json(root))
+        good.append(IndexEntry(rec, ProbeInfo(*row["info"]), row["store"], row["store_sha256"]).to_json(root))
         per_split[r.split] += 1
     index_path, bad_path = index_paths(root, dataset)
     _write_jsonl(bad_path, bad)

@@ -48,11 +48,14 @@ class ProbeInfo:
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """A usable clip: record + probe + optional frame-store file (relative to the data root)."""
+    """A usable clip: record + probe + optional frame-store file (relative to the data root) and
+    the sha256 of its stored bytes (the file, or the member of a tar shard): the index pins the
+    frames, so that DVC hashes this one file, not the millions of the store (dvc.yaml)."""
 
     record: ClipRecord
     info: ProbeInfo
     store: str | None = None
+    store_sha256: str | None = None
 
     def to_json(self, root: Path) -> dict[str, Any]:
         r = self.record
@@ -68,6 +71,7 @@ class IndexEntry:
             "width": self.info.width,
             "height": self.info.height,
             "store": self.store,
+            "store_sha256": self.store_sha256,
         }
 
     @staticmethod
@@ -80,7 +84,7 @@ class IndexEntry:
             kind=d["kind"],
         )
         info = ProbeInfo(int(d["num_frames"]), float(d["fps"]), float(d["duration"]), int(d["width"]), int(d["height"]))
-        return IndexEntry(rec, info, d.get("store"))
+        return IndexEntry(rec, info, d.get("store"), d.get("store_sha256"))
 
 
 def _rel(path: Path, root: Path) -> str:
