@@ -74,11 +74,32 @@ def test_no_stage_depends_on_the_other_scale(pipeline):
     assert "embedded." not in text and "paper." not in text  # always `${scale}.`: the selected one
 
 
-def test_downloads_and_frames_persist():
+def _paths(entries: list) -> list[str]:
+    return [e if isinstance(e, str) else next(iter(e)) for e in entries]
+
+
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_data_is_tracked_by_files_not_media_folders(pipeline):
+    """No stage hashes (dep) or owns (out) a folder of media or frames (millions of files at the
+    paper scale): the manifest pins what arrived, the index what was stored (a sha256 each)."""
+    stages = yaml.safe_load((REPO / pipeline).read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for path in _paths(body.get("deps", [])) + _paths(body.get("outs", [])):
+            parts = path.split("/")
+            assert not ({"raw", "frames"} & set(parts[:-1] + [parts[-1]])), f"{pipeline} {name}: {path}"
+
+
+def test_downloads_and_extractions_out_manifest_and_index_files():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, prefix in (("download", "data/raw/"), ("extract", "data/frames/")):
-        outs = [o for o in stages[name]["do"]["outs"] if next(iter(o)).startswith(prefix)]
-        assert outs and all(next(iter(o.values())).get("persist") is True for o in outs), name
+    assert _paths(stages["download"]["do"]["outs"]) == ["data/manifest/${item}.jsonl"]
+    assert _paths(stages["extract"]["do"]["outs"]) == [
+        "data/index/${item}.jsonl",
+        "data/index/${item}.bad.jsonl",
+        "data/index/${item}.truth.jsonl",
+    ]
+    # the stages reading frames see the index (its sha256 per stored clip), never the store
+    assert "data/index/webvid.jsonl" in _stage_deps(stages["pretrain"])
 
 
 def test_code_closure_sees_lazy_imports():
