@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from rap import run_lock
 from rap.cli import main
 from rap.config import DataConfig
 from rap.data import synthetic
@@ -233,3 +234,17 @@ def test_killed_tar_shard_extraction_resumes_whole_tars(source, tmp_path):
     chunk = int(torn.name[:6])
     redo = extract_shard(DATASET, cfg, chunk % 2, 2)
     assert (redo["processed"], redo["reused"]) == (3, 3)
+
+
+def test_one_process_per_shard(source, tmp_path):
+    """A second process on a shard that is being extracted stops at once, naming the holder."""
+    root = _copy(source, tmp_path / "data")
+    held = run_lock.acquire(shard_index_path(root, DATASET, 1, 2).with_suffix(".lock"), "the first job")
+    try:
+        with pytest.raises(run_lock.RunLocked, match=r"webvid.shards is in use by a process.*the first job"):
+            extract_shard(DATASET, _cfg(root), 1, 2)
+        assert extract_shard(DATASET, _cfg(root), 0, 2)["complete"]  # another shard goes on
+    finally:
+        held.release()
+    assert extract_shard(DATASET, _cfg(root), 1, 2)["complete"]
+    assert not list((root / "index").rglob("*.lock"))  # released

@@ -49,6 +49,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
+from rap import run_lock
 from rap.atomic import atomic_write, write_text_atomic
 from rap.config import DataConfig
 from rap.data import decode, ground_truth, store
@@ -387,6 +388,21 @@ def extract_shard(
     """Probe (and store) the items of shard ``shard``/``shards``; once all are done, write the
     shard file. ``stop_after``: do at most that many new items, then stop (the shard is then not
     complete; a rerun resumes from the journal). Returns a summary dict of counts."""
+    root = Path(data_cfg.root)
+    out = shard_index_path(root, dataset, shard, shards)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one process per shard: a job array requeued while the old job still runs would otherwise
+    # write the same journal twice (rap/run_lock.py: a live holder is named, a dead one taken over)
+    lock = run_lock.acquire(out.with_suffix(".lock"), f"rap extract {dataset} --shard {shard}/{shards}")
+    try:
+        return _extract_shard(dataset, data_cfg, shard, shards, processes=processes, stop_after=stop_after)
+    finally:
+        lock.release()
+
+
+def _extract_shard(
+    dataset: str, data_cfg: DataConfig, shard: int, shards: int, *, processes: int | None, stop_after: int | None
+) -> dict[str, Any]:
     root = Path(data_cfg.root)
     per_chunk = chunk_size(data_cfg)
     items = shard_items(items_of(root, dataset, _records(root, dataset, data_cfg)), shard, shards, per_chunk)
