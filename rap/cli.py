@@ -75,8 +75,25 @@ def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Pa
     overrides = _parse_set(args.set)
     overrides.update(extra or {})
     params = load_params(args.params, overrides)
+    _check_dvc_data_root(params.cfg.data.root)
     cpu_kernels.pin(params.cfg.cpu.kernels, params.cfg.cpu.threads)
     return params
+
+
+def _check_dvc_data_root(root: str) -> None:
+    """Under DVC (a stage sets DVC_ROOT), data.root must be the repository's ``data/`` or below it:
+    dvc.yaml's paths are fixed there (DVC cannot pick them per scale), so a root elsewhere would
+    write what DVC never sees. Data on another filesystem: make ``data`` a symlink to it."""
+    dvc_root = os.environ.get("DVC_ROOT")
+    if not dvc_root:
+        return
+    data, resolved = (Path(dvc_root) / "data").resolve(), Path(root).resolve()
+    if resolved != data and not resolved.is_relative_to(data):
+        raise ConfigError(
+            f"data.root={root!r} is outside {Path(dvc_root) / 'data'}, where dvc.yaml's stages read and write; "
+            f'keep data.root=data and link the data there instead (ln -s {resolved} data; README "Data on '
+            'another filesystem")'
+        )
 
 
 # --------------------------------------------------------------------------------------

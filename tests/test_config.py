@@ -140,3 +140,24 @@ def test_cli_rejects_bad_value_before_work(capsys):
 
     assert main(["pretrain", "--params", str(PARAMS), "--set", "lambda=-2"]) == 2
     assert "'lambda'" in capsys.readouterr().err
+
+
+def test_under_dvc_the_data_root_must_be_the_repositorys_data_folder(tmp_path, monkeypatch, capsys):
+    """dvc.yaml's paths are fixed under data/: a stage's data.root elsewhere is refused before any
+    work; data/ itself, a folder below it, or data/ as a symlink to another filesystem are fine."""
+    from rap.cli import _check_dvc_data_root
+
+    repo, scratch = tmp_path / "repo", tmp_path / "scratch"
+    repo.mkdir()
+    scratch.mkdir()
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    with pytest.raises(ConfigError, match=rf"data.root='{scratch}' is outside .*ln -s {scratch} data"):
+        _check_dvc_data_root(str(scratch))
+    _check_dvc_data_root("data")
+    _check_dvc_data_root("data/controlled/look")  # the controlled experiment's corpora
+    (repo / "data").symlink_to(scratch)
+    _check_dvc_data_root("data")
+    _check_dvc_data_root(str(scratch))  # the same folder, named through the link's target
+    monkeypatch.delenv("DVC_ROOT")
+    _check_dvc_data_root(str(tmp_path / "anywhere"))  # outside DVC (Snakemake, by hand): any root
