@@ -44,10 +44,10 @@ def _file_digests(root: Path) -> dict[str, str]:
 
 
 def _data_stages(root: Path) -> dict[str, str]:
-    """Generate and extract ``DATA_DATASETS`` under ``root`` into both frame-store formats;
-    returns the digests of every file written (corpus, index, both stores)."""
+    """Generate and extract ``DATA_DATASETS`` under ``root`` into three frame-store formats;
+    returns the digests of every file written (corpus, index, the stores)."""
     digests: dict[str, str] = {}
-    for fmt in ("npy", "jpeg"):
+    for fmt in ("npy", "jpeg", "wds"):  # wds: JPEG clips in tar shards
         data_cfg = load_params(PARAMS_YAML, {**shrunk_overrides(root), "data.store_format": fmt}).cfg.data
         for dataset in DATA_DATASETS:
             generate(dataset, root / "raw" / dataset, seed=0, scale=DATA_SCALE)
