@@ -81,16 +81,16 @@ def _params(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> Pa
 
 
 def _check_dvc_data_root(root: str) -> None:
-    """Under DVC (a stage sets DVC_ROOT), data.root must be the repository's ``data/`` or below it:
+    """Under DVC (a stage sets DVC_STAGE and runs in the workspace's root: the repository, or an
+    experiment's temporary copy), data.root must be that workspace's ``data/`` or below it:
     dvc.yaml's paths are fixed there (DVC cannot pick them per scale), so a root elsewhere would
     write what DVC never sees. Data on another filesystem: make ``data`` a symlink to it."""
-    dvc_root = os.environ.get("DVC_ROOT")
-    if not dvc_root:
+    if not os.environ.get("DVC_STAGE"):
         return
-    data, resolved = (Path(dvc_root) / "data").resolve(), Path(root).resolve()
+    data, resolved = (Path.cwd() / "data").resolve(), Path(root).resolve()
     if resolved != data and not resolved.is_relative_to(data):
         raise ConfigError(
-            f"data.root={root!r} is outside {Path(dvc_root) / 'data'}, where dvc.yaml's stages read and write; "
+            f"data.root={root!r} is outside {Path.cwd() / 'data'}, where dvc.yaml's stages read and write; "
             f'keep data.root=data and link the data there instead (ln -s {resolved} data; README "Data on '
             'another filesystem")'
         )

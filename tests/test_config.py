@@ -151,7 +151,7 @@ def test_under_dvc_the_data_root_must_be_the_repositorys_data_folder(tmp_path, m
     repo.mkdir()
     scratch.mkdir()
     monkeypatch.chdir(repo)
-    monkeypatch.setenv("DVC_ROOT", str(repo))
+    monkeypatch.setenv("DVC_STAGE", "download@msrvtt")
     with pytest.raises(ConfigError, match=rf"data.root='{scratch}' is outside .*ln -s {scratch} data"):
         _check_dvc_data_root(str(scratch))
     _check_dvc_data_root("data")
@@ -159,5 +159,5 @@ def test_under_dvc_the_data_root_must_be_the_repositorys_data_folder(tmp_path, m
     (repo / "data").symlink_to(scratch)
     _check_dvc_data_root("data")
     _check_dvc_data_root(str(scratch))  # the same folder, named through the link's target
-    monkeypatch.delenv("DVC_ROOT")
+    monkeypatch.delenv("DVC_STAGE")
     _check_dvc_data_root(str(tmp_path / "anywhere"))  # outside DVC (Snakemake, by hand): any root

@@ -9,39 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-from test_pipeline import REPO, VENV_BIN, _run, _stages_run, _tiny_params
+from test_pipeline import _run, _stages_run, copy_repo
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 TARGET = "extract@msrvtt"
 DATA_STAGES = {"download@msrvtt", "extract@msrvtt"}
-
-
-def _repo(dst: Path) -> dict[str, str]:
-    files = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
-    for rel in files:
-        if (REPO / rel).is_file() and not rel.startswith(("reports/", "data/", "runs/")):
-            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / rel, dst / rel)
-    _tiny_params(dst / "params.yaml")
-    env = {
-        **os.environ,
-        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAP_TRACKING": "0",
-        "GIT_AUTHOR_NAME": "rap test",
-        "GIT_AUTHOR_EMAIL": "test@rap.invalid",
-        "GIT_COMMITTER_NAME": "rap test",
-        "GIT_COMMITTER_EMAIL": "test@rap.invalid",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    env.pop("DVC_STAGE", None)
-    _run(["git", "init", "-q", "-b", "main"], dst, env)
-    return env
 
 
 def _stamps(root: Path) -> dict[str, tuple[int, int]]:
@@ -56,7 +31,7 @@ def _temp_experiment(repo: Path, env: dict[str, str]) -> set[str]:
 def test_temp_experiments_reuse_data_on_another_filesystem(tmp_path):
     repo, scratch = tmp_path / "rap", tmp_path / "scratch" / "rap-data"
     scratch.mkdir(parents=True)
-    env = _repo(repo)
+    env = copy_repo(repo, RAP_TRACKING="0")
     os.symlink(scratch, repo / "data")
     _run(["git", "add", "-A"], repo, env)
     assert "data" in _run(["git", "ls-files", "data"], repo, env).split()  # the link itself is committed

@@ -206,9 +206,10 @@ def _check_comparisons(repo: Path, env: dict[str, str]) -> None:
     assert "seed" not in headers and "embedded.model.embed_dim" not in headers  # equal in every row
 
 
-@pytest.fixture(scope="module")
-def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
-    dst = tmp_path_factory.mktemp("pipeline") / "rap"
+def copy_repo(dst: Path, **env_extra: str) -> dict[str, str]:
+    """The repository's tracked and untracked-not-ignored files (no reports, data or runs) copied
+    to ``dst`` with the embedded scale shrunk, as a new git repository (not yet committed);
+    returns the environment its commands run in (``env_extra`` added)."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
@@ -218,21 +219,28 @@ def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst / rel)
     _tiny_params(dst / "params.yaml")
-    _restore_corpus(dst)
     env = {
         **os.environ,
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{dst / 'mlflow.db'}",
-        "RAP_TRACKING": "1",  # the real pipeline logs, into the copy's own store
         "GIT_AUTHOR_NAME": "rap test",
         "GIT_AUTHOR_EMAIL": "test@rap.invalid",
         "GIT_COMMITTER_NAME": "rap test",
         "GIT_COMMITTER_EMAIL": "test@rap.invalid",
         "DVC_NO_ANALYTICS": "1",
         "HF_HUB_OFFLINE": "1",
+        **env_extra,
     }
     env.pop("DVC_STAGE", None)
     _run(["git", "init", "-q", "-b", "main"], dst, env)
+    return env
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    dst = tmp_path_factory.mktemp("pipeline") / "rap"
+    # the real pipeline logs, into the copy's own store
+    env = copy_repo(dst, MLFLOW_TRACKING_URI=f"sqlite:///{dst / 'mlflow.db'}", RAP_TRACKING="1")
+    _restore_corpus(dst)
     _run(["git", "add", "-A"], dst, env)
     _run(["git", "commit", "-qm", "smoke"], dst, env)
     return dst, env
