@@ -27,13 +27,14 @@ or K small JPEG decodes. benchmarks/bench_loader.py measures speed and size of b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
 import struct
 import tarfile
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import BinaryIO, Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -244,11 +245,12 @@ class JpegClip:
         return np.stack([decoded[i] for i in idx]) if idx else np.empty((0, *self.shape[1:]), np.uint8)
 
 
-def _open_jpegs(path: Path, base: int = 0, size: int | None = None) -> JpegClip:
+def _open_jpegs(path: Path, base: int = 0, size: int | None = None, opened: BinaryIO | None = None) -> JpegClip:
     """Parse and check the header and offset table (no frame is decoded) of the clip that fills
-    ``path`` or, in a tar shard, its ``size`` bytes from ``base``."""
+    ``path`` or, in a tar shard, its ``size`` bytes from ``base`` (``opened``: ``path`` already
+    open, read from without opening it again)."""
     size = path.stat().st_size if size is None else size
-    with path.open("rb") as f:
+    with contextlib.nullcontext(opened) if opened else path.open("rb") as f:
         f.seek(base)
         head = f.read(_HEAD.size)
         if len(head) < _HEAD.size or head[:8] != _MAGIC:
@@ -267,12 +269,13 @@ def _open_jpegs(path: Path, base: int = 0, size: int | None = None) -> JpegClip:
     return JpegClip(path, (t, h, w, 3), offsets, base)
 
 
-def _read_npy(path: Path, base: int = 0, size: int | None = None) -> np.ndarray:
-    """The memory-mapped array of a ``.npy`` file or, in a tar shard, of the member at ``base``."""
+def _read_npy(path: Path, base: int = 0, size: int | None = None, opened: BinaryIO | None = None) -> np.ndarray:
+    """The memory-mapped array of a ``.npy`` file or, in a tar shard, of the member at ``base``
+    (``opened``: ``path`` already open, mapped without opening it again)."""
     if base == 0 and size is None:
         arr = np.load(path, mmap_mode="r")
     else:
-        with path.open("rb") as f:
+        with contextlib.nullcontext(opened) if opened else path.open("rb") as f:
             f.seek(base)
             try:
                 version = np.lib.format.read_magic(f)
@@ -282,9 +285,9 @@ def _read_npy(path: Path, base: int = 0, size: int | None = None) -> np.ndarray:
             except ValueError as err:
                 raise ValueError(f"{path}: no npy member at byte {base}: {err}") from None
             header = f.tell() - base
-        if fortran or header + int(np.prod(shape)) * dtype.itemsize != size:
-            raise ValueError(f"{path}: npy member at byte {base} does not fill its {size} bytes")
-        arr = np.memmap(path, dtype=dtype, mode="r", offset=base + header, shape=shape)
+            if fortran or header + int(np.prod(shape)) * dtype.itemsize != size:
+                raise ValueError(f"{path}: npy member at byte {base} does not fill its {size} bytes")
+            arr = np.memmap(f, dtype=dtype, mode="r", offset=base + header, shape=shape)  # the mapping outlives f
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 or arr.shape[0] < 1:
         raise ValueError(f"{path}: not a frame-store clip (dtype {arr.dtype}, shape {arr.shape})")
     return arr
@@ -301,11 +304,10 @@ def read_clip(path: Path) -> np.ndarray | JpegClip:
     if m is None:
         return _READERS[_format(path)](path)
     tar, offset, length = Path(m["tar"]), int(m["offset"]), int(m["length"])
-    with tar.open("rb") as f:  # the member's format from its own first bytes: one short read
+    with tar.open("rb") as f:  # one open: the member's format from its first bytes, then its header
         f.seek(offset)
-        magic = f.read(len(_MAGIC))
-    fmt = "jpeg" if magic == _MAGIC else "npy"
-    return _READERS[fmt](tar, offset, length)
+        fmt = "jpeg" if f.read(len(_MAGIC)) == _MAGIC else "npy"
+        return _READERS[fmt](tar, offset, length, f)
 
 
 def is_complete(path: Path) -> bool:
